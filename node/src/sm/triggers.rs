@@ -1,0 +1,136 @@
+//! The replicated trigger registry: `t/<name>` → [`TriggerRecord`].
+
+use super::kv::{prefix_end, KvRead, Overlay};
+use crate::codec;
+use crate::types::{Response, TriggerRecord};
+
+const PREFIX: &[u8] = b"t/";
+
+fn key(name: &str) -> Vec<u8> {
+    let mut k = PREFIX.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Read one trigger.
+pub fn get(state: &dyn KvRead, name: &str) -> Option<TriggerRecord> {
+    state.get(&key(name)).map(|v| codec::decode(&v).expect("trigger record written by this build"))
+}
+
+/// All triggers, in name order (AOF's stable matching order).
+pub fn list(state: &dyn KvRead) -> Vec<TriggerRecord> {
+    state
+        .range(PREFIX, &prefix_end(PREFIX))
+        .map(|(_, v)| codec::decode(&v).expect("trigger record written by this build"))
+        .collect()
+}
+
+pub(super) fn put(
+    state: &mut Overlay<'_>,
+    index: u64,
+    now: u64,
+    name: &str,
+    doc_json: &str,
+    if_match: Option<u64>,
+) -> Response {
+    let current = get(state, name);
+    let actual = current.as_ref().map_or(0, |r| r.revision);
+    if let Some(expected) = if_match {
+        if expected != actual {
+            return Response::RevisionMismatch { name: name.to_string(), expected, actual };
+        }
+    }
+    if let Some(cur) = &current {
+        if cur.doc_json == doc_json {
+            return Response::TriggerPut { name: name.to_string(), revision: cur.revision, created: false, unchanged: true };
+        }
+    }
+    let rec = TriggerRecord {
+        name: name.to_string(),
+        revision: index,
+        created_revision: current.as_ref().map_or(index, |r| r.created_revision),
+        updated_ms: now,
+        doc_json: doc_json.to_string(),
+    };
+    state.put(key(name), codec::encode(&rec));
+    Response::TriggerPut { name: name.to_string(), revision: index, created: current.is_none(), unchanged: false }
+}
+
+pub(super) fn delete(state: &mut Overlay<'_>, index: u64, name: &str, if_match: Option<u64>) -> Response {
+    let Some(current) = get(state, name) else {
+        return match if_match {
+            Some(expected) if expected != 0 => {
+                Response::RevisionMismatch { name: name.to_string(), expected, actual: 0 }
+            }
+            _ => Response::NotFound { name: name.to_string() },
+        };
+    };
+    if let Some(expected) = if_match {
+        if expected != current.revision {
+            return Response::RevisionMismatch { name: name.to_string(), expected, actual: current.revision };
+        }
+    }
+    state.delete(key(name));
+    Response::TriggerDeleted { name: name.to_string(), revision: index }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{apply, MemKv, Overlay};
+    use super::*;
+    use crate::types::{Command, Request};
+
+    fn run(base: &mut MemKv, index: u64, cmd: Command) -> Response {
+        let mut o = Overlay::new(base);
+        let r = apply(&mut o, index, &Request { time_ms: 1000 + index, cmd });
+        let w = o.into_writes();
+        base.commit(w);
+        r
+    }
+    fn put(name: &str, doc: &str, if_match: Option<u64>) -> Command {
+        Command::PutTrigger { name: name.into(), doc_json: doc.into(), if_match }
+    }
+
+    #[test]
+    fn put_get_cas_delete() {
+        let mut s = MemKv::default();
+        assert_eq!(
+            run(&mut s, 5, put("a", "{}", None)),
+            Response::TriggerPut { name: "a".into(), revision: 5, created: true, unchanged: false }
+        );
+        // same document again: unchanged, revision kept
+        assert_eq!(
+            run(&mut s, 6, put("a", "{}", None)),
+            Response::TriggerPut { name: "a".into(), revision: 5, created: false, unchanged: true }
+        );
+        // CAS with a stale revision changes nothing
+        let before = s.clone();
+        assert_eq!(
+            run(&mut s, 7, put("a", "{\"x\":1}", Some(4))),
+            Response::RevisionMismatch { name: "a".into(), expected: 4, actual: 5 }
+        );
+        assert_eq!(before.0.len(), s.0.len());
+        assert_eq!(get(&s, "a").unwrap().doc_json, "{}");
+        // CAS with the current revision succeeds
+        assert_eq!(
+            run(&mut s, 8, put("a", "{\"x\":1}", Some(5))),
+            Response::TriggerPut { name: "a".into(), revision: 8, created: false, unchanged: false }
+        );
+        let rec = get(&s, "a").unwrap();
+        assert_eq!((rec.revision, rec.created_revision, rec.updated_ms), (8, 5, 1008));
+        // create-only (If-Match: 0) on an existing trigger fails
+        assert!(matches!(run(&mut s, 9, put("a", "{}", Some(0))), Response::RevisionMismatch { .. }));
+        run(&mut s, 10, put("b", "{}", Some(0)));
+        assert_eq!(list(&s).iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            run(&mut s, 11, Command::DeleteTrigger { name: "a".into(), if_match: Some(3) }),
+            Response::RevisionMismatch { name: "a".into(), expected: 3, actual: 8 }
+        );
+        assert_eq!(
+            run(&mut s, 12, Command::DeleteTrigger { name: "a".into(), if_match: None }),
+            Response::TriggerDeleted { name: "a".into(), revision: 12 }
+        );
+        assert_eq!(run(&mut s, 13, Command::DeleteTrigger { name: "a".into(), if_match: None }), Response::NotFound { name: "a".into() });
+        assert!(get(&s, "a").is_none());
+    }
+}

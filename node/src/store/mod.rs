@@ -1,0 +1,1 @@
+//! STUB — being written: sled-backed Raft log and state machine.
