@@ -1,13 +1,173 @@
-//! STUB — being written: runs one node (HTTP + gRPC + Raft) until shutdown.
+//! Running one node: open the store, start Raft, serve gRPC and HTTP, bootstrap,
+//! and stop gracefully.
+//!
+//! [`run_with_listeners`] takes already-bound listeners so tests can bind port 0;
+//! shutdown is broadcast to every task through a `watch` channel.
+
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::DaemonConfig;
+use crate::grpc::Services;
+use crate::network::Network;
+use crate::node::{LeaderOp, LeaderReply, Node, Timeouts};
+use crate::store::{Store, StoreError};
+use crate::types::Raft;
 
 #[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error("{0}")]
-    Other(String),
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({what}): {source}; is another node already running there? Change the address in the config or stop the other process")]
+    Bind { addr: String, what: &'static str, source: std::io::Error },
+    #[error("cannot create the data dir {path}: {source}; check spec.cluster.data_dir / --data-dir and permissions")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid Raft settings in spec.cluster.raft: {0}")]
+    RaftConfig(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("{what} server failed: {message}")]
+    Serve { what: &'static str, message: String },
 }
 
-/// Run one node until `shutdown` resolves, then stop gracefully.
-pub async fn run(_cfg: crate::config::DaemonConfig, _shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
-    unimplemented!()
+/// Bind the configured addresses and run the node until `shutdown` resolves.
+pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    let http_addr = cfg.http_addr();
+    let http = TcpListener::bind(&http_addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr: http_addr.clone(), what: "HTTP, spec.server", source })?;
+    let grpc_addr = cfg.spec.cluster.grpc_addr.clone();
+    let grpc = TcpListener::bind(&grpc_addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr: grpc_addr, what: "gRPC, spec.cluster.grpc_addr", source })?;
+    run_with_listeners(cfg, http, grpc, shutdown).await
+}
+
+/// Build openraft's config from `spec.cluster.raft`.
+pub fn raft_config(cfg: &DaemonConfig) -> Result<openraft::Config, ServerError> {
+    let r = &cfg.spec.cluster.raft;
+    openraft::Config {
+        cluster_name: "aof-cluster".into(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+        max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ServerError::RaftConfig(e.to_string()))
+}
+
+/// Run a node on the given listeners until `shutdown` resolves.
+pub async fn run_with_listeners(
+    cfg: DaemonConfig,
+    http: TcpListener,
+    grpc: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let c = &cfg.spec.cluster;
+    let id = c.node_id;
+    std::fs::create_dir_all(&c.data_dir)
+        .map_err(|source| ServerError::DataDir { path: c.data_dir.display().to_string(), source })?;
+    let store = Store::open(&c.data_dir, c.storage.cache_capacity_mb * 1024 * 1024)?;
+    store.check_identity(id)?;
+    let pristine = store.is_pristine()?;
+    let network = Network::default();
+    let raft = Raft::new(id, Arc::new(raft_config(&cfg)?), network.clone(), store.log_store(), store.state_machine())
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let node = Arc::new(Node {
+        id,
+        raft: raft.clone(),
+        sm: store.state_machine(),
+        channels: network.channels.clone(),
+        timeouts: Timeouts { request: Duration::from_millis(c.raft.request_timeout_ms) },
+        startup_index: OnceLock::new(),
+    });
+    tracing::info!(
+        node_id = id,
+        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        grpc = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        data_dir = %c.data_dir.display(),
+        "node starting ({})",
+        if pristine { "new data dir" } else { "existing data, resuming" }
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let services = Services::new(node.clone());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<aof_proto::v1::raft_service_server::RaftServiceServer<Services>>().await;
+    let grpc_task = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(services.raft())
+                .add_service(services.cluster())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }),
+        )
+    };
+    let http_task = {
+        let mut rx = stop_rx.clone();
+        let app = crate::http::router(node.clone());
+        tokio::spawn(async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    if pristine {
+        tokio::spawn(crate::bootstrap::run(node.clone(), c.initial_members.clone(), stop_rx.clone()));
+    }
+    tokio::spawn(learn_startup_index(node.clone(), stop_rx.clone()));
+
+    shutdown.await;
+    tracing::info!(node_id = id, "shutting down");
+    let _ = stop_tx.send(true);
+    let http_res = http_task.await;
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!("raft shutdown: {e}");
+    }
+    let grpc_res = grpc_task.await;
+    match http_res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ServerError::Serve { what: "HTTP", message: e.to_string() }),
+        Err(e) => return Err(ServerError::Serve { what: "HTTP", message: e.to_string() }),
+    }
+    match grpc_res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ServerError::Serve { what: "gRPC", message: e.to_string() }),
+        Err(e) => return Err(ServerError::Serve { what: "gRPC", message: e.to_string() }),
+    }
+    tracing::info!(node_id = id, "stopped");
+    Ok(())
+}
+
+/// Ask the leader once for its read index after start; `/ready` waits until the
+/// local state machine has applied it.
+async fn learn_startup_index(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if node.current_leader().is_some() {
+            if let Ok(LeaderReply::ReadIndex { index }) = node.on_leader(LeaderOp::ReadIndex).await {
+                let _ = node.startup_index.set(index);
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }

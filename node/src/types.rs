@@ -5,6 +5,7 @@
 //! change: add new variants at the end, never reorder or remove one.
 
 use std::fmt;
+use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 

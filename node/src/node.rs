@@ -1,0 +1,437 @@
+//! [`Node`]: one cluster member's handle on Raft, its state machine and its peers.
+//!
+//! Every client-facing operation goes through here. Operations that must run on the
+//! leader (writes, membership changes, read-index, cluster status) are a
+//! [`LeaderOp`]: a leader runs it ([`Node::run_on_leader`]); any other node forwards it
+//! to the leader over gRPC (`ClusterService.Forward`) and relays the answer, so a
+//! client never sees a redirect. Forwarding is one hop: a node that receives a
+//! forwarded op but is no longer leader answers [`NodeError::NotLeader`] and the
+//! origin retries with the new leader.
+//!
+//! **Architecture Invariant**: a write is answered only after `Raft::client_write`
+//! returns, i.e. after its entry is flushed on a quorum, committed and applied on the
+//! leader. No code path acknowledges earlier.
+//!
+//! **Architecture Invariant**: a linearizable read first obtains a read index from
+//! the leader (`Raft::ensure_linearizable`, which confirms leadership with a quorum),
+//! then waits until the local state machine has applied it, then reads locally. Only
+//! `Consistency::Stale` skips this.
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aof_proto::v1::cluster_service_client::ClusterServiceClient;
+use aof_proto::v1::RaftPayload;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::network::{Channels, MAX_MESSAGE_BYTES};
+use crate::sm::KvRead;
+use crate::store::StateMachineStore;
+use crate::types::{Command, Member, NodeId, Raft, Request, Response};
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Read-index through the leader, then read the local state (the default).
+    #[default]
+    Linearizable,
+    /// The local copy as it is; may lag the leader.
+    Stale,
+}
+
+/// An operation that only the leader can perform.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderOp {
+    Write(Command),
+    ReadIndex,
+    AddLearner { id: NodeId, member: Member },
+    Promote { id: NodeId },
+    Remove { id: NodeId },
+    ClusterStatus,
+}
+
+/// The leader's answer to a [`LeaderOp`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderReply {
+    Written { response: Response, log_index: u64 },
+    ReadIndex { index: u64 },
+    Membership { log_index: u64 },
+    ClusterStatus(ClusterStatus),
+}
+
+/// Errors of node operations. They cross the forwarding RPC, so they are plain data.
+#[derive(Clone, Debug, thiserror::Error, Serialize, Deserialize)]
+pub enum NodeError {
+    #[error("this node is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// `GET /v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: NodeId,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub last_applied: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    pub is_leader: bool,
+    /// Highest log index known to be replicated to this member (leader's view).
+    pub matched_index: Option<u64>,
+}
+
+/// Timeouts of client-facing operations.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Bound of one forwarded call, read-index or write wait.
+    pub request: Duration,
+}
+
+/// A running member's handle.
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub channels: Channels,
+    pub timeouts: Timeouts,
+    /// The read index obtained from the leader after start; `/ready` waits until it is applied.
+    pub startup_index: OnceLock<u64>,
+}
+
+/// Milliseconds since the Unix epoch, by this node's wall clock.
+///
+/// Only the leader calls this, to stamp a command it proposes (see
+/// [`crate::types::Request::time_ms`]); the state machine never does.
+fn leader_clock_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Node {
+    /// Propose a command and wait until it is committed and applied.
+    pub async fn write(&self, cmd: Command) -> Result<(Response, u64), NodeError> {
+        match self.on_leader(LeaderOp::Write(cmd)).await? {
+            LeaderReply::Written { response, log_index } => Ok((response, log_index)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Read the local state machine with the requested consistency.
+    pub async fn read<R>(&self, consistency: Consistency, f: impl FnOnce(&dyn KvRead) -> R) -> Result<R, NodeError> {
+        if consistency == Consistency::Linearizable {
+            self.linearize().await?;
+        }
+        Ok(self.sm.read(f))
+    }
+
+    /// Read-index: after this returns, the local state machine reflects every write
+    /// that completed before it was called.
+    pub async fn linearize(&self) -> Result<u64, NodeError> {
+        let started = Instant::now();
+        let index = match self.on_leader(LeaderOp::ReadIndex).await? {
+            LeaderReply::ReadIndex { index } => index,
+            other => return Err(unexpected(other)),
+        };
+        let remaining = self.timeouts.request.saturating_sub(started.elapsed()).max(Duration::from_millis(50));
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "read-index")
+            .await
+            .map_err(|e| {
+                NodeError::Unavailable(format!(
+                    "this node has not applied up to the leader's read index {index} in time ({e}); retry, or read with ?consistency=stale"
+                ))
+            })?;
+        Ok(index)
+    }
+
+    pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<u64, NodeError> {
+        membership_index(self.on_leader(LeaderOp::AddLearner { id, member }).await?)
+    }
+
+    pub async fn promote(&self, id: NodeId) -> Result<u64, NodeError> {
+        membership_index(self.on_leader(LeaderOp::Promote { id }).await?)
+    }
+
+    pub async fn remove(&self, id: NodeId) -> Result<u64, NodeError> {
+        membership_index(self.on_leader(LeaderOp::Remove { id }).await?)
+    }
+
+    /// Cluster status: the leader's view (linearizable) or this node's own view.
+    pub async fn cluster_status(&self, consistency: Consistency) -> Result<ClusterStatus, NodeError> {
+        match consistency {
+            Consistency::Stale => Ok(self.local_status().await),
+            Consistency::Linearizable => match self.on_leader(LeaderOp::ClusterStatus).await? {
+                LeaderReply::ClusterStatus(s) => Ok(s),
+                other => Err(unexpected(other)),
+            },
+        }
+    }
+
+    /// The leader this node currently knows of.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Run `op` on the leader: here if this node leads, else forwarded. Retries (within
+    /// the request timeout) only when the op was certainly not performed: no leader
+    /// known yet, or the contacted node was no longer leader.
+    pub async fn on_leader(&self, op: LeaderOp) -> Result<LeaderReply, NodeError> {
+        let deadline = Instant::now() + self.timeouts.request;
+        let mut last_err = None;
+        for _attempt in 0..10 {
+            let leader = match self.current_leader() {
+                Some(l) => l,
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let waited =
+                        self.raft.wait(Some(left)).metrics(|m| m.current_leader.is_some(), "a leader is known").await;
+                    match waited {
+                        Ok(m) => m.current_leader.expect("waited for a leader"),
+                        Err(_) => break,
+                    }
+                }
+            };
+            let res = if leader == self.id { self.run_on_leader(op.clone()).await } else { self.forward(leader, &op, deadline).await };
+            match res {
+                Err(e @ NodeError::NotLeader { .. }) => {
+                    last_err = Some(e);
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    // The leader changed under us; give the new one a moment to be known.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+        Err(NodeError::Unavailable(format!(
+            "no leader could serve the request within {} ms ({}); the cluster may have lost quorum — check `aofctl cluster status` and retry",
+            self.timeouts.request.as_millis(),
+            last_err.map_or("no leader known".to_string(), |e| e.to_string())
+        )))
+    }
+
+    async fn forward(&self, leader: NodeId, op: &LeaderOp, deadline: Instant) -> Result<LeaderReply, NodeError> {
+        let addr = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            m.membership().get_node(&leader).map(|n| n.grpc_addr.clone())
+        };
+        let Some(addr) = addr else {
+            return Err(NodeError::NotLeader { leader: None });
+        };
+        let channel = self.channels.get(&addr).map_err(|e| NodeError::Internal(format!("bad leader address {addr}: {e}")))?;
+        let mut client = ClusterServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        let call = client.forward(RaftPayload { data: codec::encode(op) });
+        let reply = match tokio::time::timeout(left, call).await {
+            Err(_) => {
+                return Err(NodeError::Unavailable(format!(
+                    "leader {leader} ({addr}) did not answer within the request timeout; the outcome of a write is unknown — retrying it is safe"
+                )))
+            }
+            Ok(Err(status)) => {
+                return Err(NodeError::Unavailable(format!(
+                    "cannot reach leader {leader} at {addr}: {}; retry shortly",
+                    status.message()
+                )))
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<LeaderReply, NodeError> =
+            codec::decode(&reply.data).map_err(|e| NodeError::Internal(format!("bad forward reply: {e}")))?;
+        result
+    }
+
+    /// Perform `op` as leader. Answers [`NodeError::NotLeader`] if this node is not
+    /// the leader (then nothing was proposed).
+    pub async fn run_on_leader(&self, op: LeaderOp) -> Result<LeaderReply, NodeError> {
+        let t = self.timeouts.request;
+        match op {
+            LeaderOp::Write(cmd) => {
+                let req = Request { time_ms: leader_clock_ms(), cmd };
+                let res = tokio::time::timeout(t, self.raft.client_write(req)).await.map_err(|_| {
+                    NodeError::Unavailable(format!(
+                        "the write was not committed within {} ms (no quorum?); its outcome is unknown — retrying is safe",
+                        t.as_millis()
+                    ))
+                })?;
+                match res {
+                    Ok(r) => Ok(LeaderReply::Written { response: r.data, log_index: r.log_id.index }),
+                    Err(e) => Err(write_error(e)),
+                }
+            }
+            LeaderOp::ReadIndex => Ok(LeaderReply::ReadIndex { index: self.leader_read_index().await? }),
+            LeaderOp::AddLearner { id, member } => {
+                let res = tokio::time::timeout(t, self.raft.add_learner(id, member, false))
+                    .await
+                    .map_err(|_| membership_timeout(t))?;
+                res.map(|r| LeaderReply::Membership { log_index: r.log_id.index }).map_err(write_error)
+            }
+            LeaderOp::Promote { id } => {
+                let m = self.raft.metrics().borrow().membership_config.clone();
+                if m.membership().get_node(&id).is_none() {
+                    return Err(NodeError::NotFound(format!(
+                        "node {id} is not a member; add it first with `aofctl cluster join`"
+                    )));
+                }
+                let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                let res = tokio::time::timeout(t, self.raft.change_membership(change, false))
+                    .await
+                    .map_err(|_| membership_timeout(t))?;
+                res.map(|r| LeaderReply::Membership { log_index: r.log_id.index }).map_err(write_error)
+            }
+            LeaderOp::Remove { id } => {
+                let m = self.raft.metrics().borrow().membership_config.clone();
+                let is_voter = m.membership().voter_ids().any(|v| v == id);
+                let is_node = m.membership().get_node(&id).is_some();
+                if !is_node {
+                    return Err(NodeError::NotFound(format!("node {id} is not a member of this cluster")));
+                }
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                let res = tokio::time::timeout(t, self.raft.change_membership(change, false))
+                    .await
+                    .map_err(|_| membership_timeout(t))?;
+                res.map(|r| LeaderReply::Membership { log_index: r.log_id.index }).map_err(write_error)
+            }
+            LeaderOp::ClusterStatus => {
+                // Confirm leadership with a quorum so the answer is not from a deposed leader.
+                self.leader_read_index().await?;
+                Ok(LeaderReply::ClusterStatus(self.local_status().await))
+            }
+        }
+    }
+
+    async fn leader_read_index(&self) -> Result<u64, NodeError> {
+        let t = self.timeouts.request;
+        let res = tokio::time::timeout(t, self.raft.ensure_linearizable()).await.map_err(|_| {
+            NodeError::Unavailable(format!(
+                "the leader could not confirm its leadership with a quorum within {} ms; retry, or read with ?consistency=stale",
+                t.as_millis()
+            ))
+        })?;
+        match res {
+            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(e)) => match e {
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f) => Err(NodeError::NotLeader { leader: f.leader_id }),
+                openraft::error::CheckIsLeaderError::QuorumNotEnough(q) => Err(NodeError::Unavailable(format!(
+                    "the leader cannot reach a quorum ({q}); retry, or read with ?consistency=stale"
+                ))),
+            },
+            Err(RaftError::Fatal(f)) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+
+    /// This node's own view of the cluster.
+    pub async fn local_status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let commit_index = self.raft.with_raft_state(|st| st.committed.map_or(0, |l| l.index)).await.unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched = |id: NodeId| -> Option<u64> {
+            if m.state == ServerState::Leader {
+                if id == self.id {
+                    return m.last_log_index;
+                }
+                m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index)
+            } else {
+                None
+            }
+        };
+        let members = membership
+            .nodes()
+            .map(|(id, n)| MemberStatus {
+                id: *id,
+                grpc_addr: n.grpc_addr.clone(),
+                http_addr: n.http_addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                is_leader: m.current_leader == Some(*id),
+                matched_index: matched(*id),
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            commit_index,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            members,
+        }
+    }
+
+    /// `/ready`: a leader is known and everything committed when this node started
+    /// (as told by the leader's read index) has been applied here.
+    pub fn readiness(&self) -> Result<NodeId, String> {
+        let m = self.raft.metrics().borrow().clone();
+        let Some(leader) = m.current_leader else {
+            return Err("no leader known yet; the node is waiting for an election or to be joined".into());
+        };
+        let Some(&target) = self.startup_index.get() else {
+            return Err("catching up: waiting for the leader's commit index".into());
+        };
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        if applied < target {
+            return Err(format!("catching up: applied {applied} of {target}"));
+        }
+        Ok(leader)
+    }
+}
+
+fn unexpected(r: LeaderReply) -> NodeError {
+    NodeError::Internal(format!("unexpected reply from the leader: {r:?}"))
+}
+
+fn membership_index(r: LeaderReply) -> Result<u64, NodeError> {
+    match r {
+        LeaderReply::Membership { log_index } => Ok(log_index),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn membership_timeout(t: Duration) -> NodeError {
+    NodeError::Unavailable(format!(
+        "the membership change was not committed within {} ms; check `aofctl cluster status` before retrying",
+        t.as_millis()
+    ))
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> NodeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader { leader: f.leader_id },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            NodeError::Invalid(format!("membership change refused: {c}"))
+        }
+        RaftError::Fatal(f) => NodeError::Unavailable(format!("raft stopped: {f}")),
+    }
+}

@@ -1,0 +1,192 @@
+//! In-process test clusters: real nodes on real loopback sockets (port 0), each
+//! with its own temp data dir and a graceful-shutdown handle.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use aof_node::config::{DaemonConfig, InitialMember};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestNode {
+    pub id: u64,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub cfg: DaemonConfig,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestNode {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+    pub fn is_running(&self) -> bool {
+        self.task.is_some()
+    }
+}
+
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+/// Fast Raft timings for loopback tests.
+pub fn tune(cfg: &mut DaemonConfig, snapshot_every: u64) {
+    let r = &mut cfg.spec.cluster.raft;
+    r.heartbeat_interval_ms = 50;
+    r.election_timeout_min_ms = 300;
+    r.election_timeout_max_ms = 600;
+    r.snapshot_every = snapshot_every;
+    r.logs_to_keep_after_snapshot = 0;
+    r.request_timeout_ms = 3000;
+    cfg.spec.cluster.storage.cache_capacity_mb = 8;
+}
+
+async fn bind() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+impl TestCluster {
+    /// Start `n` nodes listed in each other's `initial_members`.
+    pub async fn start(n: u64, snapshot_every: u64) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push((bind().await, bind().await));
+        }
+        let members: Vec<InitialMember> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, ((_, h), (_, g)))| InitialMember { id: i as u64 + 1, grpc_addr: g.to_string(), http_addr: h.to_string() })
+            .collect();
+        let mut c = TestCluster { nodes: Vec::new(), dir, http: reqwest::Client::new() };
+        for (i, ((hl, h), (gl, g))) in listeners.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut cfg = DaemonConfig::new(id, h, g, c.dir.path().join(format!("node{id}")));
+            cfg.spec.cluster.initial_members = members.clone();
+            tune(&mut cfg, snapshot_every);
+            let mut node = TestNode { id, http: h, grpc: g, cfg, stop: None, task: None };
+            spawn(&mut node, hl, gl);
+            c.nodes.push(node);
+        }
+        c
+    }
+
+    /// Start an extra node with no initial members (to be joined).
+    pub async fn add_unjoined_node(&mut self, snapshot_every: u64) -> usize {
+        let ((hl, h), (gl, g)) = (bind().await, bind().await);
+        let id = self.nodes.len() as u64 + 1;
+        let mut cfg = DaemonConfig::new(id, h, g, self.dir.path().join(format!("node{id}")));
+        tune(&mut cfg, snapshot_every);
+        let mut node = TestNode { id, http: h, grpc: g, cfg, stop: None, task: None };
+        spawn(&mut node, hl, gl);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Stop node `i` gracefully and wait for it to finish.
+    pub async fn stop(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(tx) = node.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = node.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), t).await.expect("node stops within 20s").unwrap();
+        }
+    }
+
+    /// Restart a stopped node on its old addresses with its old data.
+    pub async fn restart(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        assert!(node.task.is_none(), "stop the node first");
+        let hl = TcpListener::bind(node.http).await.unwrap();
+        let gl = TcpListener::bind(node.grpc).await.unwrap();
+        spawn(node, hl, gl);
+    }
+
+    pub async fn get_json(&self, i: usize, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.nodes[i].url(path)).send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Poll until `f` holds, at most `secs` seconds.
+    pub async fn eventually<F, Fut>(&self, what: &str, secs: u64, mut f: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if f().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out after {secs}s waiting for: {what}");
+    }
+
+    /// Wait until every running node answers `/ready` with 200; returns the leader id.
+    pub async fn wait_ready(&self, secs: u64) -> u64 {
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].is_running()).collect();
+        self.eventually("all running nodes ready", secs, || async {
+            let mut ok = true;
+            for &i in &running {
+                ok &= self.get_json(i, "/ready").await.0 == 200;
+            }
+            ok
+        })
+        .await;
+        let (_, v) = self.get_json(running[0], "/v1/cluster").await;
+        v["leader_id"].as_u64().expect("a leader")
+    }
+
+    pub fn index_of(&self, id: u64) -> usize {
+        self.nodes.iter().position(|n| n.id == id).unwrap()
+    }
+
+    pub async fn put_trigger(&self, i: usize, name: &str, event: &str, if_match: Option<u64>) -> (u16, Value) {
+        let body = format!(
+            "apiVersion: aof.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\nspec:\n  type: GitHub\n  config:\n    github_events: [{event}]\n"
+        );
+        let mut req = self.http.put(self.nodes[i].url(&format!("/v1/triggers/{name}"))).header("content-type", "application/yaml").body(body);
+        if let Some(m) = if_match {
+            req = req.header("if-match", m.to_string());
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(tx) = n.stop.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+fn spawn(node: &mut TestNode, hl: TcpListener, gl: TcpListener) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let cfg = node.cfg.clone();
+    let task = tokio::spawn(async move {
+        aof_node::server::run_with_listeners(cfg, hl, gl, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("node runs and stops cleanly");
+    });
+    node.stop = Some(tx);
+    node.task = Some(task);
+}
