@@ -1,1 +1,248 @@
-//! STUB — being written: sled-backed Raft log and state machine.
+//! sled-backed Raft storage: the replicated log ([`LogStore`]) and the state machine
+//! with its snapshots ([`StateMachineStore`]).
+//!
+//! One node keeps one sled [`sled::Db`] in its data dir, with these trees:
+//!
+//! | tree        | key                                | value                                   |
+//! |-------------|------------------------------------|-----------------------------------------|
+//! | `log`       | log index, 8 bytes big-endian      | `codec(Entry)`                          |
+//! | `raft_meta` | `vote`, `committed`, `last_purged`, `node_id` | `codec(..)`                  |
+//! | `sm`        | the state machine's own keys (`t/…`, `m/clock`), unprefixed | written by [`crate::sm`] |
+//! | `sm_meta`   | `last_applied`, `membership`       | `codec(LogId)`, `codec(StoredMembership)` |
+//! | `snapshot`  | `meta`, `data`                     | `codec(SnapshotMeta)`, `codec(Vec<(key, value)>)` |
+//!
+//! **Architecture Invariant**: every value this module writes goes through
+//! [`crate::codec`], so each record carries a format version; a record this build
+//! cannot read surfaces as an error ([`StoreError::Corrupt`] at open, or an
+//! [`openraft::StorageError`] from the Raft storage traits), never as a panic.
+//!
+//! **Architecture Invariant**: `sm` and `sm_meta` only ever change together, in one
+//! sled transaction, so after a crash the applied state and `last_applied` agree.
+
+// `openraft::StorageError` (~224 bytes) is the error type the Raft storage traits
+// prescribe; boxing it in the helpers would only add conversions.
+#![allow(clippy::result_large_err)]
+
+mod kv;
+mod log_store;
+mod state_machine;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use openraft::{AnyError, StorageIOError};
+
+use crate::codec::{self, CodecError};
+use crate::types::{LogId, StorageError, StoredMembership};
+
+pub use kv::SledKv;
+pub use log_store::LogStore;
+pub use state_machine::{SnapshotBuilder, StateMachineStore};
+
+/// Tree names.
+pub(crate) mod trees {
+    pub const LOG: &str = "log";
+    pub const RAFT_META: &str = "raft_meta";
+    pub const SM: &str = "sm";
+    pub const SM_META: &str = "sm_meta";
+    pub const SNAPSHOT: &str = "snapshot";
+}
+
+/// Keys of the `raft_meta` tree.
+pub(crate) mod raft_meta_keys {
+    pub const VOTE: &[u8] = b"vote";
+    pub const COMMITTED: &[u8] = b"committed";
+    pub const LAST_PURGED: &[u8] = b"last_purged";
+    pub const NODE_ID: &[u8] = b"node_id";
+}
+
+/// Keys of the `sm_meta` tree.
+pub(crate) mod sm_meta_keys {
+    pub const LAST_APPLIED: &[u8] = b"last_applied";
+    pub const MEMBERSHIP: &[u8] = b"membership";
+}
+
+/// Keys of the `snapshot` tree.
+pub(crate) mod snapshot_keys {
+    pub const META: &[u8] = b"meta";
+    pub const DATA: &[u8] = b"data";
+}
+
+/// Errors of opening and checking a data dir. Each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open data dir {}: {source}; check that the directory exists or can be created, \
+         is writable, and is not in use by another aof-cluster process",
+        .dir.display()
+    )]
+    Open { dir: PathBuf, source: sled::Error },
+
+    #[error("storage error in data dir {}: {source}; check free disk space and permissions", .dir.display())]
+    Io { dir: PathBuf, source: sled::Error },
+
+    #[error(
+        "data dir {}: cannot read {what}: {source}; the data dir was written by an incompatible \
+         aof-cluster version or is damaged (restore it from a backup, or start this node with an \
+         empty data dir so it catches up from the cluster)",
+        .dir.display()
+    )]
+    Corrupt { dir: PathBuf, what: &'static str, source: CodecError },
+
+    #[error(
+        "data dir {} belongs to node {found}, config says node {expected}; use the right --data-dir or an empty one",
+        .dir.display()
+    )]
+    WrongNode { dir: PathBuf, found: u64, expected: u64 },
+}
+
+/// What the state machine has applied, cached in memory (the source of truth is the
+/// `sm_meta` tree; the cache is updated right after each commit to it).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Applied {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// The sled database of one node. Cheap to clone (all handles are shared).
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) dir: Arc<PathBuf>,
+    pub(crate) db: sled::Db,
+    pub(crate) log: sled::Tree,
+    pub(crate) raft_meta: sled::Tree,
+    pub(crate) sm: sled::Tree,
+    pub(crate) sm_meta: sled::Tree,
+    pub(crate) snapshot: sled::Tree,
+    pub(crate) applied: Arc<RwLock<Applied>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the data dir. `cache_capacity_bytes` bounds sled's page cache
+    /// (sled's own default is 1 GB).
+    pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open { dir: dir.to_path_buf(), source };
+        let db = sled::Config::new().path(dir).cache_capacity(cache_capacity_bytes).open().map_err(open_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        let mut store = Store {
+            dir: Arc::new(dir.to_path_buf()),
+            log: tree(trees::LOG)?,
+            raft_meta: tree(trees::RAFT_META)?,
+            sm: tree(trees::SM)?,
+            sm_meta: tree(trees::SM_META)?,
+            snapshot: tree(trees::SNAPSHOT)?,
+            db,
+            applied: Arc::default(),
+        };
+        let applied = store.load_applied()?;
+        store.applied = Arc::new(RwLock::new(applied));
+        Ok(store)
+    }
+
+    fn load_applied(&self) -> Result<Applied, StoreError> {
+        let last_applied = self.get_decoded(&self.sm_meta, sm_meta_keys::LAST_APPLIED, "the last applied log id")?;
+        let membership =
+            self.get_decoded(&self.sm_meta, sm_meta_keys::MEMBERSHIP, "the applied membership")?.unwrap_or_default();
+        Ok(Applied { last_applied, membership })
+    }
+
+    fn io_err(&self, source: sled::Error) -> StoreError {
+        StoreError::Io { dir: self.dir.to_path_buf(), source }
+    }
+
+    fn get_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        match tree.get(key).map_err(|e| self.io_err(e))? {
+            None => Ok(None),
+            Some(v) => codec::decode(&v).map(Some).map_err(|source| StoreError::Corrupt {
+                dir: self.dir.to_path_buf(),
+                what,
+                source,
+            }),
+        }
+    }
+
+    /// Pins this data dir to a node id: first open records it; a different id later is an error
+    /// ("data dir X belongs to node 2, config says node 3; use the right --data-dir or an empty one").
+    pub fn check_identity(&self, node_id: u64) -> Result<(), StoreError> {
+        let encoded = codec::encode(&node_id);
+        match self
+            .raft_meta
+            .compare_and_swap(raft_meta_keys::NODE_ID, None as Option<&[u8]>, Some(encoded))
+            .map_err(|e| self.io_err(e))?
+        {
+            Ok(()) => {
+                self.db.flush().map_err(|e| self.io_err(e))?;
+                Ok(())
+            }
+            Err(cas) => {
+                let current = cas.current.expect("compare_and_swap against None fails only when a value exists");
+                let found: u64 = codec::decode(&current).map_err(|source| StoreError::Corrupt {
+                    dir: self.dir.to_path_buf(),
+                    what: "the node id of the data dir",
+                    source,
+                })?;
+                if found == node_id {
+                    Ok(())
+                } else {
+                    Err(StoreError::WrongNode { dir: self.dir.to_path_buf(), found, expected: node_id })
+                }
+            }
+        }
+    }
+
+    /// True when nothing was ever persisted by Raft: no vote, no log entry, no applied
+    /// state, no snapshot. (The pinned node id does not count.)
+    pub fn is_pristine(&self) -> Result<bool, StoreError> {
+        let io = |e| self.io_err(e);
+        for key in [raft_meta_keys::VOTE, raft_meta_keys::COMMITTED, raft_meta_keys::LAST_PURGED] {
+            if self.raft_meta.contains_key(key).map_err(io)? {
+                return Ok(false);
+            }
+        }
+        for tree in [&self.log, &self.sm, &self.sm_meta, &self.snapshot] {
+            if tree.first().map_err(io)?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The Raft log (and vote) storage of this node.
+    pub fn log_store(&self) -> LogStore {
+        LogStore::new(self.clone())
+    }
+
+    /// The state machine (and snapshot) storage of this node.
+    pub fn state_machine(&self) -> StateMachineStore {
+        StateMachineStore::new(self.clone())
+    }
+
+    /// The data dir this store was opened from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Wrap any error as the source of a [`StorageIOError`].
+pub(crate) fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
+    AnyError::new(&e)
+}
+
+/// Shorthand: a [`StorageIOError`] as a [`StorageError`].
+pub(crate) fn io(e: StorageIOError<u64>) -> StorageError {
+    StorageError::IO { source: e }
+}

@@ -1,0 +1,339 @@
+//! Unit tests of the sled store: restart durability, identity pinning, pristine
+//! detection, applying commands, snapshot transfer and bad on-disk records.
+
+use std::collections::BTreeMap;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
+
+use super::*;
+use crate::sm::triggers;
+use crate::types::{Command, Entry, LogId, Member, Request, Response, SnapshotMeta, Vote};
+
+const CACHE: u64 = 4 * 1024 * 1024;
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(dir.path(), CACHE).expect("open store")
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn blank(term: u64, index: u64) -> Entry {
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Blank }
+}
+
+fn put(term: u64, index: u64, name: &str, doc: &str) -> Entry {
+    let cmd = Command::PutTrigger { name: name.into(), doc_json: doc.into(), if_match: None };
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Request { time_ms: 1000 + index, cmd }) }
+}
+
+fn delete(term: u64, index: u64, name: &str) -> Entry {
+    let cmd = Command::DeleteTrigger { name: name.into(), if_match: None };
+    Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Request { time_ms: 1000 + index, cmd }) }
+}
+
+fn membership(term: u64, index: u64) -> Entry {
+    let nodes: BTreeMap<u64, Member> = [(1, Member { grpc_addr: "a:1".into(), http_addr: "a:2".into() })].into();
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], nodes)),
+    }
+}
+
+/// All pairs of the `sm` tree.
+fn sm_pairs(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    store.sm.iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap()).collect()
+}
+
+fn corrupt(record: &[u8]) -> Vec<u8> {
+    let mut bad = record.to_vec();
+    bad[0] = 99; // a format version no build knows
+    bad
+}
+
+#[tokio::test]
+async fn restart_keeps_vote_logs_committed_applied_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot_meta;
+    {
+        let store = open(&dir);
+        let mut log = store.log_store();
+        let mut sm = store.state_machine();
+        log.save_vote(&Vote::new(3, 1)).await.unwrap();
+        log.blocking_append([blank(1, 1), membership(1, 2), put(1, 3, "x", "{}"), put(2, 4, "y", "{\"a\":1}")])
+            .await
+            .unwrap();
+        log.save_committed(Some(log_id(2, 4))).await.unwrap();
+        sm.apply([blank(1, 1), membership(1, 2), put(1, 3, "x", "{}")]).await.unwrap();
+        snapshot_meta = sm.get_snapshot_builder().await.build_snapshot().await.unwrap().meta;
+        sm.apply([put(2, 4, "y", "{\"a\":1}")]).await.unwrap();
+        assert_eq!(sm.last_applied(), Some(log_id(2, 4)));
+    }
+
+    let store = open(&dir);
+    assert!(!store.is_pristine().unwrap());
+    let mut log = store.log_store();
+    let mut sm = store.state_machine();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 4)));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (None, Some(log_id(2, 4))));
+    let entries = log.try_get_log_entries(1..5).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+        (1..=4).map(|i| log_id(if i < 4 { 1 } else { 2 }, i)).collect::<Vec<_>>()
+    );
+    assert_eq!(entries[2], put(1, 3, "x", "{}"));
+
+    let (last_applied, mem) = sm.applied_state().await.unwrap();
+    assert_eq!(last_applied, Some(log_id(2, 4)));
+    assert_eq!(mem.log_id(), &Some(log_id(1, 2)));
+    assert_eq!(sm.last_applied(), Some(log_id(2, 4)));
+    assert_eq!(sm.read(|kv| triggers::get(kv, "x")).unwrap().revision, 3);
+    assert_eq!(sm.read(|kv| triggers::get(kv, "y")).unwrap().doc_json, "{\"a\":1}");
+
+    let current = sm.get_current_snapshot().await.unwrap().expect("snapshot survives restart");
+    assert_eq!(current.meta, snapshot_meta);
+    assert_eq!(current.meta.last_log_id, Some(log_id(1, 3)));
+}
+
+#[tokio::test]
+async fn purge_and_truncate_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = open(&dir).log_store();
+        log.blocking_append((1..=10).map(|i| blank(1, i))).await.unwrap();
+        log.purge(log_id(1, 3)).await.unwrap();
+        log.truncate(log_id(1, 8)).await.unwrap();
+        log.save_vote(&Vote::new(1, 1)).await.unwrap(); // flushes
+    }
+    let mut log = open(&dir).log_store();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(1, 3)), Some(log_id(1, 7))));
+    let idx: Vec<u64> = log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
+    assert_eq!(idx, vec![4, 5, 6, 7]);
+    // purging everything leaves last_log_id at last_purged
+    log.purge(log_id(1, 7)).await.unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(log_id(1, 7)), Some(log_id(1, 7))));
+}
+
+#[tokio::test]
+async fn check_identity_pins_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.check_identity(2).unwrap();
+        store.check_identity(2).unwrap();
+    }
+    let store = open(&dir);
+    store.check_identity(2).unwrap();
+    let err = store.check_identity(3).unwrap_err();
+    assert!(matches!(err, StoreError::WrongNode { found: 2, expected: 3, .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("belongs to node 2, config says node 3; use the right --data-dir or an empty one"), "{msg}");
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+}
+
+#[tokio::test]
+async fn is_pristine_until_raft_persists_something() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    assert!(store.is_pristine().unwrap());
+    store.check_identity(1).unwrap();
+    assert!(store.is_pristine().unwrap(), "the node id alone does not count");
+    store.log_store().save_vote(&Vote::new(1, 1)).await.unwrap();
+    assert!(!store.is_pristine().unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.log_store().blocking_append([blank(1, 1)]).await.unwrap();
+    assert!(!store.is_pristine().unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.state_machine().apply([blank(1, 1)]).await.unwrap();
+    assert!(!store.is_pristine().unwrap());
+}
+
+#[tokio::test]
+async fn apply_commands_and_read_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut sm = store.state_machine();
+    assert_eq!(sm.last_applied(), None);
+    assert_eq!(sm.apply(Vec::<Entry>::new()).await.unwrap(), vec![]);
+
+    // one batch: later entries see the earlier entries' writes (one overlay)
+    let resps =
+        sm.apply([blank(1, 1), put(1, 2, "x", "{}"), membership(1, 3), put(1, 4, "x", "{\"v\":2}")]).await.unwrap();
+    assert_eq!(
+        resps,
+        vec![
+            Response::None,
+            Response::TriggerPut { name: "x".into(), revision: 2, created: true, unchanged: false },
+            Response::None,
+            Response::TriggerPut { name: "x".into(), revision: 4, created: false, unchanged: false },
+        ]
+    );
+    assert_eq!(sm.last_applied(), Some(log_id(1, 4)));
+    let (_, mem) = sm.applied_state().await.unwrap();
+    assert_eq!(mem.log_id(), &Some(log_id(1, 3)));
+
+    let rec = sm.read(|kv| triggers::get(kv, "x")).expect("trigger x");
+    assert_eq!((rec.revision, rec.created_revision, rec.doc_json.as_str()), (4, 2, "{\"v\":2}"));
+    assert_eq!(sm.read(|kv| crate::sm::read_clock(kv)), 1004);
+
+    // another handle sees the same state
+    let other = store.state_machine();
+    assert_eq!(other.last_applied(), Some(log_id(1, 4)));
+    assert_eq!(other.read(|kv| triggers::list(kv)).len(), 1);
+
+    assert_eq!(
+        sm.apply([delete(1, 5, "x")]).await.unwrap(),
+        vec![Response::TriggerDeleted { name: "x".into(), revision: 5 }]
+    );
+    assert!(sm.read(|kv| triggers::get(kv, "x")).is_none());
+    assert_eq!(sm.last_applied(), Some(log_id(1, 5)));
+}
+
+#[tokio::test]
+async fn snapshot_build_and_install_copies_the_state() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let a = open(&dir_a);
+    let b = open(&dir_b);
+    let mut sm_a = a.state_machine();
+    let mut sm_b = b.state_machine();
+
+    sm_a.apply([membership(1, 1), put(1, 2, "x", "{}"), put(1, 3, "y", "{}"), put(1, 4, "z", "{}"), delete(1, 5, "y")])
+        .await
+        .unwrap();
+    // b has state of its own that the snapshot must replace
+    sm_b.apply([put(1, 1, "old", "{}"), put(1, 2, "x", "{\"other\":true}")]).await.unwrap();
+
+    // the builder captures the state when it is created; later applies do not leak in
+    let mut builder = sm_a.get_snapshot_builder().await;
+    sm_a.apply([put(2, 6, "late", "{}")]).await.unwrap();
+    let snap = builder.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(1, 5)));
+    assert_eq!(snap.meta.last_membership.log_id(), &Some(log_id(1, 1)));
+    assert!(snap.meta.snapshot_id.starts_with("1-5-"), "{}", snap.meta.snapshot_id);
+    let pairs = state_machine::decode_snapshot_pairs(snap.snapshot.get_ref()).unwrap();
+    assert!(pairs.iter().all(|(k, _)| k.as_slice() != b"t/late"));
+    assert!(pairs.iter().all(|(k, _)| k.as_slice() != b"t/y"), "deleted keys are not in the snapshot");
+    let expected_after_install = pairs.clone();
+
+    let stored = sm_a.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(stored.meta, snap.meta);
+
+    assert!(sm_b.begin_receiving_snapshot().await.unwrap().get_ref().is_empty());
+    sm_b.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    assert_eq!(sm_pairs(&b), expected_after_install);
+    assert_eq!(sm_b.applied_state().await.unwrap(), (snap.meta.last_log_id, snap.meta.last_membership.clone()));
+    assert_eq!(sm_b.last_applied(), Some(log_id(1, 5)));
+    assert!(sm_b.read(|kv| triggers::get(kv, "old")).is_none());
+    assert_eq!(sm_b.read(|kv| triggers::get(kv, "x")).unwrap().doc_json, "{}");
+    assert_eq!(sm_b.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
+
+    // a second snapshot of `a` now includes the late write and supersedes the first
+    let snap2 = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snap2.meta.last_log_id, Some(log_id(2, 6)));
+    assert_ne!(snap2.meta.snapshot_id, snap.meta.snapshot_id);
+    assert_eq!(sm_a.get_current_snapshot().await.unwrap().unwrap().meta, snap2.meta);
+    // a builder builds once
+    let mut once = sm_a.get_snapshot_builder().await;
+    once.build_snapshot().await.unwrap();
+    assert!(once.build_snapshot().await.is_err());
+
+    // snapshot size tracks live state, not history
+    let sm_c_dir = tempfile::tempdir().unwrap();
+    let c = open(&sm_c_dir);
+    let mut sm_c = c.state_machine();
+    for i in 1..=200 {
+        sm_c.apply([put(1, i, "same", &format!("{{\"v\":{i}}}"))]).await.unwrap();
+    }
+    let small = sm_c.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert!(small.snapshot.get_ref().len() < 1024, "{} bytes", small.snapshot.get_ref().len());
+}
+
+#[tokio::test]
+async fn older_build_does_not_replace_newer_installed_snapshot() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut sm_a = open(&dir_a).state_machine();
+    let mut sm_b = open(&dir_b).state_machine();
+    sm_a.apply([put(1, 1, "x", "{}"), put(1, 2, "y", "{}")]).await.unwrap();
+    let newer = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    sm_b.apply([put(1, 1, "x", "{}")]).await.unwrap();
+    let mut old_builder = sm_b.get_snapshot_builder().await; // captured at (1,1)
+    sm_b.install_snapshot(&newer.meta, newer.snapshot.clone()).await.unwrap();
+    let old = old_builder.build_snapshot().await.unwrap();
+    assert_eq!(old.meta.last_log_id, Some(log_id(1, 1)));
+    assert_eq!(sm_b.get_current_snapshot().await.unwrap().unwrap().meta, newer.meta);
+}
+
+#[tokio::test]
+async fn unknown_format_version_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        let mut log = store.log_store();
+        let mut sm = store.state_machine();
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        log.blocking_append([blank(1, 1), blank(1, 2)]).await.unwrap();
+        sm.apply([blank(1, 1)]).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+        // vote
+        let vote = store.raft_meta.get(raft_meta_keys::VOTE).unwrap().unwrap();
+        store.raft_meta.insert(raft_meta_keys::VOTE, corrupt(&vote)).unwrap();
+        assert!(log.read_vote().await.is_err());
+        // a log entry
+        let key = log_store::index_key(2);
+        let entry = store.log.get(key).unwrap().unwrap();
+        store.log.insert(key, corrupt(&entry)).unwrap();
+        assert!(log.try_get_log_entries(1..3).await.is_err());
+        assert!(log.get_log_state().await.is_err());
+        assert_eq!(log.try_get_log_entries(1..2).await.unwrap().len(), 1, "good entries stay readable");
+        // a truncated (not just mis-versioned) entry
+        store.log.insert(key, &entry[..entry.len() / 2]).unwrap();
+        assert!(log.try_get_log_entries(2..3).await.is_err());
+        // the snapshot meta
+        let meta = store.snapshot.get(snapshot_keys::META).unwrap().unwrap();
+        store.snapshot.insert(snapshot_keys::META, corrupt(&meta)).unwrap();
+        assert!(sm.get_current_snapshot().await.is_err());
+        // received snapshot data: rejected before touching the state
+        let good = sm.get_snapshot_builder().await.build_snapshot().await;
+        assert!(good.is_err(), "the stored meta is unreadable, so storing the new snapshot fails");
+        let before = sm_pairs(&store);
+        let snap_meta = SnapshotMeta { last_log_id: Some(log_id(1, 9)), ..Default::default() };
+        let data = corrupt(&crate::codec::encode(&Vec::<(Vec<u8>, Vec<u8>)>::new()));
+        assert!(sm.install_snapshot(&snap_meta, Box::new(std::io::Cursor::new(data))).await.is_err());
+        assert_eq!(sm_pairs(&store), before);
+        assert_eq!(sm.last_applied(), Some(log_id(1, 1)));
+        // the applied state record
+        let la = store.sm_meta.get(sm_meta_keys::LAST_APPLIED).unwrap().unwrap();
+        store.sm_meta.insert(sm_meta_keys::LAST_APPLIED, corrupt(&la)).unwrap();
+        // the node id
+        store.raft_meta.insert(raft_meta_keys::NODE_ID, corrupt(&crate::codec::encode(&1u64))).unwrap();
+        assert!(matches!(store.check_identity(1), Err(StoreError::Corrupt { .. })));
+        store.db.flush().unwrap();
+    }
+    let err = Store::open(dir.path(), CACHE).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { what: "the last applied log id", .. }), "{err:?}");
+    assert!(err.to_string().contains("format version 99"), "{err}");
+}
+
+#[test]
+fn open_error_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = Store::open(&file.join("sub"), CACHE).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+    assert!(err.to_string().contains("cannot open data dir"), "{err}");
+}
