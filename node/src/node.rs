@@ -88,6 +88,11 @@ pub struct ClusterStatus {
     pub term: u64,
     pub commit_index: u64,
     pub last_applied: u64,
+    /// Last log index covered by the answering node's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// The answering node's log is purged up to here (a member that needs older
+    /// entries is caught up by snapshot).
+    pub purged_index: Option<u64>,
     pub members: Vec<MemberStatus>,
 }
 
@@ -386,6 +391,8 @@ impl Node {
             term: m.current_term,
             commit_index,
             last_applied: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
             members,
         }
     }

@@ -48,23 +48,6 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 
     run_with_listeners(cfg, http, grpc, shutdown).await
 }
 
-/// Build openraft's config from `spec.cluster.raft`.
-pub fn raft_config(cfg: &DaemonConfig) -> Result<openraft::Config, ServerError> {
-    let r = &cfg.spec.cluster.raft;
-    openraft::Config {
-        cluster_name: "aof-cluster".into(),
-        heartbeat_interval: r.heartbeat_interval_ms,
-        election_timeout_min: r.election_timeout_min_ms,
-        election_timeout_max: r.election_timeout_max_ms,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
-        max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
-        install_snapshot_timeout: 10_000,
-        ..Default::default()
-    }
-    .validate()
-    .map_err(|e| ServerError::RaftConfig(e.to_string()))
-}
-
 /// Run a node on the given listeners until `shutdown` resolves.
 pub async fn run_with_listeners(
     cfg: DaemonConfig,
@@ -76,11 +59,12 @@ pub async fn run_with_listeners(
     let id = c.node_id;
     std::fs::create_dir_all(&c.data_dir)
         .map_err(|source| ServerError::DataDir { path: c.data_dir.display().to_string(), source })?;
-    let store = Store::open(&c.data_dir, c.storage.cache_capacity_mb * 1024 * 1024)?;
+    let store = Store::open(&c.data_dir, c.storage.cache_capacity_bytes())?;
     store.check_identity(id)?;
     let pristine = store.is_pristine()?;
+    let raft_cfg = c.raft.openraft_config("aof-cluster").map_err(|e| ServerError::RaftConfig(e.to_string()))?;
     let network = Network::default();
-    let raft = Raft::new(id, Arc::new(raft_config(&cfg)?), network.clone(), store.log_store(), store.state_machine())
+    let raft = Raft::new(id, Arc::new(raft_cfg), network.clone(), store.log_store(), store.state_machine())
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     let node = Arc::new(Node {
@@ -88,7 +72,7 @@ pub async fn run_with_listeners(
         raft: raft.clone(),
         sm: store.state_machine(),
         channels: network.channels.clone(),
-        timeouts: Timeouts { request: Duration::from_millis(c.raft.request_timeout_ms) },
+        timeouts: Timeouts { request: c.raft.request_timeout() },
         startup_index: OnceLock::new(),
     });
     tracing::info!(

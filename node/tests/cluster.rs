@@ -138,6 +138,12 @@ async fn joined_node_catches_up_by_snapshot_then_leaves() {
         assert_eq!(s, 201);
     }
     let li = c.index_of(leader);
+    // The leader has snapshotted and purged its log: a new member can only catch up
+    // by snapshot install.
+    c.eventually("leader purged its log", 10, || async {
+        c.get_json(li, "/v1/cluster?consistency=stale").await.1["purged_index"].as_u64().unwrap_or(0) >= SNAPSHOT_EVERY
+    })
+    .await;
     let n4 = c.add_unjoined_node(SNAPSHOT_EVERY).await;
     // Not a member: it must not be ready or form its own cluster.
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
@@ -161,7 +167,9 @@ async fn joined_node_catches_up_by_snapshot_then_leaves() {
     let (_, v) = c.get_json(n4, "/v1/cluster").await;
     let m4 = v["members"].as_array().unwrap().iter().find(|m| m["id"] == 4).unwrap().clone();
     assert_eq!(m4["role"], "voter");
-    // It has the state, and it got it by snapshot: its own log starts after a purge.
+    // It has the state, and it got it by snapshot.
+    let (_, own) = c.get_json(n4, "/v1/cluster?consistency=stale").await;
+    assert!(own["snapshot_index"].as_u64().unwrap_or(0) >= SNAPSHOT_EVERY, "{own}");
     let (s, got) = c.get_json(n4, "/v1/triggers/w0?consistency=stale").await;
     assert_eq!(s, 200, "{got}");
     let (_, list) = c.get_json(n4, "/v1/triggers?consistency=stale").await;
