@@ -1,1 +1,384 @@
-fn main() {}
+//! `aofctl`: run aof-cluster nodes, manage the cluster's membership and its triggers.
+//!
+//! One module per concern: [`serve`] (run a node), [`dev`] (a local 3-node
+//! cluster), [`cluster`] (status/join/leave), [`triggers`] (apply/get/delete),
+//! [`output`] (tables, JSON/YAML), [`signals`] (SIGINT/SIGTERM).
+//!
+//! Errors are printed as `error: <message>` (with a hint when the cluster
+//! cannot be reached) and exit with code 1; usage errors exit with code 2.
+
+mod cluster;
+mod dev;
+mod output;
+mod serve;
+mod signals;
+mod triggers;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use aof_client::{Client, ClientError, Consistency};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Command-line tool of aof-cluster: run nodes, manage the cluster and its triggers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "aofctl",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted by every subcommand.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Node HTTP endpoints (comma-separated); a request goes to the next one when
+    /// a node cannot be reached.
+    #[arg(
+        long,
+        global = true,
+        env = "AOF_ENDPOINT",
+        value_delimiter = ',',
+        value_name = "URL[,URL...]",
+        default_value = "http://127.0.0.1:3001"
+    )]
+    pub endpoint: Vec<String>,
+
+    /// Log filter (e.g. `debug`, `aof_node=debug,info`); RUST_LOG overrides it.
+    /// Default: `info` for `serve`, `warn` otherwise.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Time allowed for one HTTP request to one node (e.g. 500ms, 20s, 1m).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl GlobalArgs {
+    /// A client of `--endpoint`.
+    pub fn client(&self) -> Client {
+        Client::builder(self.endpoint.clone())
+            .request_timeout(self.request_timeout)
+            .build()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a cluster node (HTTP + gRPC + Raft) until SIGINT/SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Show and change cluster membership.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Create or update triggers from YAML files (kubectl-style).
+    Apply(triggers::ApplyArgs),
+    /// Show stored resources.
+    #[command(subcommand)]
+    Get(triggers::GetCommand),
+    /// Delete stored resources.
+    #[command(subcommand)]
+    Delete(triggers::DeleteCommand),
+    /// Start a local 3-node cluster (nodes 1-3) for development; Ctrl-C stops it.
+    Dev(dev::DevArgs),
+}
+
+/// `--consistency` of read commands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    /// Confirmed with the leader (fails if the node cannot reach a leader).
+    #[default]
+    Linearizable,
+    /// The answering node's local copy (always answers; may be old).
+    Stale,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(c: ConsistencyArg) -> Self {
+        match c {
+            ConsistencyArg::Linearizable => Consistency::Linearizable,
+            ConsistencyArg::Stale => Consistency::Stale,
+        }
+    }
+}
+
+/// Parses `250ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 2m"))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Installs the tracing subscriber (stderr). RUST_LOG wins over `level`.
+pub fn init_logging(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // No colour codes in log files (e.g. `aofctl dev` writes data/logs/nodeN.log).
+        .with_ansi(std::io::stderr().is_terminal());
+    // try_init: a subscriber may already be set (tests); keep it then.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let level = cli.global.log_level.as_deref();
+    match &cli.command {
+        Command::Serve(args) => {
+            init_logging(
+                level.unwrap_or("info"),
+                args.log_format == serve::LogFormat::Json,
+            );
+        }
+        _ => init_logging(level.unwrap_or("warn"), false),
+    }
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Cluster(cmd) => cluster::run(cmd, &cli.global)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Apply(args) => triggers::apply(args, &cli.global)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Get(cmd) => triggers::get(cmd, &cli.global)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Delete(cmd) => triggers::delete(cmd, &cli.global)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Dev(args) => dev::run(args, &cli.global).await,
+    }
+}
+
+/// The message printed for a failed command: the error chain, plus a hint
+/// when the cluster could not be reached.
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut msg = format!("{err:#}");
+    let unreachable = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<ClientError>(),
+            Some(ClientError::Unreachable { .. })
+        )
+    });
+    if unreachable {
+        msg.push_str(
+            "\nhint: is the cluster running? Point aofctl at a node with --endpoint URL[,URL...] or AOF_ENDPOINT \
+             (`aofctl dev` starts a local cluster).",
+        );
+    }
+    msg
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", error_message(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("aofctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn endpoint_defaults_and_splits_on_commas() {
+        // The default applies unless AOF_ENDPOINT is set in the test environment.
+        if std::env::var_os("AOF_ENDPOINT").is_none() {
+            let cli = parse(&["get", "triggers"]).unwrap();
+            assert_eq!(cli.global.endpoint, vec!["http://127.0.0.1:3001"]);
+        }
+        let cli = parse(&["get", "triggers", "--endpoint", "http://a:1,http://b:2"]).unwrap();
+        assert_eq!(cli.global.endpoint, vec!["http://a:1", "http://b:2"]);
+        // Global options go before or after the subcommand.
+        let cli = parse(&["--endpoint", "http://c:3", "cluster", "status"]).unwrap();
+        assert_eq!(cli.global.endpoint, vec!["http://c:3"]);
+    }
+
+    #[test]
+    fn get_triggers_takes_an_optional_name_and_output() {
+        let cli = parse(&[
+            "get",
+            "triggers",
+            "pr-bot",
+            "-o",
+            "wide",
+            "--consistency",
+            "stale",
+        ])
+        .unwrap();
+        let Command::Get(triggers::GetCommand::Triggers(a)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.name.as_deref(), Some("pr-bot"));
+        assert_eq!(a.output, output::OutputFormat::Wide);
+        assert_eq!(a.consistency, ConsistencyArg::Stale);
+        // Singular alias, default table.
+        let cli = parse(&["get", "trigger"]).unwrap();
+        let Command::Get(triggers::GetCommand::Triggers(a)) = cli.command else {
+            panic!()
+        };
+        assert_eq!((a.name, a.output), (None, output::OutputFormat::Table));
+        assert!(parse(&["get", "triggers", "-o", "xml"]).is_err());
+    }
+
+    #[test]
+    fn cluster_join_requires_its_addresses() {
+        let cli = parse(&[
+            "cluster",
+            "join",
+            "--node-id",
+            "4",
+            "--grpc-addr",
+            "127.0.0.1:4004",
+            "--http-addr",
+            "127.0.0.1:3004",
+            "--timeout",
+            "90s",
+        ])
+        .unwrap();
+        let Command::Cluster(cluster::ClusterCommand::Join(j)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(j.node_id, 4);
+        assert_eq!(j.grpc_addr, "127.0.0.1:4004");
+        assert_eq!(j.http_addr, "127.0.0.1:3004");
+        assert_eq!(j.timeout, Duration::from_secs(90));
+        let cli = parse(&[
+            "cluster",
+            "join",
+            "--node-id",
+            "4",
+            "--grpc-addr",
+            "a:1",
+            "--http-addr",
+            "a:2",
+        ])
+        .unwrap();
+        let Command::Cluster(cluster::ClusterCommand::Join(j)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(j.timeout, Duration::from_secs(120));
+        assert!(parse(&["cluster", "join", "--node-id", "4"]).is_err());
+        assert!(parse(&["cluster", "leave"]).is_err());
+        assert!(parse(&["cluster", "leave", "--node-id", "x"]).is_err());
+    }
+
+    #[test]
+    fn apply_takes_several_files() {
+        let cli = parse(&["apply", "-f", "a.yaml", "-f", "dir"]).unwrap();
+        let Command::Apply(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            a.filename,
+            vec![std::path::PathBuf::from("a.yaml"), "dir".into()]
+        );
+        assert!(parse(&["apply"]).is_err());
+    }
+
+    #[test]
+    fn serve_and_dev_arguments() {
+        let cli = parse(&[
+            "serve",
+            "--config",
+            "n1.yaml",
+            "--data-dir",
+            "/tmp/d",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!()
+        };
+        assert_eq!(s.config, std::path::PathBuf::from("n1.yaml"));
+        assert_eq!(s.data_dir.as_deref(), Some(std::path::Path::new("/tmp/d")));
+        assert_eq!(s.log_format, serve::LogFormat::Json);
+        assert!(parse(&["serve"]).is_err());
+
+        let cli = parse(&["dev"]).unwrap();
+        let Command::Dev(d) = cli.command else {
+            panic!()
+        };
+        assert_eq!(d.configs, std::path::PathBuf::from("cluster-configs/local"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("120s"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn unreachable_errors_get_a_hint() {
+        let e = anyhow::Error::new(ClientError::Unreachable {
+            endpoints: vec!["http://127.0.0.1:1".into()],
+            last_error: "connection refused".into(),
+        })
+        .context("listing triggers");
+        let msg = error_message(&e);
+        assert!(
+            msg.starts_with(
+                "listing triggers: could not reach http://127.0.0.1:1: connection refused"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("hint:"), "{msg}");
+        let e = anyhow::anyhow!("plain");
+        assert_eq!(error_message(&e), "plain");
+    }
+}

@@ -1,0 +1,479 @@
+//! `aofctl apply`, `aofctl get triggers`, `aofctl delete trigger`: the
+//! replicated trigger registry.
+//!
+//! `apply` reads multi-document YAML files (or every `.yaml`/`.yml`/`.json` file
+//! of a directory), checks all of them before sending anything, then PUTs each
+//! `kind: Trigger` document as JSON to `/v1/triggers/{metadata.name}`. Other
+//! kinds (Agent, Fleet, DaemonConfig, ...) are not stored in the cluster and are
+//! skipped with a note.
+
+use std::fmt;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use aof_client::{ClientError, TriggerItem, TriggerList};
+use clap::{Args, Subcommand};
+use serde::Deserialize as _;
+
+use crate::output::{age_since_ms, join_list, now_ms, print_structured, OutputFormat, Table};
+use crate::{ConsistencyArg, GlobalArgs};
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A YAML file (several documents allowed), a directory of them, or `-` for stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE|DIR",
+        required = true
+    )]
+    pub filename: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// List triggers, or show one.
+    #[command(visible_alias = "trigger")]
+    Triggers(GetTriggersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GetTriggersArgs {
+    /// Show only this trigger.
+    pub name: Option<String>,
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// `stale` reads the answering node's local copy (works without a leader).
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeleteCommand {
+    /// Delete a trigger.
+    #[command(visible_alias = "triggers")]
+    Trigger(DeleteTriggerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteTriggerArgs {
+    /// The trigger's name.
+    pub name: String,
+    /// Delete only if the trigger is still at this revision.
+    #[arg(long, value_name = "REVISION")]
+    pub if_match: Option<u64>,
+}
+
+/// One document of an applied file.
+#[derive(Debug)]
+pub struct Doc {
+    /// `file` or `file (document N)`, for messages.
+    pub source: String,
+    pub kind: String,
+    pub name: String,
+    pub value: serde_yaml::Value,
+}
+
+impl Doc {
+    fn is_trigger(&self) -> bool {
+        self.kind == "Trigger"
+    }
+}
+
+impl fmt::Display for Doc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.to_lowercase(), self.name)
+    }
+}
+
+/// The files to read for `-f path`: the file itself, or the YAML/JSON files of
+/// a directory in name order.
+fn files_of(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.as_os_str() == "-" {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)
+        .with_context(|| format!("cannot read directory {}", path.display()))?
+    {
+        let p = entry?.path();
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if p.is_file() && matches!(ext, "yaml" | "yml" | "json") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("no .yaml, .yml or .json files in {}", path.display());
+    }
+    Ok(files)
+}
+
+/// Parses every document of `text` (from `file`). Empty documents are ignored.
+pub fn parse_docs(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
+    let mut docs = Vec::new();
+    let mut count = 0;
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let mut value = serde_yaml::Value::deserialize(de).map_err(|e| yaml_error(file, &e))?;
+        count = i + 1;
+        if value.is_null() {
+            continue;
+        }
+        value.apply_merge().map_err(|e| yaml_error(file, &e))?;
+        docs.push((i, value));
+    }
+    let numbered = count > 1;
+    docs.into_iter()
+        .map(|(i, value)| {
+            let source = if numbered {
+                format!("{file} (document {})", i + 1)
+            } else {
+                file.to_string()
+            };
+            let Some(map) = value.as_mapping() else {
+                bail!("{source}: expected a mapping with apiVersion, kind and metadata");
+            };
+            let kind = match map.get("kind") {
+                Some(serde_yaml::Value::String(k)) if !k.is_empty() => k.clone(),
+                _ => bail!("{source}: missing `kind` (e.g. `kind: Trigger`)"),
+            };
+            let name = match map.get("metadata").and_then(|m| m.get("name")) {
+                Some(serde_yaml::Value::String(n)) if !n.is_empty() => n.clone(),
+                _ => bail!("{source}: {kind} has no `metadata.name`"),
+            };
+            Ok(Doc {
+                source,
+                kind,
+                name,
+                value,
+            })
+        })
+        .collect()
+}
+
+fn yaml_error(file: &str, e: &serde_yaml::Error) -> anyhow::Error {
+    // serde_yaml's message usually ends with "at line L column C" already.
+    match e.location() {
+        Some(loc) if !e.to_string().contains(" line ") => {
+            anyhow::anyhow!(
+                "{file}: invalid YAML at line {} column {}: {e}",
+                loc.line(),
+                loc.column()
+            )
+        }
+        _ => anyhow::anyhow!("{file}: invalid YAML: {e}"),
+    }
+}
+
+/// Reads and checks all documents of all `paths` (nothing is sent yet).
+pub fn load_docs(paths: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
+    let mut docs = Vec::new();
+    for path in paths {
+        for file in files_of(path)? {
+            let (label, text) = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading stdin")?;
+                ("<stdin>".to_string(), text)
+            } else {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                (file.display().to_string(), text)
+            };
+            docs.extend(parse_docs(&label, &text)?);
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    for d in docs.iter().filter(|d| d.is_trigger()) {
+        if let Some(first) = seen.insert(d.name.as_str(), d.source.as_str()) {
+            bail!(
+                "trigger {:?} is defined twice: in {first} and in {}",
+                d.name,
+                d.source
+            );
+        }
+    }
+    Ok(docs)
+}
+
+pub async fn apply(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let docs = load_docs(&args.filename)?;
+    let mut client = None;
+    let (mut failed, mut total) = (0, 0);
+    for doc in &docs {
+        if !doc.is_trigger() {
+            println!("skipped {doc}: not stored in the cluster");
+            continue;
+        }
+        total += 1;
+        let json = serde_json::to_vec(&doc.value)
+            .with_context(|| format!("{}: cannot convert {doc} to JSON", doc.source))?;
+        let client = client.get_or_insert_with(|| global.client());
+        match client
+            .put_trigger(&doc.name, json, "application/json", None)
+            .await
+        {
+            Ok(r) => println!("{doc} {}", r.result),
+            Err(e @ ClientError::Unreachable { .. }) => {
+                return Err(anyhow::Error::new(e).context(format!("applying {doc}")));
+            }
+            Err(e) => {
+                eprintln!("error: {doc} ({}): {e}", doc.source);
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {total} triggers were not applied");
+    }
+    Ok(())
+}
+
+pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    let GetCommand::Triggers(args) = cmd;
+    let client = global.client();
+    let consistency = args.consistency.into();
+    let items = match &args.name {
+        Some(name) => {
+            let item = client
+                .get_trigger(name, consistency)
+                .await
+                .with_context(|| format!("getting trigger {name:?}"))?;
+            if print_structured(args.output, &item)? {
+                return Ok(());
+            }
+            vec![item]
+        }
+        None => {
+            let items = client
+                .list_triggers(consistency)
+                .await
+                .context("listing triggers")?;
+            let list = TriggerList { items };
+            if print_structured(args.output, &list)? {
+                return Ok(());
+            }
+            list.items
+        }
+    };
+    if items.is_empty() {
+        eprintln!("No triggers found.");
+        return Ok(());
+    }
+    print!(
+        "{}",
+        render_triggers(&items, args.output == OutputFormat::Wide, now_ms())
+    );
+    Ok(())
+}
+
+/// A string list at `spec.config.<field>` of a Trigger document.
+fn config_list(trigger: &serde_json::Value, field: &str) -> Vec<String> {
+    match trigger.pointer(&format!("/spec/config/{field}")) {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// The `get triggers` table; `wide` adds TYPE and CREATED and shows lists in full.
+pub fn render_triggers(items: &[TriggerItem], wide: bool, now_ms: u64) -> String {
+    let max = if wide { 0 } else { 40 };
+    let mut t = if wide {
+        Table::new([
+            "NAME", "TYPE", "REVISION", "CREATED", "UPDATED", "EVENTS", "REPOS",
+        ])
+    } else {
+        Table::new(["NAME", "REVISION", "UPDATED", "EVENTS", "REPOS"])
+    };
+    for item in items {
+        let events = join_list(&config_list(&item.trigger, "github_events"), max);
+        let repos = join_list(&config_list(&item.trigger, "repositories"), max);
+        let updated = age_since_ms(item.updated_ms, now_ms);
+        if wide {
+            let ty = item
+                .trigger
+                .pointer("/spec/type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("-");
+            t.row([
+                item.name.clone(),
+                ty.to_string(),
+                item.revision.to_string(),
+                item.created_revision.to_string(),
+                updated,
+                events,
+                repos,
+            ]);
+        } else {
+            t.row([
+                item.name.clone(),
+                item.revision.to_string(),
+                updated,
+                events,
+                repos,
+            ]);
+        }
+    }
+    t.render()
+}
+
+pub async fn delete(cmd: DeleteCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    let DeleteCommand::Trigger(args) = cmd;
+    let r = global
+        .client()
+        .delete_trigger(&args.name, args.if_match)
+        .await
+        .with_context(|| format!("deleting trigger {:?}", args.name))?;
+    println!("trigger/{} deleted (revision {})", r.name, r.revision);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TWO: &str = "\
+apiVersion: aof.dev/v1
+kind: Trigger
+metadata:
+  name: pr-bot
+spec:
+  type: GitHub
+  config:
+    github_events: [pull_request, issue_comment]
+    repositories: [\"myorg/api\"]
+---
+# only a comment
+---
+apiVersion: aof.dev/v1
+kind: Agent
+metadata:
+  name: reviewer
+";
+
+    #[test]
+    fn multi_document_files_are_split_and_named() {
+        let docs = parse_docs("t.yaml", TWO).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].to_string(), "trigger/pr-bot");
+        assert!(docs[0].is_trigger());
+        assert_eq!(docs[0].source, "t.yaml (document 1)");
+        assert_eq!(docs[1].to_string(), "agent/reviewer");
+        assert_eq!(docs[1].source, "t.yaml (document 3)");
+        let json = serde_json::to_value(&docs[0].value).unwrap();
+        assert_eq!(
+            json.pointer("/spec/config/github_events/1"),
+            Some(&json!("issue_comment"))
+        );
+    }
+
+    #[test]
+    fn invalid_yaml_names_the_file_and_line() {
+        let err = parse_docs("bad.yaml", "kind: Trigger\nmetadata:\n  name: [unclosed\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("bad.yaml: invalid YAML"), "{err}");
+        assert!(err.contains("line "), "{err}");
+    }
+
+    #[test]
+    fn documents_need_kind_and_name() {
+        let err = parse_docs("a.yaml", "metadata: {name: x}\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "a.yaml: missing `kind` (e.g. `kind: Trigger`)");
+        let err = parse_docs("a.yaml", "kind: Trigger\nspec: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "a.yaml: Trigger has no `metadata.name`");
+        let err = parse_docs("a.yaml", "- 1\n- 2\n").unwrap_err().to_string();
+        assert!(err.starts_with("a.yaml: expected a mapping"), "{err}");
+        assert!(parse_docs("empty.yaml", "").unwrap().is_empty());
+    }
+
+    #[test]
+    fn directories_are_read_in_name_order_and_duplicates_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            "kind: Trigger\nmetadata: {name: b}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("a.yml"),
+            "kind: Trigger\nmetadata: {name: a}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
+        let docs = load_docs(&[dir.path().to_path_buf()]).unwrap();
+        let names: Vec<_> = docs.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+
+        std::fs::write(
+            dir.path().join("c.yaml"),
+            "kind: Trigger\nmetadata: {name: a}\n",
+        )
+        .unwrap();
+        let err = load_docs(&[dir.path().to_path_buf()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("defined twice"), "{err}");
+
+        let empty = tempfile::tempdir().unwrap();
+        assert!(load_docs(&[empty.path().to_path_buf()])
+            .unwrap_err()
+            .to_string()
+            .contains("no .yaml"));
+        let missing = dir.path().join("nope.yaml");
+        assert!(load_docs(&[missing])
+            .unwrap_err()
+            .to_string()
+            .starts_with("cannot read"));
+    }
+
+    #[test]
+    fn trigger_tables() {
+        let item = TriggerItem {
+            name: "pr-bot".into(),
+            revision: 17,
+            created_revision: 12,
+            updated_ms: 1_000_000,
+            trigger: json!({"spec":{"type":"GitHub","config":{
+                "github_events":["pull_request","issue_comment"],"repositories":["myorg/api","myorg/web"]}}}),
+        };
+        let bare = TriggerItem {
+            name: "empty".into(),
+            revision: 3,
+            created_revision: 3,
+            updated_ms: 0,
+            trigger: json!({}),
+        };
+        let now = 1_000_000 + 312_000;
+        assert_eq!(
+            render_triggers(&[item.clone(), bare.clone()], false, now),
+            "NAME     REVISION   UPDATED   EVENTS                       REPOS\n\
+             pr-bot   17         5m12s     pull_request,issue_comment   myorg/api,myorg/web\n\
+             empty    3          -         -                            -\n"
+        );
+        assert_eq!(
+            render_triggers(&[item], true, now),
+            "NAME     TYPE     REVISION   CREATED   UPDATED   EVENTS                       REPOS\n\
+             pr-bot   GitHub   17         12        5m12s     pull_request,issue_comment   myorg/api,myorg/web\n"
+        );
+    }
+}

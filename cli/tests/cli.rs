@@ -1,0 +1,462 @@
+//! End-to-end tests of the `aofctl` binary that need no real cluster: usage,
+//! error reporting, and the commands against a fake node API served by axum.
+
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+fn aofctl_blocking(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_aofctl"))
+        .args(args)
+        .env_remove("AOF_ENDPOINT")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run aofctl")
+}
+
+async fn aofctl(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        aofctl_blocking(&args)
+    })
+    .await
+    .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let out = aofctl_blocking(&["--help"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    for cmd in ["serve", "cluster", "apply", "get", "delete", "dev"] {
+        assert!(
+            stdout.contains(&format!("\n  {cmd} ")),
+            "{cmd} missing from:\n{stdout}"
+        );
+    }
+    let out = aofctl_blocking(&["cluster", "--help"]);
+    let stdout = text(&out.stdout);
+    for cmd in ["status", "join", "leave"] {
+        assert!(
+            stdout.contains(&format!("\n  {cmd} ")),
+            "{cmd} missing from:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_cluster_is_a_clear_error_naming_the_endpoint() {
+    let out = aofctl_blocking(&["get", "triggers", "--endpoint", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("http://127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = aofctl_blocking(&["cluster", "join", "--node-id", "four"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("error:"));
+}
+
+#[test]
+fn apply_reports_invalid_yaml_with_file_and_line_before_contacting_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, "kind: Trigger\nmetadata:\n  name: x\n  labels: [a\n").unwrap();
+    let out = aofctl_blocking(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--endpoint",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("broken.yaml: invalid YAML"), "{stderr}");
+    assert!(stderr.contains("line "), "{stderr}");
+    assert!(
+        !stderr.contains("127.0.0.1:1"),
+        "nothing is sent when a file is invalid: {stderr}"
+    );
+}
+
+#[test]
+fn apply_skips_kinds_the_cluster_does_not_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agents.yaml");
+    std::fs::write(&file, "kind: Agent\nmetadata: {name: reviewer}\n---\nkind: Fleet\nmetadata: {name: review-fleet}\n")
+        .unwrap();
+    let out = aofctl_blocking(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--endpoint",
+        "http://127.0.0.1:1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "skipped agent/reviewer: not stored in the cluster\nskipped fleet/review-fleet: not stored in the cluster\n"
+    );
+}
+
+// ---- against a fake node ----
+
+#[derive(Default)]
+struct Fake {
+    /// name -> (revision, document)
+    triggers: std::collections::BTreeMap<String, (u64, Value)>,
+    index: u64,
+    learner: Option<(u64, String, String, u64)>, // id, grpc, http, matched
+    promoted: bool,
+    /// How far a learner gets per poll of /v1/cluster (0 = never catches up).
+    catch_up_step: u64,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+fn member(id: u64, role: &str, matched: Option<u64>, leader: bool) -> Value {
+    json!({"id":id,"grpc_addr":format!("127.0.0.1:400{id}"),"http_addr":format!("127.0.0.1:300{id}"),
+           "role":role,"is_leader":leader,"matched_index":matched})
+}
+
+fn fake_node(state: Shared) -> Router {
+    const COMMIT: u64 = 1500;
+    Router::new()
+        .route(
+            "/v1/cluster",
+            get(|State(s): State<Shared>| async move {
+                let mut s = s.lock().unwrap();
+                let step = s.catch_up_step;
+                let promoted = s.promoted;
+                let mut members = vec![
+                    member(1, "voter", Some(COMMIT), true),
+                    member(2, "voter", Some(COMMIT), false),
+                    member(3, "voter", Some(COMMIT - 2), false),
+                ];
+                if let Some((id, grpc, http, matched)) = s.learner.as_mut() {
+                    *matched = (*matched + step).min(COMMIT);
+                    let role = if promoted { "voter" } else { "learner" };
+                    members.push(json!({"id":*id,"grpc_addr":grpc,"http_addr":http,"role":role,
+                        "is_leader":false,"matched_index":*matched}));
+                }
+                Json(json!({"node_id":1,"leader_id":1,"term":3,"commit_index":COMMIT,"last_applied":COMMIT,"members":members}))
+            }),
+        )
+        .route(
+            "/v1/cluster/learners",
+            post(|State(s): State<Shared>, Json(b): Json<Value>| async move {
+                let mut s = s.lock().unwrap();
+                let id = b["node_id"].as_u64().unwrap();
+                s.learner = Some((id, b["grpc_addr"].as_str().unwrap().into(), b["http_addr"].as_str().unwrap().into(), 0));
+                Json(json!({"node_id":id,"log_index":1501}))
+            }),
+        )
+        .route(
+            "/v1/cluster/voters/{id}",
+            post(|State(s): State<Shared>, Path(id): Path<u64>| async move {
+                s.lock().unwrap().promoted = true;
+                Json(json!({"node_id":id,"log_index":1502}))
+            }),
+        )
+        .route(
+            "/v1/triggers",
+            get(|State(s): State<Shared>| async move {
+                let s = s.lock().unwrap();
+                let items: Vec<Value> = s
+                    .triggers
+                    .iter()
+                    .map(|(n, (rev, doc))| json!({"name":n,"revision":rev,"created_revision":rev,"updated_ms":0,"trigger":doc}))
+                    .collect();
+                Json(json!({ "items": items }))
+            }),
+        )
+        .route(
+            "/v1/triggers/{name}",
+            put(|State(s): State<Shared>, Path(name): Path<String>, Json(doc): Json<Value>| async move {
+                let mut s = s.lock().unwrap();
+                if doc["spec"].is_null() {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        Json(json!({"error":"invalid_trigger","message":format!("trigger {name}: spec is required")})),
+                    );
+                }
+                s.index += 1;
+                let index = s.index;
+                let result = match s.triggers.get(&name) {
+                    None => "created",
+                    Some((_, old)) if *old == doc => "unchanged",
+                    Some(_) => "configured",
+                };
+                if result != "unchanged" {
+                    s.triggers.insert(name.clone(), (index, doc));
+                }
+                (StatusCode::OK, Json(json!({"name":name,"revision":index,"result":result})))
+            })
+            .delete(|State(s): State<Shared>, Path(name): Path<String>| async move {
+                match s.lock().unwrap().triggers.remove(&name) {
+                    Some((rev, _)) => (StatusCode::OK, Json(json!({"name":name,"revision":rev + 1}))),
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        Json(json!({"error":"not_found","message":format!("trigger {name:?} does not exist")})),
+                    ),
+                }
+            }),
+        )
+        .with_state(state)
+}
+
+const TRIGGERS: &str = "\
+apiVersion: aof.dev/v1
+kind: Trigger
+metadata:
+  name: pr-bot
+spec:
+  type: GitHub
+  config:
+    github_events: [pull_request]
+    repositories: [myorg/api]
+---
+apiVersion: aof.dev/v1
+kind: Agent
+metadata:
+  name: reviewer
+---
+apiVersion: aof.dev/v1
+kind: Trigger
+metadata:
+  name: broken
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_delete_against_a_fake_node() {
+    let state = Shared::default();
+    // First endpoint is dead: every command fails over to the live one.
+    let endpoints = format!(
+        "http://127.0.0.1:1,{}",
+        serve(fake_node(state.clone())).await
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.yaml");
+    std::fs::write(&file, TRIGGERS).unwrap();
+    let file = file.to_str().unwrap();
+
+    let out = aofctl(&["apply", "-f", file, "--endpoint", &endpoints]).await;
+    assert_eq!(out.status.code(), Some(1), "one trigger is invalid");
+    assert_eq!(
+        text(&out.stdout),
+        "trigger/pr-bot created\nskipped agent/reviewer: not stored in the cluster\n"
+    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("error: trigger/broken"), "{stderr}");
+    assert!(stderr.contains("spec is required"), "{stderr}");
+    assert!(
+        stderr.contains("1 of 2 triggers were not applied"),
+        "{stderr}"
+    );
+
+    let out = aofctl(&["apply", "-f", file, "--endpoint", &endpoints]).await;
+    assert!(text(&out.stdout).starts_with("trigger/pr-bot unchanged\n"));
+
+    let out = aofctl(&["get", "triggers", "--endpoint", &endpoints]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "NAME     REVISION   UPDATED   EVENTS         REPOS\npr-bot   1          -         pull_request   myorg/api\n"
+    );
+
+    let out = aofctl(&["get", "triggers", "-o", "json", "--endpoint", &endpoints]).await;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["items"][0]["trigger"]["spec"]["type"], "GitHub");
+
+    let out = aofctl(&["delete", "trigger", "pr-bot", "--endpoint", &endpoints]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "trigger/pr-bot deleted (revision 2)\n");
+
+    let out = aofctl(&["delete", "trigger", "pr-bot", "--endpoint", &endpoints]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: deleting trigger \"pr-bot\": trigger \"pr-bot\" does not exist\n"
+    );
+
+    let out = aofctl(&["get", "triggers", "--endpoint", &endpoints]).await;
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    assert_eq!(text(&out.stderr), "No triggers found.\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_table_and_json() {
+    let endpoint = serve(fake_node(Shared::default())).await;
+    let out = aofctl(&["cluster", "status", "--endpoint", &endpoint]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("Leader: node 1   Term: 3   Commit index: 1500"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ID   GRPC             HTTP             ROLE    LEADER   MATCHED   LAG\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("3    127.0.0.1:4003   127.0.0.1:3003   voter            1498      2\n"),
+        "{stdout}"
+    );
+
+    let out = aofctl(&["cluster", "status", "-o", "json", "--endpoint", &endpoint]).await;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["members"].as_array().unwrap().len(), 3);
+}
+
+/// The joining node's own HTTP server (answers /health with its id).
+async fn joining_node(id: u64) -> String {
+    let url = serve(Router::new().route(
+        "/health",
+        get(move || async move { Json(json!({"status":"ok","node_id":id})) }),
+    ))
+    .await;
+    url.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_adds_a_learner_waits_for_catch_up_and_promotes() {
+    let state = Shared::default();
+    state.lock().unwrap().catch_up_step = 500;
+    let endpoint = serve(fake_node(state.clone())).await;
+    let http4 = joining_node(4).await;
+    let out = aofctl(&[
+        "cluster",
+        "join",
+        "--node-id",
+        "4",
+        "--grpc-addr",
+        "127.0.0.1:4004",
+        "--http-addr",
+        &http4,
+        "--timeout",
+        "20s",
+        "--endpoint",
+        &endpoint,
+    ])
+    .await;
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        text(&out.stdout),
+        "node 4 joined as voter (log index 1502)\n"
+    );
+    assert!(
+        stderr.contains("node 4 added as a learner (log index 1501)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("catching up: matched 500/1500"), "{stderr}");
+    assert!(state.lock().unwrap().promoted);
+
+    // Joining again is a no-op.
+    let out = aofctl(&[
+        "cluster",
+        "join",
+        "--node-id",
+        "4",
+        "--grpc-addr",
+        "127.0.0.1:4004",
+        "--http-addr",
+        &http4,
+        "--endpoint",
+        &endpoint,
+    ])
+    .await;
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "node 4 is already a voter\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_gives_up_with_a_hint_when_the_node_never_catches_up() {
+    let state = Shared::default();
+    let endpoint = serve(fake_node(state.clone())).await;
+    let out = aofctl(&[
+        "cluster",
+        "join",
+        "--node-id",
+        "5",
+        "--grpc-addr",
+        "127.0.0.1:4005",
+        "--http-addr",
+        "127.0.0.1:1",
+        "--timeout",
+        "1s",
+        "--endpoint",
+        &endpoint,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("warning: node 5 does not answer at 127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: node 5 did not catch up within 1s (matched 0/1500)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Check its log"), "{stderr}");
+    assert!(!state.lock().unwrap().promoted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_refuses_a_node_that_reports_another_id() {
+    let endpoint = serve(fake_node(Shared::default())).await;
+    let http = joining_node(7).await;
+    let out = aofctl(&[
+        "cluster",
+        "join",
+        "--node-id",
+        "4",
+        "--grpc-addr",
+        "127.0.0.1:4004",
+        "--http-addr",
+        &http,
+        "--endpoint",
+        &endpoint,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("reports node_id 7, not 4"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn dev_without_configs_explains_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = aofctl_blocking(&["dev", "--configs", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("node1.yaml"), "{stderr}");
+    assert!(stderr.contains("--configs"), "{stderr}");
+}

@@ -1,0 +1,437 @@
+//! Tests of the client against small axum servers on 127.0.0.1:0.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::*;
+
+/// Serves `app` on an ephemeral port; returns its base URL.
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("http://{addr}")
+}
+
+/// A base URL where nothing listens (connection refused).
+async fn dead_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+fn cluster_json(node_id: u64) -> Value {
+    json!({
+        "node_id": node_id, "leader_id": 2, "term": 3, "commit_index": 42, "last_applied": 42,
+        "members": [
+            {"id":1,"grpc_addr":"127.0.0.1:4001","http_addr":"127.0.0.1:3001","role":"voter","is_leader":false,"matched_index":42},
+            {"id":2,"grpc_addr":"127.0.0.1:4002","http_addr":"127.0.0.1:3002","role":"voter","is_leader":true,"matched_index":42},
+        ]
+    })
+}
+
+/// A node that counts the requests it gets.
+fn counting_node(node_id: u64, hits: Arc<AtomicUsize>) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                async move { Json(json!({"status":"ok","node_id":node_id})) }
+            }),
+        )
+        .route(
+            "/v1/cluster",
+            get(move || async move { Json(cluster_json(node_id)) }),
+        )
+}
+
+#[tokio::test]
+async fn fails_over_from_a_dead_endpoint_and_then_sticks_to_the_live_one() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let live = serve(counting_node(7, hits.clone())).await;
+    let dead = dead_endpoint().await;
+    let client = Client::new(vec![dead.clone(), live.clone()]);
+
+    let h = client.health().await.unwrap();
+    assert_eq!(
+        h,
+        Health {
+            status: "ok".into(),
+            node_id: 7
+        }
+    );
+    let s = client
+        .cluster_status(Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(s.node_id, 7);
+    assert_eq!(s.leader_id, Some(2));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // The live endpoint is now preferred.
+    assert_eq!(client.inner.preferred.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn all_endpoints_dead_is_unreachable_naming_them() {
+    let a = dead_endpoint().await;
+    let b = dead_endpoint().await;
+    let client = Client::new(vec![a.clone(), b.clone()]);
+    let err = client
+        .list_triggers(Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    match &err {
+        ClientError::Unreachable {
+            endpoints,
+            last_error,
+        } => {
+            assert_eq!(endpoints, &vec![a.clone(), b.clone()]);
+            assert!(last_error.contains("connection"), "{last_error}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(&a) && msg.contains(&b), "{msg}");
+}
+
+#[tokio::test]
+async fn endpoint_without_scheme_gets_http() {
+    let live = serve(counting_node(1, Arc::default())).await;
+    let client = Client::new(vec![live.trim_start_matches("http://").to_string() + "/"]);
+    assert_eq!(client.endpoints(), vec![live]);
+    assert_eq!(client.health().await.unwrap().node_id, 1);
+}
+
+#[tokio::test]
+async fn invalid_endpoint_is_skipped_with_a_reason() {
+    let live = serve(counting_node(3, Arc::default())).await;
+    let client = Client::new(vec!["http://[::1".into(), live]);
+    assert_eq!(client.health().await.unwrap().node_id, 3);
+
+    let client = Client::new(vec!["https://127.0.0.1:1".into()]);
+    let err = client.health().await.unwrap_err();
+    assert!(err.to_string().contains("only http://"), "{err}");
+
+    let err = Client::new(vec![]).health().await.unwrap_err();
+    assert_eq!(err.to_string(), "no endpoint configured");
+}
+
+#[tokio::test]
+async fn times_out_on_a_hung_node_and_fails_over() {
+    // Accepts connections but never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut conns = Vec::new();
+        loop {
+            let (c, _) = listener.accept().await.unwrap();
+            conns.push(c);
+        }
+    });
+    let live = serve(counting_node(2, Arc::default())).await;
+
+    let client = Client::builder(vec![hung.clone()])
+        .request_timeout(Duration::from_millis(300))
+        .build();
+    let err = client.health().await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+
+    let client = Client::builder(vec![hung, live])
+        .request_timeout(Duration::from_millis(300))
+        .build();
+    assert_eq!(client.health().await.unwrap().node_id, 2);
+}
+
+fn not_found_node(hits: Arc<AtomicUsize>) -> Router {
+    Router::new().route(
+        "/v1/triggers/{name}",
+        get(move |Path(name): Path<String>| {
+            hits.fetch_add(1, Ordering::SeqCst);
+            async move {
+                (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({"error":"not_found","message":format!("trigger {name:?} does not exist")})),
+                )
+            }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn no_failover_on_4xx_and_the_message_is_the_servers() {
+    let hits1 = Arc::new(AtomicUsize::new(0));
+    let hits2 = Arc::new(AtomicUsize::new(0));
+    let n1 = serve(not_found_node(hits1.clone())).await;
+    let n2 = serve(not_found_node(hits2.clone())).await;
+    let client = Client::new(vec![n1, n2]);
+    let err = client
+        .get_trigger("nope", Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found());
+    assert_eq!(err.code(), Some("not_found"));
+    assert_eq!(err.to_string(), r#"trigger "nope" does not exist"#);
+    assert_eq!(
+        (hits1.load(Ordering::SeqCst), hits2.load(Ordering::SeqCst)),
+        (1, 0)
+    );
+}
+
+fn unavailable_node(hits: Arc<AtomicUsize>) -> Router {
+    let unavailable = || async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error":"unavailable","message":"no leader; retry later"})),
+        )
+    };
+    let h = hits.clone();
+    Router::new()
+        .route(
+            "/v1/triggers",
+            get(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                unavailable()
+            }),
+        )
+        .route(
+            "/v1/triggers/{name}",
+            put(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                unavailable()
+            }),
+        )
+}
+
+/// What a fake node saw: (name or method, query, content-type, if-match, body).
+type Seen = Arc<
+    Mutex<
+        Vec<(
+            String,
+            HashMap<String, String>,
+            Option<String>,
+            Option<String>,
+            String,
+        )>,
+    >,
+>;
+
+fn triggers_node(seen: Seen) -> Router {
+    let seen_put = seen.clone();
+    Router::new()
+        .route(
+            "/v1/triggers",
+            get(move |Query(q): Query<HashMap<String, String>>| {
+                seen.lock().unwrap().push(("GET".into(), q, None, None, String::new()));
+                async {
+                    Json(json!({"items":[{"name":"a","revision":5,"created_revision":3,"updated_ms":1000,
+                        "trigger":{"kind":"Trigger","metadata":{"name":"a"}}}]}))
+                }
+            }),
+        )
+        .route(
+            "/v1/triggers/{name}",
+            put(move |Path(name): Path<String>, headers: HeaderMap, body: String| {
+                let h = |k: &str| headers.get(k).map(|v| v.to_str().unwrap().to_string());
+                seen_put.lock().unwrap().push((name.clone(), HashMap::new(), h("content-type"), h("if-match"), body));
+                async move { (StatusCode::CREATED, Json(json!({"name":name,"revision":17,"result":"created"}))) }
+            }),
+        )
+}
+
+#[tokio::test]
+async fn reads_fail_over_on_503_but_writes_do_not() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sick = serve(unavailable_node(hits.clone())).await;
+    let good = serve(triggers_node(seen.clone())).await;
+    let client = Client::new(vec![sick.clone(), good]);
+
+    let items = client
+        .list_triggers(Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].revision, 5);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // A write goes to the node that answered last (the good one) ...
+    let r = client
+        .put_trigger("a", "{}", "application/json", None)
+        .await
+        .unwrap();
+    assert_eq!(r.result, PutOutcome::Created);
+    // ... and a write that meets a 503 is not sent elsewhere.
+    let client = Client::new(vec![sick, dead_endpoint().await]);
+    let err = client
+        .put_trigger("a", "{}", "application/json", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(503));
+    assert_eq!(err.to_string(), "no leader; retry later");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn when_every_node_is_unavailable_the_nodes_message_wins() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let sick = serve(unavailable_node(hits.clone())).await;
+    let client = Client::new(vec![dead_endpoint().await, sick]);
+    let err = client
+        .list_triggers(Consistency::Linearizable)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("unavailable"));
+}
+
+#[tokio::test]
+async fn put_sends_content_type_if_match_and_body_and_stale_reads_say_so() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let node = serve(triggers_node(seen.clone())).await;
+    let client = Client::new(vec![node]);
+
+    let r = client
+        .put_trigger("my trigger", "kind: Trigger\n", "application/yaml", Some(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        PutResult {
+            name: "my trigger".into(),
+            revision: 17,
+            result: PutOutcome::Created
+        }
+    );
+    client.list_triggers(Consistency::Stale).await.unwrap();
+    client
+        .list_triggers(Consistency::Linearizable)
+        .await
+        .unwrap();
+
+    let seen = seen.lock().unwrap();
+    let (name, _, ct, if_match, body) = &seen[0];
+    assert_eq!(name, "my trigger");
+    assert_eq!(ct.as_deref(), Some("application/yaml"));
+    assert_eq!(if_match.as_deref(), Some("0"));
+    assert_eq!(body, "kind: Trigger\n");
+    assert_eq!(
+        seen[1].1.get("consistency").map(String::as_str),
+        Some("stale")
+    );
+    assert!(seen[2].1.is_empty());
+}
+
+#[tokio::test]
+async fn revision_mismatch_exposes_the_current_revision() {
+    let app = Router::new().route(
+        "/v1/triggers/{name}",
+        put(|| async {
+            (
+                StatusCode::PRECONDITION_FAILED,
+                Json(json!({"error":"revision_mismatch","message":"trigger a is at revision 16, not 3","current_revision":16})),
+            )
+        }),
+    );
+    let client = Client::new(vec![serve(app).await]);
+    let err = client
+        .put_trigger("a", "{}", "application/json", Some(3))
+        .await
+        .unwrap_err();
+    assert!(err.is_revision_mismatch());
+    assert_eq!(err.current_revision(), Some(16));
+    assert_eq!(err.to_string(), "trigger a is at revision 16, not 3");
+}
+
+#[tokio::test]
+async fn membership_calls_hit_the_contract_paths() {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
+    let app = Router::new()
+        .route(
+            "/v1/cluster/learners",
+            post(move |Json(b): Json<AddLearnerRequest>| {
+                s1.lock().unwrap().push(format!(
+                    "learner {} {} {}",
+                    b.node_id, b.grpc_addr, b.http_addr
+                ));
+                async move { Json(json!({"node_id":b.node_id,"log_index":50})) }
+            }),
+        )
+        .route(
+            "/v1/cluster/voters/{id}",
+            post(move |Path(id): Path<u64>| {
+                s2.lock().unwrap().push(format!("voter {id}"));
+                async move { Json(json!({"node_id":id,"log_index":51})) }
+            }),
+        )
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(move |Path(id): Path<u64>| {
+                s3.lock().unwrap().push(format!("remove {id}"));
+                async move { Json(json!({"node_id":id,"log_index":52})) }
+            }),
+        );
+    let client = Client::new(vec![serve(app).await]);
+    assert_eq!(
+        client
+            .add_learner(4, "127.0.0.1:4004", "127.0.0.1:3004")
+            .await
+            .unwrap(),
+        MembershipResult {
+            node_id: 4,
+            log_index: 50
+        }
+    );
+    assert_eq!(client.promote_voter(4).await.unwrap().log_index, 51);
+    assert_eq!(client.remove_member(4).await.unwrap().log_index, 52);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            "learner 4 127.0.0.1:4004 127.0.0.1:3004".to_string(),
+            "voter 4".into(),
+            "remove 4".into()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn success_with_a_foreign_body_is_a_decode_error() {
+    let app = Router::new().route("/health", get(|| async { "OK" }));
+    let node = serve(app).await;
+    let client = Client::new(vec![node.clone()]);
+    let err = client.health().await.unwrap_err();
+    assert!(matches!(err, ClientError::Decode { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("unexpected response from {node}")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn not_ready_is_an_api_error() {
+    let app = Router::new().route(
+        "/ready",
+        get(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error":"not_ready","message":"node 1 has no leader yet"})),
+            )
+        }),
+    );
+    let client = Client::new(vec![serve(app).await]);
+    let err = client.ready().await.unwrap_err();
+    assert_eq!(err.status(), Some(503));
+    assert_eq!(err.to_string(), "node 1 has no leader yet");
+}
