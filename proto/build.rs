@@ -4,7 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
-    let files = ["proto/aof/v1/cluster.proto"];
+    let files = ["proto/aof/v1/cluster.proto", "proto/aof/v1/queue.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -21,9 +21,32 @@ use crate::registry::{self, TriggerView};
 use crate::sm::triggers;
 use crate::types::{Command, Member, NodeId, Response as SmResponse};
 
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub gateway: Arc<crate::gateway::Gateway>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl FromRef<AppState> for Arc<Node> {
+    fn from_ref(s: &AppState) -> Arc<Node> {
+        s.node.clone()
+    }
+}
+
 /// Build the router for one node.
-pub fn router(node: Arc<Node>) -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/webhook/github", post(crate::gateway::webhook))
+        .route("/metrics", get(metrics))
+        .route("/v1/events", get(crate::events_api::list_events))
+        .route("/v1/events/{id}", get(crate::events_api::get_event))
+        .route("/v1/deliveries/{delivery_id}", get(crate::events_api::get_delivery))
+        .route("/v1/queue/stats", get(crate::queue_api::stats))
+        .route("/v1/dlq", get(crate::queue_api::list_dlq))
+        .route("/v1/dlq/redrive", post(crate::queue_api::redrive))
+        .route("/v1/dlq/purge", post(crate::queue_api::purge))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/v1/cluster", get(cluster_status))
@@ -32,7 +55,16 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/triggers", get(list_triggers))
         .route("/v1/triggers/{name}", get(get_trigger).put(put_trigger).delete(delete_trigger))
-        .with_state(node)
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let mut resp = s.metrics.encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
 }
 
 /// An API error: status, machine-readable code, human message (+ extra fields).
@@ -85,15 +117,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub type ApiResult<T> = Result<T, ApiError>;
 
 #[derive(Deserialize)]
-struct ReadParams {
-    consistency: Option<String>,
+pub struct ReadParams {
+    pub consistency: Option<String>,
 }
 
 impl ReadParams {
-    fn consistency(&self) -> ApiResult<Consistency> {
+    pub fn consistency(&self) -> ApiResult<Consistency> {
         match self.consistency.as_deref() {
             None | Some("linearizable") => Ok(Consistency::Linearizable),
             Some("stale") => Ok(Consistency::Stale),

@@ -124,13 +124,15 @@ pub struct Node {
     pub timeouts: Timeouts,
     /// The read index obtained from the leader after start; `/ready` waits until it is applied.
     pub startup_index: OnceLock<u64>,
+    /// `spec.queue`, put into the queue commands this node proposes.
+    pub queue_policy: crate::types::QueuePolicy,
 }
 
 /// Milliseconds since the Unix epoch, by this node's wall clock.
 ///
 /// Only the leader calls this, to stamp a command it proposes (see
 /// [`crate::types::Request::time_ms`]); the state machine never does.
-fn leader_clock_ms() -> u64 {
+pub fn leader_clock_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

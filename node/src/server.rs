@@ -74,6 +74,12 @@ pub async fn run_with_listeners(
         channels: network.channels.clone(),
         timeouts: Timeouts { request: c.raft.request_timeout() },
         startup_index: OnceLock::new(),
+        queue_policy: crate::types::QueuePolicy {
+            lease_timeout_ms: cfg.spec.queue.lease_timeout_ms,
+            max_retries: cfg.spec.queue.max_retries,
+            retry_delay_ms: cfg.spec.queue.retry_delay_ms,
+            max_retry_delay_ms: cfg.spec.queue.max_retry_delay_ms,
+        },
     });
     tracing::info!(
         node_id = id,
@@ -89,6 +95,9 @@ pub async fn run_with_listeners(
     let services = Services::new(node.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<aof_proto::v1::raft_service_server::RaftServiceServer<Services>>().await;
+    health_reporter
+        .set_serving::<aof_proto::v1::work_queue_server::WorkQueueServer<crate::queue_service::QueueService>>()
+        .await;
     let grpc_task = {
         let mut rx = stop_rx.clone();
         tokio::spawn(
@@ -96,14 +105,21 @@ pub async fn run_with_listeners(
                 .add_service(health_service)
                 .add_service(services.raft())
                 .add_service(services.cluster())
+                .add_service(crate::queue_service::QueueService::new(node.clone()).server())
                 .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                     let _ = rx.wait_for(|s| *s).await;
                 }),
         )
     };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let (secrets, warnings) = crate::gateway::Secrets::from_config(&cfg);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let gateway = Arc::new(crate::gateway::Gateway::from_config(&cfg, secrets, metrics.clone()));
     let http_task = {
         let mut rx = stop_rx.clone();
-        let app = crate::http::router(node.clone());
+        let app = crate::http::router(crate::http::AppState { node: node.clone(), gateway, metrics });
         tokio::spawn(async move {
             axum::serve(http, app)
                 .with_graceful_shutdown(async move {
@@ -116,6 +132,10 @@ pub async fn run_with_listeners(
         tokio::spawn(crate::bootstrap::run(node.clone(), c.initial_members.clone(), stop_rx.clone()));
     }
     tokio::spawn(learn_startup_index(node.clone(), stop_rx.clone()));
+    tokio::spawn(propose_ticks(node.clone(), stop_rx.clone()));
+    if let Some(dir) = cfg.spec.triggers.directory.clone() {
+        tokio::spawn(crate::trigger_dir::run(node.clone(), dir, cfg.spec.triggers.watch, stop_rx.clone()));
+    }
 
     shutdown.await;
     tracing::info!(node_id = id, "shutting down");
@@ -137,6 +157,32 @@ pub async fn run_with_listeners(
     }
     tracing::info!(node_id = id, "stopped");
     Ok(())
+}
+
+/// How often the leader checks for due leases, delayed jobs and expired records.
+const TICK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// On the leader: propose `Tick` whenever a lease deadline, a retry time or a
+/// retention end has passed, so they take effect even when no traffic arrives.
+async fn propose_ticks(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if node.current_leader() != Some(node.id) {
+            continue;
+        }
+        let due = node.sm.read(|kv| {
+            [crate::sm::events::next_expiry(kv), crate::sm::queue::next_due(kv)].into_iter().flatten().min()
+        });
+        let now = crate::node::leader_clock_ms();
+        if due.is_some_and(|d| d <= now) {
+            if let Err(e) = node.write(crate::types::Command::Tick { policy: node.queue_policy }).await {
+                tracing::debug!("retention tick not committed: {e}");
+            }
+        }
+    }
 }
 
 /// Ask the leader once for its read index after start; `/ready` waits until the

@@ -71,6 +71,83 @@ pub enum Command {
     PutTrigger { name: String, doc_json: String, if_match: Option<u64> },
     /// Delete a trigger, optionally compare-and-set on its revision.
     DeleteTrigger { name: String, if_match: Option<u64> },
+    /// A verified GitHub webhook delivery: dedup by delivery id, match against the
+    /// registry as of this log index, record the event and create its jobs.
+    IngestWebhook(Box<Delivery>),
+    /// Housekeeping proposed by the leader: expire leases past their deadline (retry
+    /// or dead-letter), release delayed jobs whose time came, expire records past
+    /// their retention.
+    Tick { policy: QueuePolicy },
+    /// Lease up to `count` ready jobs to a worker.
+    Grant(GrantRequest),
+    /// Push a lease's deadline out (heartbeat).
+    Extend { job_id: String, token: u64, extend_ms: u64 },
+    /// Finish a leased job successfully.
+    Complete { job_id: String, token: u64, result: String },
+    /// Report a failed attempt.
+    Fail { job_id: String, token: u64, error: String, retryable: bool, delay_ms: u64, policy: QueuePolicy },
+    /// Move dead-lettered jobs back to the ready queue (`None` = all).
+    Redrive { job_id: Option<String> },
+    /// Drop dead-lettered jobs (`None` = all).
+    Purge { job_id: Option<String> },
+}
+
+/// Queue settings (`spec.queue`), carried in the commands that need them so that
+/// applying a command never depends on a node's local configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePolicy {
+    pub lease_timeout_ms: u64,
+    pub max_retries: u32,
+    pub retry_delay_ms: u64,
+    pub max_retry_delay_ms: u64,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy { lease_timeout_ms: 30_000, max_retries: 3, retry_delay_ms: 1000, max_retry_delay_ms: 60_000 }
+    }
+}
+
+/// A worker's request for leases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRequest {
+    pub worker_id: String,
+    /// Target names served; empty = all.
+    pub targets: Vec<String>,
+    pub count: u32,
+    pub policy: QueuePolicy,
+}
+
+/// A granted lease with everything a worker needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub job_id: String,
+    /// Fencing token: the log index of the grant.
+    pub token: u64,
+    pub deadline_ms: u64,
+    pub attempt: u32,
+    pub event_id: u64,
+    pub delivery_id: String,
+    pub event: String,
+    pub trigger: String,
+    pub route: crate::github::trigger::Route,
+    pub context: std::collections::BTreeMap<String, crate::github::facts::CtxValue>,
+    pub payload: Vec<u8>,
+}
+
+/// A webhook delivery as proposed: the facts the matcher needs (extracted at the
+/// edge) plus the raw payload handed to workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// `X-GitHub-Delivery`.
+    pub delivery_id: String,
+    pub facts: crate::github::facts::EventFacts,
+    /// The request body as received (what the signature covered).
+    pub payload: Vec<u8>,
+    /// The node whose gateway accepted the request.
+    pub received_by: NodeId,
+    /// How long a finished event, its payload and its dedup entry are kept.
+    pub retention_ms: u64,
 }
 
 impl Command {
@@ -79,6 +156,14 @@ impl Command {
         match self {
             Command::PutTrigger { .. } => "put_trigger",
             Command::DeleteTrigger { .. } => "delete_trigger",
+            Command::IngestWebhook(_) => "ingest_webhook",
+            Command::Tick { .. } => "tick",
+            Command::Grant(_) => "grant",
+            Command::Extend { .. } => "extend",
+            Command::Complete { .. } => "complete",
+            Command::Fail { .. } => "fail",
+            Command::Redrive { .. } => "redrive",
+            Command::Purge { .. } => "purge",
         }
     }
 }
@@ -107,4 +192,64 @@ pub enum Response {
     /// Compare-and-set failed; nothing changed.
     RevisionMismatch { name: String, expected: u64, actual: u64 },
     NotFound { name: String },
+    /// The outcome of `IngestWebhook`; `duplicate` when the delivery id was seen before
+    /// (then every other field is the original answer).
+    Ingested(IngestResult),
+    /// `Tick`: what housekeeping did.
+    Ticked { expired_events: u64, expired_leases: u64, released: u64 },
+    Granted(Vec<LeaseGrant>),
+    Extended { deadline_ms: u64 },
+    Completed,
+    /// `Fail` accepted: retried at `ready_at_ms`, or dead-lettered.
+    Failed { dead: bool, ready_at_ms: u64 },
+    /// The fencing token does not name the job's current lease; nothing changed.
+    StaleToken { job_id: String, reason: String },
+    JobNotFound { job_id: String },
+    Redriven { jobs: Vec<String> },
+    Purged { jobs: Vec<String> },
+}
+
+/// What the gateway answers for a delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestResult {
+    pub event_id: u64,
+    pub delivery_id: String,
+    pub status: EventStatus,
+    pub trigger: Option<String>,
+    pub jobs: Vec<String>,
+    pub duplicate: bool,
+}
+
+/// The lifecycle of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventStatus {
+    /// Matched a trigger; its job waits for a worker.
+    Queued,
+    /// No enabled trigger matched; recorded, no job.
+    Unmatched,
+    /// A trigger's filters matched but no command or default target routes it.
+    NoRoute,
+    /// Every job finished successfully.
+    Completed,
+    /// A job ended in the dead-letter queue.
+    Failed,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Queued => "queued",
+            EventStatus::Unmatched => "unmatched",
+            EventStatus::NoRoute => "no_route",
+            EventStatus::Completed => "completed",
+            EventStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Queued, Self::Unmatched, Self::NoRoute, Self::Completed, Self::Failed].into_iter().find(|v| v.as_str() == s)
+    }
+    /// Finished events start their retention clock.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, EventStatus::Queued)
+    }
 }

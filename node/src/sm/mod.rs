@@ -10,7 +10,11 @@
 //! edge); `apply` only decides outcomes that depend on the replicated state (CAS,
 //! dedup, leases).
 
+pub mod events;
 pub mod kv;
+pub mod queue;
+#[cfg(test)]
+mod queue_tests;
 pub mod triggers;
 
 pub use kv::{KvRead, MemKv, Overlay};
@@ -24,11 +28,28 @@ const CLOCK_KEY: &[u8] = b"m/clock";
 /// Apply one command at log index `index`.
 pub fn apply(state: &mut Overlay<'_>, index: u64, req: &Request) -> Response {
     let now = advance_clock(state, req.time_ms);
+    // Retention is enforced a little on every command (first, so a command never sees
+    // a record whose time is up), and in bulk by `Tick`.
+    let expired = events::expire(state, now, events::GC_BUDGET_PER_COMMAND);
     match &req.cmd {
         Command::PutTrigger { name, doc_json, if_match } => {
             triggers::put(state, index, now, name, doc_json, *if_match)
         }
         Command::DeleteTrigger { name, if_match } => triggers::delete(state, index, name, *if_match),
+        Command::IngestWebhook(d) => events::ingest(state, index, now, d),
+        Command::Tick { policy } => {
+            let (expired_leases, released) = queue::tick(state, index, now, policy);
+            let expired_events = expired + events::expire(state, now, events::GC_BUDGET_PER_TICK);
+            Response::Ticked { expired_events, expired_leases, released }
+        }
+        Command::Grant(g) => queue::grant(state, index, now, g),
+        Command::Extend { job_id, token, extend_ms } => queue::extend(state, index, now, job_id, *token, *extend_ms),
+        Command::Complete { job_id, token, result } => queue::complete(state, index, now, job_id, *token, result),
+        Command::Fail { job_id, token, error, retryable, delay_ms, policy } => {
+            queue::fail(state, index, now, job_id, *token, error, *retryable, *delay_ms, policy)
+        }
+        Command::Redrive { job_id } => queue::redrive(state, index, now, job_id.as_deref()),
+        Command::Purge { job_id } => queue::purge(state, index, now, job_id.as_deref()),
     }
 }
 

@@ -57,6 +57,11 @@ async fn bind() -> (TcpListener, SocketAddr) {
 impl TestCluster {
     /// Start `n` nodes listed in each other's `initial_members`.
     pub async fn start(n: u64, snapshot_every: u64) -> TestCluster {
+        Self::start_with(n, snapshot_every, |_| {}).await
+    }
+
+    /// Like [`TestCluster::start`], with a hook that adjusts each node's config.
+    pub async fn start_with(n: u64, snapshot_every: u64, hook: impl Fn(&mut DaemonConfig)) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut listeners = Vec::new();
         for _ in 0..n {
@@ -73,6 +78,7 @@ impl TestCluster {
             let mut cfg = DaemonConfig::new(id, h, g, c.dir.path().join(format!("node{id}")));
             cfg.spec.cluster.initial_members = members.clone();
             tune(&mut cfg, snapshot_every);
+            hook(&mut cfg);
             let mut node = TestNode { id, http: h, grpc: g, cfg, stop: None, task: None };
             spawn(&mut node, hl, gl);
             c.nodes.push(node);

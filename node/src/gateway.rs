@@ -1,0 +1,264 @@
+//! `POST /webhook/github`: the GitHub webhook intake every node serves.
+//!
+//! Order of checks (each failure is logged with the delivery id, counted in
+//! [`Metrics`], answered with a JSON error, and stores nothing):
+//! 1. in-flight limit (`spec.gateway.max_in_flight`) → 503 + `Retry-After`;
+//! 2. `X-GitHub-Event` / `X-GitHub-Delivery` present and sane → 400;
+//! 3. body size (`spec.gateway.max_body_bytes`, checked on `Content-Length` before
+//!    reading and again while reading) → 413;
+//! 4. `X-Hub-Signature-256` against every candidate secret (daemon secrets, the
+//!    payload organisation's secrets, enabled triggers' `webhook_secret`) → 401;
+//! 5. body is JSON → 400; `ping` → 200 pong, not stored;
+//! 6. propose `IngestWebhook` through Raft and answer **202** once it is committed, or
+//!    200 with `"duplicate": true` for a delivery id seen before. No commit within
+//!    `spec.gateway.ack_timeout_ms` → 503 + `Retry-After` (a retry is safe: dedup).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::config::DaemonConfig;
+use crate::github::{facts, secrets, signature};
+use crate::http::{ApiError, AppState};
+use crate::metrics::{Metrics, WebhookOutcome};
+use crate::node::{Node, NodeError};
+use crate::types::{Command, Delivery, EventStatus, Response as SmResponse};
+
+/// Webhook secrets known from the node's configuration, read once at start.
+#[derive(Default)]
+pub struct Secrets {
+    global: Vec<Vec<u8>>,
+    orgs: Vec<(String, Vec<u8>)>,
+}
+
+impl Secrets {
+    /// Resolve `spec.platforms.github` secrets from the environment. Missing variables
+    /// are reported (returned as warnings), not fatal: triggers may carry secrets.
+    pub fn from_config(cfg: &DaemonConfig) -> (Secrets, Vec<String>) {
+        let mut s = Secrets::default();
+        let mut warnings = Vec::new();
+        let Some(gh) = cfg.github() else { return (s, warnings) };
+        if let Some(inline) = &gh.webhook_secret {
+            s.global.push(inline.expose().as_bytes().to_vec());
+        }
+        for name in gh.secret_env_names() {
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => s.global.push(v.into_bytes()),
+                _ => warnings.push(format!(
+                    "environment variable {name} (spec.platforms.github) is not set; webhooks signed with it will get 401"
+                )),
+            }
+        }
+        for (org, oc) in &gh.orgs {
+            if let Some(name) = &oc.webhook_secret_env {
+                match std::env::var(name) {
+                    Ok(v) if !v.is_empty() => s.orgs.push((org.to_ascii_lowercase(), v.into_bytes())),
+                    _ => warnings.push(format!(
+                        "environment variable {name} (spec.platforms.github.orgs.{org}) is not set; webhooks for {org} signed with it will get 401"
+                    )),
+                }
+            }
+        }
+        (s, warnings)
+    }
+
+    /// A secrets set for tests and embedding.
+    pub fn new(global: Vec<Vec<u8>>, orgs: Vec<(String, Vec<u8>)>) -> Self {
+        Secrets { global, orgs: orgs.into_iter().map(|(o, s)| (o.to_ascii_lowercase(), s)).collect() }
+    }
+}
+
+/// The intake's settings and shared state.
+pub struct Gateway {
+    pub secrets: Secrets,
+    pub max_body_bytes: usize,
+    pub ack_timeout: Duration,
+    pub retention_ms: u64,
+    pub in_flight: Semaphore,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    pub fn from_config(cfg: &DaemonConfig, secrets: Secrets, metrics: Arc<Metrics>) -> Self {
+        let g = &cfg.spec.gateway;
+        Gateway {
+            secrets,
+            max_body_bytes: g.max_body_bytes,
+            ack_timeout: Duration::from_millis(g.ack_timeout_ms),
+            retention_ms: cfg.spec.queue.retention_secs.saturating_mul(1000),
+            in_flight: Semaphore::new(g.max_in_flight),
+            metrics,
+        }
+    }
+}
+
+struct Reject {
+    outcome: WebhookOutcome,
+    err: ApiError,
+}
+
+fn reject(outcome: WebhookOutcome, status: StatusCode, code: &'static str, message: impl Into<String>) -> Reject {
+    Reject { outcome, err: ApiError::new(status, code, message) }
+}
+
+/// The handler of `POST /webhook/github`.
+pub async fn webhook(State(app): State<AppState>, req: Request) -> Response {
+    let gw = &app.gateway;
+    let started = Instant::now();
+    let delivery = header_str(req.headers(), "x-github-delivery").unwrap_or("-").to_string();
+    let event = header_str(req.headers(), "x-github-event").unwrap_or("-").to_string();
+    match intake(&app.node, gw, req).await {
+        Ok((outcome, status, body)) => {
+            gw.metrics.count(outcome);
+            gw.metrics.webhook_ack_seconds.observe(started.elapsed().as_secs_f64());
+            tracing::info!(delivery_id = %delivery, event = %event, outcome = ?outcome, event_id = ?body.get("event_id"), "webhook");
+            (status, Json(body)).into_response()
+        }
+        Err(r) => {
+            gw.metrics.count(r.outcome);
+            tracing::warn!(delivery_id = %delivery, event = %event, outcome = ?r.outcome, "webhook rejected: {}", r.err.message);
+            r.err.into_response()
+        }
+    }
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+}
+
+async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutcome, StatusCode, Value), Reject> {
+    let _permit = gw.in_flight.try_acquire().map_err(|_| {
+        reject(
+            WebhookOutcome::unavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "this node is at its in-flight webhook limit (spec.gateway.max_in_flight); retry shortly or send to another node",
+        )
+    })?;
+    let headers = req.headers().clone();
+    let invalid = |m: String| reject(WebhookOutcome::invalid, StatusCode::BAD_REQUEST, "invalid_request", m);
+    let event = header_str(&headers, "x-github-event").ok_or_else(|| invalid("missing X-GitHub-Event header (GitHub always sends it; is this a GitHub webhook?)".into()))?.to_string();
+    let delivery_id = header_str(&headers, "x-github-delivery").ok_or_else(|| invalid("missing X-GitHub-Delivery header (GitHub always sends it; is this a GitHub webhook?)".into()))?.to_string();
+    if event.len() > 64 || !event.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(invalid(format!("X-GitHub-Event {event:?} is not a GitHub event name")));
+    }
+    if delivery_id.len() > 128 || !delivery_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid("X-GitHub-Delivery must be 1-128 printable characters".into()));
+    }
+    let too_large = || {
+        reject(
+            WebhookOutcome::too_large,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds spec.gateway.max_body_bytes ({} bytes)", gw.max_body_bytes),
+        )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > gw.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(Body::new(req.into_body()), gw.max_body_bytes).await.map_err(|_| too_large())?;
+
+    let parsed: Result<Value, _> = serde_json::from_slice(&body);
+    let org = parsed.as_ref().ok().and_then(org_of);
+    let candidates = candidate_secrets(node, gw, org.as_deref());
+    let refs: Vec<&[u8]> = candidates.iter().map(Vec::as_slice).collect();
+    if let Err(e) = signature::verify(&refs, &body, header_str(&headers, "x-hub-signature-256")) {
+        return Err(reject(WebhookOutcome::bad_signature, StatusCode::UNAUTHORIZED, "bad_signature", e.to_string()));
+    }
+    let payload = parsed.map_err(|e| invalid(format!("the body is not JSON ({e}); set the webhook's content type to application/json")))?;
+    if event == "ping" {
+        let zen = payload.get("zen").and_then(Value::as_str).unwrap_or("Keep it logically awesome.");
+        return Ok((WebhookOutcome::ping, StatusCode::OK, json!({ "pong": true, "zen": zen, "hook_id": payload.get("hook_id"), "node_id": node.id })));
+    }
+    let facts = facts::extract(&event, &payload);
+    let cmd = Command::IngestWebhook(Box::new(Delivery {
+        delivery_id: delivery_id.clone(),
+        facts,
+        payload: body.to_vec(),
+        received_by: node.id,
+        retention_ms: gw.retention_ms,
+    }));
+    let unavailable = |m: String| reject(WebhookOutcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
+    let res = tokio::time::timeout(gw.ack_timeout, node.write(cmd)).await.map_err(|_| {
+        unavailable(format!(
+            "not committed by a quorum within spec.gateway.ack_timeout_ms ({} ms); retry later — delivery {delivery_id} is deduplicated",
+            gw.ack_timeout.as_millis()
+        ))
+    })?;
+    let (resp, _) = res.map_err(|e| match e {
+        NodeError::Unavailable(m) | NodeError::Internal(m) => unavailable(m),
+        other => unavailable(other.to_string()),
+    })?;
+    let SmResponse::Ingested(r) = resp else {
+        return Err(unavailable(format!("unexpected state machine answer {resp:?}")));
+    };
+    let outcome = match (r.duplicate, r.status) {
+        (true, _) => WebhookOutcome::duplicate,
+        (false, EventStatus::Unmatched) => WebhookOutcome::unmatched,
+        (false, EventStatus::NoRoute) => WebhookOutcome::no_route,
+        (false, _) => WebhookOutcome::accepted,
+    };
+    let status = if r.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((
+        outcome,
+        status,
+        json!({
+            "event_id": r.event_id,
+            "delivery_id": r.delivery_id,
+            "status": r.status.as_str(),
+            "trigger": r.trigger,
+            "jobs": r.jobs,
+            "duplicate": r.duplicate,
+        }),
+    ))
+}
+
+/// The organisation a payload belongs to (`organization.login`, else the
+/// repository owner), for per-organisation secrets.
+fn org_of(payload: &Value) -> Option<String> {
+    payload
+        .pointer("/organization/login")
+        .or_else(|| payload.pointer("/repository/owner/login"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// Every secret a delivery may be signed with: the daemon's (rotation list), its
+/// organisation's, and each enabled trigger's `webhook_secret` (read from the local
+/// registry copy; `${ENV}` expanded here, at the edge).
+fn candidate_secrets(node: &Node, gw: &Gateway, org: Option<&str>) -> Vec<Vec<u8>> {
+    let mut out = gw.secrets.global.clone();
+    if let Some(org) = org.map(str::to_ascii_lowercase) {
+        out.extend(gw.secrets.orgs.iter().filter(|(o, _)| *o == org).map(|(_, s)| s.clone()));
+    }
+    let trigger_secrets: Vec<String> = node.sm.read(|kv| {
+        crate::sm::triggers::list(kv)
+            .into_iter()
+            .filter_map(|r| {
+                let doc: Value = serde_json::from_str(&r.doc_json).ok()?;
+                let t = crate::github::trigger::parse_trigger(&r.name, &doc).ok()?;
+                t.enabled.then_some(t.webhook_secret).flatten()
+            })
+            .collect()
+    });
+    for raw in trigger_secrets {
+        match secrets::expand_env(&raw) {
+            Ok(s) if !s.is_empty() => {
+                if !out.iter().any(|o| o == s.as_bytes()) {
+                    out.push(s.into_bytes());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("trigger webhook_secret not usable on this node: {e}"),
+        }
+    }
+    out
+}

@@ -1,0 +1,220 @@
+//! The `aof.v1.WorkQueue` gRPC service (workers in any language), served by every
+//! node. Each call becomes a Raft command (forwarded to the leader by
+//! [`Node::write`]); an OK answer means it is committed on a quorum.
+//!
+//! **API Boundary**: conversions between the wire types of `aof-proto` and the
+//! state machine's types happen here and nowhere else.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aof_proto::v1 as pb;
+use aof_proto::v1::work_queue_server::{WorkQueue, WorkQueueServer};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::network::MAX_MESSAGE_BYTES;
+use crate::node::{Consistency, Node, NodeError};
+use crate::sm::events::JobState;
+use crate::types::{Command, GrantRequest, LeaseGrant, Response as SmResponse};
+
+/// Most leases one claim stream may hold at once.
+pub const MAX_IN_FLIGHT_PER_STREAM: u32 = 1024;
+/// How long an idle claim loop waits before looking for work again (it also wakes
+/// on every newly applied log entry).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct QueueService {
+    node: Arc<Node>,
+}
+
+impl QueueService {
+    pub fn new(node: Arc<Node>) -> Self {
+        QueueService { node }
+    }
+    pub fn server(self) -> WorkQueueServer<Self> {
+        WorkQueueServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn status_of(e: NodeError) -> Status {
+    match e {
+        NodeError::NotLeader { .. } | NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
+        NodeError::NotFound(m) => Status::not_found(m),
+        NodeError::Invalid(m) => Status::invalid_argument(m),
+        NodeError::Internal(m) => Status::internal(m),
+    }
+}
+
+/// Map a queue command's state-machine answer to gRPC.
+fn check(resp: SmResponse) -> Result<SmResponse, Status> {
+    match resp {
+        SmResponse::StaleToken { job_id, reason } => {
+            Err(Status::failed_precondition(format!("stale fencing token for job {job_id}: {reason}")))
+        }
+        SmResponse::JobNotFound { job_id } => Err(Status::not_found(format!("no job {job_id} (finished long ago, or never existed)"))),
+        other => Ok(other),
+    }
+}
+
+/// The wire form of a granted lease.
+pub fn lease_to_pb(l: LeaseGrant) -> pb::Lease {
+    let context: std::collections::HashMap<String, String> = l
+        .context
+        .iter()
+        .map(|(k, v)| {
+            let j = v.to_json();
+            (k.clone(), j.as_str().map(str::to_string).unwrap_or_else(|| j.to_string()))
+        })
+        .collect();
+    pb::Lease {
+        job_id: l.job_id,
+        event_id: l.event_id,
+        delivery_id: l.delivery_id,
+        target: Some(pb::Target { kind: format!("{:?}", l.route.kind).to_lowercase(), name: l.route.name }),
+        params_json: l.route.params_json,
+        context,
+        payload: l.payload,
+        attempt: l.attempt,
+        deadline_ms: l.deadline_ms,
+        fencing_token: l.token,
+        event: l.event,
+        trigger: l.trigger,
+        traceparent: String::new(),
+    }
+}
+
+type LeaseStream = Pin<Box<dyn Stream<Item = Result<pb::Lease, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkQueue for QueueService {
+    type ClaimStream = LeaseStream;
+
+    async fn claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<Self::ClaimStream>, Status> {
+        let r = req.into_inner();
+        let max = r.max_in_flight.clamp(1, MAX_IN_FLIGHT_PER_STREAM);
+        if r.worker_id.len() > 256 {
+            return Err(Status::invalid_argument("worker_id: at most 256 bytes"));
+        }
+        let worker_id = if r.worker_id.is_empty() { "anonymous".to_string() } else { r.worker_id };
+        let (tx, rx) = mpsc::channel(max as usize);
+        tokio::spawn(claim_loop(self.node.clone(), worker_id, r.targets, max, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn extend(&self, req: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendReply>, Status> {
+        let r = req.into_inner();
+        let extend_ms = if r.extend_ms == 0 { self.node.queue_policy.lease_timeout_ms } else { r.extend_ms };
+        let cmd = Command::Extend { job_id: r.job_id, token: r.fencing_token, extend_ms };
+        match check(self.node.write(cmd).await.map_err(status_of)?.0)? {
+            SmResponse::Extended { deadline_ms } => Ok(Response::new(pb::ExtendReply { deadline_ms })),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn complete(&self, req: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteReply>, Status> {
+        let r = req.into_inner();
+        let cmd = Command::Complete { job_id: r.job_id, token: r.fencing_token, result: r.result };
+        check(self.node.write(cmd).await.map_err(status_of)?.0)?;
+        Ok(Response::new(pb::CompleteReply {}))
+    }
+
+    async fn fail(&self, req: Request<pb::FailRequest>) -> Result<Response<pb::FailReply>, Status> {
+        let r = req.into_inner();
+        let cmd = Command::Fail {
+            job_id: r.job_id,
+            token: r.fencing_token,
+            error: r.error,
+            retryable: r.retryable,
+            delay_ms: r.delay_ms,
+            policy: self.node.queue_policy,
+        };
+        match check(self.node.write(cmd).await.map_err(status_of)?.0)? {
+            SmResponse::Failed { dead, ready_at_ms } => Ok(Response::new(pb::FailReply {
+                outcome: if dead { "dead" } else { "retrying" }.into(),
+                ready_at_ms,
+            })),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsReply>, Status> {
+        let now = crate::node::leader_clock_ms();
+        let depths = self.node.read(Consistency::Linearizable, crate::sm::queue::stats).await.map_err(status_of)?;
+        Ok(Response::new(pb::StatsReply {
+            depths: depths
+                .into_iter()
+                .map(|d| pb::QueueDepth {
+                    target: Some(pb::Target { kind: d.target_kind, name: d.target }),
+                    priority: d.priority,
+                    ready: d.ready,
+                    delayed: d.delayed,
+                    leased: d.leased,
+                    dead: d.dead,
+                    oldest_ready_age_ms: d.oldest_ready_ms.map_or(0, |t| now.saturating_sub(t)),
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Grant leases to one claim stream while it has room, until the worker hangs up.
+/// A lease counts against `max` until the local state shows it is no longer live
+/// (completed, failed, expired — through whichever node).
+async fn claim_loop(node: Arc<Node>, worker_id: String, targets: Vec<String>, max: u32, tx: mpsc::Sender<Result<pb::Lease, Status>>) {
+    let mut held: BTreeMap<String, u64> = BTreeMap::new();
+    let mut applied = node.raft.metrics();
+    while !tx.is_closed() {
+        let mut idle_wait = false;
+        held = node.sm.read(|kv| {
+            held.into_iter()
+                .filter(|(job, token)| {
+                    crate::sm::events::get_job(kv, job).is_some_and(|j| {
+                        j.state == JobState::Leased && j.lease.as_ref().is_some_and(|l| l.token == *token)
+                    })
+                })
+                .collect()
+        });
+        let room = max.saturating_sub(held.len() as u32);
+        let work = room > 0 && node.sm.read(|kv| crate::sm::queue::has_ready(kv, &targets));
+        if work {
+            let cmd = Command::Grant(GrantRequest { worker_id: worker_id.clone(), targets: targets.clone(), count: room, policy: node.queue_policy });
+            match node.write(cmd).await {
+                Ok((SmResponse::Granted(leases), _)) if !leases.is_empty() => {
+                    for l in leases {
+                        held.insert(l.job_id.clone(), l.token);
+                        if tx.send(Ok(lease_to_pb(l))).await.is_err() {
+                            // The worker is gone; its leases expire and are retried.
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                // Nothing grantable right now (e.g. rate-limited): don't re-propose
+                // on our own empty grant's commit, wait a poll interval.
+                Ok(_) => idle_wait = true,
+                Err(e) => {
+                    idle_wait = true;
+                    tracing::debug!(worker = %worker_id, "grant not committed: {e}");
+                }
+            }
+        }
+        if idle_wait {
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = tx.closed() => return,
+            }
+        } else {
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}

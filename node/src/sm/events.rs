@@ -1,0 +1,392 @@
+//! The replicated event log and the jobs events create.
+//!
+//! Key space:
+//!
+//! | key                                   | value                      |
+//! |---------------------------------------|----------------------------|
+//! | `e/<event_id:8>`                      | [`EventRecord`]            |
+//! | `p/<event_id:8>`                      | the raw payload            |
+//! | `d/<delivery_id>`                     | event id (dedup index)     |
+//! | `j/<event_id:8><n:1>`                 | [`JobRecord`]              |
+//! | `r/<255-priority:1><event_id:8><n:1>` | ready-queue index (empty)  |
+//! | `x/<expires_ms:8><event_id:8>`        | retention index (empty)    |
+//!
+//! An event's id is the log index of the `IngestWebhook` entry that created it, so
+//! ids are unique, increase in commit order, and every replica assigns the same one.
+//!
+//! **Architecture Invariant**: a delivery id is accepted once. While its event is
+//! retained, a replay gets the original answer with `duplicate: true` and creates
+//! nothing. Retention (`Delivery::retention_ms`) counts from the leader-stamped time
+//! at which the event finished; expiry removes the event, its payload, its jobs and
+//! its dedup entry together, so state stays proportional to live + retained events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::kv::{prefix_end, KvRead, Overlay};
+use crate::codec;
+use crate::github::facts::CtxValue;
+use crate::github::matcher::{self, MatchOutcome};
+use crate::github::trigger::{Priority, Route};
+use crate::types::{Delivery, EventStatus, IngestResult, Response};
+
+const EVENT: &[u8] = b"e/";
+const PAYLOAD: &[u8] = b"p/";
+const DEDUP: &[u8] = b"d/";
+const JOB: &[u8] = b"j/";
+pub(super) const READY: &[u8] = b"r/";
+pub(super) const EXPIRY: &[u8] = b"x/";
+
+/// Expired events removed per applied command (bounds the work of one apply).
+pub const GC_BUDGET_PER_COMMAND: usize = 16;
+/// Expired events removed by one `Tick`.
+pub const GC_BUDGET_PER_TICK: usize = 1024;
+
+/// An event as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub event_id: u64,
+    pub delivery_id: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub repo: Option<String>,
+    pub sender: Option<String>,
+    pub received_ms: u64,
+    pub received_by: u64,
+    /// The answer given when it was accepted (replays get this).
+    pub accepted_status: EventStatus,
+    pub status: EventStatus,
+    pub trigger: Option<String>,
+    /// The command key or slash command that routed it, if any.
+    pub command: Option<String>,
+    pub jobs: Vec<String>,
+    pub context: BTreeMap<String, CtxValue>,
+    pub payload_bytes: u64,
+    pub retention_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub expires_ms: Option<u64>,
+}
+
+/// The state of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting for a worker.
+    Ready,
+    /// Held by a worker until its lease deadline.
+    Leased,
+    /// Waiting for its retry time (backoff).
+    Delayed,
+    Completed,
+    /// In the dead-letter queue.
+    Dead,
+    /// Removed from the dead-letter queue by `aofctl dlq purge`.
+    Purged,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Ready => "ready",
+            JobState::Leased => "leased",
+            JobState::Delayed => "delayed",
+            JobState::Completed => "completed",
+            JobState::Dead => "dead",
+            JobState::Purged => "purged",
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Dead | JobState::Purged)
+    }
+}
+
+/// The lease a job is under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// The log index of the grant: the fencing token.
+    pub token: u64,
+    pub worker_id: String,
+    pub deadline_ms: u64,
+}
+
+/// A rate limit a job is subject to (from its trigger), as a token bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRateLimit {
+    /// `org:<login>` or `repo:<owner/name>`.
+    pub bucket: String,
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// One step of a job's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTransition {
+    pub state: JobState,
+    pub at_ms: u64,
+    /// Log index of the command that made the transition.
+    pub index: u64,
+    pub note: Option<String>,
+}
+
+/// A unit of work for a target (agent, fleet or flow).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub event_id: u64,
+    pub delivery_id: String,
+    pub trigger: String,
+    pub route: Route,
+    pub priority: Priority,
+    pub state: JobState,
+    /// Leases granted so far (the current or last attempt number).
+    pub attempts: u32,
+    pub lease: Option<LeaseInfo>,
+    /// When a delayed job becomes ready again.
+    pub ready_at_ms: u64,
+    /// When it (last) entered the ready queue, for "oldest ready age".
+    pub enqueued_ms: u64,
+    pub rate_limit: Option<JobRateLimit>,
+    pub last_error: Option<String>,
+    pub result: Option<String>,
+    pub history: Vec<JobTransition>,
+}
+
+pub(super) fn ek(event_id: u64) -> Vec<u8> {
+    [EVENT, &event_id.to_be_bytes()[..]].concat()
+}
+pub(super) fn pk(event_id: u64) -> Vec<u8> {
+    [PAYLOAD, &event_id.to_be_bytes()[..]].concat()
+}
+pub(super) fn dk(delivery_id: &str) -> Vec<u8> {
+    [DEDUP, delivery_id.as_bytes()].concat()
+}
+pub(super) fn jk(event_id: u64, n: u8) -> Vec<u8> {
+    [JOB, &event_id.to_be_bytes()[..], &[n]].concat()
+}
+pub(super) fn rk(priority: Priority, event_id: u64, n: u8) -> Vec<u8> {
+    [READY, &[255 - priority as u8], &event_id.to_be_bytes()[..], &[n]].concat()
+}
+pub(super) fn xk(expires_ms: u64, event_id: u64) -> Vec<u8> {
+    [EXPIRY, &expires_ms.to_be_bytes()[..], &event_id.to_be_bytes()[..]].concat()
+}
+
+/// The job id of job `n` of an event.
+pub fn job_id(event_id: u64, n: u8) -> String {
+    format!("{event_id}-{n}")
+}
+
+/// Parse a job id back into (event id, n).
+pub fn parse_job_id(id: &str) -> Option<(u64, u8)> {
+    let (e, n) = id.split_once('-')?;
+    Some((e.parse().ok()?, n.parse().ok()?))
+}
+
+pub(super) fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> T {
+    codec::decode(v).expect("record written by this build")
+}
+
+pub fn get_event(state: &dyn KvRead, event_id: u64) -> Option<EventRecord> {
+    state.get(&ek(event_id)).map(|v| decode(&v))
+}
+
+pub fn get_payload(state: &dyn KvRead, event_id: u64) -> Option<Vec<u8>> {
+    state.get(&pk(event_id)).map(|v| decode(&v))
+}
+
+pub fn event_by_delivery(state: &dyn KvRead, delivery_id: &str) -> Option<EventRecord> {
+    let id = state.get(&dk(delivery_id))?;
+    get_event(state, u64::from_be_bytes(id.as_slice().try_into().ok()?))
+}
+
+pub fn get_job(state: &dyn KvRead, job_id: &str) -> Option<JobRecord> {
+    let (e, n) = parse_job_id(job_id)?;
+    state.get(&jk(e, n)).map(|v| decode(&v))
+}
+
+/// The jobs of an event, in order.
+pub fn jobs_of(state: &dyn KvRead, event: &EventRecord) -> Vec<JobRecord> {
+    event.jobs.iter().filter_map(|j| get_job(state, j)).collect()
+}
+
+/// Filters of [`list_events`].
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub repo: Option<String>,
+    pub status: Option<EventStatus>,
+    pub event: Option<String>,
+    /// Only events with an id greater than this (paging cursor).
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
+/// Most records a listing inspects, whatever the filter (bounds one request).
+pub const LIST_SCAN_LIMIT: usize = 100_000;
+
+/// Events in id order, filtered; returns the page and whether more may follow.
+pub fn list_events(state: &dyn KvRead, f: &EventFilter) -> (Vec<EventRecord>, bool) {
+    let start = ek(f.after.map_or(0, |a| a.saturating_add(1)));
+    let mut out = Vec::new();
+    for (scanned, (_, v)) in state.range(&start, &prefix_end(EVENT)).enumerate() {
+        if out.len() >= f.limit || scanned >= LIST_SCAN_LIMIT {
+            return (out, true);
+        }
+        let e: EventRecord = decode(&v);
+        let keep = f.repo.as_ref().is_none_or(|r| e.repo.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(r)))
+            && f.status.is_none_or(|s| e.status == s)
+            && f.event.as_ref().is_none_or(|ev| &e.event == ev);
+        if keep {
+            out.push(e);
+        }
+    }
+    (out, false)
+}
+
+/// Earliest retention expiry in the state, if any (the leader proposes `Tick` when due).
+pub fn next_expiry(state: &dyn KvRead) -> Option<u64> {
+    let (k, _) = state.range(EXPIRY, &prefix_end(EXPIRY)).next()?;
+    Some(u64::from_be_bytes(k[EXPIRY.len()..EXPIRY.len() + 8].try_into().ok()?))
+}
+
+/// Number of jobs in the ready queue.
+pub fn ready_count(state: &dyn KvRead) -> usize {
+    state.range(READY, &prefix_end(READY)).count()
+}
+
+/// The triggers of the registry, compiled, in name order. A stored document that no
+/// longer compiles (it passed validation when written) is skipped, on every replica alike.
+fn compiled_triggers(state: &dyn KvRead) -> Vec<crate::github::trigger::Trigger> {
+    super::triggers::list(state)
+        .into_iter()
+        .filter_map(|r| {
+            let doc: serde_json::Value = serde_json::from_str(&r.doc_json).ok()?;
+            crate::github::trigger::parse_trigger(&r.name, &doc).ok()
+        })
+        .collect()
+}
+
+pub(super) fn ingest(state: &mut Overlay<'_>, index: u64, now: u64, d: &Delivery) -> Response {
+    if let Some(orig) = event_by_delivery(state, &d.delivery_id) {
+        return Response::Ingested(IngestResult {
+            event_id: orig.event_id,
+            delivery_id: orig.delivery_id,
+            status: orig.accepted_status,
+            trigger: orig.trigger,
+            jobs: orig.jobs,
+            duplicate: true,
+        });
+    }
+    let event_id = index;
+    let triggers = compiled_triggers(state);
+    let outcome = matcher::match_event(&triggers, &d.facts);
+    let mut context = d.facts.context.clone();
+    let (status, trigger, command, jobs) = match outcome {
+        MatchOutcome::Unmatched => (EventStatus::Unmatched, None, None, vec![]),
+        MatchOutcome::NoRoute { trigger } => (EventStatus::NoRoute, Some(trigger), None, vec![]),
+        MatchOutcome::Matched(m) => {
+            if let Some(c) = &m.command {
+                context.insert("command".into(), CtxValue::Str(c.clone()));
+            }
+            let job = JobRecord {
+                job_id: job_id(event_id, 0),
+                event_id,
+                delivery_id: d.delivery_id.clone(),
+                trigger: m.trigger.clone(),
+                route: m.route.clone(),
+                priority: m.priority,
+                state: JobState::Ready,
+                attempts: 0,
+                lease: None,
+                ready_at_ms: now,
+                enqueued_ms: now,
+                rate_limit: triggers
+                    .iter()
+                    .find(|t| t.name == m.trigger)
+                    .and_then(|t| t.rate_limit.as_ref())
+                    .and_then(|rl| super::queue::bucket_for(rl, &d.facts)),
+                last_error: None,
+                result: None,
+                history: vec![JobTransition { state: JobState::Ready, at_ms: now, index, note: None }],
+            };
+            state.put(jk(event_id, 0), codec::encode(&job));
+            state.put(rk(m.priority, event_id, 0), Vec::new());
+            (EventStatus::Queued, Some(m.trigger), m.command, vec![job.job_id])
+        }
+    };
+    let mut rec = EventRecord {
+        event_id,
+        delivery_id: d.delivery_id.clone(),
+        event: d.facts.event.clone(),
+        action: d.facts.action.clone(),
+        repo: d.facts.repo_full_name.clone(),
+        sender: d.facts.sender.clone(),
+        received_ms: now,
+        received_by: d.received_by,
+        accepted_status: status,
+        status,
+        trigger: trigger.clone(),
+        command,
+        jobs: jobs.clone(),
+        context,
+        payload_bytes: d.payload.len() as u64,
+        retention_ms: d.retention_ms,
+        finished_ms: None,
+        expires_ms: None,
+    };
+    if status.is_finished() {
+        set_finished(state, &mut rec, now);
+    } else {
+        state.put(ek(event_id), codec::encode(&rec));
+    }
+    state.put(pk(event_id), codec::encode(&d.payload));
+    state.put(dk(&d.delivery_id), event_id.to_be_bytes().to_vec());
+    Response::Ingested(IngestResult { event_id, delivery_id: d.delivery_id.clone(), status, trigger, jobs, duplicate: false })
+}
+
+/// Mark an event finished at `now` (its status already set): its retention starts.
+pub(super) fn set_finished(state: &mut Overlay<'_>, e: &mut EventRecord, now: u64) {
+    if let Some(old) = e.expires_ms {
+        state.delete(xk(old, e.event_id));
+    }
+    let expires = now.saturating_add(e.retention_ms);
+    e.finished_ms = Some(now);
+    e.expires_ms = Some(expires);
+    state.put(xk(expires, e.event_id), Vec::new());
+    state.put(ek(e.event_id), codec::encode(e));
+}
+
+/// Mark an event unfinished again (a redriven job): its retention stops.
+pub(super) fn set_unfinished(state: &mut Overlay<'_>, e: &mut EventRecord) {
+    if let Some(old) = e.expires_ms.take() {
+        state.delete(xk(old, e.event_id));
+    }
+    e.finished_ms = None;
+    state.put(ek(e.event_id), codec::encode(e));
+}
+
+/// Remove up to `budget` events whose retention ended at or before `now`.
+pub(super) fn expire(state: &mut Overlay<'_>, now: u64, budget: usize) -> u64 {
+    let end = xk(now, u64::MAX);
+    let due: Vec<Vec<u8>> = state.range(EXPIRY, &end).take(budget).map(|(k, _)| k).collect();
+    for k in &due {
+        let event_id = u64::from_be_bytes(k[EXPIRY.len() + 8..].try_into().expect("16-byte expiry key"));
+        if let Some(e) = get_event(state, event_id) {
+            for j in &e.jobs {
+                if let Some(job) = get_job(state, j) {
+                    super::queue::unindex(state, &job);
+                }
+                if let Some((ev, n)) = parse_job_id(j) {
+                    state.delete(jk(ev, n));
+                }
+            }
+            // The dedup entry may already point at a newer event with the same delivery
+            // id only if this one was gone; check before removing.
+            if state.get(&dk(&e.delivery_id)).as_deref() == Some(&event_id.to_be_bytes()[..]) {
+                state.delete(dk(&e.delivery_id));
+            }
+        }
+        state.delete(ek(event_id));
+        state.delete(pk(event_id));
+        state.delete(k.clone());
+    }
+    due.len() as u64
+}

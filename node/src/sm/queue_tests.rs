@@ -1,0 +1,233 @@
+//! Exact-output tests of the queue core: commands in, responses and state out,
+//! with time passed in by hand (no sockets, no sleeps).
+
+use super::events::{self, JobState};
+use super::queue;
+use super::{apply, MemKv, Overlay};
+use crate::github::facts::EventFacts;
+use crate::types::{Command, Delivery, GrantRequest, QueuePolicy, Request, Response};
+
+const POLICY: QueuePolicy = QueuePolicy { lease_timeout_ms: 30_000, max_retries: 3, retry_delay_ms: 1000, max_retry_delay_ms: 60_000 };
+
+/// A state machine driven by hand: each command gets the next log index.
+struct Sm {
+    kv: MemKv,
+    index: u64,
+}
+
+impl Sm {
+    fn new() -> Self {
+        Sm { kv: MemKv::default(), index: 0 }
+    }
+    fn run(&mut self, now: u64, cmd: Command) -> Response {
+        self.index += 1;
+        let mut o = Overlay::new(&self.kv);
+        let r = apply(&mut o, self.index, &Request { time_ms: now, cmd });
+        let w = o.into_writes();
+        self.kv.commit(w);
+        r
+    }
+    fn trigger(&mut self, name: &str, spec: &str) {
+        let yaml = format!("apiVersion: aof.dev/v1\nkind: Trigger\nmetadata: {{name: {name}}}\nspec:\n{spec}");
+        let doc = crate::registry::canonical_trigger(name, yaml.as_bytes()).unwrap();
+        let r = self.run(0, Command::PutTrigger { name: name.into(), doc_json: doc, if_match: None });
+        assert!(matches!(r, Response::TriggerPut { .. }), "{r:?}");
+    }
+    /// Ingest a delivery; returns its job id.
+    fn deliver(&mut self, now: u64, id: &str, event: &str, repo: &str) -> String {
+        let facts = EventFacts {
+            event: event.into(),
+            repo_full_name: Some(repo.into()),
+            org: repo.split('/').next().map(str::to_string),
+            ..Default::default()
+        };
+        let d = Delivery { delivery_id: id.into(), facts, payload: b"{}".to_vec(), received_by: 1, retention_ms: 3_600_000 };
+        match self.run(now, Command::IngestWebhook(Box::new(d))) {
+            Response::Ingested(r) => r.jobs.first().cloned().unwrap_or_else(|| panic!("no job for {id}: {r:?}")),
+            other => panic!("{other:?}"),
+        }
+    }
+    fn grant(&mut self, now: u64, count: u32) -> Vec<(String, u64, u32)> {
+        match self.run(now, Command::Grant(GrantRequest { worker_id: "w".into(), targets: vec![], count, policy: POLICY })) {
+            Response::Granted(v) => v.into_iter().map(|l| (l.job_id, l.token, l.attempt)).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+    fn job(&self, id: &str) -> events::JobRecord {
+        events::get_job(&self.kv, id).unwrap()
+    }
+    fn tick(&mut self, now: u64) -> Response {
+        self.run(now, Command::Tick { policy: POLICY })
+    }
+}
+
+fn catch_all(sm: &mut Sm) {
+    sm.trigger("all", "  type: GitHub\n  config: {}\n  default_agent: worker\n");
+}
+
+#[test]
+fn lease_expiry_retries_on_the_backoff_schedule_then_dead_letters() {
+    let mut sm = Sm::new();
+    catch_all(&mut sm);
+    let job = sm.deliver(1_000, "d1", "push", "acme/api");
+    let mut now = 1_000;
+    let mut retry_at = Vec::new();
+    for attempt in 1..=4u32 {
+        let g = sm.grant(now, 1);
+        assert_eq!(g.len(), 1, "attempt {attempt}");
+        assert_eq!(g[0].2, attempt);
+        // Nothing happens before the deadline...
+        assert!(matches!(sm.tick(now + 29_999), Response::Ticked { expired_leases: 0, .. }));
+        // ...and at the deadline the lease expires.
+        now += 30_000;
+        let r = sm.tick(now);
+        assert!(matches!(r, Response::Ticked { expired_leases: 1, .. }), "{r:?}");
+        let j = sm.job(&job);
+        if attempt <= 3 {
+            assert_eq!(j.state, JobState::Delayed);
+            assert_eq!(j.ready_at_ms - now, queue::backoff_ms(&POLICY, &job, attempt));
+            retry_at.push(j.ready_at_ms - now);
+            // Not grantable until the backoff has passed.
+            assert!(sm.grant(j.ready_at_ms - 1, 1).is_empty());
+            now = j.ready_at_ms;
+        } else {
+            assert_eq!(j.state, JobState::Dead);
+            assert!(j.last_error.unwrap().contains("lease expired"));
+        }
+    }
+    // Exponential: 1 s, 2 s, 4 s (+ up to 10 % jitter).
+    for (k, d) in retry_at.iter().enumerate() {
+        let base = 1000u64 << k;
+        assert!(*d >= base && *d <= base + base / 10, "retry {k}: {d} ms");
+    }
+    assert_eq!(queue::list_dead(&sm.kv, 10).len(), 1);
+    let e = events::get_event(&sm.kv, sm.job(&job).event_id).unwrap();
+    assert_eq!(e.status, crate::types::EventStatus::Failed);
+}
+
+#[test]
+fn a_stale_token_is_rejected_after_re_lease_and_changes_nothing() {
+    let mut sm = Sm::new();
+    catch_all(&mut sm);
+    let job = sm.deliver(0, "d1", "push", "acme/api");
+    let (_, old_token, _) = sm.grant(0, 1)[0].clone();
+    sm.tick(30_000); // expires → delayed
+    let ready = sm.job(&job).ready_at_ms;
+    let (_, new_token, attempt) = sm.grant(ready, 1)[0].clone();
+    assert_eq!(attempt, 2);
+    assert!(new_token > old_token);
+    let before = sm.kv.clone();
+    for cmd in [
+        Command::Complete { job_id: job.clone(), token: old_token, result: "late".into() },
+        Command::Extend { job_id: job.clone(), token: old_token, extend_ms: 1000 },
+        Command::Fail { job_id: job.clone(), token: old_token, error: "x".into(), retryable: true, delay_ms: 0, policy: POLICY },
+    ] {
+        let r = sm.run(ready + 1, cmd);
+        assert!(matches!(&r, Response::StaleToken { reason, .. } if reason.contains(&new_token.to_string())), "{r:?}");
+    }
+    // Only the clock key may differ: the job and every index are untouched.
+    let diff: Vec<_> = sm.kv.0.iter().filter(|(k, v)| before.0.get(*k) != Some(v)).map(|(k, _)| String::from_utf8_lossy(k).to_string()).collect();
+    assert!(diff.iter().all(|k| k == "m/clock"), "stale commands changed {diff:?}");
+    // The current token completes it exactly once.
+    assert_eq!(sm.run(ready + 2, Command::Complete { job_id: job.clone(), token: new_token, result: "ok".into() }), Response::Completed);
+    assert!(matches!(sm.run(ready + 3, Command::Complete { job_id: job.clone(), token: new_token, result: "again".into() }), Response::StaleToken { .. }));
+    assert_eq!(sm.job(&job).state, JobState::Completed);
+    assert_eq!(sm.job(&job).result.as_deref(), Some("ok"));
+}
+
+#[test]
+fn fail_not_retryable_dead_letters_at_once_and_redrive_runs_it_again() {
+    let mut sm = Sm::new();
+    catch_all(&mut sm);
+    let job = sm.deliver(0, "d1", "push", "acme/api");
+    let (_, t, _) = sm.grant(0, 1)[0].clone();
+    let r = sm.run(5, Command::Fail { job_id: job.clone(), token: t, error: "bad input".into(), retryable: false, delay_ms: 0, policy: POLICY });
+    assert_eq!(r, Response::Failed { dead: true, ready_at_ms: 0 });
+    assert_eq!(queue::stats(&sm.kv)[0].dead, 1);
+    assert_eq!(sm.run(6, Command::Redrive { job_id: Some("9-0".into()) }), Response::JobNotFound { job_id: "9-0".into() });
+    assert_eq!(sm.run(7, Command::Redrive { job_id: None }), Response::Redriven { jobs: vec![job.clone()] });
+    let j = sm.job(&job);
+    assert_eq!((j.state, j.attempts), (JobState::Ready, 0));
+    let e = events::get_event(&sm.kv, j.event_id).unwrap();
+    assert_eq!((e.status, e.expires_ms), (crate::types::EventStatus::Queued, None));
+    let (_, t2, attempt) = sm.grant(8, 1)[0].clone();
+    assert_eq!(attempt, 1);
+    assert_eq!(sm.run(9, Command::Complete { job_id: job.clone(), token: t2, result: String::new() }), Response::Completed);
+    // Retryable failure with an explicit delay waits at least that long.
+    let job2 = sm.deliver(10, "d2", "push", "acme/api");
+    let (_, t3, _) = sm.grant(10, 1)[0].clone();
+    let r = sm.run(11, Command::Fail { job_id: job2.clone(), token: t3, error: "busy".into(), retryable: true, delay_ms: 50_000, policy: POLICY });
+    assert_eq!(r, Response::Failed { dead: false, ready_at_ms: 50_011 });
+    // Purge empties the DLQ.
+    let job3 = sm.deliver(12, "d3", "push", "acme/api");
+    let (_, t4, _) = sm.grant(12, 1)[0].clone();
+    sm.run(13, Command::Fail { job_id: job3.clone(), token: t4, error: "x".into(), retryable: false, delay_ms: 0, policy: POLICY });
+    assert_eq!(sm.run(14, Command::Purge { job_id: None }), Response::Purged { jobs: vec![job3.clone()] });
+    assert!(queue::list_dead(&sm.kv, 10).is_empty());
+}
+
+#[test]
+fn higher_priority_first_fifo_within_a_priority() {
+    let mut sm = Sm::new();
+    sm.trigger("a-critical", "  type: GitHub\n  priority: critical\n  config: {github_events: [deployment]}\n  default_agent: deployer\n");
+    sm.trigger("b-low", "  type: GitHub\n  priority: low\n  config: {github_events: [star]}\n  default_agent: thanks\n");
+    sm.trigger("c-normal", "  type: GitHub\n  config: {}\n  default_agent: worker\n");
+    let l1 = sm.deliver(0, "1", "star", "a/b");
+    let n1 = sm.deliver(1, "2", "push", "a/b");
+    let c1 = sm.deliver(2, "3", "deployment", "a/b");
+    let n2 = sm.deliver(3, "4", "issues", "a/b");
+    let c2 = sm.deliver(4, "5", "deployment", "a/b");
+    let order: Vec<String> = sm.grant(5, 10).into_iter().map(|g| g.0).collect();
+    assert_eq!(order, vec![c1, c2, n1, n2, l1]);
+}
+
+#[test]
+fn grants_only_serve_the_requested_targets() {
+    let mut sm = Sm::new();
+    sm.trigger("a", "  type: GitHub\n  config: {github_events: [push]}\n  default_agent: builder\n");
+    sm.trigger("b", "  type: GitHub\n  config: {}\n  default_agent: other\n");
+    sm.deliver(0, "1", "issues", "a/b");
+    let push = sm.deliver(1, "2", "push", "a/b");
+    let r = sm.run(2, Command::Grant(GrantRequest { worker_id: "w".into(), targets: vec!["builder".into()], count: 5, policy: POLICY }));
+    let Response::Granted(v) = r else { panic!() };
+    assert_eq!(v.iter().map(|l| l.job_id.clone()).collect::<Vec<_>>(), vec![push]);
+    assert!(queue::has_ready(&sm.kv, &["other".into()]));
+    assert!(!queue::has_ready(&sm.kv, &["builder".into()]));
+}
+
+#[test]
+fn rate_limit_holds_jobs_then_releases_them_as_the_bucket_refills() {
+    let mut sm = Sm::new();
+    sm.trigger("limited", "  type: GitHub\n  config:\n    rate_limit: {per: org, events_per_minute: 60, burst: 2}\n  default_agent: worker\n");
+    let jobs: Vec<String> = (0..5).map(|k| sm.deliver(0, &format!("d{k}"), "push", "acme/api")).collect();
+    // Burst of 2, then nothing until a token refills (60/min = one per second).
+    assert_eq!(sm.grant(0, 10).len(), 2);
+    assert!(sm.grant(999, 10).is_empty());
+    assert_eq!(queue::stats(&sm.kv)[0].ready, 3, "held jobs wait, never dropped");
+    assert_eq!(sm.grant(1_000, 10).len(), 1);
+    let rest: Vec<String> = sm.grant(3_000, 10).into_iter().map(|g| g.0).collect();
+    assert_eq!(rest, jobs[3..].to_vec());
+    // Another organisation has its own bucket.
+    sm.deliver(3_000, "other", "push", "globex/api");
+    assert_eq!(sm.grant(3_000, 10).len(), 1);
+}
+
+#[test]
+fn extend_pushes_the_deadline_and_retention_expires_finished_events() {
+    let mut sm = Sm::new();
+    catch_all(&mut sm);
+    let job = sm.deliver(0, "d1", "push", "acme/api");
+    let (_, t, _) = sm.grant(0, 1)[0].clone();
+    assert_eq!(sm.run(20_000, Command::Extend { job_id: job.clone(), token: t, extend_ms: 30_000 }), Response::Extended { deadline_ms: 50_000 });
+    assert!(matches!(sm.tick(40_000), Response::Ticked { expired_leases: 0, .. }));
+    assert_eq!(sm.run(45_000, Command::Complete { job_id: job.clone(), token: t, result: "done".into() }), Response::Completed);
+    let e = events::get_event(&sm.kv, sm.job(&job).event_id).unwrap();
+    assert_eq!(e.expires_ms, Some(45_000 + 3_600_000));
+    // Replays inside retention are duplicates; after it the event, payload, job and
+    // dedup entry are gone and the key space is back to triggers + clock.
+    assert!(matches!(sm.run(46_000, Command::IngestWebhook(Box::new(Delivery { delivery_id: "d1".into(), facts: EventFacts { event: "push".into(), ..Default::default() }, payload: vec![], received_by: 1, retention_ms: 1 }))), Response::Ingested(r) if r.duplicate));
+    let r = sm.tick(45_000 + 3_600_000);
+    assert!(matches!(r, Response::Ticked { expired_events: 1, .. }), "{r:?}");
+    let left: Vec<String> = sm.kv.0.keys().map(|k| String::from_utf8_lossy(&k[..2]).to_string()).collect();
+    assert!(left.iter().all(|k| k == "t/" || k == "m/" || k == "b/"), "{left:?}");
+}
