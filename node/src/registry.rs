@@ -54,6 +54,8 @@ pub fn canonical_trigger(name: &str, body: &[u8]) -> Result<String, String> {
     if !obj.get("spec").is_some_and(Value::is_object) {
         return Err("spec: required, and must be a mapping (see docs for the Trigger format)".into());
     }
+    // The full AOF Trigger schema: unknown keys, bad globs, routes with two targets…
+    crate::github::trigger::parse_trigger(name, &doc).map_err(|e| e.to_string())?;
     Ok(serde_json::to_string(&doc).expect("a JSON value serializes"))
 }
 
@@ -67,10 +69,22 @@ pub struct TriggerView {
     pub trigger: Value,
 }
 
+/// Hide a literal `spec.config.webhook_secret` (a `${ENV}` reference is shown as is):
+/// reads of the registry must not hand out secrets.
+fn redact(mut doc: Value) -> Value {
+    if let Some(Value::String(s)) = doc.pointer_mut("/spec/config/webhook_secret") {
+        let is_reference = s.starts_with("${") && s.ends_with('}') && !s[2..s.len() - 1].contains(['$', '{', '}']);
+        if !is_reference {
+            *s = "<redacted>".into();
+        }
+    }
+    doc
+}
+
 impl From<TriggerRecord> for TriggerView {
     fn from(r: TriggerRecord) -> Self {
         TriggerView {
-            trigger: serde_json::from_str(&r.doc_json).unwrap_or(Value::Null),
+            trigger: redact(serde_json::from_str(&r.doc_json).unwrap_or(Value::Null)),
             name: r.name,
             revision: r.revision,
             created_revision: r.created_revision,
@@ -92,9 +106,9 @@ mod tests {
 
     #[test]
     fn fills_in_missing_name_and_rejects_mismatch() {
-        let c = canonical_trigger("x", b"apiVersion: aof.dev/v1\nkind: Trigger\nspec: {}\n").unwrap();
+        let c = canonical_trigger("x", b"apiVersion: aof.dev/v1\nkind: Trigger\nspec: {type: GitHub}\n").unwrap();
         assert!(c.contains(r#""name":"x""#));
-        let e = canonical_trigger("x", b"apiVersion: aof.dev/v1\nkind: Trigger\nmetadata: {name: y}\nspec: {}\n").unwrap_err();
+        let e = canonical_trigger("x", b"apiVersion: aof.dev/v1\nkind: Trigger\nmetadata: {name: y}\nspec: {type: GitHub}\n").unwrap_err();
         assert!(e.contains("metadata.name"), "{e}");
     }
 
@@ -115,5 +129,19 @@ mod tests {
         assert!(validate_name("-x").is_err());
         assert!(validate_name("a/b").is_err());
         assert!(validate_name("pr-review.v2").is_ok());
+    }
+
+    #[test]
+    fn schema_errors_name_the_field() {
+        let e = canonical_trigger("x", b"apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config:\n    repositores: [a/b]\n").unwrap_err();
+        assert!(e.contains("spec.config.repositores"), "{e}");
+    }
+
+    #[test]
+    fn literal_secrets_are_redacted_references_kept() {
+        let lit = redact(serde_json::json!({"spec": {"config": {"webhook_secret": "hunter2"}}}));
+        assert_eq!(lit["spec"]["config"]["webhook_secret"], "<redacted>");
+        let env = redact(serde_json::json!({"spec": {"config": {"webhook_secret": "${GITHUB_WEBHOOK_SECRET}"}}}));
+        assert_eq!(env["spec"]["config"]["webhook_secret"], "${GITHUB_WEBHOOK_SECRET}");
     }
 }
