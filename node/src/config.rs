@@ -417,6 +417,9 @@ pub struct GithubConfig {
     /// Per-organisation credentials, keyed by organisation login (case-insensitive).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub orgs: BTreeMap<String, GithubOrgConfig>,
+    /// GitHub API base URL (GitHub Enterprise: `https://HOST/api/v3`).
+    #[serde(default = "default_github_api_url")]
+    pub api_url: String,
 }
 
 impl Default for GithubConfig {
@@ -432,6 +435,7 @@ impl Default for GithubConfig {
             allowed_repos: None,
             allowed_orgs: None,
             orgs: BTreeMap::new(),
+            api_url: default_github_api_url(),
         }
     }
 }
@@ -584,6 +588,8 @@ pub struct RuntimeConfig {
     pub max_concurrent_tasks: usize,
     /// Time limit of one execution, seconds (default 300).
     pub task_timeout_secs: u64,
+    /// On shutdown, how long running jobs may take to finish (default 30).
+    pub drain_timeout_secs: u64,
     /// AOF's per-user limit (default 3).
     pub max_tasks_per_user: usize,
     /// AOF's fallback agent for messages no command matches.
@@ -592,6 +598,60 @@ pub struct RuntimeConfig {
     /// AOF's default model for agents that name none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_model: Option<String>,
+    /// Built-in executors, by target name (agent / fleet / flow). This node runs
+    /// `max_concurrent_tasks` local workers that claim jobs for these targets only;
+    /// other targets are left to external workers (`aofctl worker`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub executors: BTreeMap<String, ExecutorConfig>,
+}
+
+/// How a built-in worker runs a job for one target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ExecutorConfig {
+    /// Run a program: the webhook payload on stdin, `AOF_*` variables in the
+    /// environment; exit 0 completes the job, anything else fails it (retryable).
+    Command {
+        /// Program and arguments (no shell).
+        command: Vec<String>,
+        /// Overrides `runtime.task_timeout_secs`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
+    /// Act on GitHub through its API (token from `platforms.github.token_env`).
+    /// Text fields are templates: `{{ metadata.pr_number }}` (AOF's syntax) or
+    /// `{{ pr_number }}` is replaced by the context variable.
+    Github {
+        /// Post this comment on the issue / pull request of the event.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+        /// Add these labels to the issue / pull request.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        labels: Vec<String>,
+        /// Create a completed check run on the event's head commit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        check_run: Option<CheckRunConfig>,
+    },
+}
+
+/// A check run created by the `github` executor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRunConfig {
+    pub name: String,
+    /// success, failure, neutral, … (default success).
+    #[serde(default = "default_conclusion")]
+    pub conclusion: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+fn default_github_api_url() -> String {
+    "https://api.github.com".into()
+}
+
+fn default_conclusion() -> String {
+    "success".into()
 }
 
 impl Default for RuntimeConfig {
@@ -599,9 +659,11 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             max_concurrent_tasks: 10,
             task_timeout_secs: 300,
+            drain_timeout_secs: 30,
             max_tasks_per_user: 3,
             default_agent: None,
             default_model: None,
+            executors: BTreeMap::new(),
         }
     }
 }

@@ -142,6 +142,14 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
             "this node is at its in-flight webhook limit (spec.gateway.max_in_flight); retry shortly or send to another node",
         )
     })?;
+    if node.is_draining() {
+        return Err(reject(
+            WebhookOutcome::unavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is shutting down; send to another node (GitHub's redelivery is safe: deliveries are deduplicated)",
+        ));
+    }
     let headers = req.headers().clone();
     let invalid = |m: String| reject(WebhookOutcome::invalid, StatusCode::BAD_REQUEST, "invalid_request", m);
     let event = header_str(&headers, "x-github-event").ok_or_else(|| invalid("missing X-GitHub-Event header (GitHub always sends it; is this a GitHub webhook?)".into()))?.to_string();

@@ -126,6 +126,8 @@ pub struct Node {
     pub startup_index: OnceLock<u64>,
     /// `spec.queue`, put into the queue commands this node proposes.
     pub queue_policy: crate::types::QueuePolicy,
+    /// Set when shutdown begins: `/ready` and new webhooks answer 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Milliseconds since the Unix epoch, by this node's wall clock.
@@ -402,6 +404,9 @@ impl Node {
     /// `/ready`: a leader is known and everything committed when this node started
     /// (as told by the leader's read index) has been applied here.
     pub fn readiness(&self) -> Result<NodeId, String> {
+        if self.is_draining() {
+            return Err("draining: this node is shutting down".into());
+        }
         let m = self.raft.metrics().borrow().clone();
         let Some(leader) = m.current_leader else {
             return Err("no leader known yet; the node is waiting for an election or to be joined".into());
@@ -414,6 +419,12 @@ impl Node {
             return Err(format!("catching up: applied {applied} of {target}"));
         }
         Ok(leader)
+    }
+}
+
+impl Node {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

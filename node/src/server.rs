@@ -80,6 +80,7 @@ pub async fn run_with_listeners(
             retry_delay_ms: cfg.spec.queue.retry_delay_ms,
             max_retry_delay_ms: cfg.spec.queue.max_retry_delay_ms,
         },
+        draining: Default::default(),
     });
     tracing::info!(
         node_id = id,
@@ -98,6 +99,8 @@ pub async fn run_with_listeners(
     health_reporter
         .set_serving::<aof_proto::v1::work_queue_server::WorkQueueServer<crate::queue_service::QueueService>>()
         .await;
+    // Built-in workers reach this node's gRPC server on the address it listens on.
+    let grpc_local = grpc.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| c.grpc_addr.clone());
     let grpc_task = {
         let mut rx = stop_rx.clone();
         tokio::spawn(
@@ -133,11 +136,36 @@ pub async fn run_with_listeners(
     }
     tokio::spawn(learn_startup_index(node.clone(), stop_rx.clone()));
     tokio::spawn(propose_ticks(node.clone(), stop_rx.clone()));
+    let (stop_workers_tx, stop_workers_rx) = watch::channel(false);
+    let drain_timeout = Duration::from_secs(cfg.spec.runtime.drain_timeout_secs);
+    let workers_task = tokio::spawn(crate::workers::run(
+        crate::workers::Pool {
+            node_id: id,
+            grpc_addr: grpc_local.clone(),
+            concurrency: cfg.spec.runtime.max_concurrent_tasks.clamp(1, 1024) as u32,
+            lease_timeout: Duration::from_millis(cfg.spec.queue.lease_timeout_ms),
+            drain_timeout,
+            executors: crate::workers::from_config(&cfg),
+        },
+        stop_workers_rx,
+    ));
     if let Some(dir) = cfg.spec.triggers.directory.clone() {
         tokio::spawn(crate::trigger_dir::run(node.clone(), dir, cfg.spec.triggers.watch, stop_rx.clone()));
     }
 
     shutdown.await;
+    // Drain: refuse new webhooks and report not-ready, let local jobs finish, then stop.
+    node.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::info!(node_id = id, "draining");
+    let _ = stop_workers_tx.send(true);
+    if tokio::time::timeout(drain_timeout + Duration::from_secs(1), workers_task).await.is_err() {
+        tracing::warn!("built-in workers did not stop in time");
+    }
+    if node.current_leader() == Some(id) {
+        // openraft 0.9 has no leadership transfer: the other voters elect a new
+        // leader within the election timeout after this node stops.
+        tracing::info!(node_id = id, "this node is the leader; the remaining voters will elect a new one");
+    }
     tracing::info!(node_id = id, "shutting down");
     let _ = stop_tx.send(true);
     let http_res = http_task.await;

@@ -1,0 +1,188 @@
+//! Built-in workers: every node with `spec.runtime.executors` runs up to
+//! `spec.runtime.max_concurrent_tasks` jobs at once for those targets. They claim
+//! through the same `aof.v1.WorkQueue` gRPC API as external workers, over a
+//! connection to their own node, so they follow exactly the same lease and fencing
+//! rules.
+//!
+//! On shutdown they stop claiming and let running jobs finish for up to the drain
+//! timeout; a job still running then is abandoned, and its lease expires and is
+//! retried elsewhere.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aof_proto::v1 as pb;
+use aof_proto::v1::work_queue_client::WorkQueueClient;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use crate::config::{DaemonConfig, ExecutorConfig};
+use crate::executor::github::{GithubActions, GithubExecutor};
+use crate::executor::{command, ExecError, JobInput};
+use crate::network::MAX_MESSAGE_BYTES;
+
+/// How a target's jobs are run on this node.
+#[derive(Clone)]
+pub enum Executor {
+    Command { argv: Vec<String>, timeout: Duration },
+    Github { actions: GithubActions, client: Result<GithubExecutor, String> },
+}
+
+impl Executor {
+    async fn run(&self, job: &JobInput) -> Result<String, ExecError> {
+        match self {
+            Executor::Command { argv, timeout } => command::run(argv, job, *timeout).await,
+            Executor::Github { actions, client } => match client {
+                Ok(c) => c.run(actions, job).await,
+                Err(e) => Err(ExecError::retryable(e.clone())),
+            },
+        }
+    }
+}
+
+/// The executors configured for this node, by target name.
+pub fn from_config(cfg: &DaemonConfig) -> BTreeMap<String, Executor> {
+    let rt = &cfg.spec.runtime;
+    let github_client = || -> Result<GithubExecutor, String> {
+        let gh = cfg.github().ok_or("a github executor needs spec.platforms.github")?;
+        let token = match (&gh.token, &gh.token_env) {
+            (Some(t), _) => t.expose().to_string(),
+            (None, Some(env)) => std::env::var(env).map_err(|_| format!("environment variable {env} (spec.platforms.github.token_env) is not set"))?,
+            (None, None) => return Err("a github executor needs spec.platforms.github.token_env".into()),
+        };
+        GithubExecutor::new(&gh.api_url, &token)
+    };
+    rt.executors
+        .iter()
+        .map(|(target, e)| {
+            let ex = match e {
+                ExecutorConfig::Command { command, timeout_secs } => Executor::Command {
+                    argv: command.clone(),
+                    timeout: Duration::from_secs(timeout_secs.unwrap_or(rt.task_timeout_secs)),
+                },
+                ExecutorConfig::Github { comment, labels, check_run } => {
+                    let client = github_client();
+                    if let Err(e) = &client {
+                        tracing::warn!("executor for {target}: {e}; its jobs will fail and be retried");
+                    }
+                    Executor::Github {
+                        actions: GithubActions { comment: comment.clone(), labels: labels.clone(), check_run: check_run.clone() },
+                        client,
+                    }
+                }
+            };
+            (target.clone(), ex)
+        })
+        .collect()
+}
+
+/// Settings of the built-in worker pool.
+pub struct Pool {
+    pub node_id: u64,
+    /// This node's gRPC address.
+    pub grpc_addr: String,
+    pub concurrency: u32,
+    pub lease_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub executors: BTreeMap<String, Executor>,
+}
+
+/// Run the pool until `stop` fires, then drain.
+pub async fn run(pool: Pool, mut stop: watch::Receiver<bool>) {
+    if pool.executors.is_empty() {
+        return;
+    }
+    let pool = Arc::new(pool);
+    let mut running: JoinSet<()> = JoinSet::new();
+    let targets: Vec<String> = pool.executors.keys().cloned().collect();
+    tracing::info!(targets = ?targets, concurrency = pool.concurrency, "built-in workers starting");
+    'outer: loop {
+        let channel = match tonic::transport::Endpoint::from_shared(format!("http://{}", pool.grpc_addr)) {
+            Ok(e) => e.connect_lazy(),
+            Err(e) => {
+                tracing::error!("built-in workers: bad gRPC address {}: {e}", pool.grpc_addr);
+                return;
+            }
+        };
+        let mut client = WorkQueueClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let req = pb::ClaimRequest { worker_id: format!("node{}-builtin", pool.node_id), targets: targets.clone(), max_in_flight: pool.concurrency };
+        let stream = tokio::select! {
+            r = client.claim(req) => r,
+            _ = stop.wait_for(|s| *s) => break 'outer,
+        };
+        match stream {
+            Ok(resp) => {
+                let mut leases = resp.into_inner();
+                loop {
+                    tokio::select! {
+                        msg = leases.message() => match msg {
+                            Ok(Some(lease)) => {
+                                let (pool, client) = (pool.clone(), client.clone());
+                                running.spawn(async move { handle(pool, client, lease).await });
+                            }
+                            Ok(None) | Err(_) => break,
+                        },
+                        Some(_) = running.join_next(), if !running.is_empty() => {}
+                        _ = stop.wait_for(|s| *s) => break 'outer,
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("built-in workers: claim failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    // Drain: no new claims (the stream is dropped); let running jobs finish.
+    let n = running.len();
+    if n > 0 {
+        tracing::info!("draining {n} running job(s), up to {} s", pool.drain_timeout.as_secs());
+        let drained = tokio::time::timeout(pool.drain_timeout, async { while running.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout: abandoning {} job(s); their leases expire and they are retried elsewhere", running.len());
+            running.abort_all();
+        }
+    }
+}
+
+/// Run one lease: heartbeat while the executor works, then complete or fail.
+async fn handle(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease: pb::Lease) {
+    let job = JobInput::from(&lease);
+    let Some(executor) = pool.executors.get(&job.target).cloned() else {
+        return; // not ours (cannot happen: we claim our targets only); the lease expires
+    };
+    let token = lease.fencing_token;
+    let heartbeat = {
+        let mut client = client.clone();
+        let job_id = job.job_id.clone();
+        let every = (pool.lease_timeout / 3).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let r = client.extend(pb::ExtendRequest { job_id: job_id.clone(), fencing_token: token, extend_ms: 0 }).await;
+                if let Err(s) = r {
+                    if s.code() == tonic::Code::FailedPrecondition {
+                        tracing::warn!(job_id = %job_id, "lease lost: {}", s.message());
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let result = executor.run(&job).await;
+    heartbeat.abort();
+    let outcome = match result {
+        Ok(out) => client.complete(pb::CompleteRequest { job_id: job.job_id.clone(), fencing_token: token, result: out }).await.map(|_| "completed"),
+        Err(e) => client
+            .fail(pb::FailRequest { job_id: job.job_id.clone(), fencing_token: token, error: e.message.clone(), retryable: e.retryable, delay_ms: 0 })
+            .await
+            .map(|_| "failed"),
+    };
+    match outcome {
+        Ok(what) => tracing::info!(job_id = %job.job_id, delivery_id = %job.delivery_id, target = %job.target, "job {what}"),
+        Err(s) => tracing::warn!(job_id = %job.job_id, "could not report the job's outcome: {}", s.message()),
+    }
+}

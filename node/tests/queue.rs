@@ -1,0 +1,190 @@
+//! The work queue end to end on a real three-node cluster: built-in executors
+//! (command, and github against a local fake GitHub), external gRPC workers with
+//! fencing, and leases that survive losing the leader.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aof_node::config::{DaemonConfig, ExecutorConfig, GithubConfig};
+use aof_node::github::signature::sign;
+use aof_proto::v1 as pb;
+use aof_proto::v1::work_queue_client::WorkQueueClient;
+use axum::http::HeaderMap;
+use common::TestCluster;
+use serde_json::Value;
+
+const SECRET: &str = "s3cret";
+
+fn fixture(path: &str) -> Vec<u8> {
+    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for base in ["../../shared/fixtures/github-webhooks", "../shared/fixtures/github-webhooks"] {
+        if let Ok(b) = std::fs::read(here.join(base).join(path)) {
+            return b;
+        }
+    }
+    panic!("fixture {path} not found beside the repository");
+}
+
+async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8]) -> Value {
+    let r = c
+        .http
+        .post(c.nodes[i].url("/webhook/github"))
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sign(SECRET.as_bytes(), body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    r.json().await.unwrap()
+}
+
+async fn put_trigger(c: &TestCluster, name: &str, yaml: &str) {
+    let r = c.http.put(c.nodes[0].url(&format!("/v1/triggers/{name}"))).body(yaml.to_string()).send().await.unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+}
+
+async fn wait_status(c: &TestCluster, delivery: &str, status: &str, secs: u64) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..secs * 10 {
+        let (s, v) = c.get_json(1, &format!("/v1/deliveries/{delivery}")).await;
+        if s == 200 && v["status"] == status {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("delivery {delivery} never reached {status}: {last}");
+}
+
+/// A fake GitHub API recording every request.
+async fn fake_github() -> (String, Arc<Mutex<Vec<(String, String, Value)>>>) {
+    let seen: Arc<Mutex<Vec<(String, String, Value)>>> = Default::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
+        let seen = s2.clone();
+        async move {
+            let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            seen.lock().unwrap().push((uri.path().to_string(), auth, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+            (axum::http::StatusCode::CREATED, axum::Json(serde_json::json!({"id": 1})))
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn built_in_executors_run_commands_and_call_github() {
+    let out = tempfile::tempdir().unwrap();
+    let (api, seen) = fake_github().await;
+    let out_dir = out.path().to_path_buf();
+    let c = TestCluster::start_with(3, 10_000, move |cfg: &mut DaemonConfig| {
+        let gh: GithubConfig = serde_yaml::from_str(&format!("enabled: true\nwebhook_secret: {SECRET}\ntoken: test-token\napi_url: {api}\n")).unwrap();
+        cfg.spec.platforms.github = Some(gh);
+        cfg.spec.runtime.executors.insert(
+            "writer".into(),
+            ExecutorConfig::Command {
+                command: vec!["sh".into(), "-c".into(), format!("cat > {}/$AOF_JOB_ID; echo wrote $AOF_REPO", out_dir.display())],
+                timeout_secs: None,
+            },
+        );
+        cfg.spec.runtime.executors.insert(
+            "commenter".into(),
+            ExecutorConfig::Github {
+                comment: Some("Thanks @{{ metadata.sender_login }} for #{{ metadata.pr_number }}".into()),
+                labels: vec!["triage".into()],
+                check_run: None,
+            },
+        );
+    })
+    .await;
+    c.wait_ready(30).await;
+    put_trigger(&c, "issues", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {github_events: [issues]}\n  default_agent: writer\n").await;
+    put_trigger(&c, "prs", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {github_events: [pull_request.opened]}\n  default_agent: commenter\n").await;
+
+    let issue = fixture("issues/00-edited.json");
+    let pr = fixture("pull_request/00-opened.json");
+    let r1 = post(&c, 1, "issues", "q-issue", &issue).await;
+    post(&c, 2, "pull_request", "q-pr", &pr).await;
+
+    let ev = wait_status(&c, "q-issue", "completed", 30).await;
+    let job_id = r1["jobs"][0].as_str().unwrap();
+    assert_eq!(std::fs::read(out.path().join(job_id)).unwrap(), issue, "payload reaches the command's stdin byte for byte");
+    let history: Vec<&str> = ev["jobs"][0]["history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
+    assert_eq!(history, vec!["ready", "leased", "completed"], "exactly one run: {ev}");
+
+    wait_status(&c, "q-pr", "completed", 30).await;
+    let payload: Value = serde_json::from_slice(&pr).unwrap();
+    let repo = payload["repository"]["full_name"].as_str().unwrap();
+    let number = payload["pull_request"]["number"].as_u64().unwrap();
+    let sender = payload["sender"]["login"].as_str().unwrap();
+    let calls = seen.lock().unwrap().clone();
+    let comment = calls.iter().find(|(p, _, _)| p == &format!("/repos/{repo}/issues/{number}/comments")).unwrap_or_else(|| panic!("{calls:?}"));
+    assert_eq!(comment.2["body"], format!("Thanks @{sender} for #{number}"));
+    assert!(comment.1.contains("test-token"), "authorization header: {}", comment.1);
+    let labels = calls.iter().find(|(p, _, _)| p == &format!("/repos/{repo}/issues/{number}/labels")).unwrap();
+    assert_eq!(labels.2["labels"][0], "triage");
+
+    let (_, stats) = c.get_json(0, "/v1/queue/stats").await;
+    assert!(stats["items"].as_array().unwrap().iter().all(|d| d["ready"] == 0 && d["leased"] == 0), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn external_worker_leases_are_fenced_and_survive_leader_loss() {
+    let mut c = TestCluster::start_with(3, 10_000, |cfg: &mut DaemonConfig| {
+        let gh: GithubConfig = serde_yaml::from_str(&format!("enabled: true\nwebhook_secret: {SECRET}\n")).unwrap();
+        cfg.spec.platforms.github = Some(gh);
+        cfg.spec.queue.lease_timeout_ms = 20_000;
+    })
+    .await;
+    let leader = c.wait_ready(30).await;
+    put_trigger(&c, "all", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {}\n  default_agent: ext\n").await;
+    let follower = (0..3).find(|&i| c.nodes[i].id != leader).unwrap();
+    let other = (0..3).find(|&i| c.nodes[i].id != leader && i != follower).unwrap();
+    let body = br#"{"action":"opened","repository":{"full_name":"acme/api","owner":{"login":"acme"}}}"#;
+    post(&c, follower, "issues", "ext-1", body).await;
+
+    let mut wq = WorkQueueClient::connect(format!("http://{}", c.nodes[follower].grpc)).await.unwrap();
+    let mut stream = wq.claim(pb::ClaimRequest { worker_id: "ext".into(), targets: vec!["ext".into()], max_in_flight: 1 }).await.unwrap().into_inner();
+    let lease = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(lease.delivery_id, "ext-1");
+    assert_eq!(lease.payload, body.to_vec());
+    assert_eq!(lease.attempt, 1);
+    assert_eq!(lease.context.get("repo_full_name").map(String::as_str), Some("acme/api"));
+    assert!(lease.fencing_token > 0);
+
+    // A wrong token is refused with a reason and changes nothing.
+    let err = wq.complete(pb::CompleteRequest { job_id: lease.job_id.clone(), fencing_token: lease.fencing_token - 1, result: "x".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("stale fencing token"), "{}", err.message());
+    drop(stream);
+
+    // Lose the leader: the lease is replicated state and outlives it.
+    c.stop(c.index_of(leader)).await;
+    let mut wq2 = WorkQueueClient::connect(format!("http://{}", c.nodes[other].grpc)).await.unwrap();
+    let mut extended = None;
+    for _ in 0..100 {
+        match wq2.extend(pb::ExtendRequest { job_id: lease.job_id.clone(), fencing_token: lease.fencing_token, extend_ms: 0 }).await {
+            Ok(r) => {
+                extended = Some(r.into_inner().deadline_ms);
+                break;
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    assert!(extended.is_some_and(|d| d > lease.deadline_ms - 20_000));
+    wq2.complete(pb::CompleteRequest { job_id: lease.job_id.clone(), fencing_token: lease.fencing_token, result: "done".into() }).await.unwrap();
+    // Completing twice is refused: the lease is gone.
+    let again = wq2.complete(pb::CompleteRequest { job_id: lease.job_id.clone(), fencing_token: lease.fencing_token, result: "again".into() }).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    let (_, ev) = c.get_json(other, "/v1/deliveries/ext-1").await;
+    assert_eq!(ev["status"], "completed", "{ev}");
+    let stats = wq2.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+    assert!(stats.depths.iter().all(|d| d.ready == 0 && d.leased == 0));
+}
