@@ -195,6 +195,17 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
         retention_ms: gw.retention_ms,
     }));
     let unavailable = |m: String| reject(WebhookOutcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
+    if crate::planted::active(crate::planted::Bug::AckBeforeCommit) {
+        // Planted bug: acknowledge before the quorum commit.
+        tokio::spawn({
+            let raft = node.raft.clone();
+            async move {
+                let _ = raft.client_write(crate::types::Request { time_ms: crate::node::leader_clock_ms(), cmd }).await;
+            }
+        });
+        let body = json!({ "event_id": 0, "delivery_id": delivery_id, "status": "queued", "trigger": null, "jobs": [], "duplicate": false });
+        return Ok((WebhookOutcome::accepted, StatusCode::ACCEPTED, body));
+    }
     let res = tokio::time::timeout(gw.ack_timeout, node.write(cmd)).await.map_err(|_| {
         unavailable(format!(
             "not committed by a quorum within spec.gateway.ack_timeout_ms ({} ms); retry later — delivery {delivery_id} is deduplicated",
@@ -214,6 +225,7 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
         (false, EventStatus::NoRoute) => WebhookOutcome::no_route,
         (false, _) => WebhookOutcome::accepted,
     };
+    gw.metrics.last_webhook_unix_ms.set(crate::node::leader_clock_ms() as i64);
     let status = if r.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((
         outcome,

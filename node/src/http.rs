@@ -27,6 +27,7 @@ pub struct AppState {
     pub node: Arc<Node>,
     pub gateway: Arc<crate::gateway::Gateway>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub store: crate::store::Store,
 }
 
 impl FromRef<AppState> for Arc<Node> {
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    s.metrics.refresh(&s.node, &s.store.append_stats(), s.store.size_on_disk()).await;
     let mut resp = s.metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -13,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod planted;
 pub mod queue_api;
 pub mod queue_service;
 pub mod registry;

@@ -1,11 +1,19 @@
-//! Prometheus metrics of one node (`GET /metrics`, text format).
+//! Prometheus metrics of one node (`GET /metrics`, OpenMetrics text).
+//!
+//! Counters and histograms are updated where things happen (gateway, claim loop,
+//! workers, the leader's tick). Gauges that describe state — Raft indexes, replication
+//! lag, queue depth — are refreshed from the node's own view when scraped
+//! ([`Metrics::refresh`]), so they cost nothing between scrapes.
 //!
 //! **Architecture Invariant**: every rejected webhook is counted here under its
 //! outcome, so bad input is visible even though it stores nothing.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -29,30 +37,128 @@ pub struct OutcomeLabels {
     pub outcome: WebhookOutcome,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    pub member: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub target: String,
+    pub priority: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+    pub priority: String,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
     pub webhook_requests: Family<OutcomeLabels, Counter>,
     /// Seconds from receiving a webhook to answering 202/200.
     pub webhook_ack_seconds: Histogram,
+    pub raft_term: Gauge,
+    pub raft_is_leader: Gauge,
+    pub raft_leader_changes: Counter,
+    pub raft_commit_index: Gauge,
+    pub raft_applied_index: Gauge,
+    pub raft_replication_lag: Family<MemberLabels, Gauge>,
+    pub log_flushes: Counter,
+    pub log_entries_flushed: Counter,
+    pub queue_jobs: Family<QueueLabels, Gauge>,
+    pub queue_oldest_ready_seconds: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    pub lease_grants: Counter,
+    pub lease_expiries: Counter,
+    pub job_retries: Counter,
+    pub job_dead_letters: Counter,
+    pub event_to_claim_seconds: Histogram,
+    pub job_duration_seconds: Histogram,
+    pub disk_bytes: Gauge,
+    /// Unix ms of the last accepted webhook on this node (0 = none yet).
+    pub last_webhook_unix_ms: Gauge,
+    // Totals last copied from the store's append counters.
+    flushes_seen: AtomicU64,
+    entries_seen: AtomicU64,
+    last_leader: AtomicI64,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 18)
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("aof");
+        let mut r = Registry::with_prefix("aof");
         let webhook_requests = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "webhook_requests",
-            "GitHub webhook requests by outcome",
-            webhook_requests.clone(),
-        );
-        let webhook_ack_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
-            "webhook_ack_seconds",
-            "Time from receiving a webhook to acknowledging it (after quorum commit)",
-            webhook_ack_seconds.clone(),
-        );
-        Metrics { registry, webhook_requests, webhook_ack_seconds }
+        r.register("webhook_requests", "GitHub webhook requests by outcome", webhook_requests.clone());
+        let webhook_ack_seconds = Histogram::new(latency_buckets());
+        r.register("webhook_ack_seconds", "Time from receiving a webhook to acknowledging it (after quorum commit)", webhook_ack_seconds.clone());
+        let raft_term = Gauge::default();
+        r.register("raft_term", "Current Raft term", raft_term.clone());
+        let raft_is_leader = Gauge::default();
+        r.register("raft_is_leader", "1 if this node is the leader", raft_is_leader.clone());
+        let raft_leader_changes = Counter::default();
+        r.register("raft_leader_changes", "Leader changes seen by this node", raft_leader_changes.clone());
+        let raft_commit_index = Gauge::default();
+        r.register("raft_commit_index", "Highest committed log index known to this node", raft_commit_index.clone());
+        let raft_applied_index = Gauge::default();
+        r.register("raft_applied_index", "Highest log index applied to this node's state machine", raft_applied_index.clone());
+        let raft_replication_lag = Family::<MemberLabels, Gauge>::default();
+        r.register("raft_replication_lag_entries", "Leader only: log entries each member is behind", raft_replication_lag.clone());
+        let log_flushes = Counter::default();
+        r.register("log_flushes", "Log appends flushed to disk (group commits)", log_flushes.clone());
+        let log_entries_flushed = Counter::default();
+        r.register("log_entries_flushed", "Log entries flushed; divided by aof_log_flushes_total it is the batch size", log_entries_flushed.clone());
+        let queue_jobs = Family::<QueueLabels, Gauge>::default();
+        r.register("queue_jobs", "Jobs by target, priority and state (ready, delayed, leased, dead)", queue_jobs.clone());
+        let queue_oldest_ready_seconds = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        r.register("queue_oldest_ready_seconds", "Age of the oldest ready job", queue_oldest_ready_seconds.clone());
+        let lease_grants = Counter::default();
+        r.register("lease_grants", "Leases granted to workers through this node", lease_grants.clone());
+        let lease_expiries = Counter::default();
+        r.register("lease_expiries", "Leases expired (proposed by this node as leader)", lease_expiries.clone());
+        let job_retries = Counter::default();
+        r.register("job_retries", "Failed attempts scheduled for retry through this node", job_retries.clone());
+        let job_dead_letters = Counter::default();
+        r.register("job_dead_letters", "Jobs dead-lettered through this node", job_dead_letters.clone());
+        let event_to_claim_seconds = Histogram::new(latency_buckets());
+        r.register("event_to_claim_seconds", "Time from an event's acceptance to its job's lease", event_to_claim_seconds.clone());
+        let job_duration_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        r.register("job_duration_seconds", "Run time of jobs executed by this node's built-in workers", job_duration_seconds.clone());
+        let disk_bytes = Gauge::default();
+        r.register("disk_bytes", "Size of this node's data dir", disk_bytes.clone());
+        let last_webhook_unix_ms = Gauge::default();
+        r.register("last_webhook_unix_ms", "When this node last accepted a webhook (Unix ms)", last_webhook_unix_ms.clone());
+        Metrics {
+            registry: r,
+            webhook_requests,
+            webhook_ack_seconds,
+            raft_term,
+            raft_is_leader,
+            raft_leader_changes,
+            raft_commit_index,
+            raft_applied_index,
+            raft_replication_lag,
+            log_flushes,
+            log_entries_flushed,
+            queue_jobs,
+            queue_oldest_ready_seconds,
+            lease_grants,
+            lease_expiries,
+            job_retries,
+            job_dead_letters,
+            event_to_claim_seconds,
+            job_duration_seconds,
+            disk_bytes,
+            last_webhook_unix_ms,
+            flushes_seen: AtomicU64::new(0),
+            entries_seen: AtomicU64::new(0),
+            last_leader: AtomicI64::new(-1),
+        }
     }
 }
 
@@ -63,6 +169,51 @@ impl Metrics {
 
     pub fn webhook_count(&self, outcome: WebhookOutcome) -> u64 {
         self.webhook_requests.get_or_create(&OutcomeLabels { outcome }).get()
+    }
+
+    /// Note the leader this node currently sees; counts changes.
+    pub fn observe_leader(&self, leader: Option<u64>) {
+        let l = leader.map_or(-1, |l| l as i64);
+        let prev = self.last_leader.swap(l, Ordering::Relaxed);
+        if prev != l && l >= 0 {
+            self.raft_leader_changes.inc();
+        }
+    }
+
+    /// Refresh the state gauges from the node's own view.
+    pub async fn refresh(&self, node: &crate::node::Node, store_stats: &crate::store::AppendStats, disk_bytes: u64) {
+        let status = node.local_status().await;
+        self.observe_leader(status.leader_id);
+        self.raft_term.set(status.term as i64);
+        self.raft_is_leader.set(i64::from(status.leader_id == Some(node.id)));
+        self.raft_commit_index.set(status.commit_index as i64);
+        self.raft_applied_index.set(status.last_applied as i64);
+        self.raft_replication_lag.clear();
+        if status.leader_id == Some(node.id) {
+            for m in &status.members {
+                let lag = status.commit_index.saturating_sub(m.matched_index.unwrap_or(0));
+                self.raft_replication_lag.get_or_create(&MemberLabels { member: m.id }).set(lag as i64);
+            }
+        }
+        let flushes = store_stats.flushes.load(Ordering::Relaxed);
+        let entries = store_stats.entries.load(Ordering::Relaxed);
+        self.log_flushes.inc_by(flushes.saturating_sub(self.flushes_seen.swap(flushes, Ordering::Relaxed)));
+        self.log_entries_flushed.inc_by(entries.saturating_sub(self.entries_seen.swap(entries, Ordering::Relaxed)));
+        self.disk_bytes.set(disk_bytes as i64);
+        let now = crate::node::leader_clock_ms();
+        let depths = node.sm.read(crate::sm::queue::stats);
+        self.queue_jobs.clear();
+        self.queue_oldest_ready_seconds.clear();
+        for d in depths {
+            for (state, n) in [("ready", d.ready), ("delayed", d.delayed), ("leased", d.leased), ("dead", d.dead)] {
+                let labels = QueueLabels { target: d.target.clone(), priority: d.priority.clone(), state: state.into() };
+                self.queue_jobs.get_or_create(&labels).set(n as i64);
+            }
+            if let Some(t) = d.oldest_ready_ms {
+                let labels = TargetLabels { target: d.target.clone(), priority: d.priority.clone() };
+                self.queue_oldest_ready_seconds.get_or_create(&labels).set(now.saturating_sub(t) as f64 / 1000.0);
+            }
+        }
     }
 
     /// The text exposition.

@@ -135,10 +135,12 @@ impl WorkQueue for QueueService {
             policy: self.node.queue_policy,
         };
         match check(self.node.write(cmd).await.map_err(status_of)?.0)? {
-            SmResponse::Failed { dead, ready_at_ms } => Ok(Response::new(pb::FailReply {
+            SmResponse::Failed { dead, ready_at_ms } => Ok(Response::new({
+                let _ = if dead { self.node.metrics.job_dead_letters.inc() } else { self.node.metrics.job_retries.inc() };
+                pb::FailReply {
                 outcome: if dead { "dead" } else { "retrying" }.into(),
                 ready_at_ms,
-            })),
+            }})),
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }
@@ -186,7 +188,10 @@ async fn claim_loop(node: Arc<Node>, worker_id: String, targets: Vec<String>, ma
             let cmd = Command::Grant(GrantRequest { worker_id: worker_id.clone(), targets: targets.clone(), count: room, policy: node.queue_policy });
             match node.write(cmd).await {
                 Ok((SmResponse::Granted(leases), _)) if !leases.is_empty() => {
+                    let now = crate::node::leader_clock_ms();
                     for l in leases {
+                        node.metrics.lease_grants.inc();
+                        node.metrics.event_to_claim_seconds.observe(now.saturating_sub(l.received_ms) as f64 / 1000.0);
                         held.insert(l.job_id.clone(), l.token);
                         if tx.send(Ok(lease_to_pb(l))).await.is_err() {
                             // The worker is gone; its leases expire and are retried.

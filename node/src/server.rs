@@ -62,6 +62,7 @@ pub async fn run_with_listeners(
     let store = Store::open(&c.data_dir, c.storage.cache_capacity_bytes())?;
     store.check_identity(id)?;
     let pristine = store.is_pristine()?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let raft_cfg = c.raft.openraft_config("aof-cluster").map_err(|e| ServerError::RaftConfig(e.to_string()))?;
     let network = Network::default();
     let raft = Raft::new(id, Arc::new(raft_cfg), network.clone(), store.log_store(), store.state_machine())
@@ -81,6 +82,7 @@ pub async fn run_with_listeners(
             max_retry_delay_ms: cfg.spec.queue.max_retry_delay_ms,
         },
         draining: Default::default(),
+        metrics: metrics.clone(),
     });
     tracing::info!(
         node_id = id,
@@ -114,7 +116,6 @@ pub async fn run_with_listeners(
                 }),
         )
     };
-    let metrics = Arc::new(crate::metrics::Metrics::default());
     let (secrets, warnings) = crate::gateway::Secrets::from_config(&cfg);
     for w in warnings {
         tracing::warn!("{w}");
@@ -122,7 +123,7 @@ pub async fn run_with_listeners(
     let gateway = Arc::new(crate::gateway::Gateway::from_config(&cfg, secrets, metrics.clone()));
     let http_task = {
         let mut rx = stop_rx.clone();
-        let app = crate::http::router(crate::http::AppState { node: node.clone(), gateway, metrics });
+        let app = crate::http::router(crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone() });
         tokio::spawn(async move {
             axum::serve(http, app)
                 .with_graceful_shutdown(async move {
@@ -146,6 +147,7 @@ pub async fn run_with_listeners(
             lease_timeout: Duration::from_millis(cfg.spec.queue.lease_timeout_ms),
             drain_timeout,
             executors: crate::workers::from_config(&cfg),
+            metrics: node.metrics.clone(),
         },
         stop_workers_rx,
     ));
@@ -206,8 +208,12 @@ async fn propose_ticks(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         });
         let now = crate::node::leader_clock_ms();
         if due.is_some_and(|d| d <= now) {
-            if let Err(e) = node.write(crate::types::Command::Tick { policy: node.queue_policy }).await {
-                tracing::debug!("retention tick not committed: {e}");
+            match node.write(crate::types::Command::Tick { policy: node.queue_policy }).await {
+                Ok((crate::types::Response::Ticked { expired_leases, .. }, _)) => {
+                    node.metrics.lease_expiries.inc_by(expired_leases);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("tick not committed: {e}"),
             }
         }
     }

@@ -129,6 +129,8 @@ pub struct LeaseGrant {
     pub event_id: u64,
     pub delivery_id: String,
     pub event: String,
+    /// When the event was accepted (leader-stamped), for event→claim latency.
+    pub received_ms: u64,
     pub trigger: String,
     pub route: crate::github::trigger::Route,
     pub context: std::collections::BTreeMap<String, crate::github::facts::CtxValue>,

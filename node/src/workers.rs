@@ -87,6 +87,7 @@ pub struct Pool {
     pub lease_timeout: Duration,
     pub drain_timeout: Duration,
     pub executors: BTreeMap<String, Executor>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Run the pool until `stop` fires, then drain.
@@ -172,7 +173,9 @@ async fn handle(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease: pb
             }
         })
     };
+    let started = std::time::Instant::now();
     let result = executor.run(&job).await;
+    pool.metrics.job_duration_seconds.observe(started.elapsed().as_secs_f64());
     heartbeat.abort();
     let outcome = match result {
         Ok(out) => client.complete(pb::CompleteRequest { job_id: job.job_id.clone(), fencing_token: token, result: out }).await.map(|_| "completed"),

@@ -132,6 +132,25 @@ async fn built_in_executors_run_commands_and_call_github() {
 
     let (_, stats) = c.get_json(0, "/v1/queue/stats").await;
     assert!(stats["items"].as_array().unwrap().iter().all(|d| d["ready"] == 0 && d["leased"] == 0), "{stats}");
+
+    // Metrics move: grants and event→claim across the nodes, Raft gauges everywhere.
+    let mut grants = 0.0;
+    let mut claims = 0.0;
+    let mut leaders = 0.0;
+    for i in 0..3 {
+        let text = c.http.get(c.nodes[i].url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let value = |name: &str| -> f64 {
+            text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        };
+        grants += value("aof_lease_grants_total ");
+        claims += value("aof_event_to_claim_seconds_count ");
+        leaders += value("aof_raft_is_leader ");
+        assert!(value("aof_raft_term ") >= 1.0, "{text}");
+        assert!(value("aof_raft_applied_index ") >= 4.0);
+        assert!(value("aof_log_entries_flushed_total ") >= value("aof_log_flushes_total ") && value("aof_log_flushes_total ") > 0.0);
+        assert!(text.contains("# HELP aof_queue_jobs "), "queue depth by target/priority/state is exported");
+    }
+    assert_eq!((grants, claims, leaders), (2.0, 2.0, 1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

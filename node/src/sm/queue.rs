@@ -248,6 +248,7 @@ pub(super) fn grant(state: &mut Overlay<'_>, index: u64, now: u64, g: &GrantRequ
             event_id: event.event_id,
             delivery_id: event.delivery_id.clone(),
             event: event.event.clone(),
+            received_ms: event.received_ms,
             trigger: job.trigger.clone(),
             route: job.route.clone(),
             context: event.context.clone(),
@@ -262,8 +263,9 @@ fn leased_job(state: &dyn KvRead, job_id: &str, token: u64) -> Result<JobRecord,
     let Some(job) = events::get_job(state, job_id) else {
         return Err(Response::JobNotFound { job_id: job_id.to_string() });
     };
+    let fenced = !crate::planted::active(crate::planted::Bug::SkipFencing);
     match &job.lease {
-        Some(l) if job.state == JobState::Leased && l.token == token => Ok(job),
+        Some(l) if job.state == JobState::Leased && (l.token == token || !fenced) => Ok(job),
         Some(l) if job.state == JobState::Leased => Err(Response::StaleToken {
             job_id: job_id.to_string(),
             reason: format!("the job is leased under token {}, not {token}: this lease expired and the job was leased again", l.token),

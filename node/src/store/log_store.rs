@@ -166,10 +166,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut n = 0u64;
         for entry in entries {
             batch.insert(&index_key(entry.log_id.index), codec::encode(&entry));
+            n += 1;
         }
         self.store.log.apply_batch(batch).map_err(write_logs_err)?;
+        let stats = &self.store.append_stats;
+        stats.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.entries.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         // Entries are readable now; acknowledge them only once they are durable.
         match self.flush().await {
             Ok(()) => {

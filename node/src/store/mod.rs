@@ -118,6 +118,16 @@ pub struct Store {
     pub(crate) sm_meta: sled::Tree,
     pub(crate) snapshot: sled::Tree,
     pub(crate) applied: Arc<RwLock<Applied>>,
+    /// Log appends (flushes) and the entries they carried: their ratio is the
+    /// group-commit batch size.
+    pub(crate) append_stats: Arc<AppendStats>,
+}
+
+/// Counters of [`LogStore`] appends, for metrics.
+#[derive(Debug, Default)]
+pub struct AppendStats {
+    pub flushes: std::sync::atomic::AtomicU64,
+    pub entries: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -142,6 +152,7 @@ impl Store {
             snapshot: tree(trees::SNAPSHOT)?,
             db,
             applied: Arc::default(),
+            append_stats: Arc::default(),
         };
         let applied = store.load_applied()?;
         store.applied = Arc::new(RwLock::new(applied));
@@ -222,6 +233,16 @@ impl Store {
     }
 
     /// The Raft log (and vote) storage of this node.
+    /// Append counters (see [`AppendStats`]).
+    pub fn append_stats(&self) -> Arc<AppendStats> {
+        self.append_stats.clone()
+    }
+
+    /// Bytes the data dir takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     pub fn log_store(&self) -> LogStore {
         LogStore::new(self.clone())
     }

@@ -1,0 +1,41 @@
+//! Known bugs, planted on purpose so the fault-injection checkers can prove they
+//! catch them (`jepsen-tests`). Compiled only with the `planted-bugs` cargo feature,
+//! which release builds never enable; without it every check here is `false` and
+//! optimized away.
+//!
+//! The bug is chosen at start by the environment variable `AOF_PLANTED_BUG`:
+//! - `ack-before-commit`: the gateway answers 202 as soon as the event is handed to
+//!   Raft, before it is committed (may lose acknowledged deliveries);
+//! - `stale-reads`: linearizable reads are served from the local state without
+//!   read-index;
+//! - `skip-fencing`: Extend / Complete / Fail accept any token for a leased job.
+
+/// A planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    AckBeforeCommit,
+    StaleReads,
+    SkipFencing,
+}
+
+#[cfg(feature = "planted-bugs")]
+static ACTIVE: std::sync::OnceLock<Option<Bug>> = std::sync::OnceLock::new();
+
+/// Whether `bug` is planted in this process.
+#[inline]
+pub fn active(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        let b = *ACTIVE.get_or_init(|| match std::env::var("AOF_PLANTED_BUG").as_deref() {
+            Ok("ack-before-commit") => Some(Bug::AckBeforeCommit),
+            Ok("stale-reads") => Some(Bug::StaleReads),
+            Ok("skip-fencing") => Some(Bug::SkipFencing),
+            _ => None,
+        });
+        if b.is_some() && b == Some(bug) {
+            return true;
+        }
+    }
+    let _ = bug;
+    false
+}
