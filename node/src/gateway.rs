@@ -133,6 +133,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
 }
 
+#[tracing::instrument(name = "webhook", skip_all, fields(delivery_id, event))]
 async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutcome, StatusCode, Value), Reject> {
     let _permit = gw.in_flight.try_acquire().map_err(|_| {
         reject(
@@ -160,6 +161,7 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
     if delivery_id.len() > 128 || !delivery_id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(invalid("X-GitHub-Delivery must be 1-128 printable characters".into()));
     }
+    tracing::Span::current().record("delivery_id", delivery_id.as_str()).record("event", event.as_str());
     let too_large = || {
         reject(
             WebhookOutcome::too_large,
@@ -193,6 +195,7 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
         payload: body.to_vec(),
         received_by: node.id,
         retention_ms: gw.retention_ms,
+        traceparent: crate::telemetry::current_traceparent(),
     }));
     let unavailable = |m: String| reject(WebhookOutcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
     if crate::planted::active(crate::planted::Bug::AckBeforeCommit) {

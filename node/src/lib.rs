@@ -19,6 +19,7 @@ pub mod queue_service;
 pub mod registry;
 pub mod server;
 pub mod sm;
+pub mod telemetry;
 pub mod trigger_dir;
 pub mod store;
 pub mod types;

@@ -141,6 +141,7 @@ pub fn leader_clock_ms() -> u64 {
 
 impl Node {
     /// Propose a command and wait until it is committed and applied.
+    #[tracing::instrument(name = "raft.write", skip_all, fields(command = cmd.kind()))]
     pub async fn write(&self, cmd: Command) -> Result<(Response, u64), NodeError> {
         match self.on_leader(LeaderOp::Write(cmd)).await? {
             LeaderReply::Written { response, log_index } => Ok((response, log_index)),
@@ -247,6 +248,7 @@ impl Node {
         )))
     }
 
+    #[tracing::instrument(name = "forward", skip_all, fields(leader))]
     async fn forward(&self, leader: NodeId, op: &LeaderOp, deadline: Instant) -> Result<LeaderReply, NodeError> {
         let addr = {
             let m = self.raft.metrics().borrow().membership_config.clone();

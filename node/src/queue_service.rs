@@ -85,7 +85,7 @@ pub fn lease_to_pb(l: LeaseGrant) -> pb::Lease {
         fencing_token: l.token,
         event: l.event,
         trigger: l.trigger,
-        traceparent: String::new(),
+        traceparent: l.traceparent,
     }
 }
 

@@ -135,6 +135,7 @@ pub struct LeaseGrant {
     pub route: crate::github::trigger::Route,
     pub context: std::collections::BTreeMap<String, crate::github::facts::CtxValue>,
     pub payload: Vec<u8>,
+    pub traceparent: String,
 }
 
 /// A webhook delivery as proposed: the facts the matcher needs (extracted at the
@@ -150,6 +151,8 @@ pub struct Delivery {
     pub received_by: NodeId,
     /// How long a finished event, its payload and its dedup entry are kept.
     pub retention_ms: u64,
+    /// W3C trace context of the gateway's span ("" when not traced).
+    pub traceparent: String,
 }
 
 impl Command {

@@ -150,7 +150,14 @@ pub async fn run(pool: Pool, mut stop: watch::Receiver<bool>) {
 }
 
 /// Run one lease: heartbeat while the executor works, then complete or fail.
-async fn handle(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease: pb::Lease) {
+async fn handle(pool: Arc<Pool>, client: WorkQueueClient<Channel>, lease: pb::Lease) {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("job", job_id = %lease.job_id, delivery_id = %lease.delivery_id, event_id = lease.event_id);
+    crate::telemetry::set_parent(&span, &lease.traceparent);
+    run_lease(pool, client, lease).instrument(span).await
+}
+
+async fn run_lease(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease: pb::Lease) {
     let job = JobInput::from(&lease);
     let Some(executor) = pool.executors.get(&job.target).cloned() else {
         return; // not ours (cannot happen: we claim our targets only); the lease expires

@@ -66,6 +66,8 @@ pub struct EventRecord {
     pub retention_ms: u64,
     pub finished_ms: Option<u64>,
     pub expires_ms: Option<u64>,
+    /// W3C trace context of the delivery, handed to workers.
+    pub traceparent: String,
 }
 
 /// The state of a job.
@@ -331,6 +333,7 @@ pub(super) fn ingest(state: &mut Overlay<'_>, index: u64, now: u64, d: &Delivery
         retention_ms: d.retention_ms,
         finished_ms: None,
         expires_ms: None,
+        traceparent: d.traceparent.clone(),
     };
     if status.is_finished() {
         set_finished(state, &mut rec, now);

@@ -253,6 +253,7 @@ pub(super) fn grant(state: &mut Overlay<'_>, index: u64, now: u64, g: &GrantRequ
             route: job.route.clone(),
             context: event.context.clone(),
             payload: events::get_payload(state, event.event_id).unwrap_or_default(),
+            traceparent: event.traceparent.clone(),
         });
     }
     Response::Granted(out)
