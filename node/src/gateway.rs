@@ -263,14 +263,7 @@ fn candidate_secrets(node: &Node, gw: &Gateway, org: Option<&str>) -> Vec<Vec<u8
         out.extend(gw.secrets.orgs.iter().filter(|(o, _)| *o == org).map(|(_, s)| s.clone()));
     }
     let trigger_secrets: Vec<String> = node.sm.read(|kv| {
-        crate::sm::triggers::list(kv)
-            .into_iter()
-            .filter_map(|r| {
-                let doc: Value = serde_json::from_str(&r.doc_json).ok()?;
-                let t = crate::github::trigger::parse_trigger(&r.name, &doc).ok()?;
-                t.enabled.then_some(t.webhook_secret).flatten()
-            })
-            .collect()
+        crate::sm::triggers::compiled(kv).iter().filter(|t| t.enabled).filter_map(|t| t.webhook_secret.clone()).collect()
     });
     for raw in trigger_secrets {
         match secrets::expand_env(&raw) {

@@ -254,18 +254,6 @@ pub fn ready_count(state: &dyn KvRead) -> usize {
     state.range(READY, &prefix_end(READY)).count()
 }
 
-/// The triggers of the registry, compiled, in name order. A stored document that no
-/// longer compiles (it passed validation when written) is skipped, on every replica alike.
-fn compiled_triggers(state: &dyn KvRead) -> Vec<crate::github::trigger::Trigger> {
-    super::triggers::list(state)
-        .into_iter()
-        .filter_map(|r| {
-            let doc: serde_json::Value = serde_json::from_str(&r.doc_json).ok()?;
-            crate::github::trigger::parse_trigger(&r.name, &doc).ok()
-        })
-        .collect()
-}
-
 pub(super) fn ingest(state: &mut Overlay<'_>, index: u64, now: u64, d: &Delivery) -> Response {
     if let Some(orig) = event_by_delivery(state, &d.delivery_id) {
         return Response::Ingested(IngestResult {
@@ -278,7 +266,7 @@ pub(super) fn ingest(state: &mut Overlay<'_>, index: u64, now: u64, d: &Delivery
         });
     }
     let event_id = index;
-    let triggers = compiled_triggers(state);
+    let triggers: Vec<_> = super::triggers::compiled(state).iter().map(|t| (**t).clone()).collect();
     let outcome = matcher::match_event(&triggers, &d.facts);
     let mut context = d.facts.context.clone();
     let (status, trigger, command, jobs) = match outcome {

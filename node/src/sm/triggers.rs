@@ -1,6 +1,10 @@
 //! The replicated trigger registry: `t/<name>` → [`TriggerRecord`].
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use super::kv::{prefix_end, KvRead, Overlay};
+use crate::github::trigger::Trigger;
 use crate::codec;
 use crate::types::{Response, TriggerRecord};
 
@@ -15,6 +19,36 @@ fn key(name: &str) -> Vec<u8> {
 /// Read one trigger.
 pub fn get(state: &dyn KvRead, name: &str) -> Option<TriggerRecord> {
     state.get(&key(name)).map(|v| codec::decode(&v).expect("trigger record written by this build"))
+}
+
+/// Compiled triggers, memoized by (name, revision). Compiling is a pure function
+/// of the stored document, so sharing the result between replicas' applies and the
+/// gateway changes no outcome; it only saves re-parsing every trigger per event.
+static COMPILED: std::sync::LazyLock<Mutex<HashMap<(String, u64), Arc<Trigger>>>> =
+    std::sync::LazyLock::new(Default::default);
+/// Memo entries kept before the memo is cleared.
+const COMPILED_CAP: usize = 4096;
+
+/// The registry's triggers, compiled, in name order. A stored document that no longer
+/// compiles (it passed validation when written) is skipped — on every replica alike.
+pub fn compiled(state: &dyn KvRead) -> Vec<Arc<Trigger>> {
+    list(state)
+        .into_iter()
+        .filter_map(|r| {
+            let key = (r.name.clone(), r.revision);
+            if let Some(t) = COMPILED.lock().expect("memo lock").get(&key) {
+                return Some(t.clone());
+            }
+            let doc: serde_json::Value = serde_json::from_str(&r.doc_json).ok()?;
+            let t = Arc::new(crate::github::trigger::parse_trigger(&r.name, &doc).ok()?);
+            let mut memo = COMPILED.lock().expect("memo lock");
+            if memo.len() >= COMPILED_CAP {
+                memo.clear();
+            }
+            memo.insert(key, t.clone());
+            Some(t)
+        })
+        .collect()
 }
 
 /// All triggers, in name order (AOF's stable matching order).
