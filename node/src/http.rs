@@ -60,7 +60,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    s.metrics.refresh(&s.node, &s.store.append_stats(), s.store.size_on_disk()).await;
+    s.metrics.refresh(&s.node, &s.store).await;
     let mut resp = s.metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub event_to_claim_seconds: Histogram,
     pub job_duration_seconds: Histogram,
     pub disk_bytes: Gauge,
+    /// Free space on the data dir's file system.
+    pub disk_free_bytes: Gauge,
     /// Unix ms of the last accepted webhook on this node (0 = none yet).
     pub last_webhook_unix_ms: Gauge,
     // Totals last copied from the store's append counters.
@@ -131,6 +133,8 @@ impl Default for Metrics {
         r.register("job_duration_seconds", "Run time of jobs executed by this node's built-in workers", job_duration_seconds.clone());
         let disk_bytes = Gauge::default();
         r.register("disk_bytes", "Size of this node's data dir", disk_bytes.clone());
+        let disk_free_bytes = Gauge::default();
+        r.register("disk_free_bytes", "Free space on the file system of this node's data dir", disk_free_bytes.clone());
         let last_webhook_unix_ms = Gauge::default();
         r.register("last_webhook_unix_ms", "When this node last accepted a webhook (Unix ms)", last_webhook_unix_ms.clone());
         Metrics {
@@ -154,6 +158,7 @@ impl Default for Metrics {
             event_to_claim_seconds,
             job_duration_seconds,
             disk_bytes,
+            disk_free_bytes,
             last_webhook_unix_ms,
             flushes_seen: AtomicU64::new(0),
             entries_seen: AtomicU64::new(0),
@@ -181,7 +186,12 @@ impl Metrics {
     }
 
     /// Refresh the state gauges from the node's own view.
-    pub async fn refresh(&self, node: &crate::node::Node, store_stats: &crate::store::AppendStats, disk_bytes: u64) {
+    pub async fn refresh(&self, node: &crate::node::Node, store: &crate::store::Store) {
+        let store_stats = store.append_stats();
+        self.disk_bytes.set(store.size_on_disk() as i64);
+        if let Some(free) = free_space(store.dir()) {
+            self.disk_free_bytes.set(free as i64);
+        }
         let status = node.local_status().await;
         self.observe_leader(status.leader_id);
         self.raft_term.set(status.term as i64);
@@ -199,7 +209,6 @@ impl Metrics {
         let entries = store_stats.entries.load(Ordering::Relaxed);
         self.log_flushes.inc_by(flushes.saturating_sub(self.flushes_seen.swap(flushes, Ordering::Relaxed)));
         self.log_entries_flushed.inc_by(entries.saturating_sub(self.entries_seen.swap(entries, Ordering::Relaxed)));
-        self.disk_bytes.set(disk_bytes as i64);
         let now = crate::node::leader_clock_ms();
         let depths = node.sm.read(crate::sm::queue::stats);
         self.queue_jobs.clear();
@@ -222,4 +231,14 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+}
+
+/// Free bytes for unprivileged users on the file system holding `path`.
+fn free_space(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-param.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
