@@ -9,6 +9,10 @@
 //! The children run in their own process group, so a Ctrl-C in the terminal
 //! reaches only `aofctl dev`, which then stops them in order. On Linux they also
 //! get SIGTERM if `aofctl dev` itself dies.
+//!
+//! Webhooks: the local configs verify signatures with `$GITHUB_WEBHOOK_SECRET`.
+//! When it is unset, `dev` generates a random secret for the three nodes and
+//! prints it; either way it prints a signed `curl` delivery that works as printed.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -116,7 +120,39 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
-fn spawn(exe: &Path, config: &Path, log: &Path, log_level: Option<&str>) -> anyhow::Result<Child> {
+/// The environment variable the shipped configs read the webhook secret from.
+pub const SECRET_ENV: &str = "GITHUB_WEBHOOK_SECRET";
+
+/// The webhook secret of the dev cluster, and whether `dev` generated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevSecret {
+    pub value: String,
+    pub generated: bool,
+}
+
+impl DevSecret {
+    /// `$GITHUB_WEBHOOK_SECRET` if set and not empty, else a new random one.
+    pub fn from_env() -> anyhow::Result<DevSecret> {
+        match std::env::var(SECRET_ENV) {
+            Ok(v) if !v.is_empty() => Ok(DevSecret {
+                value: v,
+                generated: false,
+            }),
+            _ => Ok(DevSecret {
+                value: crate::webhook::random_secret()?,
+                generated: true,
+            }),
+        }
+    }
+}
+
+fn spawn(
+    exe: &Path,
+    config: &Path,
+    log: &Path,
+    log_level: Option<&str>,
+    secret: &DevSecret,
+) -> anyhow::Result<Child> {
     let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(exe);
@@ -127,7 +163,8 @@ fn spawn(exe: &Path, config: &Path, log: &Path, log_level: Option<&str>) -> anyh
     if let Some(level) = log_level {
         cmd.args(["--log-level", level]);
     }
-    cmd.stdin(Stdio::null())
+    cmd.env(SECRET_ENV, &secret.value)
+        .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .process_group(0)
@@ -180,11 +217,13 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode>
         }
     }
 
+    let secret = DevSecret::from_env()?;
+    let delivery_id = crate::webhook::random_delivery_id()?;
     std::fs::create_dir_all(LOG_DIR).with_context(|| format!("cannot create {LOG_DIR}"))?;
     let mut nodes = Vec::new();
     for (n, config, addrs) in plan {
         let log = Path::new(LOG_DIR).join(format!("node{n}.log"));
-        match spawn(&exe, &config, &log, global.log_level.as_deref()) {
+        match spawn(&exe, &config, &log, global.log_level.as_deref(), &secret) {
             Ok(child) => {
                 eprintln!(
                     "started node {n} (pid {}), log: {}",
@@ -224,6 +263,7 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode>
     }
 
     let endpoints: Vec<String> = nodes.iter().map(|n| n.addrs.http_addr.clone()).collect();
+    let grpc: Vec<String> = nodes.iter().map(|n| n.addrs.grpc_addr.clone()).collect();
     let client = Client::builder(endpoints.clone())
         .request_timeout(Duration::from_secs(5))
         .build();
@@ -238,7 +278,10 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode>
         Ok(status) => print!("{}", crate::cluster::render_status(&status)),
         Err(e) => eprintln!("warning: cannot read the cluster status: {e}"),
     }
-    println!("{}", next_steps(&args.configs, &endpoints));
+    println!(
+        "{}",
+        next_steps(&args.configs, &endpoints, &grpc, &secret, &delivery_id)
+    );
 
     // Run until a signal; report nodes that die meanwhile (stopping one is a
     // fine experiment, so the others keep running).
@@ -390,7 +433,27 @@ fn program_name() -> String {
     }
 }
 
-fn next_steps(configs: &Path, endpoints: &[String]) -> String {
+/// Where the webhook secret came from, and how to use it elsewhere.
+fn secret_note(secret: &DevSecret) -> String {
+    if secret.generated {
+        format!(
+            "{SECRET_ENV} was not set, so the nodes verify webhooks with this generated secret\n\
+             (export it to sign your own deliveries, or set it before `dev` to choose one):\n  \
+             export {SECRET_ENV}={}\n",
+            secret.value
+        )
+    } else {
+        format!("The nodes verify webhooks with ${SECRET_ENV} (from your environment).\n")
+    }
+}
+
+fn next_steps(
+    configs: &Path,
+    endpoints: &[String],
+    grpc_endpoints: &[String],
+    secret: &DevSecret,
+    delivery_id: &str,
+) -> String {
     let me = program_name();
     let dir = configs.display();
     let node4 = std::fs::read_to_string(configs.join("node4.yaml"))
@@ -414,10 +477,32 @@ fn next_steps(configs: &Path, endpoints: &[String]) -> String {
                 .join(",")
         )
     };
+    // `aofctl worker` defaults to grpc://127.0.0.1:4001.
+    let grpc_env = match grpc_endpoints.first() {
+        None => String::new(),
+        Some(first) if first == "127.0.0.1:4001" => String::new(),
+        Some(_) => format!(
+            "  export AOF_GRPC_ENDPOINT={}\n",
+            grpc_endpoints
+                .iter()
+                .map(|e| format!("grpc://{e}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    let curl = crate::webhook::curl_command(
+        &format!("http://{first}/webhook/github"),
+        "push",
+        delivery_id,
+        secret.value.as_bytes(),
+        crate::webhook::SAMPLE_PUSH,
+        "  ",
+    );
     format!(
         "
 The cluster is up (logs in {LOG_DIR}/node{{1,2,3}}.log). Press Ctrl-C to stop it.
 
+{secret_note}
 What to try next, in another terminal:
 {env}  {me} cluster status
   {me} apply -f {dir}/triggers
@@ -425,10 +510,22 @@ What to try next, in another terminal:
   curl -s http://{first}/v1/cluster
   curl -s 'http://{second}/v1/triggers?consistency=stale'
 
+  # send a signed webhook: a push to main of myorg/api (trigger push-main routes it
+  # to the flow deploy-flow; sending it again answers \"duplicate\": true)
+{curl}
+  {me} describe event --delivery {delivery_id}
+
+  # run a command for each job (payload on stdin, AOF_* variables), then look again
+{grpc_env}  {me} worker -- cat
+  {me} describe event --delivery {delivery_id}
+  {me} get events
+  {me} queue stats
+
   # add a fourth node: start it, then join it (learner first, voter once caught up)
   {me} serve --config {dir}/node4.yaml &
   {me} cluster join --node-id {id} --grpc-addr {grpc} --http-addr {http}
 ",
+        secret_note = secret_note(secret),
         id = node4.node_id,
         grpc = node4.grpc_addr,
         http = node4.http_addr,
@@ -460,11 +557,21 @@ mod tests {
         );
     }
 
+    fn secret(generated: bool) -> DevSecret {
+        DevSecret {
+            value: "s3cret".into(),
+            generated,
+        }
+    }
+
     #[test]
     fn next_steps_mentions_the_join_commands() {
         let text = next_steps(
             Path::new("cluster-configs/local"),
             &["127.0.0.1:3001".into(), "127.0.0.1:3002".into()],
+            &["127.0.0.1:4001".into(), "127.0.0.1:4002".into()],
+            &secret(false),
+            "d-1",
         );
         assert!(text.contains("cluster status"));
         assert!(text.contains("apply -f cluster-configs/local/triggers"));
@@ -473,8 +580,69 @@ mod tests {
             "cluster join --node-id 4 --grpc-addr 127.0.0.1:4004 --http-addr 127.0.0.1:3004"
         ));
         assert!(!text.contains("AOF_ENDPOINT"));
-        let text = next_steps(Path::new("x"), &["127.0.0.1:3101".into()]);
+        assert!(!text.contains("AOF_GRPC_ENDPOINT"));
+        let text = next_steps(
+            Path::new("x"),
+            &["127.0.0.1:3101".into()],
+            &["127.0.0.1:4101".into()],
+            &secret(false),
+            "d-1",
+        );
         assert!(text.contains("export AOF_ENDPOINT=http://127.0.0.1:3101"));
+        assert!(text.contains("export AOF_GRPC_ENDPOINT=grpc://127.0.0.1:4101"));
+    }
+
+    #[test]
+    fn next_steps_print_a_signed_delivery_and_what_to_do_with_it() {
+        let text = next_steps(
+            Path::new("cluster-configs/local"),
+            &["127.0.0.1:3001".into()],
+            &["127.0.0.1:4001".into()],
+            &secret(true),
+            "0f6c7d1e-1111-4222-8333-444455556666",
+        );
+        assert!(
+            text.contains(
+                "generated secret\n(export it to sign your own deliveries, or set it before `dev` \
+                 to choose one):\n  export GITHUB_WEBHOOK_SECRET=s3cret\n"
+            ),
+            "{text}"
+        );
+        let sig = crate::webhook::signature(b"s3cret", crate::webhook::SAMPLE_PUSH.as_bytes());
+        assert!(
+            text.contains("curl -s -X POST http://127.0.0.1:3001/webhook/github \\\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("-H 'X-Hub-Signature-256: {sig}'")),
+            "{text}"
+        );
+        assert!(
+            text.contains("-H 'X-GitHub-Delivery: 0f6c7d1e-1111-4222-8333-444455556666'"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("-d '{}'", crate::webhook::SAMPLE_PUSH)),
+            "{text}"
+        );
+        assert!(
+            text.contains("describe event --delivery 0f6c7d1e-1111-4222-8333-444455556666"),
+            "{text}"
+        );
+        assert!(text.contains(" worker -- cat\n"), "{text}");
+        // A secret from the environment is not printed.
+        let text = next_steps(
+            Path::new("x"),
+            &["127.0.0.1:3001".into()],
+            &[],
+            &secret(false),
+            "d",
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("$GITHUB_WEBHOOK_SECRET (from your environment)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! `aofctl`: run aof-cluster nodes, manage the cluster's membership and its triggers.
+//! `aofctl`: run aof-cluster nodes and workers, manage the cluster's membership,
+//! its triggers, and follow events and the work queue.
 //!
 //! One module per concern: [`serve`] (run a node), [`dev`] (a local 3-node
 //! cluster), [`cluster`] (status/join/leave), [`triggers`] (apply/get/delete),
+//! [`events`] (get events, describe event), [`queue`] (queue stats, dlq),
+//! [`worker`] (run a command per job), [`webhook`] (signing sample deliveries),
 //! [`output`] (tables, JSON/YAML), [`signals`] (SIGINT/SIGTERM).
 //!
 //! Errors are printed as `error: <message>` (with a hint when the cluster
@@ -9,10 +12,15 @@
 
 mod cluster;
 mod dev;
+mod doctor;
+mod events;
 mod output;
+mod queue;
 mod serve;
 mod signals;
 mod triggers;
+mod webhook;
+mod worker;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,7 +28,8 @@ use std::time::Duration;
 use aof_client::{Client, ClientError, Consistency};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Command-line tool of aof-cluster: run nodes, manage the cluster and its triggers.
+/// Command-line tool of aof-cluster: run nodes and workers, manage the cluster and
+/// its triggers, follow events and the work queue.
 #[derive(Debug, Parser)]
 #[command(
     name = "aofctl",
@@ -59,6 +68,11 @@ pub struct GlobalArgs {
     /// Time allowed for one HTTP request to one node (e.g. 500ms, 20s, 1m).
     #[arg(long, global = true, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// Whether `--endpoint` was given on the command line (not taken from
+    /// AOF_ENDPOINT or the default): `worker` then uses it as its gRPC endpoints.
+    #[arg(skip)]
+    pub endpoint_given: bool,
 }
 
 impl GlobalArgs {
@@ -87,6 +101,19 @@ pub enum Command {
     Delete(triggers::DeleteCommand),
     /// Start a local 3-node cluster (nodes 1-3) for development; Ctrl-C stops it.
     Dev(dev::DevArgs),
+    /// Show one resource in detail.
+    #[command(subcommand)]
+    Describe(events::DescribeCommand),
+    /// Run a command for each job of the work queue (over gRPC).
+    Worker(worker::WorkerArgs),
+    /// Work-queue statistics.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// The dead-letter queue: list, redrive or purge dead jobs.
+    #[command(subcommand)]
+    Dlq(queue::DlqCommand),
+    /// Check the cluster's health: quorum, lag, webhook freshness, DLQ, leases, disk.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// `--consistency` of read commands.
@@ -135,37 +162,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Installs the tracing subscriber (stderr). RUST_LOG wins over `level`.
-pub fn init_logging(level: &str, json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // No colour codes in log files (e.g. `aofctl dev` writes data/logs/nodeN.log).
-        .with_ansi(std::io::stderr().is_terminal());
-    // try_init: a subscriber may already be set (tests); keep it then.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+/// Installs logging (stderr; RUST_LOG wins over `level`) and, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP trace export. Keep the returned guard
+/// alive: dropping it flushes the exporter.
+pub fn init_logging(level: &str, json: bool) -> aof_node::telemetry::Telemetry {
+    let otlp = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
+    aof_node::telemetry::init(level, json, otlp.as_deref())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let level = cli.global.log_level.as_deref();
-    match &cli.command {
-        Command::Serve(args) => {
-            init_logging(
-                level.unwrap_or("info"),
-                args.log_format == serve::LogFormat::Json,
-            );
-        }
+    let _telemetry = match &cli.command {
+        Command::Serve(args) => init_logging(level.unwrap_or("info"), args.log_format == serve::LogFormat::Json),
+        Command::Worker(_) => init_logging(level.unwrap_or("info"), false),
         _ => init_logging(level.unwrap_or("warn"), false),
-    }
+    };
     match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Cluster(cmd) => cluster::run(cmd, &cli.global)
@@ -181,6 +192,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Dev(args) => dev::run(args, &cli.global).await,
+        Command::Describe(cmd) => events::describe(cmd, &cli.global)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Worker(args) => worker::run(args, &cli.global).await,
+        Command::Queue(cmd) => queue::queue(cmd, &cli.global)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Dlq(cmd) => queue::dlq(cmd, &cli.global)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Doctor(args) => doctor::run(args, &cli.global)
+            .await
+            .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) }),
     }
 }
 
@@ -203,9 +227,29 @@ pub fn error_message(err: &anyhow::Error) -> String {
     msg
 }
 
+/// Parses the command line, noting where the endpoints came from (`worker`
+/// takes `--endpoint` as gRPC endpoints when it is given explicitly).
+pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    cli.global.endpoint_given = matches.value_source("endpoint") == Some(ValueSource::CommandLine);
+    if let (Command::Worker(w), Some(sub)) =
+        (&mut cli.command, matches.subcommand_matches("worker"))
+    {
+        w.grpc_endpoint_given = sub.value_source("grpc_endpoint") == Some(ValueSource::CommandLine);
+    }
+    Ok(cli)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
@@ -221,7 +265,7 @@ mod tests {
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("aofctl").chain(args.iter().copied()))
+        parse_args(std::iter::once("aofctl").chain(args.iter().copied()))
     }
 
     #[test]
@@ -350,6 +394,124 @@ mod tests {
             panic!()
         };
         assert_eq!(d.configs, std::path::PathBuf::from("cluster-configs/local"));
+    }
+
+    #[test]
+    fn worker_has_its_own_grpc_endpoint_and_a_command_after_dashes() {
+        let no_env = std::env::var_os("AOF_GRPC_ENDPOINT").is_none();
+        let cli = parse(&["worker", "--", "cat"]).unwrap();
+        let Command::Worker(w) = &cli.command else {
+            panic!()
+        };
+        if no_env {
+            assert_eq!(w.endpoints(&cli.global), vec!["grpc://127.0.0.1:4001"]);
+        }
+        assert_eq!(w.command, vec!["cat"]);
+        assert_eq!((w.concurrency, w.worker_id.as_deref()), (1, None));
+        assert_eq!(w.task_timeout, Duration::from_secs(300));
+        assert_eq!(w.drain_timeout, Duration::from_secs(30));
+        assert!(w.targets.is_empty());
+
+        // `--endpoint` after `worker` names gRPC endpoints.
+        let cli = parse(&[
+            "worker",
+            "--endpoint",
+            "grpc://a:1,grpc://b:2",
+            "--target",
+            "x",
+            "--target",
+            "y",
+            "--concurrency",
+            "4",
+            "--worker-id",
+            "w-9",
+            "--task-timeout",
+            "2s",
+            "--drain-timeout",
+            "1m",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
+        let Command::Worker(w) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(w.endpoints(&cli.global), vec!["grpc://a:1", "grpc://b:2"]);
+        assert_eq!(w.targets, vec!["x", "y"]);
+        assert_eq!((w.concurrency, w.worker_id.as_deref()), (4, Some("w-9")));
+        assert_eq!(
+            (w.task_timeout, w.drain_timeout),
+            (Duration::from_secs(2), Duration::from_secs(60))
+        );
+        assert_eq!(w.command, vec!["sh", "-c", "exit 3"]);
+
+        // `--grpc-endpoint` wins over `--endpoint`.
+        let cli = parse(&[
+            "--endpoint",
+            "http://x:3001",
+            "worker",
+            "--grpc-endpoint",
+            "grpc://y:4001",
+            "--",
+            "cat",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.endpoint, vec!["http://x:3001"]);
+        let Command::Worker(w) = &cli.command else {
+            panic!()
+        };
+        assert_eq!(w.endpoints(&cli.global), vec!["grpc://y:4001"]);
+
+        assert!(parse(&["worker"]).is_err());
+        assert!(parse(&["worker", "cat"]).is_err());
+        assert!(parse(&["worker", "--concurrency", "0", "--", "cat"]).is_err());
+    }
+
+    #[test]
+    fn dlq_queue_events_and_describe_arguments() {
+        let cli = parse(&["dlq", "redrive", "--all"]).unwrap();
+        let Command::Dlq(queue::DlqCommand::Redrive(r)) = cli.command else {
+            panic!()
+        };
+        assert!(r.all && r.job_id.is_none());
+        let cli = parse(&["dlq", "purge", "7-0", "--yes"]).unwrap();
+        let Command::Dlq(queue::DlqCommand::Purge(p)) = cli.command else {
+            panic!()
+        };
+        assert_eq!((p.select.job_id.as_deref(), p.yes), (Some("7-0"), true));
+        assert!(parse(&["dlq", "purge"]).is_err());
+        assert!(parse(&["dlq", "redrive", "7-0", "--all"]).is_err());
+        assert!(parse(&["dlq", "list", "-o", "json"]).is_ok());
+        assert!(parse(&["queue", "stats", "-o", "json"]).is_ok());
+
+        let cli = parse(&[
+            "get", "events", "--status", "no_route", "--repo", "a/b", "--limit", "5", "-o", "wide",
+        ])
+        .unwrap();
+        let Command::Get(triggers::GetCommand::Events(e)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(e.status, Some(events::StatusArg::NoRoute));
+        assert_eq!(
+            (e.repo.as_deref(), e.limit, e.output),
+            (Some("a/b"), 5, output::OutputFormat::Wide)
+        );
+        assert!(parse(&["get", "events", "--limit", "0"]).is_err());
+
+        let cli = parse(&["describe", "event", "12"]).unwrap();
+        let Command::Describe(events::DescribeCommand::Event(d)) = cli.command else {
+            panic!()
+        };
+        assert_eq!((d.id, d.delivery), (Some(12), None));
+        let cli = parse(&["describe", "event", "--delivery", "abc"]).unwrap();
+        let Command::Describe(events::DescribeCommand::Event(d)) = cli.command else {
+            panic!()
+        };
+        assert_eq!((d.id, d.delivery.as_deref()), (None, Some("abc")));
+        assert!(parse(&["describe", "event"]).is_err());
+        assert!(parse(&["describe", "event", "12", "--delivery", "abc"]).is_err());
     }
 
     #[test]

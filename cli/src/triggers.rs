@@ -36,6 +36,9 @@ pub enum GetCommand {
     /// List triggers, or show one.
     #[command(visible_alias = "trigger")]
     Triggers(GetTriggersArgs),
+    /// List received webhook events (newest last) with their status and jobs.
+    #[command(visible_alias = "event")]
+    Events(crate::events::GetEventsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -237,7 +240,10 @@ pub async fn apply(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
 }
 
 pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    let GetCommand::Triggers(args) = cmd;
+    let args = match cmd {
+        GetCommand::Triggers(args) => args,
+        GetCommand::Events(args) => return crate::events::get(args, global).await,
+    };
     let client = global.client();
     let consistency = args.consistency.into();
     let items = match &args.name {

@@ -194,6 +194,19 @@ async fn processes_survive_sigkill_of_the_leader_and_cli_manages_membership() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
     assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
 
+    // `aofctl doctor`: healthy cluster → exit 0 with an OK quorum line.
+    let o = aofctl(&["doctor", "--endpoint", &all.join(",")]);
+    assert!(o.status.success(), "doctor on a healthy cluster: {}", text(&o));
+    assert!(text(&o).contains("OK   quorum"), "{}", text(&o));
+    // A majority down → FAIL and a non-zero exit.
+    let down: Vec<usize> = (0..3).filter(|&i| i != li).take(2).collect();
+    for &i in &down {
+        procs[i].kill9();
+    }
+    let o = aofctl(&["doctor", "--endpoint", &all.join(","), "--request-timeout", "3s"]);
+    assert!(!o.status.success(), "doctor with a majority down must fail: {}", text(&o));
+    assert!(text(&o).contains("FAIL quorum"), "{}", text(&o));
+
     // A write against a dead endpoint list fails with a clear message naming it.
     let o = aofctl(&["get", "triggers", "--endpoint", "http://127.0.0.1:1"]);
     assert!(!o.status.success());

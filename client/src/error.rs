@@ -7,6 +7,10 @@
 //!   refused, timeout, ...).
 //! - [`ClientError::Decode`]: a node answered with success but the body did not
 //!   match the API contract (version skew, or not an aof-cluster node at all).
+//!
+//! [`WorkerError`] is the same for the gRPC work queue ([`crate::Worker`] and
+//! [`crate::Lease`]); its [`WorkerError::StaleLease`] is the one a worker must
+//! handle: the lease is gone and its result no longer counts.
 
 use serde::Deserialize;
 
@@ -139,9 +143,109 @@ impl ClientError {
     }
 }
 
+/// An error from the gRPC work queue ([`crate::Worker`], [`crate::Lease`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerError {
+    /// The lease is no longer valid (gRPC `FAILED_PRECONDITION`): it expired and the
+    /// job was leased again, or the job was already completed, failed or
+    /// dead-lettered. Nothing was changed; stop working on the job.
+    #[error("lease no longer valid: {reason}")]
+    StaleLease {
+        /// The cluster's explanation, e.g. `... leased under token 41, not 17 ...`.
+        reason: String,
+    },
+    /// The job does not exist any more (gRPC `NOT_FOUND`: finished long ago and
+    /// removed after its retention, or never existed). Also a lost lease.
+    #[error("{message}")]
+    JobNotFound {
+        /// The cluster's message.
+        message: String,
+    },
+    /// No endpoint gave an answer in time (connection errors, `UNAVAILABLE`,
+    /// timeouts), over all endpoints and retries.
+    #[error("{}; check that the nodes are up and that these are their gRPC addresses (spec.cluster.grpc_addr)", unreachable_message(endpoints, last_error))]
+    Unavailable {
+        /// The gRPC endpoints, as configured.
+        endpoints: Vec<String>,
+        /// The error of the last attempt.
+        last_error: String,
+    },
+    /// The cluster refused the call for another reason (invalid argument, internal
+    /// error, ...); retrying the same call will not help.
+    #[error("{message} (gRPC {code})")]
+    Rejected {
+        /// The gRPC status code, e.g. `InvalidArgument`.
+        code: String,
+        /// The cluster's message.
+        message: String,
+    },
+    /// The worker's configuration is unusable (no endpoint, a bad URL, ...).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl WorkerError {
+    /// True when the lease is definitely gone ([`WorkerError::StaleLease`] or
+    /// [`WorkerError::JobNotFound`]): stop working on the job, another worker may
+    /// have it.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::StaleLease { .. } | WorkerError::JobNotFound { .. }
+        )
+    }
+
+    /// Maps a definitive gRPC status (one not worth retrying elsewhere).
+    pub(crate) fn from_status(status: &tonic::Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            tonic::Code::FailedPrecondition => WorkerError::StaleLease { reason: message },
+            tonic::Code::NotFound => WorkerError::JobNotFound { message },
+            code => WorkerError::Rejected {
+                code: format!("{code:?}"),
+                message: if message.is_empty() {
+                    code.description().to_string()
+                } else {
+                    message
+                },
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_statuses_map_to_worker_errors() {
+        let e = WorkerError::from_status(&tonic::Status::failed_precondition(
+            "stale fencing token for job 7-0: the job is completed and holds no lease",
+        ));
+        assert_eq!(
+            e,
+            WorkerError::StaleLease {
+                reason: "stale fencing token for job 7-0: the job is completed and holds no lease"
+                    .into()
+            }
+        );
+        assert!(e.is_lease_lost());
+        assert!(e
+            .to_string()
+            .starts_with("lease no longer valid: stale fencing token"));
+        let e = WorkerError::from_status(&tonic::Status::not_found("no job 7-0"));
+        assert!(e.is_lease_lost());
+        let e = WorkerError::from_status(&tonic::Status::invalid_argument("worker_id: too long"));
+        assert_eq!(e.to_string(), "worker_id: too long (gRPC InvalidArgument)");
+        assert!(!e.is_lease_lost());
+        let e = WorkerError::Unavailable {
+            endpoints: vec!["grpc://127.0.0.1:4001".into()],
+            last_error: "connection refused".into(),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("could not reach grpc://127.0.0.1:4001: connection refused; check"));
+    }
 
     #[test]
     fn api_error_displays_the_server_message() {

@@ -1,4 +1,7 @@
-//! Typed async client of the aof-cluster node HTTP API.
+//! Typed async clients of an aof-cluster: [`Client`] for the node HTTP API
+//! (cluster, triggers, events, queue stats and dead-letter queue) and
+//! [`Worker`] for the gRPC work queue (jobs as [`Lease`] handles with
+//! automatic heartbeats; see the [`worker`] module).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), aof_client::ClientError> {
@@ -25,7 +28,12 @@
 //! proxies from the environment are not used.
 
 mod error;
+mod events;
+mod lease;
+mod pool;
+mod queue;
 mod types;
+pub mod worker;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,8 +42,12 @@ use std::time::Duration;
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 
-pub use error::ClientError;
+pub use error::{ClientError, WorkerError};
+pub use events::*;
+pub use lease::{FailOutcome, Lease, Target};
+pub use queue::*;
 pub use types::*;
+pub use worker::{Worker, WorkerBuilder};
 
 /// Default time allowed to open a TCP connection to one endpoint.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -151,6 +163,8 @@ struct Request<'a> {
     body: Option<(Vec<u8>, &'a str)>,
     if_match: Option<u64>,
     failover: Failover,
+    /// Query parameters besides `consistency`.
+    query: Vec<(&'static str, String)>,
 }
 
 impl<'a> Request<'a> {
@@ -162,6 +176,7 @@ impl<'a> Request<'a> {
             body: None,
             if_match: None,
             failover: Failover::TransportAndUnavailable,
+            query: Vec::new(),
         }
     }
 
@@ -213,6 +228,11 @@ impl Client {
             ..Request::get(&["health"])
         })
         .await
+    }
+
+    /// `GET /metrics`: the answering node's Prometheus exposition, as text.
+    pub async fn metrics_text(&self) -> Result<String, ClientError> {
+        Ok(self.send(Request { failover: Failover::Transport, ..Request::get(&["metrics"]) }).await?.body)
     }
 
     /// `GET /ready`: the answering node is part of a cluster with a leader.
@@ -378,6 +398,9 @@ impl Client {
                 .extend(req.path);
             if let Some(q) = req.consistency.query() {
                 url.query_pairs_mut().append_pair("consistency", q);
+            }
+            for (k, v) in &req.query {
+                url.query_pairs_mut().append_pair(k, v);
             }
             let mut rb = self.inner.http.request(req.method.clone(), url);
             if let Some((body, content_type)) = &req.body {

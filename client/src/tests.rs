@@ -435,3 +435,123 @@ async fn not_ready_is_an_api_error() {
     assert_eq!(err.status(), Some(503));
     assert_eq!(err.to_string(), "node 1 has no leader yet");
 }
+
+#[tokio::test]
+async fn status_calls_hit_the_contract_paths_with_their_queries_and_bodies() {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let event =
+        json!({"event_id":12,"delivery_id":"d/1 x","event":"push","status":"queued","jobs":[]});
+    let (s1, s2, s3, s4, s5, s6) = (
+        seen.clone(),
+        seen.clone(),
+        seen.clone(),
+        seen.clone(),
+        seen.clone(),
+        seen.clone(),
+    );
+    let (e1, e2, e3) = (event.clone(), event.clone(), event.clone());
+    let app = Router::new()
+        .route(
+            "/v1/events",
+            get(move |Query(q): Query<std::collections::BTreeMap<String, String>>| {
+                s1.lock().unwrap().push(format!("events {q:?}"));
+                async move { Json(json!({"items":[e1],"next_after":12})) }
+            }),
+        )
+        .route(
+            "/v1/events/{id}",
+            get(move |Path(id): Path<String>| {
+                s2.lock().unwrap().push(format!("event {id}"));
+                async move { Json(e2) }
+            }),
+        )
+        .route(
+            "/v1/deliveries/{id}",
+            get(move |Path(id): Path<String>| {
+                s3.lock().unwrap().push(format!("delivery {id}"));
+                async move { Json(e3) }
+            }),
+        )
+        .route(
+            "/v1/queue/stats",
+            get(move || {
+                s4.lock().unwrap().push("stats".into());
+                async { Json(json!({"items":[{"target_kind":"agent","target":"a","priority":"normal","ready":1,"delayed":0,"leased":0,"dead":0,"oldest_ready_age_ms":5}]})) }
+            }),
+        )
+        .route(
+            "/v1/dlq",
+            get(move |Query(q): Query<HashMap<String, String>>| {
+                s5.lock().unwrap().push(format!("dlq {:?}", q.get("limit")));
+                async { Json(json!({"items":[]})) }
+            }),
+        )
+        .route(
+            "/v1/dlq/{op}",
+            post(move |Path(op): Path<String>, body: String| {
+                s6.lock().unwrap().push(format!("{op} {body}"));
+                async { Json(json!({"jobs":["12-0"]})) }
+            }),
+        );
+    let client = Client::new(vec![serve(app).await]);
+    let filter = EventFilter {
+        repo: Some("acme/api".into()),
+        status: Some(EventStatus::Completed),
+        event: Some("push".into()),
+        limit: Some(3),
+        after: Some(9),
+    };
+    let page = client
+        .list_events(&filter, Consistency::Stale)
+        .await
+        .unwrap();
+    assert_eq!((page.items.len(), page.next_after), (1, Some(12)));
+    assert_eq!(
+        client
+            .get_event(12, Consistency::Linearizable)
+            .await
+            .unwrap()
+            .delivery_id,
+        "d/1 x"
+    );
+    client
+        .get_delivery("d/1 x", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .queue_stats(Consistency::Linearizable)
+            .await
+            .unwrap()
+            .items[0]
+            .oldest_ready_age_ms,
+        Some(5)
+    );
+    assert!(client
+        .list_dlq(Some(7), Consistency::Linearizable)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    assert_eq!(
+        client.redrive_dlq(&DlqSelector::All).await.unwrap().jobs,
+        vec!["12-0".to_string()]
+    );
+    client
+        .purge_dlq(&DlqSelector::Job("12-0".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            r#"events {"after": "9", "consistency": "stale", "event": "push", "limit": "3", "repo": "acme/api", "status": "completed"}"#.to_string(),
+            "event 12".into(),
+            // The delivery id is one path segment, escaped on the wire.
+            "delivery d/1 x".into(),
+            "stats".into(),
+            "dlq Some(\"7\")".into(),
+            r#"redrive {"all":true}"#.into(),
+            r#"purge {"job_id":"12-0"}"#.into(),
+        ]
+    );
+}

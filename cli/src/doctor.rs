@@ -1,0 +1,184 @@
+//! `aofctl doctor`: is the cluster healthy, and if not, what to do.
+//!
+//! Prints one `OK` / `WARN` / `FAIL` line per check with the next step, and exits
+//! non-zero when any check FAILs. Checks: quorum and leader, each member's
+//! reachability and replication lag, webhook freshness (a silent webhook usually
+//! means a broken GitHub hook), the dead-letter queue's size and growth, the
+//! expired-lease ratio, and free disk space on each node.
+
+use std::time::Duration;
+
+use aof_client::{Client, Consistency};
+use clap::Args;
+
+use crate::GlobalArgs;
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Replication lag (log entries) above which a member is reported.
+    #[arg(long, default_value_t = 1000)]
+    pub max_lag: u64,
+    /// Warn when no webhook has arrived for this long (e.g. 30m, 2h).
+    #[arg(long, default_value = "1h", value_parser = crate::parse_duration)]
+    pub webhook_silence: Duration,
+    /// Warn below this much free disk (MiB) on a node; FAIL below a tenth of it.
+    #[arg(long, default_value_t = 1024)]
+    pub min_free_disk_mb: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    worst: Level,
+}
+
+impl Report {
+    fn line(&mut self, level: Level, check: &str, msg: impl AsRef<str>) {
+        let tag = match level {
+            Level::Ok => "OK  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        println!("{tag} {check}: {}", msg.as_ref());
+        self.worst = self.worst.max(level);
+    }
+}
+
+/// A metric's value summed over the lines of one exposition (all label sets).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut sum = None;
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (key, value) = l.rsplit_once(' ')?;
+        let bare = key.split('{').next().unwrap_or(key);
+        if bare == name {
+            *sum.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+        }
+    }
+    sum
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// Run the checks; `Ok(true)` when nothing FAILed.
+pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
+    let mut r = Report { worst: Level::Ok };
+    let client = Client::builder(global.endpoint.clone()).request_timeout(Duration::from_secs(5)).build();
+
+    // Quorum and leader: a linearizable status needs the leader to confirm with a majority.
+    let status = match client.cluster_status(Consistency::Linearizable).await {
+        Ok(s) => s,
+        Err(e) => {
+            r.line(Level::Fail, "quorum", format!("no leader can confirm a majority ({e}); check that most nodes are running and can reach each other (`aofctl cluster status --consistency stale` shows each node's own view)"));
+            // Still report what each reachable endpoint says about itself.
+            for ep in &global.endpoint {
+                match Client::new(vec![ep.clone()]).health().await {
+                    Ok(_) => r.line(Level::Warn, "node", format!("{ep} is up but cannot reach a quorum")),
+                    Err(_) => r.line(Level::Fail, "node", format!("{ep} is unreachable; start it or check its log")),
+                }
+            }
+            return Ok(false);
+        }
+    };
+    let leader = status.leader_id.unwrap_or(0);
+    r.line(Level::Ok, "quorum", format!("leader is node {leader}, term {}, commit index {}", status.term, status.commit_index));
+
+    // Members: reachable? lagging?
+    let mut metrics_texts = Vec::new();
+    for m in &status.members {
+        let ep = format!("http://{}", m.http_addr);
+        let one = Client::builder(vec![ep.clone()]).request_timeout(Duration::from_secs(3)).build();
+        match one.metrics_text().await {
+            Ok(t) => metrics_texts.push((m.id, t)),
+            Err(e) => {
+                r.line(Level::Warn, "member", format!("node {} ({ep}) is unreachable ({e}); the cluster runs without it but tolerates one failure less", m.id));
+                continue;
+            }
+        }
+        let lag = m.matched_index.map(|x| status.commit_index.saturating_sub(x));
+        match lag {
+            Some(l) if l > args.max_lag => r.line(Level::Warn, "replication", format!("node {} is {l} entries behind the leader; check its disk and network", m.id)),
+            Some(l) => r.line(Level::Ok, "replication", format!("node {} ({:?}) lag {l}", m.id, m.role)),
+            None => r.line(Level::Warn, "replication", format!("node {}: replication progress unknown", m.id)),
+        }
+    }
+
+    // Webhook freshness.
+    let last = metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_last_webhook_unix_ms")).fold(0.0f64, f64::max) as u64;
+    if last == 0 {
+        r.line(Level::Warn, "webhooks", "no webhook accepted since the nodes started; check the GitHub hook's Recent Deliveries (URL, secret, content type application/json)");
+    } else {
+        let silent = now_ms().saturating_sub(last);
+        if silent > args.webhook_silence.as_millis() as u64 {
+            r.line(Level::Warn, "webhooks", format!("last webhook {} ago; a silent hook usually means it is broken — check Recent Deliveries in GitHub", ago(silent)));
+        } else {
+            r.line(Level::Ok, "webhooks", format!("last webhook {} ago", ago(silent)));
+        }
+    }
+    let bad_sig = metrics_texts.iter().filter_map(|(_, t)| t.lines().find(|l| l.starts_with("aof_webhook_requests_total{outcome=\"bad_signature\"}")).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())).sum::<f64>();
+    if bad_sig > 0.0 {
+        r.line(Level::Warn, "webhooks", format!("{bad_sig} deliveries rejected for bad signatures; check the webhook secret (GITHUB_WEBHOOK_SECRET) matches GitHub's"));
+    }
+
+    // Dead-letter queue.
+    match client.list_dlq(Some(10_000), Consistency::Linearizable).await {
+        Ok(dlq) => {
+            let n = dlq.items.len();
+            let hour_ago = now_ms().saturating_sub(3_600_000);
+            let recent = dlq.items.iter().filter(|j| j.dead_since_ms.is_some_and(|t| t >= hour_ago)).count();
+            if n == 0 {
+                r.line(Level::Ok, "dead letters", "none");
+            } else {
+                r.line(Level::Warn, "dead letters", format!("{n} job(s), {recent} in the last hour; inspect with `aofctl dlq list`, retry with `aofctl dlq redrive --all`"));
+            }
+        }
+        Err(e) => r.line(Level::Warn, "dead letters", format!("cannot read the dead-letter queue: {e}")),
+    }
+
+    // Expired leases relative to grants.
+    let grants: f64 = metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_lease_grants_total")).sum();
+    let expiries: f64 = metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_lease_expiries_total")).sum();
+    if grants > 0.0 && expiries / grants > 0.1 {
+        r.line(Level::Warn, "leases", format!("{expiries} of {grants} leases expired; workers are dying or too slow — raise spec.queue.lease_timeout_ms or extend more often"));
+    } else {
+        r.line(Level::Ok, "leases", format!("{expiries} expired of {grants} granted"));
+    }
+
+    // Disk space.
+    let min = args.min_free_disk_mb * 1024 * 1024;
+    for (id, t) in &metrics_texts {
+        let Some(free) = metric(t, "aof_disk_free_bytes") else { continue };
+        let free = free as u64;
+        let level = if free < min / 10 { Level::Fail } else if free < min { Level::Warn } else { Level::Ok };
+        r.line(level, "disk", format!("node {id}: {} MiB free in its data dir's file system{}", free / (1024 * 1024), if level == Level::Ok { "" } else { "; free space or move the data dir — sled stops when the disk is full" }));
+    }
+    Ok(r.worst < Level::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_metric_lines() {
+        let text = "# HELP x y\naof_lease_grants_total 3\naof_queue_jobs{target=\"a\"} 2\naof_queue_jobs{target=\"b\"} 5\n# EOF\n";
+        assert_eq!(metric(text, "aof_lease_grants_total"), Some(3.0));
+        assert_eq!(metric(text, "aof_queue_jobs"), Some(7.0));
+        assert_eq!(metric(text, "missing"), None);
+    }
+}

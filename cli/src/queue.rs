@@ -1,0 +1,326 @@
+//! `aofctl queue stats` and `aofctl dlq list|redrive|purge`: the work queue's
+//! depth per target and its dead-letter queue.
+//!
+//! `dlq purge` drops jobs for good, so it asks for confirmation on a terminal
+//! unless `--yes`; without a terminal it needs `--yes`.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use aof_client::{DeadJob, DeadJobList, DlqResult, DlqSelector, QueueDepth, QueueStats};
+use clap::{Args, Subcommand};
+
+use crate::output::{age_since_ms, human_age, now_ms, print_structured, OutputFormat, Table};
+use crate::{ConsistencyArg, GlobalArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Jobs per target and priority: ready, delayed (backoff), leased, dead.
+    Stats(QueueStatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueueStatsArgs {
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead-lettered jobs (retries used up, or failed as not retryable).
+    List(DlqListArgs),
+    /// Put dead jobs back in the queue (their attempts start over).
+    Redrive(DlqSelectArgs),
+    /// Drop dead jobs for good (their events stay, as `failed`).
+    Purge(DlqPurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// At most this many jobs, oldest first.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqSelectArgs {
+    /// The dead job's id (see `aofctl dlq list`).
+    #[arg(
+        required_unless_present = "all",
+        conflicts_with = "all",
+        value_name = "JOB_ID"
+    )]
+    pub job_id: Option<String>,
+    /// Every job in the dead-letter queue.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl DlqSelectArgs {
+    fn selector(&self) -> DlqSelector {
+        match &self.job_id {
+            Some(id) => DlqSelector::Job(id.clone()),
+            None => DlqSelector::All,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.job_id {
+            Some(id) => format!("dead job {id}"),
+            None => "every job in the dead-letter queue".into(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DlqPurgeArgs {
+    #[command(flatten)]
+    pub select: DlqSelectArgs,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+pub async fn queue(cmd: QueueCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    let QueueCommand::Stats(args) = cmd;
+    let stats: QueueStats = global
+        .client()
+        .queue_stats(args.consistency.into())
+        .await
+        .context("reading the queue statistics")?;
+    if print_structured(args.output, &stats)? {
+        return Ok(());
+    }
+    if stats.items.is_empty() {
+        eprintln!("The queue is empty: no ready, delayed, leased or dead jobs.");
+        return Ok(());
+    }
+    print!("{}", render_stats(&stats.items));
+    Ok(())
+}
+
+/// The `queue stats` table.
+pub fn render_stats(items: &[QueueDepth]) -> String {
+    let mut t = Table::new([
+        "TARGET", "KIND", "PRIORITY", "READY", "DELAYED", "LEASED", "DEAD", "OLDEST",
+    ]);
+    for d in items {
+        t.row([
+            d.target.clone(),
+            d.target_kind.clone(),
+            d.priority.clone(),
+            d.ready.to_string(),
+            d.delayed.to_string(),
+            d.leased.to_string(),
+            d.dead.to_string(),
+            d.oldest_ready_age_ms
+                .map_or("-".into(), |ms| human_age(Duration::from_millis(ms))),
+        ]);
+    }
+    t.render()
+}
+
+pub async fn dlq(cmd: DlqCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    let client = global.client();
+    match cmd {
+        DlqCommand::List(args) => {
+            let list: DeadJobList = client
+                .list_dlq(Some(args.limit as usize), args.consistency.into())
+                .await
+                .context("listing the dead-letter queue")?;
+            if print_structured(args.output, &list)? {
+                return Ok(());
+            }
+            if list.items.is_empty() {
+                eprintln!("The dead-letter queue is empty.");
+                return Ok(());
+            }
+            print!(
+                "{}",
+                render_dead(&list.items, args.output == OutputFormat::Wide, now_ms())
+            );
+            eprintln!("(redrive with `aofctl dlq redrive JOB_ID|--all`, drop with `aofctl dlq purge JOB_ID|--all`)");
+        }
+        DlqCommand::Redrive(args) => {
+            let r = client
+                .redrive_dlq(&args.selector())
+                .await
+                .with_context(|| format!("redriving {}", args.describe()))?;
+            println!("{}", done_message("redriven", "back in the queue", &r));
+        }
+        DlqCommand::Purge(args) => {
+            if !args.yes {
+                confirm_purge(&args.select)?;
+            }
+            let r = client
+                .purge_dlq(&args.select.selector())
+                .await
+                .with_context(|| format!("purging {}", args.select.describe()))?;
+            println!("{}", done_message("purged", "dropped", &r));
+        }
+    }
+    Ok(())
+}
+
+/// `redriven 2 jobs (back in the queue): 7-0, 9-0`.
+pub fn done_message(verb: &str, what: &str, r: &DlqResult) -> String {
+    match r.jobs.len() {
+        0 => format!("nothing {verb}: the dead-letter queue is empty"),
+        1 => format!("{verb} job {} ({what})", r.jobs[0]),
+        n => format!("{verb} {n} jobs ({what}): {}", r.jobs.join(", ")),
+    }
+}
+
+/// Asks on the terminal; refuses without one.
+fn confirm_purge(select: &DlqSelectArgs) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "refusing to purge {} without confirmation: stdin is not a terminal; pass --yes to purge anyway (this cannot be undone)",
+            select.describe()
+        );
+    }
+    eprint!(
+        "Purge {}? Purged jobs are not run again; this cannot be undone. [y/N] ",
+        select.describe()
+    );
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        bail!("purge cancelled; nothing was changed");
+    }
+    Ok(())
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if max == 0 || one_line.chars().count() <= max {
+        return one_line;
+    }
+    let cut: String = one_line.chars().take(max.saturating_sub(3)).collect();
+    format!("{cut}...")
+}
+
+/// The `dlq list` table; `wide` adds the delivery id and shows errors in full.
+pub fn render_dead(items: &[DeadJob], wide: bool, now_ms: u64) -> String {
+    let mut t = if wide {
+        Table::new([
+            "JOB",
+            "EVENT",
+            "DELIVERY",
+            "TARGET",
+            "TRIGGER",
+            "ATTEMPTS",
+            "DEAD",
+            "LAST ERROR",
+        ])
+    } else {
+        Table::new([
+            "JOB",
+            "EVENT",
+            "TARGET",
+            "TRIGGER",
+            "ATTEMPTS",
+            "DEAD",
+            "LAST ERROR",
+        ])
+    };
+    for j in items {
+        let error = shorten(
+            j.last_error.as_deref().unwrap_or("-"),
+            if wide { 0 } else { 60 },
+        );
+        let mut row = vec![j.job_id.clone(), j.event_id.to_string()];
+        if wide {
+            row.push(j.delivery_id.clone());
+        }
+        row.extend([
+            j.target.to_string(),
+            if j.trigger.is_empty() {
+                "-".into()
+            } else {
+                j.trigger.clone()
+            },
+            j.attempts.to_string(),
+            age_since_ms(j.dead_since_ms.unwrap_or(0), now_ms),
+            error,
+        ]);
+        t.row(row);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_table_has_the_documented_columns() {
+        let d = QueueDepth {
+            target_kind: "agent".into(),
+            target: "helper".into(),
+            priority: "normal".into(),
+            ready: 2,
+            delayed: 1,
+            leased: 3,
+            dead: 0,
+            oldest_ready_age_ms: Some(90_000),
+        };
+        let none = QueueDepth {
+            oldest_ready_age_ms: None,
+            ..d.clone()
+        };
+        assert_eq!(
+            render_stats(&[d, none]),
+            "TARGET   KIND    PRIORITY   READY   DELAYED   LEASED   DEAD   OLDEST\n\
+             helper   agent   normal     2       1         3        0      90s\n\
+             helper   agent   normal     2       1         3        0      -\n"
+        );
+    }
+
+    #[test]
+    fn dead_jobs_show_a_one_line_error() {
+        let j: DeadJob = serde_json::from_value(serde_json::json!({
+            "job_id": "7-0", "event_id": 7, "delivery_id": "d-7",
+            "target": {"kind": "flow", "name": "deploy"}, "trigger": "push-main",
+            "attempts": 2, "last_error": "exit status 3; stderr: line one\nline two", "dead_since_ms": 1000
+        }))
+        .unwrap();
+        let text = render_dead(std::slice::from_ref(&j), false, 61_000);
+        assert_eq!(
+            text,
+            "JOB   EVENT   TARGET        TRIGGER     ATTEMPTS   DEAD   LAST ERROR\n\
+             7-0   7       flow/deploy   push-main   2          60s    exit status 3; stderr: line one line two\n"
+        );
+        assert!(render_dead(&[j], true, 61_000).contains("d-7"));
+    }
+
+    #[test]
+    fn results_name_the_jobs() {
+        let r = |jobs: &[&str]| DlqResult {
+            jobs: jobs.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            done_message("redriven", "back in the queue", &r(&[])),
+            "nothing redriven: the dead-letter queue is empty"
+        );
+        assert_eq!(
+            done_message("purged", "dropped", &r(&["7-0"])),
+            "purged job 7-0 (dropped)"
+        );
+        assert_eq!(
+            done_message("redriven", "back in the queue", &r(&["7-0", "9-0"])),
+            "redriven 2 jobs (back in the queue): 7-0, 9-0"
+        );
+    }
+}

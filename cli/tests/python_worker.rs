@@ -1,0 +1,346 @@
+//! The Python example worker (`client/examples/python/worker.py`) against a real
+//! three-node cluster: `aofctl serve` processes on loopback, signed GitHub webhooks
+//! from the fixture corpus posted to different nodes, and the worker claiming,
+//! heart-beating, and completing the jobs over gRPC (`aof.v1.WorkQueue`) through a
+//! follower.
+//!
+//! Needs `python3` with `grpcio` and `grpcio-tools` (`bash .ci/python-deps.sh`).
+//! Without them the test is skipped with a loud message — except under CI (`CI` set),
+//! where it fails. `PYTHON` selects another interpreter; `AOF_TEST_SHOW_LOGS=1` prints
+//! the worker's log even on success.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aof_client::{Client, Consistency};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+const BIN: &str = env!("CARGO_BIN_EXE_aofctl");
+const SECRET: &str = "python-worker-test-secret";
+const TARGET: &str = "py-worker";
+const JOBS: usize = 5;
+/// The cluster's lease timeout. The worker's simulated work is longer, so a job
+/// completes with attempt 1 only if the worker's heartbeats (Extend every
+/// lease_timeout / 3) kept the lease alive.
+const LEASE_TIMEOUT_MS: u64 = 2000;
+const WORK_MS: u64 = 3000;
+/// Less than JOBS: the server must hold back leases until completions free room.
+const MAX_IN_FLIGHT: usize = 3;
+const WORKER_TIMEOUT: Duration = Duration::from_secs(60);
+/// One fixture of each of these events, each a different shape and size.
+const EVENTS: [&str; JOBS] = ["push", "pull_request", "issues", "issue_comment", "workflow_run"];
+
+fn python() -> String {
+    std::env::var("PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".into())
+}
+
+fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// Whether the Python side can run; on CI a missing toolchain is a failure.
+fn python_ready() -> bool {
+    let py = python();
+    let why = match Command::new(&py).args(["-c", "import grpc, grpc_tools"]).output() {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => format!("`{py} -c \"import grpc, grpc_tools\"` failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
+        Err(e) => format!("cannot run {py}: {e}"),
+    };
+    if on_ci() {
+        panic!("{why}\nThe Python worker test needs grpcio and grpcio-tools: run `bash .ci/python-deps.sh` before the tests (CI is set, so this is a failure, not a skip).");
+    }
+    eprintln!(
+        "\n{bar}\n!!! SKIPPING python_worker: {why}\n!!! Install the dependencies with `bash .ci/python-deps.sh` to run it.\n{bar}\n",
+        bar = "!".repeat(78)
+    );
+    false
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("cli/ has a parent").to_path_buf()
+}
+
+fn fixtures_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if let Some(dir) = std::env::var_os("AOF_FIXTURES_DIR") {
+        let dir = PathBuf::from(dir);
+        assert!(dir.is_dir(), "AOF_FIXTURES_DIR={} is not a directory", dir.display());
+        return dir;
+    }
+    let candidates = [manifest.join("../../shared/fixtures/github-webhooks"), manifest.join("../shared/fixtures/github-webhooks")];
+    candidates.into_iter().find(|d| d.is_dir()).unwrap_or_else(|| {
+        panic!(
+            "GitHub webhook fixtures not found: set AOF_FIXTURES_DIR to the github-webhooks fixture directory, or put \
+             shared/fixtures/github-webhooks next to the repository (looked in {m}/../../shared/fixtures/github-webhooks \
+             and {m}/../shared/fixtures/github-webhooks)",
+            m = manifest.display()
+        )
+    })
+}
+
+/// (event, file, body): the first fixture of each of [`EVENTS`].
+fn pick_payloads() -> Vec<(String, PathBuf, Vec<u8>)> {
+    let dir = fixtures_dir();
+    EVENTS
+        .iter()
+        .map(|event| {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(event))
+                .unwrap_or_else(|e| panic!("reading {}: {e}", dir.join(event).display()))
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect();
+            files.sort();
+            let file = files.into_iter().next().unwrap_or_else(|| panic!("no fixture in {}", dir.join(event).display()));
+            let body = std::fs::read(&file).unwrap();
+            (event.to_string(), file, body)
+        })
+        .collect()
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed (and reaped) on drop.
+struct Proc {
+    name: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: String, log: PathBuf, cmd: &mut Command) -> Proc {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc { name, log, child: Some(child) }
+    }
+    fn dump(&self) {
+        eprintln!("---- log of {} ----\n{}", self.name, std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Node {
+    id: u64,
+    http: u16,
+    grpc: u16,
+    proc: Proc,
+}
+
+impl Node {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+}
+
+fn write_config(dir: &Path, id: u64, http: u16, grpc: u16, members: &[(u64, u16, u16)]) -> PathBuf {
+    let mut yaml = format!(
+        "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: py-node{id}\nspec:\n  server:\n    host: 127.0.0.1\n    port: {http}\n  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{SECRET}\"\n  queue:\n    lease_timeout_ms: {LEASE_TIMEOUT_MS}\n  cluster:\n    node_id: {id}\n    grpc_addr: 127.0.0.1:{grpc}\n    data_dir: {}\n    raft:\n      heartbeat_interval_ms: 100\n      election_timeout_min_ms: 500\n      election_timeout_max_ms: 1000\n      request_timeout_ms: 3000\n    storage:\n      cache_capacity_mb: 8\n    initial_members:\n",
+        dir.join(format!("data{id}")).display()
+    );
+    for (mid, mh, mg) in members {
+        yaml.push_str(&format!("      - {{ id: {mid}, grpc_addr: 127.0.0.1:{mg}, http_addr: 127.0.0.1:{mh} }}\n"));
+    }
+    let path = dir.join(format!("node{id}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn dump_all(nodes: &[Node], worker: Option<&Proc>) {
+    for n in nodes {
+        n.proc.dump();
+    }
+    if let Some(w) = worker {
+        w.dump();
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, secs: u64, nodes: &[Node], mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    dump_all(nodes, None);
+    panic!("timed out after {secs}s waiting for: {what}");
+}
+
+async fn all_ready(nodes: &[Node]) -> bool {
+    for n in nodes {
+        if Client::new(vec![n.url()]).ready().await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_claims_heartbeats_and_completes_signed_webhooks() {
+    if !python_ready() {
+        return;
+    }
+    let started = Instant::now();
+    let payloads = pick_payloads();
+    assert_eq!(payloads.iter().map(|p| &p.2).collect::<BTreeSet<_>>().len(), JOBS, "the fixtures must differ");
+
+    // Three nodes.
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u64, u16, u16)> = (1..=3).map(|id| (id, free_port(), free_port())).collect();
+    let nodes: Vec<Node> = ports
+        .iter()
+        .map(|&(id, http, grpc)| {
+            let config = write_config(dir.path(), id, http, grpc, &ports);
+            let proc = Proc::spawn(
+                format!("node {id}"),
+                dir.path().join(format!("node{id}.log")),
+                Command::new(BIN).args(["serve", "--config"]).arg(&config).env("RUST_LOG", "info,openraft=warn"),
+            );
+            Node { id, http, grpc, proc }
+        })
+        .collect();
+    wait_until("three nodes ready", 60, &nodes, || all_ready(&nodes)).await;
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let status = Client::new(urls.clone()).cluster_status(Consistency::Linearizable).await.unwrap();
+    let leader = status.leader_id.expect("a leader");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+
+    // The trigger: every GitHub event goes to the agent the worker serves.
+    let trigger = format!("apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {{}}\n  default_agent: {TARGET}\n");
+    let r = http.put(format!("{}/v1/triggers/python-worker", urls[1])).body(trigger).send().await.unwrap();
+    let code = r.status();
+    assert!(code.is_success(), "PUT trigger: {code} {}", r.text().await.unwrap_or_default());
+
+    // Generated code, as a worker's build would do it.
+    let gen = dir.path().join("gen");
+    std::fs::create_dir(&gen).unwrap();
+    let o = Command::new(python())
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(repo_root().join("proto/proto"))
+        .arg(format!("--python_out={}", gen.display()))
+        .arg(format!("--grpc_python_out={}", gen.display()))
+        .arg("aof/v1/queue.proto")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "protoc: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(gen.join("aof/v1/queue_pb2_grpc.py").is_file());
+
+    // The worker, on a follower's gRPC port: its calls are forwarded to the leader.
+    let via = nodes.iter().find(|n| n.id != leader).unwrap();
+    let out = dir.path().join("out");
+    let mut worker = Proc::spawn(
+        "python worker".into(),
+        dir.path().join("worker.log"),
+        Command::new(python())
+            .arg(repo_root().join("client/examples/python/worker.py"))
+            .args(["--endpoint", &format!("127.0.0.1:{}", via.grpc)])
+            .args(["--target", TARGET, "--worker-id", "python-e2e"])
+            .args(["--max-in-flight", &MAX_IN_FLIGHT.to_string(), "--max-jobs", &JOBS.to_string()])
+            .args(["--work-ms", &WORK_MS.to_string()])
+            .arg("--out-dir")
+            .arg(&out)
+            .env("PYTHONPATH", &gen)
+            .env("PYTHONUNBUFFERED", "1"),
+    );
+
+    // Five signed deliveries, spread over the nodes.
+    let mut deliveries = Vec::new();
+    for (i, (event, file, body)) in payloads.iter().enumerate() {
+        let delivery = format!("py-worker-{}-{i}-{event}", std::process::id());
+        let node = &nodes[i % nodes.len()];
+        let r = http
+            .post(format!("{}/webhook/github", node.url()))
+            .header("content-type", "application/json")
+            .header("x-github-event", event.as_str())
+            .header("x-github-delivery", delivery.as_str())
+            .header("x-hub-signature-256", sign(body))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let code = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if code != reqwest::StatusCode::ACCEPTED || v["status"] != "queued" {
+            dump_all(&nodes, Some(&worker));
+            panic!("webhook {} ({}) to node {}: {code} {v}", delivery, file.display(), node.id);
+        }
+        deliveries.push((delivery, body));
+    }
+
+    // The worker exits 0 by itself after --max-jobs completions.
+    let deadline = Instant::now() + WORKER_TIMEOUT;
+    let exit = loop {
+        if let Some(s) = worker.child.as_mut().unwrap().try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            dump_all(&nodes, Some(&worker));
+            panic!("the Python worker did not finish {JOBS} jobs within {WORKER_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    worker.child = None;
+    if !exit.success() {
+        dump_all(&nodes, Some(&worker));
+        panic!("the Python worker exited with {exit}");
+    }
+
+    // Every delivery completed, first attempt, and its job's output is its payload.
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), JOBS, "output files: {files:?}");
+    for (i, (delivery, body)) in deliveries.iter().enumerate() {
+        let url = format!("{}/v1/deliveries/{delivery}", urls[(i + 1) % urls.len()]);
+        let v: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        let jobs = v["jobs"].as_array().unwrap_or_else(|| panic!("{url}: {v}"));
+        let ok = v["status"] == "completed" && jobs.len() == 1 && jobs[0]["state"] == "completed";
+        if !ok {
+            dump_all(&nodes, Some(&worker));
+            panic!("delivery {delivery} is not completed: {v:#}");
+        }
+        if jobs[0]["attempts"] != 1 {
+            dump_all(&nodes, Some(&worker));
+            panic!("delivery {delivery} needed {} attempts: the worker's heartbeats did not keep the lease: {v:#}", jobs[0]["attempts"]);
+        }
+        let job_id = jobs[0]["job_id"].as_str().unwrap();
+        let written = std::fs::read(out.join(format!("{job_id}.json"))).unwrap_or_else(|e| panic!("output of job {job_id}: {e}"));
+        assert!(written == **body, "job {job_id} (delivery {delivery}): the worker's payload differs from the posted body");
+    }
+    let log = std::fs::read_to_string(&worker.log).unwrap();
+    assert!(!log.contains("Traceback"), "the worker logged a traceback:\n{log}");
+    if std::env::var_os("AOF_TEST_SHOW_LOGS").is_some() {
+        worker.dump();
+    }
+    eprintln!("python_worker: {JOBS} jobs done in {:.1?} (cluster start included)", started.elapsed());
+}
