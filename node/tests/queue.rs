@@ -217,3 +217,40 @@ async fn external_worker_leases_are_fenced_and_survive_leader_loss() {
     let stats = wq2.stats(pb::StatsRequest {}).await.unwrap().into_inner();
     assert!(stats.depths.iter().all(|d| d.ready == 0 && d.leased == 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_a_node_drains_its_running_jobs() {
+    let out = tempfile::tempdir().unwrap();
+    let marker = out.path().join("done");
+    let script = format!("sleep 1; touch {}", marker.display());
+    let mut c = TestCluster::start_with(1, 10_000, move |cfg: &mut DaemonConfig| {
+        let gh: GithubConfig = serde_yaml::from_str(&format!("enabled: true\nwebhook_secret: {SECRET}\n")).unwrap();
+        cfg.spec.platforms.github = Some(gh);
+        cfg.spec.runtime.drain_timeout_secs = 20;
+        cfg.spec.runtime.executors.insert("slow".into(), ExecutorConfig::Command { command: vec!["sh".into(), "-c".into(), script.clone()], timeout_secs: None });
+    })
+    .await;
+    c.wait_ready(30).await;
+    put_trigger(&c, "all", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {}\n  default_agent: slow\n").await;
+    post(&c, 0, "push", "drain-1", br#"{"repository":{"full_name":"acme/api"}}"#).await;
+    // Wait until the job is leased (running), then stop the node.
+    let mut leased = false;
+    for _ in 0..100 {
+        if c.get_json(0, "/v1/deliveries/drain-1").await.1["jobs"][0]["state"] == "leased" {
+            leased = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(leased, "the job starts");
+    // A fresh client: no pooled connection from before the stop.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let ready_url = c.nodes[0].url("/ready");
+    let probe = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match http.get(ready_url).send().await { Ok(r) => r.status().as_u16(), Err(e) => panic!("probe: {e:?}") }
+    });
+    c.stop(0).await; // returns once the node has drained and exited
+    assert_eq!(probe.await.unwrap(), 503, "a draining node is not ready");
+    assert!(marker.exists(), "the running job finished before the node exited");
+}
