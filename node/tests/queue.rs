@@ -222,7 +222,7 @@ async fn external_worker_leases_are_fenced_and_survive_leader_loss() {
 async fn stopping_a_node_drains_its_running_jobs() {
     let out = tempfile::tempdir().unwrap();
     let marker = out.path().join("done");
-    let script = format!("sleep 1; touch {}", marker.display());
+    let script = format!("sleep 3; touch {}", marker.display());
     let mut c = TestCluster::start_with(1, 10_000, move |cfg: &mut DaemonConfig| {
         let gh: GithubConfig = serde_yaml::from_str(&format!("enabled: true\nwebhook_secret: {SECRET}\n")).unwrap();
         cfg.spec.platforms.github = Some(gh);
@@ -235,7 +235,7 @@ async fn stopping_a_node_drains_its_running_jobs() {
     post(&c, 0, "push", "drain-1", br#"{"repository":{"full_name":"acme/api"}}"#).await;
     // Wait until the job is leased (running), then stop the node.
     let mut leased = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if c.get_json(0, "/v1/deliveries/drain-1").await.1["jobs"][0]["state"] == "leased" {
             leased = true;
             break;
@@ -246,11 +246,18 @@ async fn stopping_a_node_drains_its_running_jobs() {
     // A fresh client: no pooled connection from before the stop.
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let ready_url = c.nodes[0].url("/ready");
+    // Poll /ready while the node drains: it must answer 503 before it goes away.
     let probe = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        match http.get(ready_url).send().await { Ok(r) => r.status().as_u16(), Err(e) => panic!("probe: {e:?}") }
+        for _ in 0..500 {
+            match http.get(&ready_url).send().await {
+                Ok(r) if r.status().as_u16() == 503 => return true,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => return false,
+            }
+        }
+        false
     });
     c.stop(0).await; // returns once the node has drained and exited
-    assert_eq!(probe.await.unwrap(), 503, "a draining node is not ready");
+    assert!(probe.await.unwrap(), "a draining node reports not-ready before it exits");
     assert!(marker.exists(), "the running job finished before the node exited");
 }

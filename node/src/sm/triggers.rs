@@ -21,10 +21,12 @@ pub fn get(state: &dyn KvRead, name: &str) -> Option<TriggerRecord> {
     state.get(&key(name)).map(|v| codec::decode(&v).expect("trigger record written by this build"))
 }
 
-/// Compiled triggers, memoized by (name, revision). Compiling is a pure function
-/// of the stored document, so sharing the result between replicas' applies and the
+/// Compiled triggers, memoized by (name, document). Compiling is a pure function of
+/// the stored document, so sharing the result between replicas' applies and the
 /// gateway changes no outcome; it only saves re-parsing every trigger per event.
-static COMPILED: std::sync::LazyLock<Mutex<HashMap<(String, u64), Arc<Trigger>>>> =
+/// (Keyed by the document, not the revision: revisions of different clusters in one
+/// process — tests — or across a data-dir swap may coincide.)
+static COMPILED: std::sync::LazyLock<Mutex<HashMap<(String, String), Arc<Trigger>>>> =
     std::sync::LazyLock::new(Default::default);
 /// Memo entries kept before the memo is cleared.
 const COMPILED_CAP: usize = 4096;
@@ -35,7 +37,7 @@ pub fn compiled(state: &dyn KvRead) -> Vec<Arc<Trigger>> {
     list(state)
         .into_iter()
         .filter_map(|r| {
-            let key = (r.name.clone(), r.revision);
+            let key = (r.name.clone(), r.doc_json.clone());
             if let Some(t) = COMPILED.lock().expect("memo lock").get(&key) {
                 return Some(t.clone());
             }
