@@ -1,0 +1,275 @@
+//! An aof-cluster of real `aofctl serve` processes on loopback (three nodes, or one),
+//! each with its own data dir, from generated DaemonConfig files. fsync stays on (it
+//! is not configurable: every log append is flushed before it is acknowledged).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+
+use crate::load::{http_call, HttpClient};
+use crate::sys::free_port;
+
+/// Environment variable the nodes read the webhook secret from.
+pub const SECRET_ENV: &str = "AOF_BENCH_WEBHOOK_SECRET";
+
+/// The catch-all trigger: every event creates one job for agent `bench`.
+pub const TRIGGER_YAML: &str = "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {}\n  default_agent: bench\n";
+
+/// Node settings the benchmark changes from the defaults.
+#[derive(Clone, Debug)]
+pub struct NodeTuning {
+    /// `RUST_LOG` of the nodes (`warn`: the per-webhook `info` line is not measured).
+    pub log_level: String,
+    /// `spec.cluster.raft.snapshot_every`; `None` = the product default (10 000).
+    pub snapshot_every: Option<u64>,
+    /// `spec.queue.retention_secs`; `None` = the product default (7 days).
+    pub retention_secs: Option<u64>,
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub http: u16,
+    pub grpc: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+}
+
+pub struct AofCluster {
+    pub nodes: Vec<NodeProc>,
+    pub dir: PathBuf,
+    client: HttpClient,
+}
+
+fn node_config(n: &NodeProc, members: &[(u64, u16, u16)], t: &NodeTuning) -> String {
+    let mut y = format!(
+        "apiVersion: aof.dev/v1
+kind: DaemonConfig
+metadata:
+  name: bench-node{id}
+spec:
+  server:
+    host: 127.0.0.1
+    port: {http}
+  platforms:
+    github:
+      enabled: true
+      webhook_secret_env: {SECRET_ENV}
+  gateway:
+    ack_timeout_ms: 5000
+    max_in_flight: 4096
+",
+        id = n.id,
+        http = n.http
+    );
+    if let Some(r) = t.retention_secs {
+        y.push_str(&format!("  queue:\n    retention_secs: {r}\n"));
+    }
+    y.push_str(&format!(
+        "  cluster:
+    node_id: {id}
+    grpc_addr: 127.0.0.1:{grpc}
+    data_dir: {data}
+    raft:
+      heartbeat_interval_ms: 100
+      election_timeout_min_ms: 1000
+      election_timeout_max_ms: 2000
+      request_timeout_ms: 5000
+",
+        id = n.id,
+        grpc = n.grpc,
+        data = n.data_dir.display()
+    ));
+    if let Some(s) = t.snapshot_every {
+        y.push_str(&format!("      snapshot_every: {s}\n"));
+    }
+    y.push_str("    storage:\n      cache_capacity_mb: 64\n    initial_members:\n");
+    for (id, http, grpc) in members {
+        y.push_str(&format!("      - {{ id: {id}, grpc_addr: 127.0.0.1:{grpc}, http_addr: 127.0.0.1:{http} }}\n"));
+    }
+    y
+}
+
+impl AofCluster {
+    /// Start `n` nodes under `dir` and wait until all are ready and the catch-all
+    /// trigger is stored.
+    pub async fn start(bin: &Path, n: usize, dir: &Path, secret: &str, tuning: &NodeTuning) -> anyhow::Result<AofCluster> {
+        std::fs::create_dir_all(dir)?;
+        let members: Vec<(u64, u16, u16)> = (1..=n as u64).map(|id| (id, free_port(), free_port())).collect();
+        let mut nodes = Vec::new();
+        for &(id, http, grpc) in &members {
+            let node = NodeProc {
+                id,
+                http,
+                grpc,
+                data_dir: dir.join(format!("data{id}")),
+                log: dir.join(format!("node{id}.log")),
+                child: None,
+            };
+            let cfg = dir.join(format!("node{id}.yaml"));
+            std::fs::write(&cfg, node_config(&node, &members, tuning))?;
+            nodes.push((node, cfg));
+        }
+        let mut cluster = AofCluster { nodes: Vec::new(), dir: dir.to_path_buf(), client: crate::load::http_client() };
+        for (mut node, cfg) in nodes {
+            let log = std::fs::File::create(&node.log)?;
+            let child = Command::new(bin)
+                .args(["serve", "--config"])
+                .arg(&cfg)
+                .env(SECRET_ENV, secret)
+                .env("RUST_LOG", &tuning.log_level)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .with_context(|| format!("spawning {} serve", bin.display()))?;
+            node.child = Some(child);
+            cluster.nodes.push(node);
+        }
+        cluster.wait_ready(Duration::from_secs(90)).await?;
+        cluster.put_trigger().await?;
+        Ok(cluster)
+    }
+
+    pub fn http_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("http://127.0.0.1:{}", n.http)).collect()
+    }
+
+    pub fn grpc_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("http://127.0.0.1:{}", n.grpc)).collect()
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(NodeProc::pid).collect()
+    }
+
+    pub fn data_dirs(&self) -> Vec<PathBuf> {
+        self.nodes.iter().map(|n| n.data_dir.clone()).collect()
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for n in &mut self.nodes {
+            if let Some(c) = n.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                    let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                    bail!("node {} exited ({status}); last log lines:\n{tail}", n.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.check_alive()?;
+            let mut ready = 0;
+            for u in self.http_urls() {
+                if matches!(http_call(&self.client, "GET", &format!("{u}/ready"), None, Bytes::new()).await, Ok((200, _))) {
+                    ready += 1;
+                }
+            }
+            if ready == self.nodes.len() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("aof-cluster nodes not ready within {within:?} (logs in {})", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn put_trigger(&self) -> anyhow::Result<()> {
+        let url = format!("{}/v1/triggers/all", self.http_urls()[0]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match http_call(&self.client, "PUT", &url, Some("application/yaml"), Bytes::from_static(TRIGGER_YAML.as_bytes())).await {
+                Ok((s, _)) if (200..300).contains(&s) => return Ok(()),
+                other if Instant::now() >= deadline => bail!("PUT /v1/triggers/all failed: {other:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Sum of each Prometheus sample of the named metrics, per node (missing = NaN).
+    pub async fn metrics(&self, names: &[&str]) -> Vec<Vec<f64>> {
+        let mut out = Vec::new();
+        for u in self.http_urls() {
+            let text = match http_call(&self.client, "GET", &format!("{u}/metrics"), None, Bytes::new()).await {
+                Ok((200, t)) => t,
+                _ => String::new(),
+            };
+            out.push(names.iter().map(|n| metric_sum(&text, n)).collect());
+        }
+        out
+    }
+
+    /// The node the cluster says leads, as an index into `nodes`.
+    pub async fn leader_index(&self) -> Option<usize> {
+        let url = format!("{}/v1/cluster?consistency=stale", self.http_urls()[0]);
+        let (_, body) = http_call(&self.client, "GET", &url, None, Bytes::new()).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let id = v.get("leader_id")?.as_u64()?;
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// Stop every node (SIGKILL; the data dirs are thrown away).
+    pub fn stop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for AofCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sum of the samples of metric `name` (any labels) in a Prometheus/OpenMetrics text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    let mut found = false;
+    let mut sum = 0.0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            sum += v;
+            found = true;
+        }
+    }
+    if found {
+        sum
+    } else {
+        f64::NAN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_metric_samples() {
+        let t = "# HELP aof_log_flushes Log\naof_log_flushes_total 12\naof_log_flushes_totalx 1\naof_webhook_requests_total{outcome=\"accepted\"} 3\naof_webhook_requests_total{outcome=\"duplicate\"} 2\n";
+        assert_eq!(metric_sum(t, "aof_log_flushes_total"), 12.0);
+        assert_eq!(metric_sum(t, "aof_webhook_requests_total"), 5.0);
+        assert!(metric_sum(t, "nope").is_nan());
+    }
+}
