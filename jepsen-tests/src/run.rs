@@ -370,7 +370,7 @@ pub async fn run(mut opts: Opts) -> Result<Outcome> {
 
     // --- final reads and drain ---
     if let Some(r) = &register {
-        r.final_reads(9_000_000).await;
+        r.final_reads(crate::workloads::FINAL_READ_PROCESSES).await;
     }
     let mut drain = None;
     let mut fin = None;
@@ -553,6 +553,30 @@ pub fn build_aofctl(planted: bool, release: bool) -> Result<PathBuf> {
     let build = |features: bool| -> Result<()> {
         let mut cmd = std::process::Command::new(&cargo);
         cmd.current_dir(&root).args(["build", "-p", "aofctl"]);
+        // Inside `cargo test`, cargo has set the test crate's package variables;
+        // build scripts that watch them (ring's `rerun-if-env-changed`) would
+        // then rebuild, and rebuild again in every normal build. Drop them.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            let set_by_cargo_for_us = k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_EXE_")
+                || k.starts_with("CARGO_CFG_")
+                || matches!(
+                    k.as_str(),
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_MANIFEST_LINKS"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                );
+            if set_by_cargo_for_us {
+                cmd.env_remove(&k);
+            }
+        }
         if features {
             cmd.args(["--features", "planted-bugs"]);
         }

@@ -14,6 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster::Db;
+
+/// Disjoint ranges of process ids (a process that crashed continues under a new
+/// id in its own range, so ids never collide across workloads).
+pub const REGISTER_PROCESSES: u64 = 0;
+pub const PRODUCER_PROCESSES: u64 = 1_000_000_000;
+pub const LEASE_PROCESSES: u64 = 2_000_000_000;
+pub const FINAL_READ_PROCESSES: u64 = 3_000_000_000;
 use crate::history::Recorder;
 
 /// What every client process shares.

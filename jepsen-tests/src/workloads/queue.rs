@@ -151,7 +151,7 @@ impl Queue {
             opts,
             channels,
             deliveries: AtomicU64::new(0),
-            processes: AtomicU64::new(1_000_000),
+            processes: AtomicU64::new(super::LEASE_PROCESSES),
             draining: AtomicBool::new(false),
             workers_stop: AtomicBool::new(false),
             redeliver: Mutex::new(Vec::new()),
@@ -170,7 +170,10 @@ impl Queue {
         let mut tasks = tokio::task::JoinSet::new();
         for p in 0..n {
             let me = self.clone();
-            tasks.spawn(async move { me.producer(100 + p as u64, n as u64, interval).await });
+            tasks.spawn(async move {
+                me.producer(super::PRODUCER_PROCESSES + p as u64, n as u64, interval)
+                    .await
+            });
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -186,7 +189,9 @@ impl Queue {
     }
 
     async fn producer(&self, first: u64, stride: u64, interval: Duration) {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.ctx.seed ^ (0x7072_6f00 + first));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.ctx.seed ^ (0x7072_6f00 + first - super::PRODUCER_PROCESSES),
+        );
         let mut process = first;
         let mut next = Instant::now()
             + Duration::from_millis(rng.random_range(0..=interval.as_millis() as u64));

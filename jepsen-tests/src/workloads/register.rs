@@ -118,7 +118,10 @@ impl Register {
         let mut tasks = tokio::task::JoinSet::new();
         for p in 0..n {
             let me = self.clone();
-            tasks.spawn(async move { me.process(p as u64, n as u64, interval).await });
+            tasks.spawn(async move {
+                me.process(super::REGISTER_PROCESSES + p as u64, n as u64, interval)
+                    .await
+            });
         }
         while tasks.join_next().await.is_some() {}
     }
