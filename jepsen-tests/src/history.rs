@@ -86,22 +86,23 @@ impl Pair {
     }
 }
 
-/// Pair every invocation with the next completion of the same process. Operations
-/// of the nemesis are skipped. Completions without an invocation are ignored.
+/// Pair every invocation with the next completion of the same process (and the
+/// same `f`, which a completion always repeats). Operations of the nemesis are
+/// skipped. Completions without an invocation are ignored.
 pub fn pairs(ops: &[Op]) -> Vec<Pair> {
-    let mut open: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut open: std::collections::HashMap<(u64, &str), usize> = std::collections::HashMap::new();
     let mut out: Vec<Pair> = Vec::new();
     for op in ops {
         if op.process == NEMESIS {
             continue;
         }
         if op.kind == Kind::Invoke {
-            open.insert(op.process, out.len());
+            open.insert((op.process, op.f.as_str()), out.len());
             out.push(Pair {
                 invoke: op.clone(),
                 complete: None,
             });
-        } else if let Some(i) = open.remove(&op.process) {
+        } else if let Some(i) = open.remove(&(op.process, op.f.as_str())) {
             out[i].complete = Some(op.clone());
         }
     }

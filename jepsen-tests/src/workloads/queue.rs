@@ -190,7 +190,7 @@ impl Queue {
 
     async fn producer(&self, first: u64, stride: u64, interval: Duration) {
         let mut rng = ChaCha8Rng::seed_from_u64(
-            self.ctx.seed ^ (0x7072_6f00 + first - super::PRODUCER_PROCESSES),
+            self.ctx.seed ^ (0x7072_6f00 + 100 + first - super::PRODUCER_PROCESSES),
         );
         let mut process = first;
         let mut next = Instant::now()
