@@ -440,7 +440,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         sys::loadavg()
     ));
     let header = format!(
-        "## {} — commit `{}` — {}{}\n\n{}",
+        "### {} — commit `{}` — {}{}\n\n{}",
         sys::utc_now(),
         sys::git_commit(&workspace_root()),
         machine.describe(),

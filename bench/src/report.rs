@@ -312,7 +312,7 @@ mod tests {
             row(System::Nats, Load::Closed { concurrency: 8 }, 2000, 1.0),
             row(System::Nats, Load::Open { fraction: 0.5, rate: 500.0 }, 500, 2.0),
         ];
-        let out = render(&rows, &[0.5], "## run", &[]);
+        let out = render(&rows, &[0.5], "### run", &[]);
         assert!(out.contains("| aof-cluster ×3 | closed C=8 | 1000 | 1000 |"), "{out}");
         assert!(out.contains("| max (closed loop) | sustained events/s | 1000 | 2000 | 0.50× |"), "{out}");
         assert!(out.contains("| open 50% (500/s) | 202 / ack p99 ms | 4.00 | 2.00 | 2.00× |"), "{out}");
