@@ -122,7 +122,9 @@ impl AofCluster {
         let mut cluster = AofCluster { nodes: Vec::new(), dir: dir.to_path_buf(), client: crate::load::http_client() };
         for (mut node, cfg) in nodes {
             let log = std::fs::File::create(&node.log)?;
-            let child = Command::new(bin)
+            let mut cmd = Command::new(bin);
+            crate::sys::die_with_parent(&mut cmd);
+            let child = cmd
                 .args(["serve", "--config"])
                 .arg(&cfg)
                 .env(SECRET_ENV, secret)

@@ -72,7 +72,9 @@ impl NatsCluster {
             std::fs::write(&conf_path, conf)?;
             let log = dir.join(format!("{name}.log"));
             let logf = std::fs::File::create(&log)?;
-            let child = Command::new(bin)
+            let mut cmd = Command::new(bin);
+            crate::sys::die_with_parent(&mut cmd);
+            let child = cmd
                 .arg("-c")
                 .arg(&conf_path)
                 .stdin(Stdio::null())
