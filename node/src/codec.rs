@@ -24,7 +24,10 @@ pub enum CodecError {
 
 /// Encode a value as a versioned record.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
+    // Size the buffer once (a cheap walk: byte strings count by length) instead of
+    // growing and copying it while large payloads are written.
+    let size = bincode::serialized_size(value).map_or(64, |n| n as usize + 1);
+    let mut out = Vec::with_capacity(size);
     out.push(FORMAT_VERSION);
     // Serializing our own types into a Vec cannot fail: they contain no maps with
     // non-string keys and no `deserialize_any`-only types.
@@ -55,5 +58,23 @@ mod tests {
         future[0] = 9;
         assert!(matches!(decode::<(String, u64)>(&future), Err(CodecError::UnknownVersion(9))));
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
+    }
+
+    /// `serde_bytes` fields keep the bincode layout of a plain `Vec<u8>` (u64 length,
+    /// then the bytes), so records written before the annotation still decode.
+    #[test]
+    fn byte_strings_keep_the_vec_layout() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Old {
+            payload: Vec<u8>,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct New {
+            #[serde(with = "serde_bytes")]
+            payload: Vec<u8>,
+        }
+        let old = encode(&Old { payload: vec![1, 2, 255] });
+        assert_eq!(old, encode(&New { payload: vec![1, 2, 255] }));
+        assert_eq!(decode::<New>(&old).unwrap(), New { payload: vec![1, 2, 255] });
     }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod planted;
+pub mod proposer;
 pub mod queue_api;
 pub mod queue_service;
 pub mod registry;

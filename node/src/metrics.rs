@@ -69,6 +69,7 @@ pub struct Metrics {
     pub raft_replication_lag: Family<MemberLabels, Gauge>,
     pub log_flushes: Counter,
     pub log_entries_flushed: Counter,
+    pub proposal_batch_commands: Histogram,
     pub queue_jobs: Family<QueueLabels, Gauge>,
     pub queue_oldest_ready_seconds: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     pub lease_grants: Counter,
@@ -115,6 +116,12 @@ impl Default for Metrics {
         r.register("log_flushes", "Log appends flushed to disk (group commits)", log_flushes.clone());
         let log_entries_flushed = Counter::default();
         r.register("log_entries_flushed", "Log entries flushed; divided by aof_log_flushes_total it is the batch size", log_entries_flushed.clone());
+        let proposal_batch_commands = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        r.register(
+            "proposal_batch_commands",
+            "Leader only: commands per proposed log entry (group commit of webhooks and queue operations)",
+            proposal_batch_commands.clone(),
+        );
         let queue_jobs = Family::<QueueLabels, Gauge>::default();
         r.register("queue_jobs", "Jobs by target, priority and state (ready, delayed, leased, dead)", queue_jobs.clone());
         let queue_oldest_ready_seconds = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
@@ -149,6 +156,7 @@ impl Default for Metrics {
             raft_replication_lag,
             log_flushes,
             log_entries_flushed,
+            proposal_batch_commands,
             queue_jobs,
             queue_oldest_ready_seconds,
             lease_grants,

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aof_proto::v1::cluster_service_client::ClusterServiceClient;
 use aof_proto::v1::RaftPayload;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::proposer::write_error;
 use crate::network::{Channels, MAX_MESSAGE_BYTES};
 use crate::sm::KvRead;
 use crate::store::StateMachineStore;
@@ -129,6 +130,8 @@ pub struct Node {
     /// Set when shutdown begins: `/ready` and new webhooks answer 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Group commit of the hot-path writes while this node leads.
+    pub proposer: crate::proposer::Proposer,
 }
 
 /// Milliseconds since the Unix epoch, by this node's wall clock.
@@ -287,6 +290,15 @@ impl Node {
     pub async fn run_on_leader(&self, op: LeaderOp) -> Result<LeaderReply, NodeError> {
         let t = self.timeouts.request;
         match op {
+            LeaderOp::Write(cmd) if cmd.is_batchable() => {
+                let res = tokio::time::timeout(t, self.proposer.submit(cmd)).await.map_err(|_| {
+                    NodeError::Unavailable(format!(
+                        "the write was not committed within {} ms (no quorum?); its outcome is unknown — retrying is safe",
+                        t.as_millis()
+                    ))
+                })?;
+                res.map(|(response, log_index)| LeaderReply::Written { response, log_index })
+            }
             LeaderOp::Write(cmd) => {
                 let req = Request { time_ms: leader_clock_ms(), cmd };
                 let res = tokio::time::timeout(t, self.raft.client_write(req)).await.map_err(|_| {
@@ -449,12 +461,3 @@ fn membership_timeout(t: Duration) -> NodeError {
     ))
 }
 
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> NodeError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader { leader: f.leader_id },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            NodeError::Invalid(format!("membership change refused: {c}"))
-        }
-        RaftError::Fatal(f) => NodeError::Unavailable(format!("raft stopped: {f}")),
-    }
-}

@@ -83,6 +83,7 @@ pub async fn run_with_listeners(
         },
         draining: Default::default(),
         metrics: metrics.clone(),
+        proposer: crate::proposer::Proposer::spawn(raft.clone(), c.raft.request_timeout(), metrics.clone()),
     });
     tracing::info!(
         node_id = id,

@@ -11,8 +11,9 @@
 //! | `r/<255-priority:1><event_id:8><n:1>` | ready-queue index (empty)  |
 //! | `x/<expires_ms:8><event_id:8>`        | retention index (empty)    |
 //!
-//! An event's id is the log index of the `IngestWebhook` entry that created it, so
-//! ids are unique, increase in commit order, and every replica assigns the same one.
+//! An event's id is the sequence number ([`crate::types::seq`]: log index `<< 8` +
+//! position in a batch) of the `IngestWebhook` command that created it, so ids are
+//! unique, increase in commit order, and every replica assigns the same one.
 //!
 //! **Architecture Invariant**: a delivery id is accepted once. While its event is
 //! retained, a replay gets the original answer with `duplicate: true` and creates
@@ -105,7 +106,7 @@ impl JobState {
 /// The lease a job is under.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseInfo {
-    /// The log index of the grant: the fencing token.
+    /// The sequence number of the grant ([`crate::types::seq`]): the fencing token.
     pub token: u64,
     pub worker_id: String,
     pub deadline_ms: u64,
@@ -125,7 +126,7 @@ pub struct JobRateLimit {
 pub struct JobTransition {
     pub state: JobState,
     pub at_ms: u64,
-    /// Log index of the command that made the transition.
+    /// Sequence number ([`crate::types::seq`]) of the command that made the transition.
     pub index: u64,
     pub note: Option<String>,
 }
@@ -192,7 +193,7 @@ pub fn get_event(state: &dyn KvRead, event_id: u64) -> Option<EventRecord> {
 }
 
 pub fn get_payload(state: &dyn KvRead, event_id: u64) -> Option<Vec<u8>> {
-    state.get(&pk(event_id)).map(|v| decode(&v))
+    state.get(&pk(event_id)).map(|v| decode::<serde_bytes::ByteBuf>(&v).into_vec())
 }
 
 pub fn event_by_delivery(state: &dyn KvRead, delivery_id: &str) -> Option<EventRecord> {
@@ -254,7 +255,7 @@ pub fn ready_count(state: &dyn KvRead) -> usize {
     state.range(READY, &prefix_end(READY)).count()
 }
 
-pub(super) fn ingest(state: &mut Overlay<'_>, index: u64, now: u64, d: &Delivery) -> Response {
+pub(super) fn ingest(state: &mut Overlay<'_>, seq: u64, now: u64, d: &Delivery) -> Response {
     if let Some(orig) = event_by_delivery(state, &d.delivery_id) {
         return Response::Ingested(IngestResult {
             event_id: orig.event_id,
@@ -265,7 +266,7 @@ pub(super) fn ingest(state: &mut Overlay<'_>, index: u64, now: u64, d: &Delivery
             duplicate: true,
         });
     }
-    let event_id = index;
+    let event_id = seq;
     let triggers: Vec<_> = super::triggers::compiled(state).iter().map(|t| (**t).clone()).collect();
     let outcome = matcher::match_event(&triggers, &d.facts);
     let mut context = d.facts.context.clone();
@@ -295,7 +296,7 @@ pub(super) fn ingest(state: &mut Overlay<'_>, index: u64, now: u64, d: &Delivery
                     .and_then(|rl| super::queue::bucket_for(rl, &d.facts)),
                 last_error: None,
                 result: None,
-                history: vec![JobTransition { state: JobState::Ready, at_ms: now, index, note: None }],
+                history: vec![JobTransition { state: JobState::Ready, at_ms: now, index: seq, note: None }],
             };
             state.put(jk(event_id, 0), codec::encode(&job));
             state.put(rk(m.priority, event_id, 0), Vec::new());
@@ -328,7 +329,7 @@ pub(super) fn ingest(state: &mut Overlay<'_>, index: u64, now: u64, d: &Delivery
     } else {
         state.put(ek(event_id), codec::encode(&rec));
     }
-    state.put(pk(event_id), codec::encode(&d.payload));
+    state.put(pk(event_id), codec::encode(serde_bytes::Bytes::new(&d.payload)));
     state.put(dk(&d.delivery_id), event_id.to_be_bytes().to_vec());
     Response::Ingested(IngestResult { event_id, delivery_id: d.delivery_id.clone(), status, trigger, jobs, duplicate: false })
 }

@@ -1,7 +1,8 @@
 //! The deterministic core of the replicated state machine.
 //!
 //! [`apply`] takes the current state (a [`KvRead`] view), the log index and one
-//! [`Request`], records its writes in an [`Overlay`] and returns the [`Response`].
+//! [`Request`] (a command or a batch of them), records its writes in an [`Overlay`]
+//! and returns the [`Response`].
 //!
 //! **Architecture Invariant**: `apply` is a pure function of (state, index, request).
 //! It does no IO, reads no clock and no random source; "now" is `Request::time_ms`,
@@ -19,37 +20,59 @@ pub mod triggers;
 
 pub use kv::{KvRead, MemKv, Overlay};
 
-use crate::types::{Command, Request, Response};
+use crate::types::{seq, Command, Request, Response, MAX_BATCH};
 
 /// Key of the state machine's own clock: the largest leader-stamped time applied so
 /// far. Leader clocks may step backwards across a failover; `now` never does.
 const CLOCK_KEY: &[u8] = b"m/clock";
 
-/// Apply one command at log index `index`.
+/// Apply the log entry at `index`: one command, or a [`Command::Batch`] of them.
+///
+/// Triggers get the log index as their revision; events, jobs and leases get the
+/// command's sequence number ([`crate::types::seq`]).
 pub fn apply(state: &mut Overlay<'_>, index: u64, req: &Request) -> Response {
     let now = advance_clock(state, req.time_ms);
-    // Retention is enforced a little on every command (first, so a command never sees
+    // Retention is enforced a little on every entry (first, so a command never sees
     // a record whose time is up), and in bulk by `Tick`.
     let expired = events::expire(state, now, events::GC_BUDGET_PER_COMMAND);
     match &req.cmd {
+        Command::Batch(cmds) => Response::Batch(
+            cmds.iter()
+                .enumerate()
+                .map(|(pos, cmd)| {
+                    if cmd.is_batchable() && pos < MAX_BATCH {
+                        apply_one(state, index, seq(index, pos), now, cmd, 0)
+                    } else {
+                        Response::NotBatchable { kind: cmd.kind().to_string() }
+                    }
+                })
+                .collect(),
+        ),
+        cmd => apply_one(state, index, seq(index, 0), now, cmd, expired),
+    }
+}
+
+fn apply_one(state: &mut Overlay<'_>, index: u64, seq: u64, now: u64, cmd: &Command, expired: u64) -> Response {
+    match cmd {
         Command::PutTrigger { name, doc_json, if_match } => {
             triggers::put(state, index, now, name, doc_json, *if_match)
         }
         Command::DeleteTrigger { name, if_match } => triggers::delete(state, index, name, *if_match),
-        Command::IngestWebhook(d) => events::ingest(state, index, now, d),
+        Command::IngestWebhook(d) => events::ingest(state, seq, now, d),
         Command::Tick { policy } => {
-            let (expired_leases, released) = queue::tick(state, index, now, policy);
+            let (expired_leases, released) = queue::tick(state, seq, now, policy);
             let expired_events = expired + events::expire(state, now, events::GC_BUDGET_PER_TICK);
             Response::Ticked { expired_events, expired_leases, released }
         }
-        Command::Grant(g) => queue::grant(state, index, now, g),
-        Command::Extend { job_id, token, extend_ms } => queue::extend(state, index, now, job_id, *token, *extend_ms),
-        Command::Complete { job_id, token, result } => queue::complete(state, index, now, job_id, *token, result),
+        Command::Grant(g) => queue::grant(state, seq, now, g),
+        Command::Extend { job_id, token, extend_ms } => queue::extend(state, seq, now, job_id, *token, *extend_ms),
+        Command::Complete { job_id, token, result } => queue::complete(state, seq, now, job_id, *token, result),
         Command::Fail { job_id, token, error, retryable, delay_ms, policy } => {
-            queue::fail(state, index, now, job_id, *token, error, *retryable, *delay_ms, policy)
+            queue::fail(state, seq, now, job_id, *token, error, *retryable, *delay_ms, policy)
         }
-        Command::Redrive { job_id } => queue::redrive(state, index, now, job_id.as_deref()),
-        Command::Purge { job_id } => queue::purge(state, index, now, job_id.as_deref()),
+        Command::Redrive { job_id } => queue::redrive(state, seq, now, job_id.as_deref()),
+        Command::Purge { job_id } => queue::purge(state, seq, now, job_id.as_deref()),
+        Command::Batch(_) => Response::NotBatchable { kind: cmd.kind().to_string() },
     }
 }
 

@@ -13,10 +13,11 @@
 //! | `z/<event_id:8><n:1>`                    | Dead (the DLQ) |
 //! | `b/<bucket>`                             | rate-limit token bucket |
 //!
-//! **Architecture Invariant**: a lease carries a fencing token — the log index of the
-//! `Grant` that created it. `Extend`, `Complete` and `Fail` must present the job's
+//! **Architecture Invariant**: a lease carries a fencing token — the sequence number
+//! of the `Grant` that created it (its commit index `<< 8` plus its position in a
+//! batched entry, [`crate::types::seq`]). `Extend`, `Complete` and `Fail` must present the job's
 //! current token while the job is leased; anything else is answered
-//! [`Response::StaleToken`] and changes nothing. At any log index a job has at most one
+//! [`Response::StaleToken`] and changes nothing. At any point of the log a job has at most one
 //! live lease, because a grant only takes jobs from the ready index and every exit
 //! from `Leased` (complete, fail, expiry) clears the lease.
 

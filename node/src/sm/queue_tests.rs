@@ -231,3 +231,71 @@ fn extend_pushes_the_deadline_and_retention_expires_finished_events() {
     let left: Vec<String> = sm.kv.0.keys().map(|k| String::from_utf8_lossy(&k[..2]).to_string()).collect();
     assert!(left.iter().all(|k| k == "t/" || k == "m/" || k == "b/"), "{left:?}");
 }
+
+fn delivery(id: &str) -> Command {
+    let facts = EventFacts { event: "push".into(), repo_full_name: Some("o/r".into()), org: Some("o".into()), ..Default::default() };
+    Command::IngestWebhook(Box::new(Delivery {
+        delivery_id: id.into(),
+        facts,
+        payload: id.as_bytes().to_vec(),
+        received_by: 1,
+        retention_ms: 3_600_000,
+        traceparent: String::new(),
+    }))
+}
+
+#[test]
+fn a_batch_applies_in_order_with_one_sequence_number_per_command() {
+    let mut sm = Sm::new();
+    catch_all(&mut sm); // index 1
+    let r = sm.run(1000, Command::Batch(vec![delivery("a"), delivery("b"), delivery("a")]));
+    let Response::Batch(rs) = r else { panic!("{r:?}") };
+    let ids: Vec<(u64, bool)> = rs
+        .iter()
+        .map(|r| match r {
+            Response::Ingested(i) => (i.event_id, i.duplicate),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // index 2: positions 0 and 1; the replay of "a" in the same entry is a duplicate
+    // with the original answer.
+    assert_eq!(ids, vec![(2 << 8, false), ((2 << 8) | 1, false), (2 << 8, true)]);
+    assert_eq!(events::get_payload(&sm.kv, (2 << 8) | 1).as_deref(), Some(&b"b"[..]));
+    // A lone command at index 3 gets position 0; the ready queue keeps commit order
+    // across batched and lone entries, and tokens keep increasing.
+    let c = sm.deliver(1000, "c", "push", "o/r");
+    assert_eq!(c, format!("{}-0", 3 << 8));
+    let g = sm.grant(1000, 3);
+    let got: Vec<&str> = g.iter().map(|(j, _, _)| j.as_str()).collect();
+    assert_eq!(got, vec![format!("{}-0", 2 << 8), format!("{}-0", (2 << 8) | 1), c.clone()]);
+    assert!(g.iter().all(|(_, t, _)| *t == 4 << 8));
+    // Two grants in one entry never lease the same job, and get distinct tokens.
+    sm.deliver(1000, "d", "push", "o/r");
+    let grant = || Command::Grant(GrantRequest { worker_id: "w".into(), targets: vec![], count: 1, policy: POLICY });
+    let Response::Batch(rs) = sm.run(1000, Command::Batch(vec![grant(), grant()])) else { panic!() };
+    let leases: Vec<Vec<(String, u64)>> = rs
+        .into_iter()
+        .map(|r| match r {
+            Response::Granted(v) => v.into_iter().map(|l| (l.job_id, l.token)).collect(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(leases, vec![vec![(format!("{}-0", 5 << 8), 6 << 8)], vec![]]);
+}
+
+#[test]
+fn a_command_that_may_not_be_batched_is_refused_inside_a_batch_and_changes_nothing() {
+    let mut sm = Sm::new();
+    let before = sm.kv.clone();
+    let put = Command::PutTrigger { name: "t".into(), doc_json: "{}".into(), if_match: None };
+    let r = sm.run(0, Command::Batch(vec![put, Command::Tick { policy: POLICY }, Command::Batch(vec![])]));
+    assert_eq!(
+        r,
+        Response::Batch(vec![
+            Response::NotBatchable { kind: "put_trigger".into() },
+            Response::NotBatchable { kind: "tick".into() },
+            Response::NotBatchable { kind: "batch".into() },
+        ])
+    );
+    assert_eq!(sm.kv, before);
+}
