@@ -9,7 +9,7 @@
 //! | `raft_meta` | `vote`, `committed`, `last_purged`, `node_id` | `codec(..)`                  |
 //! | `sm`        | the state machine's own keys (`t/…`, `m/clock`), unprefixed | written by [`crate::sm`] |
 //! | `sm_meta`   | `last_applied`, `membership`       | `codec(LogId)`, `codec(StoredMembership)` |
-//! | `snapshot`  | `meta`, `data`                     | `codec(SnapshotMeta)`, `codec(Vec<(key, value)>)` |
+//! | `snapshot`  | `meta`, `data`                     | `codec(SnapshotMeta)`, `codec(Vec<(key, value)>)` (any order) |
 //!
 //! **Architecture Invariant**: every value this module writes goes through
 //! [`crate::codec`], so each record carries a format version; a record this build
@@ -121,6 +121,9 @@ pub struct Store {
     /// Log appends (flushes) and the entries they carried: their ratio is the
     /// group-commit batch size.
     pub(crate) append_stats: Arc<AppendStats>,
+    /// While a snapshot is being built: the values keys had when it was started
+    /// (see [`state_machine`]'s "To ensure correctness").
+    pub(crate) snapshot_undo: Arc<std::sync::Mutex<Option<state_machine::UndoLog>>>,
 }
 
 /// Counters of [`LogStore`] appends, for metrics.
@@ -153,6 +156,7 @@ impl Store {
             db,
             applied: Arc::default(),
             append_stats: Arc::default(),
+            snapshot_undo: Arc::default(),
         };
         let applied = store.load_applied()?;
         store.applied = Arc::new(RwLock::new(applied));

@@ -1,7 +1,7 @@
 //! The replicated state machine (`sm` + `sm_meta` trees) and its snapshots (`snapshot`
 //! tree).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 
 use openraft::storage::RaftStateMachine;
@@ -27,11 +27,21 @@ use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError,
 ///   lost apply is simply re-applied from the log after restart.
 /// - If any read of the `sm` tree fails during a batch, nothing of the batch is
 ///   committed and the error is returned.
-/// - [`get_snapshot_builder`](RaftStateMachine::get_snapshot_builder) copies the whole
-///   `sm` tree plus `last_applied`/membership right away (sled has no MVCC snapshots,
-///   and `build_snapshot` may run concurrently with later applies). It is called by
-///   openraft's state-machine worker, the same task that applies, so the copy is
-///   consistent.
+/// - A snapshot is the state as of the moment
+///   [`get_snapshot_builder`](RaftStateMachine::get_snapshot_builder) was called (on
+///   openraft's state-machine worker, between two applies), but it is read later, in
+///   `build_snapshot`, on a separate blocking thread while applies go on — copying the
+///   whole state on the worker would stop the cluster for as long as the copy takes.
+///   sled has no MVCC snapshots, so the builder starts an [`UndoLog`]: until the build
+///   ends, `apply` records in it the value every key it writes had *before* its first
+///   write (`None` = absent), and does so before committing the write. The builder
+///   reads each key from sled first and then takes the undo value if there is one,
+///   so a key changed before it was read shows its old value and one changed after
+///   was read old; keys removed before the builder reached them are added from the
+///   undo log at the end. The result is exactly the state at capture time.
+/// - [`install_snapshot`](RaftStateMachine::install_snapshot) rewrites the tree
+///   without going through `apply`, so it marks a running build's undo log as
+///   overtaken; that build then returns the installed (newer) snapshot instead.
 /// - A built snapshot is stored in the `snapshot` tree unless a newer one (greater
 ///   `last_log_id`) is already there; [`install_snapshot`](RaftStateMachine::install_snapshot)
 ///   replaces the whole `sm` tree, `sm_meta` and the stored snapshot in one transaction.
@@ -41,8 +51,8 @@ pub struct StateMachineStore {
     store: Store,
 }
 
-/// The contents of a snapshot's data: every `(key, value)` pair of the `sm` tree, in
-/// key order, encoded with [`crate::codec`].
+/// The contents of a snapshot's data: every `(key, value)` pair of the `sm` tree (in
+/// no particular order), encoded with [`crate::codec`].
 pub type SnapshotPairs = Vec<(Key, Value)>;
 
 fn read_sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -117,16 +127,100 @@ impl StateMachineStore {
         }
     }
 
-    /// Copy the current state (all `sm` pairs, last applied, membership).
-    fn capture(&self) -> Result<Captured, StorageError> {
+    /// Start a snapshot at the current applied state: the undo log that lets
+    /// `build_snapshot` read it later.
+    fn begin_snapshot(&self) -> Capture {
         let applied = self.applied();
-        let mut pairs = Vec::new();
-        for kv in self.store.sm.iter() {
-            let (k, v) = kv.map_err(read_sm_err)?;
-            pairs.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(Captured { pairs, last_applied: applied.last_applied, membership: applied.membership })
+        let generation = self.store.db.generate_id().unwrap_or(0);
+        *self.store.snapshot_undo.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(UndoLog { generation, old: HashMap::new(), overtaken: false });
+        Capture { generation, last_applied: applied.last_applied, membership: applied.membership }
     }
+
+    /// Before `writes` are committed: remember the current value of each key the
+    /// running snapshot build (if any) has not seen changed yet.
+    fn record_undo<'a>(&self, keys: impl Iterator<Item = &'a Key>) -> Result<(), StorageError> {
+        let mut guard = self.store.snapshot_undo.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(undo) = guard.as_mut() else { return Ok(()) };
+        for k in keys {
+            if !undo.old.contains_key(k) {
+                let v = self.store.sm.get(k).map_err(read_sm_err)?;
+                undo.old.insert(k.clone(), v.map(|v| v.to_vec()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The values keys had when the running snapshot build started, for keys written
+/// since (see [`StateMachineStore`]).
+pub(crate) struct UndoLog {
+    generation: u64,
+    old: HashMap<Key, Option<Value>>,
+    /// A snapshot was installed meanwhile: this build's state is gone.
+    overtaken: bool,
+}
+
+/// What a snapshot build was started with.
+struct Capture {
+    generation: u64,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// Read the `sm` tree as of `generation`'s capture (see [`StateMachineStore`]) and
+/// encode it as [`SnapshotPairs`], streaming: nothing but the output is held.
+/// `None` when a snapshot was installed meanwhile.
+fn encode_captured(store: &Store, generation: u64) -> Result<Option<Vec<u8>>, StorageError> {
+    let undo = &store.snapshot_undo;
+    let lookup = |k: &[u8]| -> Result<Option<Option<Value>>, ()> {
+        let guard = undo.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(u) if u.generation == generation && !u.overtaken => Ok(u.old.get(k).cloned()),
+            _ => Err(()),
+        }
+    };
+    // bincode of a Vec<(Key, Value)>: u64 count, then each pair; the count is patched in.
+    let mut out = vec![codec::FORMAT_VERSION];
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut count = 0u64;
+    let mut seen_changed = HashSet::new();
+    let mut push = |out: &mut Vec<u8>, k: &[u8], v: &[u8]| {
+        bincode::serialize_into(&mut *out, &(serde_bytes::Bytes::new(k), serde_bytes::Bytes::new(v)))
+            .expect("bincode into a Vec");
+        count += 1;
+    };
+    for kv in store.sm.iter() {
+        let (k, v) = kv.map_err(read_sm_err)?;
+        match lookup(&k) {
+            Err(()) => return Ok(None),
+            Ok(None) => push(&mut out, &k, &v),
+            Ok(Some(old)) => {
+                seen_changed.insert(k.to_vec());
+                if let Some(old) = old {
+                    push(&mut out, &k, &old);
+                }
+            }
+        }
+    }
+    // Stop recording and add the captured keys deleted before the iteration got there.
+    let finished = {
+        let mut guard = undo.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.take() {
+            Some(u) if u.generation == generation && !u.overtaken => u,
+            other => {
+                *guard = other;
+                return Ok(None);
+            }
+        }
+    };
+    for (k, old) in finished.old {
+        if let (false, Some(v)) = (seen_changed.contains(&k), old) {
+            push(&mut out, &k, &v);
+        }
+    }
+    out[1..9].copy_from_slice(&count.to_le_bytes());
+    Ok(Some(out))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -166,6 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(e) = kv.take_error() {
             return Err(read_sm_err(e));
         }
+        self.record_undo(writes.iter().map(|(k, _)| k))?;
         let Some(last_applied) = applied.last_applied else {
             return Ok(responses); // no entries: nothing to commit
         };
@@ -196,7 +291,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { store: self.store.clone(), captured: Some(self.capture()) }
+        let capture = self.begin_snapshot();
+        SnapshotBuilder { store: self.store.clone(), generation: capture.generation, capture: Some(capture) }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -209,6 +305,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         tracing::info!(%meta, "installing snapshot");
+        if let Some(u) = self.store.snapshot_undo.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            u.overtaken = true;
+        }
         let data = snapshot.into_inner();
         let pairs: SnapshotPairs =
             codec::decode(&data).map_err(|e| io(StorageIOError::read_snapshot(Some(meta.signature()), any(e))))?;
@@ -261,34 +360,49 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// State copied at [`RaftStateMachine::get_snapshot_builder`] time.
-struct Captured {
-    pairs: SnapshotPairs,
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-}
-
-/// Builds a snapshot from the state captured when it was created (see
+/// Builds the snapshot started by [`RaftStateMachine::get_snapshot_builder`] (see
 /// [`StateMachineStore`]); stores it as the current snapshot unless a newer one exists.
 pub struct SnapshotBuilder {
     store: Store,
-    /// `None` once built; an error met while capturing is returned by `build_snapshot`.
-    captured: Option<Result<Captured, StorageError>>,
+    generation: u64,
+    /// `None` once built.
+    capture: Option<Capture>,
+}
+
+impl Drop for SnapshotBuilder {
+    fn drop(&mut self) {
+        // A builder dropped unbuilt (or whose build failed) must not leave applies
+        // recording undo values.
+        let mut guard = self.store.snapshot_undo.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_some_and(|u| u.generation == self.generation) {
+            *guard = None;
+        }
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let captured = self.captured.take().unwrap_or_else(|| {
-            Err(io(StorageIOError::write_snapshot(None, AnyError::error("snapshot builder used twice"))))
+        let capture = self.capture.take().ok_or_else(|| {
+            io(StorageIOError::write_snapshot(None, AnyError::error("snapshot builder used twice")))
         })?;
+        let store = self.store.clone();
+        let generation = capture.generation;
+        let encoded = tokio::task::spawn_blocking(move || encode_captured(&store, generation))
+            .await
+            .map_err(|e| io(StorageIOError::write_snapshot(None, any(e))))??;
+        let Some(data) = encoded else {
+            // A newer snapshot was installed while this one was read: that one is current.
+            let mut sm = StateMachineStore::new(self.store.clone());
+            return sm.get_current_snapshot().await?.ok_or_else(|| {
+                io(StorageIOError::write_snapshot(None, AnyError::error("snapshot overtaken by an install that stored none")))
+            });
+        };
         let seq = self.store.db.generate_id().map_err(|e| io(StorageIOError::write_snapshot(None, any(e))))?;
         let meta = SnapshotMeta {
-            last_log_id: captured.last_applied,
-            last_membership: captured.membership,
-            snapshot_id: snapshot_id(captured.last_applied.as_ref(), seq),
+            last_log_id: capture.last_applied,
+            last_membership: capture.membership,
+            snapshot_id: snapshot_id(capture.last_applied.as_ref(), seq),
         };
-        let data = codec::encode(&captured.pairs);
-        drop(captured.pairs);
 
         let meta_rec = codec::encode(&meta);
         let r = self.store.snapshot.transaction(|snap| {

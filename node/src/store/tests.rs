@@ -214,14 +214,19 @@ async fn snapshot_build_and_install_copies_the_state() {
     // b has state of its own that the snapshot must replace
     sm_b.apply([put(1, 1, "old", "{}"), put(1, 2, "x", "{\"other\":true}")]).await.unwrap();
 
-    // the builder captures the state when it is created; later applies do not leak in
+    // the builder captures the state when it is created; later applies (a new key, an
+    // overwrite, a delete) do not leak in, though it reads the tree after them
     let mut builder = sm_a.get_snapshot_builder().await;
-    sm_a.apply([put(2, 6, "late", "{}")]).await.unwrap();
+    let at_capture = sm_pairs(&a);
+    sm_a.apply([put(2, 6, "late", "{}"), put(2, 7, "x", "{\"late\":1}"), delete(2, 8, "z")]).await.unwrap();
+    sm_a.apply([delete(2, 9, "late")]).await.unwrap();
     let snap = builder.build_snapshot().await.unwrap();
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 5)));
     assert_eq!(snap.meta.last_membership.log_id(), &Some(log_id(1, 1)));
     assert!(snap.meta.snapshot_id.starts_with("1-5-"), "{}", snap.meta.snapshot_id);
-    let pairs = state_machine::decode_snapshot_pairs(snap.snapshot.get_ref()).unwrap();
+    let mut pairs = state_machine::decode_snapshot_pairs(snap.snapshot.get_ref()).unwrap();
+    pairs.sort();
+    assert_eq!(pairs, at_capture);
     assert!(pairs.iter().all(|(k, _)| k.as_slice() != b"t/late"));
     assert!(pairs.iter().all(|(k, _)| k.as_slice() != b"t/y"), "deleted keys are not in the snapshot");
     let expected_after_install = pairs.clone();
@@ -240,7 +245,10 @@ async fn snapshot_build_and_install_copies_the_state() {
 
     // a second snapshot of `a` now includes the late write and supersedes the first
     let snap2 = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    assert_eq!(snap2.meta.last_log_id, Some(log_id(2, 6)));
+    assert_eq!(snap2.meta.last_log_id, Some(log_id(2, 9)));
+    let mut pairs2 = state_machine::decode_snapshot_pairs(snap2.snapshot.get_ref()).unwrap();
+    pairs2.sort();
+    assert_eq!(pairs2, sm_pairs(&a));
     assert_ne!(snap2.meta.snapshot_id, snap.meta.snapshot_id);
     assert_eq!(sm_a.get_current_snapshot().await.unwrap().unwrap().meta, snap2.meta);
     // a builder builds once
@@ -271,8 +279,9 @@ async fn older_build_does_not_replace_newer_installed_snapshot() {
     sm_b.apply([put(1, 1, "x", "{}")]).await.unwrap();
     let mut old_builder = sm_b.get_snapshot_builder().await; // captured at (1,1)
     sm_b.install_snapshot(&newer.meta, newer.snapshot.clone()).await.unwrap();
+    // the old build's state was replaced while it ran: it yields the installed one
     let old = old_builder.build_snapshot().await.unwrap();
-    assert_eq!(old.meta.last_log_id, Some(log_id(1, 1)));
+    assert_eq!(old.meta, newer.meta);
     assert_eq!(sm_b.get_current_snapshot().await.unwrap().unwrap().meta, newer.meta);
 }
 
