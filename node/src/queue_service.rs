@@ -25,8 +25,10 @@ use crate::types::{Command, GrantRequest, LeaseGrant, Response as SmResponse};
 /// Most leases one claim stream may hold at once.
 pub const MAX_IN_FLIGHT_PER_STREAM: u32 = 1024;
 /// How long an idle claim loop waits before looking for work again (it also wakes
-/// on every newly applied log entry).
+/// on every newly applied log entry), and the longest back-off after empty grants.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// The first back-off after a grant that found nothing.
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
 
 #[derive(Clone)]
 pub struct QueueService {
@@ -168,26 +170,36 @@ impl WorkQueue for QueueService {
 /// Grant leases to one claim stream while it has room, until the worker hangs up.
 /// A lease counts against `max` until the local state shows it is no longer live
 /// (completed, failed, expired — through whichever node).
+///
+/// The loop sleeps until this node applies new entries (new work, finished leases)
+/// and proposes a `Grant` only when the local state shows ready work and the stream
+/// has room. A grant that comes back empty (other streams took the work first, or
+/// the ready jobs are rate-limited) backs off from [`MIN_BACKOFF`] doubling to
+/// [`IDLE_POLL`], and resets once a grant succeeds.
 async fn claim_loop(node: Arc<Node>, worker_id: String, targets: Vec<String>, max: u32, tx: mpsc::Sender<Result<pb::Lease, Status>>) {
     let mut held: BTreeMap<String, u64> = BTreeMap::new();
     let mut applied = node.raft.metrics();
+    let mut seen = applied.borrow().last_applied;
+    let mut backoff = Duration::ZERO;
     while !tx.is_closed() {
-        let mut idle_wait = false;
-        held = node.sm.read(|kv| {
-            held.into_iter()
-                .filter(|(job, token)| {
-                    crate::sm::events::get_job(kv, job).is_some_and(|j| {
-                        j.state == JobState::Leased && j.lease.as_ref().is_some_and(|l| l.token == *token)
-                    })
-                })
-                .collect()
-        });
-        let room = max.saturating_sub(held.len() as u32);
-        let work = room > 0 && node.sm.read(|kv| crate::sm::queue::has_ready(kv, &targets));
+        let work = node.sm.read(|kv| crate::sm::queue::has_ready(kv, &targets));
         if work {
+            held = node.sm.read(|kv| {
+                held.into_iter()
+                    .filter(|(job, token)| {
+                        crate::sm::events::get_job(kv, job).is_some_and(|j| {
+                            j.state == JobState::Leased && j.lease.as_ref().is_some_and(|l| l.token == *token)
+                        })
+                    })
+                    .collect()
+            });
+        }
+        let room = max.saturating_sub(held.len() as u32);
+        if work && room > 0 {
             let cmd = Command::Grant(GrantRequest { worker_id: worker_id.clone(), targets: targets.clone(), count: room, policy: node.queue_policy });
             match node.write(cmd).await {
                 Ok((SmResponse::Granted(leases), _)) if !leases.is_empty() => {
+                    backoff = Duration::ZERO;
                     let now = crate::node::leader_clock_ms();
                     for l in leases {
                         node.metrics.lease_grants.inc();
@@ -200,26 +212,39 @@ async fn claim_loop(node: Arc<Node>, worker_id: String, targets: Vec<String>, ma
                     }
                     continue;
                 }
-                // Nothing grantable right now (e.g. rate-limited): don't re-propose
-                // on our own empty grant's commit, wait a poll interval.
-                Ok(_) => idle_wait = true,
+                Ok(_) => {
+                    backoff = (backoff * 2).clamp(MIN_BACKOFF, IDLE_POLL);
+                }
                 Err(e) => {
-                    idle_wait = true;
+                    backoff = IDLE_POLL;
                     tracing::debug!(worker = %worker_id, "grant not committed: {e}");
                 }
             }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = tx.closed() => return,
+            }
+            continue;
         }
-        if idle_wait {
-            tokio::select! {
-                _ = tokio::time::sleep(IDLE_POLL) => {}
-                _ = tx.closed() => return,
+        // Nothing to do until this node applies something new.
+        let next = async {
+            loop {
+                if applied.changed().await.is_err() {
+                    // Raft has stopped: the node is shutting down.
+                    tokio::time::sleep(IDLE_POLL).await;
+                    return;
+                }
+                let now = applied.borrow_and_update().last_applied;
+                if now != seen {
+                    seen = now;
+                    return;
+                }
             }
-        } else {
-            tokio::select! {
-                _ = applied.changed() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
-                _ = tx.closed() => return,
-            }
+        };
+        tokio::select! {
+            _ = next => {}
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+            _ = tx.closed() => return,
         }
     }
 }
