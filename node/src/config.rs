@@ -295,6 +295,9 @@ impl RaftTuning {
             max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
             // Per snapshot chunk; a chunk is up to 3 MiB, so allow slow disks.
             install_snapshot_timeout: 10_000,
+            // An AppendEntries must finish within one heartbeat interval; entries are
+            // batches of up to `proposer::MAX_BATCH_BYTES`, so send few at a time.
+            max_payload_entries: 16,
             ..Default::default()
         }
         .validate()

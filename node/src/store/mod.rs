@@ -99,6 +99,26 @@ pub enum StoreError {
     WrongNode { dir: PathBuf, found: u64, expected: u64 },
 }
 
+/// sled's log segment size for new data dirs: 8 MiB. sled writes any page or log
+/// record larger than a quarter segment as a separate blob file (a file create, write
+/// and sync each); with its default 512 KiB segments that threshold is 128 KiB, which
+/// a batch of webhooks in one log entry, or a leaf of 16 stored payloads, exceeds.
+/// At 8 MiB the threshold is 2 MiB.
+pub const SEGMENT_SIZE: usize = 8 << 20;
+
+/// The segment size to open `dir` with: the one it was created with (sled refuses any
+/// other), else [`SEGMENT_SIZE`].
+fn segment_size(dir: &Path) -> usize {
+    // `conf` is text lines followed by a binary checksum.
+    std::fs::read(dir.join("conf"))
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .and_then(|conf| {
+            conf.lines().find_map(|l| l.strip_prefix("segment_size:").and_then(|v| v.trim().parse::<usize>().ok()))
+        })
+        .unwrap_or(SEGMENT_SIZE)
+}
+
 /// What the state machine has applied, cached in memory (the source of truth is the
 /// `sm_meta` tree; the cache is updated right after each commit to it).
 #[derive(Clone, Debug, Default)]
@@ -144,7 +164,12 @@ impl Store {
     /// (sled's own default is 1 GB).
     pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open { dir: dir.to_path_buf(), source };
-        let db = sled::Config::new().path(dir).cache_capacity(cache_capacity_bytes).open().map_err(open_err)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity_bytes)
+            .segment_size(segment_size(dir))
+            .open()
+            .map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         let mut store = Store {
             dir: Arc::new(dir.to_path_buf()),
