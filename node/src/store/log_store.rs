@@ -1,4 +1,4 @@
-//! The Raft log and vote, in the `log` and `raft_meta` trees.
+//! The Raft log ([`super::wal`]) and the vote (`raft_meta` tree).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -10,24 +10,27 @@ use super::{any, io, raft_meta_keys as keys, Store};
 use crate::codec;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-/// The Raft log storage of one node (`log` + `raft_meta` trees). Clones share the
-/// same database; a clone is also the log reader handed to replication tasks.
+/// The Raft log storage of one node. Clones share the same files and database; a
+/// clone is also the log reader handed to replication tasks.
 ///
 /// ### To ensure correctness
 ///
-/// - [`append`](RaftLogStorage::append) writes the entries in one sled batch (readable
-///   as soon as it returns), then awaits `flush_async` and only then reports
+/// - [`append`](RaftLogStorage::append) writes the entries to the WAL, which
+///   `fdatasync`s before returning, and only then reports
 ///   `log_io_completed(Ok(()))`: an append is acknowledged to openraft only once it is
-///   on disk.
-/// - [`save_vote`](RaftLogStorage::save_vote) flushes before returning.
+///   on disk (see [`super::wal`] for what recovery does with a torn append).
+/// - [`save_vote`](RaftLogStorage::save_vote) flushes sled before returning.
 /// - `save_committed` persists the committed log id (not flushed: losing it only
 ///   means re-applying from the state machine's durable `last_applied`).
+/// - The state machine is not flushed when it applies: after a crash it resumes from
+///   its durable `last_applied` and re-applies from the log. So the log must keep
+///   every entry after it: [`purge`](RaftLogStorage::purge) records `last_purged` and
+///   flushes sled (the snapshot covering the purged entries and the applied state
+///   become durable) before it deletes anything from the WAL.
 /// - [`truncate`](RaftLogStorage::truncate) removes every entry with index `>=
-///   log_id.index` in one atomic batch; [`purge`](RaftLogStorage::purge) first
-///   records `last_purged`, then removes entries `<= log_id.index` in one batch. sled
-///   recovers a prefix of the operations after a crash, so neither can leave a hole.
+///   log_id.index` and syncs.
 /// - All writes are issued from `&mut self` methods that openraft awaits one after
-///   another, so they are serialized.
+///   another, so they are serialized. File IO runs on the blocking thread pool.
 /// - Bad bytes on disk (unknown format version, corrupt record) surface as a
 ///   [`StorageError`], never as a panic.
 #[derive(Clone)]
@@ -35,13 +38,10 @@ pub struct LogStore {
     store: Store,
 }
 
-/// The sled key of a log index: 8 bytes big-endian, so key order is index order.
+/// The sled key of a log index in the old `log` tree: 8 bytes big-endian.
+#[cfg(test)]
 pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
-}
-
-fn key_index(key: &[u8]) -> Option<u64> {
-    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
 
 fn read_logs_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -52,15 +52,17 @@ fn write_logs_err(e: impl std::error::Error + 'static) -> StorageError {
     io(StorageIOError::write_logs(any(e)))
 }
 
+/// Run blocking WAL IO off the async runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.map_err(write_logs_err)
+}
+
 impl LogStore {
     pub(crate) fn new(store: Store) -> Self {
         LogStore { store }
     }
 
-    fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
-        let index = key_index(key).ok_or_else(|| {
-            io(StorageIOError::read_logs(openraft::AnyError::error(format!("log key {key:?} is not an 8-byte index"))))
-        })?;
+    fn decode_entry(index: u64, value: &[u8]) -> Result<Entry, StorageError> {
         codec::decode(value).map_err(|e| io(StorageIOError::read_log_at_index(index, any(e))))
     }
 
@@ -89,32 +91,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let start = match range.start_bound() {
-            Bound::Included(&i) => Bound::Included(index_key(i)),
-            Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let from = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
         };
-        let end = match range.end_bound() {
-            Bound::Included(&i) => Bound::Included(index_key(i)),
-            Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let to = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
         };
-        // sled panics on an inverted range; an empty request yields nothing.
-        let empty = match (range.start_bound(), range.end_bound()) {
-            (Bound::Included(&s), Bound::Included(&e)) => s > e,
-            (Bound::Included(&s), Bound::Excluded(&e)) | (Bound::Excluded(&s), Bound::Included(&e)) => s >= e,
-            (Bound::Excluded(&s), Bound::Excluded(&e)) => s.saturating_add(1) >= e,
-            _ => false,
-        };
-        if empty {
+        if from >= to {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
-        for kv in self.store.log.range::<[u8; 8], _>((start, end)) {
-            let (k, v) = kv.map_err(read_logs_err)?;
-            out.push(Self::decode_entry(&k, &v)?);
-        }
-        Ok(out)
+        let records = self.store.wal.read(from, to).map_err(read_logs_err)?;
+        records.iter().map(|(i, bytes)| Self::decode_entry(*i, bytes)).collect()
     }
 }
 
@@ -123,8 +114,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged()?;
-        let last_entry = match self.store.log.last().map_err(read_logs_err)? {
-            Some((k, v)) => Some(Self::decode_entry(&k, &v)?.log_id),
+        let last_entry = match self.store.wal.bounds() {
+            Some((_, last)) => match self.store.wal.read(last, last + 1).map_err(read_logs_err)?.first() {
+                Some((i, bytes)) => Some(Self::decode_entry(*i, bytes)?.log_id),
+                None => None,
+            },
             None => None,
         };
         // Normally the last entry is above last_purged. After a crash between recording
@@ -165,18 +159,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        let mut n = 0u64;
-        for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), codec::encode(&entry));
-            n += 1;
-        }
-        self.store.log.apply_batch(batch).map_err(write_logs_err)?;
+        let records: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, codec::encode(&e))).collect();
+        let n = records.len() as u64;
+        let wal = self.store.wal.clone();
+        let res = blocking(move || wal.append(records)).await?;
         let stats = &self.store.append_stats;
         stats.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stats.entries.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        // Entries are readable now; acknowledge them only once they are durable.
-        match self.flush().await {
+        match res {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -190,24 +180,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncate log since (inclusive)");
-        let mut batch = sled::Batch::default();
-        for k in self.store.log.range(index_key(log_id.index)..).keys() {
-            batch.remove(k.map_err(read_logs_err)?);
-        }
-        self.store.log.apply_batch(batch).map_err(write_logs_err)
+        let wal = self.store.wal.clone();
+        blocking(move || wal.truncate(log_id.index)).await?.map_err(write_logs_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purge log up to (inclusive)");
-        // Never move last_purged backwards (openraft does not ask for that). The deletion
-        // below runs regardless: it may be the retry of a purge cut short by a crash.
+        // Never move last_purged backwards (openraft does not ask for that).
         if self.last_purged()?.is_none_or(|prev| prev < log_id) {
             self.store.raft_meta.insert(keys::LAST_PURGED, codec::encode(&log_id)).map_err(write_logs_err)?;
         }
-        let mut batch = sled::Batch::default();
-        for k in self.store.log.range(..=index_key(log_id.index)).keys() {
-            batch.remove(k.map_err(read_logs_err)?);
-        }
-        self.store.log.apply_batch(batch).map_err(write_logs_err)
+        // The snapshot and applied state that replace these entries must be durable
+        // before the entries are gone.
+        self.flush().await.map_err(write_logs_err)?;
+        let wal = self.store.wal.clone();
+        blocking(move || wal.purge(log_id.index)).await?.map_err(write_logs_err)
     }
 }

@@ -1,11 +1,13 @@
 //! sled-backed Raft storage: the replicated log ([`LogStore`]) and the state machine
 //! with its snapshots ([`StateMachineStore`]).
 //!
-//! One node keeps one sled [`sled::Db`] in its data dir, with these trees:
+//! One node keeps the Raft log in append-only segment files ([`wal`], in
+//! `<data dir>/wal/`) and everything else in one sled [`sled::Db`] in its data dir,
+//! with these trees:
 //!
 //! | tree        | key                                | value                                   |
 //! |-------------|------------------------------------|-----------------------------------------|
-//! | `log`       | log index, 8 bytes big-endian      | `codec(Entry)`                          |
+//! | `log`       | log index, 8 bytes big-endian      | `codec(Entry)` — only in data dirs from before the WAL; moved to it at open |
 //! | `raft_meta` | `vote`, `committed`, `last_purged`, `node_id` | `codec(..)`                  |
 //! | `sm`        | the state machine's own keys (`t/…`, `m/clock`), unprefixed | written by [`crate::sm`] |
 //! | `sm_meta`   | `last_applied`, `membership`       | `codec(LogId)`, `codec(StoredMembership)` |
@@ -26,6 +28,7 @@
 mod kv;
 mod log_store;
 mod state_machine;
+pub mod wal;
 
 #[cfg(test)]
 mod tests;
@@ -92,6 +95,9 @@ pub enum StoreError {
     )]
     Corrupt { dir: PathBuf, what: &'static str, source: CodecError },
 
+    #[error("data dir {}: {source}", .dir.display())]
+    Wal { dir: PathBuf, source: wal::WalError },
+
     #[error(
         "data dir {} belongs to node {found}, config says node {expected}; use the right --data-dir or an empty one",
         .dir.display()
@@ -144,6 +150,8 @@ pub struct Store {
     /// While a snapshot is being built: the values keys had when it was started
     /// (see [`state_machine`]'s "To ensure correctness").
     pub(crate) snapshot_undo: Arc<std::sync::Mutex<Option<state_machine::UndoLog>>>,
+    /// The Raft log.
+    pub(crate) wal: Arc<wal::Wal>,
 }
 
 /// Counters of [`LogStore`] appends, for metrics.
@@ -171,7 +179,9 @@ impl Store {
             .open()
             .map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        let wal = wal::Wal::open(&dir.join("wal")).map_err(|source| StoreError::Wal { dir: dir.to_path_buf(), source })?;
         let mut store = Store {
+            wal: Arc::new(wal),
             dir: Arc::new(dir.to_path_buf()),
             log: tree(trees::LOG)?,
             raft_meta: tree(trees::RAFT_META)?,
@@ -185,7 +195,43 @@ impl Store {
         };
         let applied = store.load_applied()?;
         store.applied = Arc::new(RwLock::new(applied));
+        store.migrate_log_tree()?;
+        let last_purged: Option<LogId> = store.get_decoded(&store.raft_meta, raft_meta_keys::LAST_PURGED, "the last purged log id")?;
+        if let Some(p) = last_purged {
+            // Entries purged before a restart may still sit in a segment with live ones.
+            store.wal.purge(p.index).map_err(|source| StoreError::Wal { dir: dir.to_path_buf(), source })?;
+        }
         Ok(store)
+    }
+
+    /// Data dirs written before the WAL kept the log in the `log` tree: move its
+    /// entries (already versioned records) into the WAL, then empty the tree.
+    fn migrate_log_tree(&self) -> Result<(), StoreError> {
+        let wal_err = |source| StoreError::Wal { dir: self.dir.to_path_buf(), source };
+        if self.log.is_empty() {
+            return Ok(());
+        }
+        let mut entries = Vec::new();
+        for kv in self.log.iter() {
+            let (k, v) = kv.map_err(|e| self.io_err(e))?;
+            let index = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
+                dir: self.dir.to_path_buf(),
+                what: "a log key of the old log tree",
+                source: CodecError::Empty,
+            })?;
+            entries.push((index, v.to_vec()));
+        }
+        match self.wal.bounds() {
+            Some((_, last)) if last >= entries.last().map_or(0, |e| e.0) => {} // moved before a crash
+            Some((_, last)) => entries.retain(|(i, _)| *i > last),
+            None => {}
+        }
+        let n = entries.len();
+        self.wal.append(entries).map_err(wal_err)?;
+        self.log.clear().map_err(|e| self.io_err(e))?;
+        self.db.flush().map_err(|e| self.io_err(e))?;
+        tracing::info!(entries = n, dir = %self.dir.display(), "moved the Raft log from sled into the write-ahead log");
+        Ok(())
     }
 
     fn load_applied(&self) -> Result<Applied, StoreError> {
@@ -258,7 +304,7 @@ impl Store {
                 return Ok(false);
             }
         }
-        Ok(true)
+        Ok(self.wal.bounds().is_none())
     }
 
     /// The Raft log (and vote) storage of this node.
@@ -269,7 +315,7 @@ impl Store {
 
     /// Bytes the data dir takes on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.wal.size_on_disk()
     }
 
     pub fn log_store(&self) -> LogStore {

@@ -302,14 +302,16 @@ async fn unknown_format_version_is_an_error_not_a_panic() {
         store.raft_meta.insert(raft_meta_keys::VOTE, corrupt(&vote)).unwrap();
         assert!(log.read_vote().await.is_err());
         // a log entry
-        let key = log_store::index_key(2);
-        let entry = store.log.get(key).unwrap().unwrap();
-        store.log.insert(key, corrupt(&entry)).unwrap();
+        // (a record with an intact checksum whose entry this build cannot read)
+        let entry = store.wal.read(2, 3).unwrap()[0].1.to_vec();
+        store.wal.truncate(2).unwrap();
+        store.wal.append(vec![(2, corrupt(&entry))]).unwrap();
         assert!(log.try_get_log_entries(1..3).await.is_err());
         assert!(log.get_log_state().await.is_err());
         assert_eq!(log.try_get_log_entries(1..2).await.unwrap().len(), 1, "good entries stay readable");
         // a truncated (not just mis-versioned) entry
-        store.log.insert(key, &entry[..entry.len() / 2]).unwrap();
+        store.wal.truncate(2).unwrap();
+        store.wal.append(vec![(2, entry[..entry.len() / 2].to_vec())]).unwrap();
         assert!(log.try_get_log_entries(2..3).await.is_err());
         // the snapshot meta
         let meta = store.snapshot.get(snapshot_keys::META).unwrap().unwrap();
@@ -366,4 +368,28 @@ fn large_records_stay_inline_and_old_segment_sizes_still_open() {
     drop(sled::Config::new().path(old.path()).segment_size(512 * 1024).open().unwrap());
     let store = open(&old);
     store.sm.insert(b"k", b"v".to_vec()).unwrap();
+}
+
+/// A data dir from before the WAL keeps its log in the `log` tree: opening it moves
+/// the entries into the WAL (same records) and empties the tree.
+#[tokio::test]
+async fn a_log_in_the_old_sled_tree_moves_to_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = [blank(1, 1), blank(1, 2), blank(2, 3)];
+    {
+        let store = open(&dir);
+        for e in &entries {
+            store.log.insert(log_store::index_key(e.log_id.index), crate::codec::encode(e)).unwrap();
+        }
+        // as an old build left it: nothing in the WAL
+        store.wal.purge(u64::MAX - 1).unwrap();
+        store.db.flush().unwrap();
+    }
+    let store = open(&dir);
+    assert!(store.log.is_empty());
+    let mut log = store.log_store();
+    let got = log.try_get_log_entries(0..10).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.log_id).collect::<Vec<_>>(), entries.iter().map(|e| e.log_id).collect::<Vec<_>>());
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(2, 3)));
+    assert!(!store.is_pristine().unwrap());
 }
