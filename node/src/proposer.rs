@@ -28,10 +28,9 @@ use crate::node::{leader_clock_ms, NodeError};
 use crate::types::{Command, Member, NodeId, Raft, Request, Response, MAX_BATCH};
 
 /// Entries the proposer has in flight at once (being appended, replicated, applied).
-pub const MAX_IN_FLIGHT: usize = 2;
-/// A batch is closed once its payloads reach this size: it keeps a log entry below
-/// sled's blob threshold (a quarter of [`crate::store::SEGMENT_SIZE`]) and an
-/// AppendEntries RPC short. A single larger webhook still goes alone.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// A batch is closed once its payloads reach this size, which keeps AppendEntries
+/// RPCs short. A single larger webhook still goes alone.
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Commands waiting for a batch; `submit` waits (back-pressure) when it is full.
 const QUEUE: usize = 8192;

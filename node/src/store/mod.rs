@@ -105,12 +105,12 @@ pub enum StoreError {
     WrongNode { dir: PathBuf, found: u64, expected: u64 },
 }
 
-/// sled's log segment size for new data dirs: 8 MiB. sled writes any page or log
-/// record larger than a quarter segment as a separate blob file (a file create, write
-/// and sync each); with its default 512 KiB segments that threshold is 128 KiB, which
-/// a batch of webhooks in one log entry, or a leaf of 16 stored payloads, exceeds.
-/// At 8 MiB the threshold is 2 MiB.
-pub const SEGMENT_SIZE: usize = 8 << 20;
+/// sled's log segment size for new data dirs: 2 MiB. sled writes any page larger
+/// than a quarter segment as a separate blob file (a file create, write and sync
+/// each); with its default 512 KiB segments that threshold is 128 KiB, which a leaf
+/// of 16 stored webhook payloads (GitHub's are up to tens of KiB) exceeds. At 2 MiB
+/// the threshold is 512 KiB; larger segments only cost more memory per IO buffer.
+pub const SEGMENT_SIZE: usize = 2 << 20;
 
 /// The segment size to open `dir` with: the one it was created with (sled refuses any
 /// other), else [`SEGMENT_SIZE`].

@@ -349,19 +349,19 @@ fn open_error_says_what_to_do() {
     assert!(err.to_string().contains("cannot open data dir"), "{err}");
 }
 
-/// New data dirs use 8 MiB sled segments, so a 1 MiB record (a batched log entry) is
-/// written inline, not as a blob file; a dir created with another segment size keeps
-/// it (sled refuses to open it with a different one).
+/// New data dirs use 2 MiB sled segments, so a 300 KiB record (a leaf of stored
+/// payloads) is written inline, not as a blob file; a dir created with another
+/// segment size keeps it (sled refuses to open it with a different one).
 #[test]
 fn large_records_stay_inline_and_old_segment_sizes_still_open() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(&dir);
-        store.sm.insert(b"big", vec![7u8; 1 << 20]).unwrap();
+        store.sm.insert(b"big", vec![7u8; 300 << 10]).unwrap();
         store.db.flush().unwrap();
     }
     let blobs = std::fs::read_dir(dir.path().join("blobs")).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(blobs, 0, "a 1 MiB value became a blob file");
+    assert_eq!(blobs, 0, "a 300 KiB value became a blob file");
     assert!(String::from_utf8_lossy(&std::fs::read(dir.path().join("conf")).unwrap()).contains(&format!("segment_size: {}", super::SEGMENT_SIZE)));
 
     let old = tempfile::tempdir().unwrap();
