@@ -17,7 +17,7 @@
 //! - **stale_token_accepted**: an `Extend`/`Complete` answered OK although the job had
 //!   been granted again under a newer token before the call — known either in real
 //!   time (a worker of ours received the newer lease before the call was invoked) or
-//!   from the job's history (a grant at a log index between the token and the
+//!   from the job's history (a grant at a log position between the token and the
 //!   completion).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -354,7 +354,7 @@ pub fn check(ops: &[Op], fin: &FinalState) -> QueueReport {
                 ev.delivery_id, fj.state
             ));
         }
-        // Log order: with one accepted Complete, the completion at index c must not
+        // Log order: with one accepted Complete, the completion at position c must not
         // follow a grant newer than its token.
         if cs.len() == 1 {
             let token = cs[0].token;
@@ -373,7 +373,7 @@ pub fn check(ops: &[Op], fin: &FinalState) -> QueueReport {
                 grants.extend(observed.get(*job).into_iter().flatten().map(|(t, _)| *t));
                 if let Some(g) = grants.range(token + 1..c).next_back() {
                     let msg = format!(
-                        "complete of job {job} with token {token} accepted at log index {c}, after the job was granted again at index {g}"
+                        "complete of job {job} with token {token} accepted at log position {c}, after the job was granted again at {g}"
                     );
                     if !r.stale_token_accepted.iter().any(|m| {
                         m.starts_with(&format!("complete of job {job} with token {token} "))
@@ -597,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_token_accepted_in_real_time_and_by_log_index() {
+    fn stale_token_accepted_in_real_time_and_by_log_position() {
         // Real time: worker 11 held token 9 before worker 10's Complete(5) got OK.
         let mut h = H::new();
         post(&mut h, 1, "d1", "ok");
@@ -650,7 +650,7 @@ mod tests {
         };
         let r = check(&h.done(), &fin);
         assert_eq!(r.stale_token_accepted.len(), 1, "{r:#?}");
-        assert!(r.stale_token_accepted[0].contains("index 9"));
+        assert!(r.stale_token_accepted[0].contains("granted again at 9"), "{r:#?}");
     }
 
     #[test]
