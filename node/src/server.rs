@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use axum::serve::ListenerExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::config::DaemonConfig;
 use crate::grpc::Services;
@@ -33,6 +35,24 @@ pub enum ServerError {
     Raft(String),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
+}
+
+/// Disable Nagle's algorithm on an accepted connection. Without it, a response written
+/// in several small pieces (HTTP/2 headers, data, trailers) waits for the peer's
+/// delayed ACK — up to 40 ms per Raft round trip on Linux.
+fn set_no_delay(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
+    }
+}
+
+/// Accepted gRPC connections, with [`set_no_delay`].
+fn no_delay(
+    incoming: TcpListenerStream,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    incoming.map(|r| {
+        r.inspect(set_no_delay)
+    })
 }
 
 /// Bind the configured addresses and run the node until `shutdown` resolves.
@@ -112,7 +132,7 @@ pub async fn run_with_listeners(
                 .add_service(services.raft())
                 .add_service(services.cluster())
                 .add_service(crate::queue_service::QueueService::new(node.clone()).server())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                .serve_with_incoming_shutdown(no_delay(TcpListenerStream::new(grpc)), async move {
                     let _ = rx.wait_for(|s| *s).await;
                 }),
         )
@@ -126,7 +146,7 @@ pub async fn run_with_listeners(
         let mut rx = stop_rx.clone();
         let app = crate::http::router(crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone() });
         tokio::spawn(async move {
-            axum::serve(http, app)
+            axum::serve(http.tap_io(|tcp| set_no_delay(tcp)), app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
