@@ -50,9 +50,7 @@ fn set_no_delay(tcp: &tokio::net::TcpStream) {
 fn no_delay(
     incoming: TcpListenerStream,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    incoming.map(|r| {
-        r.inspect(set_no_delay)
-    })
+    incoming.map(|r| r.inspect(set_no_delay))
 }
 
 /// Bind the configured addresses and run the node until `shutdown` resolves.
@@ -254,5 +252,28 @@ async fn learn_startup_index(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod no_delay_tests {
+    use super::*;
+
+    /// Accepted gRPC and HTTP connections have Nagle's algorithm off.
+    #[tokio::test]
+    async fn accepted_connections_have_tcp_nodelay() {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut incoming = std::pin::pin!(no_delay(TcpListenerStream::new(grpc)));
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
+
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap().tap_io(|tcp| set_no_delay(tcp));
+        let addr = axum::serve::Listener::local_addr(&http).unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut http = http;
+        let (io, _) = axum::serve::Listener::accept(&mut http).await;
+        assert!(io.nodelay().unwrap());
     }
 }
