@@ -27,8 +27,9 @@
 //! - [`Wal::truncate`] cuts the segment holding the index at that record's offset,
 //!   deletes all later segments, and syncs.
 //! - [`Wal::purge`] forgets entries up to an index and deletes segments all of whose
-//!   entries are at or below it. The caller makes the state that replaces them (the
-//!   snapshot) durable first.
+//!   entries are at or below it; [`Wal::forget`] and [`Wal::delete_forgotten`] are its
+//!   two halves, so a caller can make the state that replaces those entries (the
+//!   snapshot) durable in between, off the Raft core's path.
 //! - [`Wal::open`] reads every segment. A short or checksum-failing record at the end
 //!   of the last segment is a torn append (the process died before `fdatasync`
 //!   returned, so it was never acknowledged) and is cut off; a bad record anywhere
@@ -333,17 +334,28 @@ impl Wal {
 
     /// Forget entries with index `<= index`; delete segments holding only those.
     pub fn purge(&self, index: u64) -> Result<(), WalError> {
+        self.forget(index);
+        self.delete_forgotten(index)
+    }
+
+    /// Forget entries with index `<= index` (they are no longer read); their files stay
+    /// until [`Wal::delete_forgotten`].
+    pub fn forget(&self, index: u64) {
         let mut inner = self.lock();
         inner.locs = inner.locs.split_off(&index.saturating_add(1));
         inner.cache_retain(|i| i > index);
-        // Delete the segments whose records are all purged, and empty ones other than
-        // the newest (appends go there).
+    }
+
+    /// Delete the segments whose records are all `<= index`, and empty ones other
+    /// than the newest (appends go there).
+    pub fn delete_forgotten(&self, index: u64) -> Result<(), WalError> {
+        let mut inner = self.lock();
         let newest = inner.segments.keys().next_back().copied();
         let dead: Vec<u64> = inner
             .segments
             .iter()
             .filter(|(k, s)| match s.last {
-                Some(l) => l <= index,
+                Some(l) => l <= index && inner.locs.range(..=l).next().is_none(),
                 None => Some(**k) != newest,
             })
             .map(|(k, _)| *k)
