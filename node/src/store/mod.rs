@@ -11,7 +11,7 @@
 //! | `raft_meta` | `vote`, `committed`, `last_purged`, `node_id` | `codec(..)`                  |
 //! | `sm`        | the state machine's own keys (`t/…`, `m/clock`), unprefixed | written by [`crate::sm`] |
 //! | `sm_meta`   | `last_applied`, `membership`       | `codec(LogId)`, `codec(StoredMembership)` |
-//! | `snapshot`  | `meta`, `data`                     | `codec(SnapshotMeta)`, `codec(Vec<(key, value)>)` (any order) |
+//! | `snapshot`  | `meta` (`data` in old data dirs)   | `codec(SnapshotMeta)`; the data, `codec(Vec<(key, value)>)` in any order, is the file `snapshots/<id>.snap` |
 //!
 //! **Architecture Invariant**: every value this module writes goes through
 //! [`crate::codec`], so each record carries a format version; a record this build

@@ -42,8 +42,9 @@ use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError,
 /// - [`install_snapshot`](RaftStateMachine::install_snapshot) rewrites the tree
 ///   without going through `apply`, so it marks a running build's undo log as
 ///   overtaken; that build then returns the installed (newer) snapshot instead.
-/// - A built snapshot is stored in the `snapshot` tree unless a newer one (greater
-///   `last_log_id`) is already there; [`install_snapshot`](RaftStateMachine::install_snapshot)
+/// - A snapshot's data is written to its own file (synced, renamed into place), then
+///   its meta is recorded in the `snapshot` tree unless a newer one (greater
+///   `last_log_id`) is already there; files of other snapshots are then removed; [`install_snapshot`](RaftStateMachine::install_snapshot)
 ///   replaces the whole `sm` tree, `sm_meta` and the stored snapshot in one transaction.
 /// - Bad bytes on disk surface as a [`StorageError`], never as a panic.
 #[derive(Clone)]
@@ -68,6 +69,59 @@ fn tx_result<T>(
         Ok(v) => Ok(v),
         Err(TransactionError::Abort(e)) => Err(e),
         Err(TransactionError::Storage(e)) => Err(on_sled(e)),
+    }
+}
+
+/// Where snapshot data lives: `<data dir>/snapshots/<snapshot id>.snap`. Only the
+/// meta is kept in sled (a multi-hundred-MiB sled value stalls every other sled
+/// writer while it is written).
+fn snapshot_dir(store: &Store) -> std::path::PathBuf {
+    store.dir.join("snapshots")
+}
+
+fn snapshot_file(store: &Store, id: &str) -> std::path::PathBuf {
+    snapshot_dir(store).join(format!("{id}.snap"))
+}
+
+fn write_snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::error::Error + 'static) -> StorageError {
+    io(StorageIOError::write_snapshot(meta.map(|m| m.signature()), any(e)))
+}
+
+/// Write snapshot data durably: into a temporary file, synced, renamed into place,
+/// directory synced. `write` answers `false` to abandon the file.
+fn persist_snapshot_file(
+    store: &Store,
+    id: &str,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<bool, StorageError>,
+) -> Result<bool, StorageError> {
+    use std::io::Write;
+    let dir = snapshot_dir(store);
+    std::fs::create_dir_all(&dir).map_err(|e| write_snapshot_err(None, e))?;
+    let tmp = dir.join(format!("{id}.tmp"));
+    let file = std::fs::File::create(&tmp).map_err(|e| write_snapshot_err(None, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    if !write(&mut w)? {
+        drop(w);
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(false);
+    }
+    w.flush().map_err(|e| write_snapshot_err(None, e))?;
+    let file = w.into_inner().map_err(|e| write_snapshot_err(None, e.into_error()))?;
+    file.sync_all().map_err(|e| write_snapshot_err(None, e))?;
+    std::fs::rename(&tmp, snapshot_file(store, id)).map_err(|e| write_snapshot_err(None, e))?;
+    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| write_snapshot_err(None, e))?;
+    Ok(true)
+}
+
+/// Remove snapshot files other than the current one's (older builds, leftovers of a
+/// crash between writing a file and recording its meta).
+fn remove_other_snapshot_files(store: &Store, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(snapshot_dir(store)) else { return };
+    let keep = format!("{keep}.snap");
+    for e in entries.flatten() {
+        if e.file_name().to_str() != Some(keep.as_str()) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -169,9 +223,9 @@ struct Capture {
 }
 
 /// Read the `sm` tree as of `generation`'s capture (see [`StateMachineStore`]) and
-/// encode it as [`SnapshotPairs`], streaming: nothing but the output is held.
-/// `None` when a snapshot was installed meanwhile.
-fn encode_captured(store: &Store, generation: u64) -> Result<Option<Vec<u8>>, StorageError> {
+/// write it to `out` as [`SnapshotPairs`], streaming: nothing of the state is held
+/// in memory. `false` when a snapshot was installed meanwhile (then `out` is garbage).
+fn encode_captured<W: std::io::Write + std::io::Seek>(store: &Store, generation: u64, out: &mut W) -> Result<bool, StorageError> {
     let undo = &store.snapshot_undo;
     let lookup = |k: &[u8]| -> Result<Option<Option<Value>>, ()> {
         let guard = undo.lock().unwrap_or_else(|p| p.into_inner());
@@ -180,25 +234,27 @@ fn encode_captured(store: &Store, generation: u64) -> Result<Option<Vec<u8>>, St
             _ => Err(()),
         }
     };
+    let werr = |e: std::io::Error| write_snapshot_err(None, e);
     // bincode of a Vec<(Key, Value)>: u64 count, then each pair; the count is patched in.
-    let mut out = vec![codec::FORMAT_VERSION];
-    out.extend_from_slice(&0u64.to_le_bytes());
+    out.write_all(&[codec::FORMAT_VERSION]).map_err(werr)?;
+    out.write_all(&0u64.to_le_bytes()).map_err(werr)?;
     let mut count = 0u64;
     let mut seen_changed = HashSet::new();
-    let mut push = |out: &mut Vec<u8>, k: &[u8], v: &[u8]| {
+    let mut push = |out: &mut W, k: &[u8], v: &[u8]| -> Result<(), StorageError> {
         bincode::serialize_into(&mut *out, &(serde_bytes::Bytes::new(k), serde_bytes::Bytes::new(v)))
-            .expect("bincode into a Vec");
+            .map_err(|e| write_snapshot_err(None, e))?;
         count += 1;
+        Ok(())
     };
     for kv in store.sm.iter() {
         let (k, v) = kv.map_err(read_sm_err)?;
         match lookup(&k) {
-            Err(()) => return Ok(None),
-            Ok(None) => push(&mut out, &k, &v),
+            Err(()) => return Ok(false),
+            Ok(None) => push(out, &k, &v)?,
             Ok(Some(old)) => {
                 seen_changed.insert(k.to_vec());
                 if let Some(old) = old {
-                    push(&mut out, &k, &old);
+                    push(out, &k, &old)?;
                 }
             }
         }
@@ -210,17 +266,18 @@ fn encode_captured(store: &Store, generation: u64) -> Result<Option<Vec<u8>>, St
             Some(u) if u.generation == generation && !u.overtaken => u,
             other => {
                 *guard = other;
-                return Ok(None);
+                return Ok(false);
             }
         }
     };
     for (k, old) in finished.old {
         if let (false, Some(v)) = (seen_changed.contains(&k), old) {
-            push(&mut out, &k, &v);
+            push(out, &k, &v)?;
         }
     }
-    out[1..9].copy_from_slice(&count.to_le_bytes());
-    Ok(Some(out))
+    out.seek(std::io::SeekFrom::Start(1)).map_err(werr)?;
+    out.write_all(&count.to_le_bytes()).map_err(werr)?;
+    Ok(true)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -325,6 +382,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             batch.insert(k.as_slice(), v.as_slice());
         }
 
+        persist_snapshot_file(&self.store, &meta.snapshot_id, |w| {
+            std::io::Write::write_all(w, &data).map_err(|e| write_snapshot_err(Some(meta), e)).map(|_| true)
+        })?;
         let last_applied_rec = meta.last_log_id.as_ref().map(codec::encode);
         let membership_rec = codec::encode(&meta.last_membership);
         let meta_rec = codec::encode(meta);
@@ -336,27 +396,33 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             sm_meta.insert(sm_meta_keys::MEMBERSHIP, membership_rec.as_slice())?;
             snap.insert(snapshot_keys::META, meta_rec.as_slice())?;
-            snap.insert(snapshot_keys::DATA, data.as_slice())?;
+            snap.remove(snapshot_keys::DATA)?;
             Ok::<_, ConflictableTransactionError<StorageError>>(())
         });
         tx_result(r, |e| io(StorageIOError::write_snapshot(Some(meta.signature()), any(e))))?;
+        remove_other_snapshot_files(&self.store, &meta.snapshot_id);
         self.set_applied(Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone() });
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        // Data dirs from before snapshot files kept the data in sled, under `data`.
         let r = self.store.snapshot.transaction(|snap| {
             let Some(meta) = Self::stored_meta(snap)? else { return Ok(None) };
-            let data = snap.get(snapshot_keys::DATA)?.ok_or_else(|| {
-                ConflictableTransactionError::Abort(io(StorageIOError::read_snapshot(
-                    Some(meta.signature()),
-                    AnyError::error("snapshot meta is stored but its data is missing"),
-                )))
-            })?;
-            Ok(Some((meta, data)))
+            Ok(Some((meta, snap.get(snapshot_keys::DATA)?)))
         });
         let found = tx_result(r, |e| io(StorageIOError::read_snapshot(None, any(e))))?;
-        Ok(found.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data.to_vec())) }))
+        let Some((meta, in_sled)) = found else { return Ok(None) };
+        let data = match in_sled {
+            Some(d) => d.to_vec(),
+            None => std::fs::read(snapshot_file(&self.store, &meta.snapshot_id)).map_err(|e| {
+                io(StorageIOError::read_snapshot(
+                    Some(meta.signature()),
+                    AnyError::error(format!("snapshot meta is stored but its data file cannot be read: {e}")),
+                ))
+            })?,
+        };
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -385,24 +451,26 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let capture = self.capture.take().ok_or_else(|| {
             io(StorageIOError::write_snapshot(None, AnyError::error("snapshot builder used twice")))
         })?;
-        let store = self.store.clone();
-        let generation = capture.generation;
-        let encoded = tokio::task::spawn_blocking(move || encode_captured(&store, generation))
-            .await
-            .map_err(|e| io(StorageIOError::write_snapshot(None, any(e))))??;
-        let Some(data) = encoded else {
-            // A newer snapshot was installed while this one was read: that one is current.
-            let mut sm = StateMachineStore::new(self.store.clone());
-            return sm.get_current_snapshot().await?.ok_or_else(|| {
-                io(StorageIOError::write_snapshot(None, AnyError::error("snapshot overtaken by an install that stored none")))
-            });
-        };
-        let seq = self.store.db.generate_id().map_err(|e| io(StorageIOError::write_snapshot(None, any(e))))?;
+        let seq = self.store.db.generate_id().map_err(|e| write_snapshot_err(None, e))?;
         let meta = SnapshotMeta {
             last_log_id: capture.last_applied,
             last_membership: capture.membership,
             snapshot_id: snapshot_id(capture.last_applied.as_ref(), seq),
         };
+        let store = self.store.clone();
+        let (generation, id) = (capture.generation, meta.snapshot_id.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            persist_snapshot_file(&store, &id, |w| encode_captured(&store, generation, w))
+        })
+        .await
+        .map_err(|e| write_snapshot_err(None, e))??;
+        if !written {
+            // A newer snapshot was installed while this one was read: that one is current.
+            let mut sm = StateMachineStore::new(self.store.clone());
+            return sm.get_current_snapshot().await?.ok_or_else(|| {
+                io(StorageIOError::write_snapshot(None, AnyError::error("snapshot overtaken by an install that stored none")))
+            });
+        }
 
         let meta_rec = codec::encode(&meta);
         let r = self.store.snapshot.transaction(|snap| {
@@ -412,10 +480,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 }
             }
             snap.insert(snapshot_keys::META, meta_rec.as_slice())?;
-            snap.insert(snapshot_keys::DATA, data.as_slice())?;
+            snap.remove(snapshot_keys::DATA)?;
             Ok(true)
         });
-        let stored = tx_result(r, |e| io(StorageIOError::write_snapshot(Some(meta.signature()), any(e))))?;
+        let stored = tx_result(r, |e| write_snapshot_err(Some(&meta), e))?;
+        let path = snapshot_file(&self.store, &meta.snapshot_id);
+        // The built data is returned (openraft only keeps its meta); read it back now,
+        // before a newer snapshot may replace the file.
+        let data = std::fs::read(&path).map_err(|e| write_snapshot_err(Some(&meta), e))?;
+        if stored {
+            remove_other_snapshot_files(&self.store, &meta.snapshot_id);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
         tracing::info!(%meta, bytes = data.len(), stored, "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }

@@ -251,6 +251,14 @@ async fn snapshot_build_and_install_copies_the_state() {
     assert_eq!(pairs2, sm_pairs(&a));
     assert_ne!(snap2.meta.snapshot_id, snap.meta.snapshot_id);
     assert_eq!(sm_a.get_current_snapshot().await.unwrap().unwrap().meta, snap2.meta);
+    // the data is a file of its own (not a sled value); older snapshots' files are gone
+    let files: Vec<String> = std::fs::read_dir(dir_a.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, vec![format!("{}.snap", snap2.meta.snapshot_id)]);
+    assert!(a.snapshot.get(snapshot_keys::DATA).unwrap().is_none());
+    assert_eq!(std::fs::read(dir_a.path().join("snapshots").join(&files[0])).unwrap(), snap2.snapshot.get_ref().clone());
     // a builder builds once
     let mut once = sm_a.get_snapshot_builder().await;
     once.build_snapshot().await.unwrap();
