@@ -315,7 +315,10 @@ impl Store {
 
     /// Bytes the data dir takes on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0) + self.wal.size_on_disk()
+        let snapshots = std::fs::read_dir(self.dir.join("snapshots"))
+            .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum::<u64>())
+            .unwrap_or(0);
+        self.db.size_on_disk().unwrap_or(0) + self.wal.size_on_disk() + snapshots
     }
 
     pub fn log_store(&self) -> LogStore {
