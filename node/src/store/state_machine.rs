@@ -484,15 +484,23 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok(true)
         });
         let stored = tx_result(r, |e| write_snapshot_err(Some(&meta), e))?;
-        let path = snapshot_file(&self.store, &meta.snapshot_id);
         // The built data is returned (openraft only keeps its meta); read it back now,
-        // before a newer snapshot may replace the file.
-        let data = std::fs::read(&path).map_err(|e| write_snapshot_err(Some(&meta), e))?;
-        if stored {
-            remove_other_snapshot_files(&self.store, &meta.snapshot_id);
-        } else {
-            let _ = std::fs::remove_file(&path);
-        }
+        // before a newer snapshot may replace the file. Off the runtime's threads: it
+        // is as large as the state.
+        let (store, id) = (self.store.clone(), meta.snapshot_id.clone());
+        let data = tokio::task::spawn_blocking(move || {
+            let path = snapshot_file(&store, &id);
+            let data = std::fs::read(&path);
+            if stored {
+                remove_other_snapshot_files(&store, &id);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+            data
+        })
+        .await
+        .map_err(|e| write_snapshot_err(Some(&meta), e))?
+        .map_err(|e| write_snapshot_err(Some(&meta), e))?;
         tracing::info!(%meta, bytes = data.len(), stored, "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
