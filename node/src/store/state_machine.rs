@@ -415,7 +415,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some((meta, in_sled)) = found else { return Ok(None) };
         let data = match in_sled {
             Some(d) => d.to_vec(),
-            None => std::fs::read(snapshot_file(&self.store, &meta.snapshot_id)).map_err(|e| {
+            None => {
+                let path = snapshot_file(&self.store, &meta.snapshot_id);
+                let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
+                read.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            }
+            .map_err(|e| {
                 io(StorageIOError::read_snapshot(
                     Some(meta.signature()),
                     AnyError::error(format!("snapshot meta is stored but its data file cannot be read: {e}")),

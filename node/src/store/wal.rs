@@ -29,7 +29,7 @@
 //! - [`Wal::purge`] forgets entries up to an index and deletes segments all of whose
 //!   entries are at or below it; [`Wal::forget`] and [`Wal::delete_forgotten`] are its
 //!   two halves, so a caller can make the state that replaces those entries (the
-//!   snapshot) durable in between, off the Raft core's path.
+//!   snapshot) durable in between.
 //! - [`Wal::open`] reads every segment. A short or checksum-failing record at the end
 //!   of the last segment is a torn append (the process died before `fdatasync`
 //!   returned, so it was never acknowledged) and is cut off; a bad record anywhere
