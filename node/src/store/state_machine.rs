@@ -317,7 +317,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(e) = kv.take_error() {
             return Err(read_sm_err(e));
         }
-        self.record_undo(writes.iter().map(|(k, _)| k))?;
+        self.record_undo(writes.keys())?;
         let Some(last_applied) = applied.last_applied else {
             return Ok(responses); // no entries: nothing to commit
         };

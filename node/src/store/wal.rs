@@ -117,6 +117,9 @@ impl Inner {
     }
 }
 
+/// An entry as stored: its index and its encoded bytes.
+pub type Record = (u64, Arc<Vec<u8>>);
+
 /// The write-ahead log of one node. Shared by the log store and its readers.
 pub struct Wal {
     dir: PathBuf,
@@ -270,7 +273,7 @@ impl Wal {
     }
 
     /// The encoded entries with indexes in `[from, to)` that the log holds.
-    pub fn read(&self, from: u64, to: u64) -> Result<Vec<(u64, Arc<Vec<u8>>)>, WalError> {
+    pub fn read(&self, from: u64, to: u64) -> Result<Vec<Record>, WalError> {
         let mut out = Vec::new();
         let mut to_read = Vec::new();
         {
