@@ -2,17 +2,14 @@
 //! of the leader, restart with data, and `aofctl cluster join/leave/status`,
 //! `aofctl apply/get/delete` as a user runs them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aof_client::{Client, Consistency};
 
-const BIN: &str = env!("CARGO_BIN_EXE_aofctl");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::{free_port, write_config, BIN};
 
 struct Proc {
     id: u64,
@@ -54,22 +51,6 @@ impl Drop for Proc {
     }
 }
 
-fn write_config(dir: &Path, id: u64, http: u16, grpc: u16, members: &[(u64, u16, u16)]) -> PathBuf {
-    let mut yaml = format!(
-        "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: e2e-node{id}\nspec:\n  server:\n    host: 127.0.0.1\n    port: {http}\n  cluster:\n    node_id: {id}\n    grpc_addr: 127.0.0.1:{grpc}\n    data_dir: {}\n    raft:\n      heartbeat_interval_ms: 100\n      election_timeout_min_ms: 500\n      election_timeout_max_ms: 1000\n      request_timeout_ms: 3000\n    storage:\n      cache_capacity_mb: 8\n",
-        dir.join(format!("data{id}")).display()
-    );
-    if !members.is_empty() {
-        yaml.push_str("    initial_members:\n");
-        for (mid, mh, mg) in members {
-            yaml.push_str(&format!("      - {{ id: {mid}, grpc_addr: 127.0.0.1:{mg}, http_addr: 127.0.0.1:{mh} }}\n"));
-        }
-    }
-    let path = dir.join(format!("node{id}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
 fn aofctl(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run aofctl")
 }
@@ -78,31 +59,21 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-async fn wait_until<F, Fut>(what: &str, secs: u64, procs: &[Proc], mut f: F)
+async fn wait_until<F, Fut>(what: &str, secs: u64, procs: &[Proc], f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f().await {
-            return;
+    let dump = || {
+        for p in procs {
+            eprintln!("---- log of node {} ----\n{}", p.id, std::fs::read_to_string(&p.log).unwrap_or_default());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for p in procs {
-        eprintln!("---- log of node {} ----\n{}", p.id, std::fs::read_to_string(&p.log).unwrap_or_default());
-    }
-    panic!("timed out after {secs}s waiting for: {what}");
+    };
+    common::wait_until(what, secs, dump, f).await
 }
 
 async fn all_ready(procs: &[Proc]) -> bool {
-    for p in procs.iter().filter(|p| p.child.is_some()) {
-        if Client::new(vec![p.endpoint()]).ready().await.is_err() {
-            return false;
-        }
-    }
-    true
+    common::all_ready(procs.iter().filter(|p| p.child.is_some()).map(Proc::endpoint)).await
 }
 
 fn trigger_yaml(name: &str) -> String {
@@ -118,7 +89,7 @@ async fn processes_survive_sigkill_of_the_leader_and_cli_manages_membership() {
         .iter()
         .map(|&(id, http, grpc)| {
             let members = if id <= 3 { initial } else { &[][..] };
-            Proc { id, http, grpc, config: write_config(dir.path(), id, http, grpc, members), log: dir.path().join(format!("node{id}.log")), child: None }
+            Proc { id, http, grpc, config: write_config(dir.path(), "e2e", id, http, grpc, members, ""), log: dir.path().join(format!("node{id}.log")), child: None }
         })
         .collect();
     // Start 1-3 in reverse order: formation must not depend on who comes first.

@@ -11,15 +11,15 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aof_client::{Client, Consistency};
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 
-const BIN: &str = env!("CARGO_BIN_EXE_aofctl");
+mod common;
+use common::{all_ready, sign, start_three, wait_until, Node, Proc};
+
 const SECRET: &str = "python-worker-test-secret";
 const TARGET: &str = "py-worker";
 const JOBS: usize = 5;
@@ -101,74 +101,6 @@ fn pick_payloads() -> Vec<(String, PathBuf, Vec<u8>)> {
         .collect()
 }
 
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A child process killed (and reaped) on drop.
-struct Proc {
-    name: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(name: String, log: PathBuf, cmd: &mut Command) -> Proc {
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(f.try_clone().unwrap()))
-            .stderr(Stdio::from(f))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc { name, log, child: Some(child) }
-    }
-    fn dump(&self) {
-        eprintln!("---- log of {} ----\n{}", self.name, std::fs::read_to_string(&self.log).unwrap_or_default());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Node {
-    id: u64,
-    http: u16,
-    grpc: u16,
-    proc: Proc,
-}
-
-impl Node {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
-    }
-}
-
-fn write_config(dir: &Path, id: u64, http: u16, grpc: u16, members: &[(u64, u16, u16)]) -> PathBuf {
-    let mut yaml = format!(
-        "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: py-node{id}\nspec:\n  server:\n    host: 127.0.0.1\n    port: {http}\n  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{SECRET}\"\n  queue:\n    lease_timeout_ms: {LEASE_TIMEOUT_MS}\n  cluster:\n    node_id: {id}\n    grpc_addr: 127.0.0.1:{grpc}\n    data_dir: {}\n    raft:\n      heartbeat_interval_ms: 100\n      election_timeout_min_ms: 500\n      election_timeout_max_ms: 1000\n      request_timeout_ms: 3000\n    storage:\n      cache_capacity_mb: 8\n    initial_members:\n",
-        dir.join(format!("data{id}")).display()
-    );
-    for (mid, mh, mg) in members {
-        yaml.push_str(&format!("      - {{ id: {mid}, grpc_addr: 127.0.0.1:{mg}, http_addr: 127.0.0.1:{mh} }}\n"));
-    }
-    let path = dir.join(format!("node{id}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
 fn dump_all(nodes: &[Node], worker: Option<&Proc>) {
     for n in nodes {
         n.proc.dump();
@@ -176,31 +108,6 @@ fn dump_all(nodes: &[Node], worker: Option<&Proc>) {
     if let Some(w) = worker {
         w.dump();
     }
-}
-
-async fn wait_until<F, Fut>(what: &str, secs: u64, nodes: &[Node], mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    dump_all(nodes, None);
-    panic!("timed out after {secs}s waiting for: {what}");
-}
-
-async fn all_ready(nodes: &[Node]) -> bool {
-    for n in nodes {
-        if Client::new(vec![n.url()]).ready().await.is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,20 +121,9 @@ async fn python_worker_claims_heartbeats_and_completes_signed_webhooks() {
 
     // Three nodes.
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u64, u16, u16)> = (1..=3).map(|id| (id, free_port(), free_port())).collect();
-    let nodes: Vec<Node> = ports
-        .iter()
-        .map(|&(id, http, grpc)| {
-            let config = write_config(dir.path(), id, http, grpc, &ports);
-            let proc = Proc::spawn(
-                format!("node {id}"),
-                dir.path().join(format!("node{id}.log")),
-                Command::new(BIN).args(["serve", "--config"]).arg(&config).env("RUST_LOG", "info,openraft=warn"),
-            );
-            Node { id, http, grpc, proc }
-        })
-        .collect();
-    wait_until("three nodes ready", 60, &nodes, || all_ready(&nodes)).await;
+    let spec = format!("  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{SECRET}\"\n  queue:\n    lease_timeout_ms: {LEASE_TIMEOUT_MS}\n");
+    let nodes = start_three(dir.path(), "py", &spec);
+    wait_until("three nodes ready", 60, || dump_all(&nodes, None), || all_ready(nodes.iter().map(Node::url))).await;
     let urls: Vec<String> = nodes.iter().map(Node::url).collect();
     let status = Client::new(urls.clone()).cluster_status(Consistency::Linearizable).await.unwrap();
     let leader = status.leader_id.expect("a leader");
@@ -257,7 +153,7 @@ async fn python_worker_claims_heartbeats_and_completes_signed_webhooks() {
     let via = nodes.iter().find(|n| n.id != leader).unwrap();
     let out = dir.path().join("out");
     let mut worker = Proc::spawn(
-        "python worker".into(),
+        "python worker",
         dir.path().join("worker.log"),
         Command::new(python())
             .arg(repo_root().join("client/examples/python/worker.py"))
@@ -281,7 +177,7 @@ async fn python_worker_claims_heartbeats_and_completes_signed_webhooks() {
             .header("content-type", "application/json")
             .header("x-github-event", event.as_str())
             .header("x-github-delivery", delivery.as_str())
-            .header("x-hub-signature-256", sign(body))
+            .header("x-hub-signature-256", sign(SECRET, body))
             .body(body.clone())
             .send()
             .await

@@ -9,114 +9,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use aof_client::{Client, Consistency};
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 
-const BIN: &str = env!("CARGO_BIN_EXE_aofctl");
+mod common;
+use common::{sign, start_three, Node, Proc, BIN};
+
 const SECRET: &str = "worker-e2e-secret";
 /// The catch-all trigger routes every event to this agent.
 const TARGET: &str = "worker";
 const LEASE_TIMEOUT_MS: u64 = 2000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// A child process (node or worker) logging to a file; SIGKILLed on drop.
-struct Proc {
-    name: String,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(name: impl Into<String>, log: PathBuf, cmd: &mut Command) -> Proc {
-        let name = name.into();
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(f.try_clone().unwrap()))
-            .stderr(Stdio::from(f))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc {
-            name,
-            log,
-            child: Some(child),
-        }
-    }
-    fn pid(&self) -> libc::pid_t {
-        self.child.as_ref().expect("running").id() as libc::pid_t
-    }
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn sigterm(&self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
-    }
-    /// Waits (bounded) for the process to exit; its status.
-    async fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if let Some(s) = self.child.as_mut()?.try_wait().unwrap() {
-                self.child = None;
-                return Some(s);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
-    }
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-struct Node {
-    id: u64,
-    http: u16,
-    grpc: u16,
-    proc: Proc,
-}
-
-impl Node {
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
-    }
-    fn grpc_url(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.grpc)
-    }
-}
 
 /// Three nodes, a catch-all trigger, and helpers to drive them.
 struct Cluster {
@@ -126,46 +31,11 @@ struct Cluster {
     http: reqwest::Client,
 }
 
-fn write_config(dir: &Path, id: u64, http: u16, grpc: u16, members: &[(u64, u16, u16)]) -> PathBuf {
-    let mut yaml = format!(
-        "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: worker-e2e-node{id}\nspec:\n  server:\n    host: 127.0.0.1\n    port: {http}\n  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{SECRET}\"\n  queue:\n    lease_timeout_ms: {LEASE_TIMEOUT_MS}\n    retry_delay_ms: 200\n    max_retries: 1\n  cluster:\n    node_id: {id}\n    grpc_addr: 127.0.0.1:{grpc}\n    data_dir: {}\n    raft:\n      heartbeat_interval_ms: 100\n      election_timeout_min_ms: 500\n      election_timeout_max_ms: 1000\n      request_timeout_ms: 3000\n    storage:\n      cache_capacity_mb: 8\n    initial_members:\n",
-        dir.join(format!("data{id}")).display()
-    );
-    for (mid, mh, mg) in members {
-        yaml.push_str(&format!(
-            "      - {{ id: {mid}, grpc_addr: 127.0.0.1:{mg}, http_addr: 127.0.0.1:{mh} }}\n"
-        ));
-    }
-    let path = dir.join(format!("node{id}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
 impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u64, u16, u16)> =
-            (1..=3).map(|id| (id, free_port(), free_port())).collect();
-        let nodes = ports
-            .iter()
-            .map(|&(id, http, grpc)| {
-                let config = write_config(dir.path(), id, http, grpc, &ports);
-                let proc = Proc::spawn(
-                    format!("node {id}"),
-                    dir.path().join(format!("node{id}.log")),
-                    Command::new(BIN)
-                        .args(["serve", "--config"])
-                        .arg(&config)
-                        .env("RUST_LOG", "info,openraft=warn"),
-                );
-                Node {
-                    id,
-                    http,
-                    grpc,
-                    proc,
-                }
-            })
-            .collect();
+        let spec = format!("  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{SECRET}\"\n  queue:\n    lease_timeout_ms: {LEASE_TIMEOUT_MS}\n    retry_delay_ms: 200\n    max_retries: 1\n");
+        let nodes = start_three(dir.path(), "worker-e2e", &spec);
         let c = Cluster {
             dir,
             nodes,
@@ -280,7 +150,7 @@ impl Cluster {
                 .header("content-type", "application/json")
                 .header("x-github-event", event)
                 .header("x-github-delivery", delivery)
-                .header("x-hub-signature-256", sign(body))
+                .header("x-hub-signature-256", sign(SECRET, body))
                 .body(body.to_vec())
                 .send()
                 .await;
