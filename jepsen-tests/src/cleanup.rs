@@ -57,21 +57,20 @@ pub fn cleanup_all() {
     cleanup(None)
 }
 
+/// Remove and return the entries registered for run `run` (all runs: `None`).
+fn take_run<T: Ord + Clone>(set: &Mutex<BTreeSet<(String, T)>>, run: Option<&str>) -> Vec<T> {
+    let mut g = set.lock().unwrap();
+    let mine: Vec<(String, T)> = g.iter().filter(|(r, _)| run.is_none_or(|x| x == r)).cloned().collect();
+    for m in &mine {
+        g.remove(m);
+    }
+    mine.into_iter().map(|(_, v)| v).collect()
+}
+
 /// Kill the processes of run `run` (all runs: `None`; SIGCONT first, so stopped
 /// ones die too) and delete its namespaces. Idempotent.
 pub fn cleanup(run: Option<&str>) {
-    let pids: Vec<i32> = {
-        let mut g = PIDS.lock().unwrap();
-        let mine: Vec<(String, i32)> = g
-            .iter()
-            .filter(|(r, _)| run.is_none_or(|x| x == r))
-            .cloned()
-            .collect();
-        for m in &mine {
-            g.remove(m);
-        }
-        mine.into_iter().map(|(_, p)| p).collect()
-    };
+    let pids = take_run(&PIDS, run);
     for &pid in &pids {
         unsafe {
             libc::kill(pid, libc::SIGCONT);
@@ -83,21 +82,9 @@ pub fn cleanup(run: Option<&str>) {
         let mut status = 0;
         unsafe { libc::waitpid(pid, &mut status, 0) };
     }
-    let namespaces: Vec<String> = {
-        let mut g = NAMESPACES.lock().unwrap();
-        let mine: Vec<(String, String)> = g
-            .iter()
-            .filter(|(r, _)| run.is_none_or(|x| x == r))
-            .cloned()
-            .collect();
-        for m in &mine {
-            g.remove(m);
-        }
-        // Hub last: delete node namespaces before the bridge's.
-        let mut v: Vec<String> = mine.into_iter().map(|(_, n)| n).collect();
-        v.sort_by_key(|n| n.ends_with("-hub"));
-        v
-    };
+    let mut namespaces = take_run(&NAMESPACES, run);
+    // Hub last: delete node namespaces before the bridge's.
+    namespaces.sort_by_key(|n| n.ends_with("-hub"));
     for ns in namespaces {
         kill_namespace_pids(&ns);
         let _ = std::process::Command::new("ip")

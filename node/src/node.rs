@@ -28,7 +28,7 @@ use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::proposer::write_error;
+use crate::proposer::{write_error, write_timeout};
 use crate::network::{Channels, MAX_MESSAGE_BYTES};
 use crate::sm::KvRead;
 use crate::store::StateMachineStore;
@@ -291,22 +291,12 @@ impl Node {
         let t = self.timeouts.request;
         match op {
             LeaderOp::Write(cmd) if cmd.is_batchable() => {
-                let res = tokio::time::timeout(t, self.proposer.submit(cmd)).await.map_err(|_| {
-                    NodeError::Unavailable(format!(
-                        "the write was not committed within {} ms (no quorum?); its outcome is unknown — retrying is safe",
-                        t.as_millis()
-                    ))
-                })?;
+                let res = tokio::time::timeout(t, self.proposer.submit(cmd)).await.map_err(|_| write_timeout(t))?;
                 res.map(|(response, log_index)| LeaderReply::Written { response, log_index })
             }
             LeaderOp::Write(cmd) => {
                 let req = Request { time_ms: leader_clock_ms(), cmd };
-                let res = tokio::time::timeout(t, self.raft.client_write(req)).await.map_err(|_| {
-                    NodeError::Unavailable(format!(
-                        "the write was not committed within {} ms (no quorum?); its outcome is unknown — retrying is safe",
-                        t.as_millis()
-                    ))
-                })?;
+                let res = tokio::time::timeout(t, self.raft.client_write(req)).await.map_err(|_| write_timeout(t))?;
                 match res {
                     Ok(r) => Ok(LeaderReply::Written { response: r.data, log_index: r.log_id.index }),
                     Err(e) => Err(write_error(e)),

@@ -112,13 +112,7 @@ async fn propose(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
     let req = Request { time_ms: leader_clock_ms(), cmd };
     let res = tokio::time::timeout(timeout, raft.client_write(req)).await;
     let answers: Vec<Answer> = match res {
-        Err(_) => vec![
-            Err(NodeError::Unavailable(format!(
-                "the write was not committed within {} ms (no quorum?); its outcome is unknown — retrying is safe",
-                timeout.as_millis()
-            )));
-            n
-        ],
+        Err(_) => vec![Err(write_timeout(timeout)); n],
         Ok(Err(e)) => vec![Err(write_error(e)); n],
         Ok(Ok(r)) => {
             let index = r.log_id.index;
@@ -133,6 +127,14 @@ async fn propose(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
         // The caller may have given up (its own timeout); nothing to do then.
         let _ = reply.send(a);
     }
+}
+
+/// The error of a write that was not answered within `t`.
+pub fn write_timeout(t: Duration) -> NodeError {
+    NodeError::Unavailable(format!(
+        "the write was not committed within {} ms (no quorum?); its outcome is unknown — retrying is safe",
+        t.as_millis()
+    ))
 }
 
 /// Map a failed `client_write` to the error a caller sees.
