@@ -401,3 +401,29 @@ async fn a_log_in_the_old_sled_tree_moves_to_the_wal() {
     assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(2, 3)));
     assert!(!store.is_pristine().unwrap());
 }
+
+/// A damaged WAL (not a torn last append) stops the node at open with a message that
+/// names the file and says what to do; a snapshot whose data file is gone is an
+/// error, not an empty snapshot.
+#[tokio::test]
+async fn damaged_wal_and_missing_snapshot_file_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.log_store().blocking_append([blank(1, 1), blank(1, 2)]).await.unwrap();
+        let mut sm = store.state_machine();
+        sm.apply([blank(1, 1)]).await.unwrap();
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        std::fs::remove_file(dir.path().join("snapshots").join(format!("{}.snap", snap.meta.snapshot_id))).unwrap();
+        let err = sm.get_current_snapshot().await.unwrap_err();
+        assert!(err.to_string().contains("data file cannot be read"), "{err}");
+    }
+    let seg = dir.path().join("wal").join(format!("{:020}.wal", 1));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[16 + 2] ^= 0xff; // inside the first of two records
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = Store::open(dir.path(), CACHE).unwrap_err();
+    assert!(matches!(err, StoreError::Wal { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("00000000000000000001.wal") && msg.contains("restore the data dir"), "{msg}");
+}
