@@ -90,6 +90,9 @@ pub struct Pool {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// How long a stopping pool waits for leases already granted to it to arrive.
+const LATE_LEASE_GRACE: Duration = Duration::from_millis(100);
+
 /// Run the pool until `stop` fires, then drain.
 pub async fn run(pool: Pool, mut stop: watch::Receiver<bool>) {
     if pool.executors.is_empty() {
@@ -126,7 +129,16 @@ pub async fn run(pool: Pool, mut stop: watch::Receiver<bool>) {
                             Ok(None) | Err(_) => break,
                         },
                         Some(_) = running.join_next(), if !running.is_empty() => {}
-                        _ = stop.wait_for(|s| *s) => break 'outer,
+                        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+                            // Leases the leader granted us just before the stop may still be
+                            // on the wire: take them and run them within the drain rather
+                            // than leave them to expire. Stops at the first quiet gap.
+                            while let Ok(Ok(Some(lease))) = tokio::time::timeout(LATE_LEASE_GRACE, leases.message()).await {
+                                let (pool, client) = (pool.clone(), client.clone());
+                                running.spawn(async move { handle(pool, client, lease).await });
+                            }
+                            break 'outer;
+                        }
                     }
                 }
             }

@@ -222,7 +222,8 @@ async fn external_worker_leases_are_fenced_and_survive_leader_loss() {
 async fn stopping_a_node_drains_its_running_jobs() {
     let out = tempfile::tempdir().unwrap();
     let marker = out.path().join("done");
-    let script = format!("sleep 3; touch {}", marker.display());
+    let started = out.path().join("started");
+    let script = format!("touch {}; sleep 3; touch {}", started.display(), marker.display());
     let mut c = TestCluster::start_with(1, 10_000, move |cfg: &mut DaemonConfig| {
         let gh: GithubConfig = serde_yaml::from_str(&format!("enabled: true\nwebhook_secret: {SECRET}\n")).unwrap();
         cfg.spec.platforms.github = Some(gh);
@@ -233,16 +234,16 @@ async fn stopping_a_node_drains_its_running_jobs() {
     c.wait_ready(30).await;
     put_trigger(&c, "all", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {}\n  default_agent: slow\n").await;
     post(&c, 0, "push", "drain-1", br#"{"repository":{"full_name":"acme/api"}}"#).await;
-    // Wait until the job is leased (running), then stop the node.
-    let mut leased = false;
+    // Wait until the job is leased and its command is running, then stop the node.
+    let mut running = false;
     for _ in 0..500 {
-        if c.get_json(0, "/v1/deliveries/drain-1").await.1["jobs"][0]["state"] == "leased" {
-            leased = true;
+        if c.get_json(0, "/v1/deliveries/drain-1").await.1["jobs"][0]["state"] == "leased" && started.exists() {
+            running = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(leased, "the job starts");
+    assert!(running, "the job starts");
     // A fresh client: no pooled connection from before the stop.
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let ready_url = c.nodes[0].url("/ready");
