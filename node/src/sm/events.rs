@@ -5,7 +5,7 @@
 //! | key                                   | value                      |
 //! |---------------------------------------|----------------------------|
 //! | `e/<event_id:8>`                      | [`EventRecord`]            |
-//! | `p/<event_id:8>`                      | the raw payload            |
+//! | `p/<event_id:8>`                      | the payload ([`super::payload`]) |
 //! | `d/<delivery_id>`                     | event id (dedup index)     |
 //! | `j/<event_id:8><n:1>`                 | [`JobRecord`]              |
 //! | `r/<255-priority:1><event_id:8><n:1>` | ready-queue index (empty)  |
@@ -193,7 +193,7 @@ pub fn get_event(state: &dyn KvRead, event_id: u64) -> Option<EventRecord> {
 }
 
 pub fn get_payload(state: &dyn KvRead, event_id: u64) -> Option<Vec<u8>> {
-    state.get(&pk(event_id)).map(|v| decode::<serde_bytes::ByteBuf>(&v).into_vec())
+    state.get(&pk(event_id)).map(|v| super::payload::unpack(&v).expect("payload written by this build"))
 }
 
 pub fn event_by_delivery(state: &dyn KvRead, delivery_id: &str) -> Option<EventRecord> {
@@ -329,7 +329,7 @@ pub(super) fn ingest(state: &mut Overlay<'_>, seq: u64, now: u64, d: &Delivery) 
     } else {
         state.put(ek(event_id), codec::encode(&rec));
     }
-    state.put(pk(event_id), codec::encode(serde_bytes::Bytes::new(&d.payload)));
+    state.put(pk(event_id), super::payload::pack(&d.payload));
     state.put(dk(&d.delivery_id), event_id.to_be_bytes().to_vec());
     Response::Ingested(IngestResult { event_id, delivery_id: d.delivery_id.clone(), status, trigger, jobs, duplicate: false })
 }

@@ -13,6 +13,7 @@
 
 pub mod events;
 pub mod kv;
+pub mod payload;
 pub mod queue;
 #[cfg(test)]
 mod queue_tests;
