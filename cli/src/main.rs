@@ -22,6 +22,13 @@ mod triggers;
 mod webhook;
 mod worker;
 
+/// mimalloc instead of the system allocator: a node's hot path (sled pages, Raft
+/// entries, payloads) allocates and frees many short-lived buffers, and glibc's
+/// malloc spent ~30 % of the nodes' CPU on it under load (perf, see
+/// docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
