@@ -80,9 +80,6 @@ spec:
     grpc_addr: 127.0.0.1:{grpc}
     data_dir: {data}
     raft:
-      heartbeat_interval_ms: 100
-      election_timeout_min_ms: 1000
-      election_timeout_max_ms: 2000
       request_timeout_ms: 5000
 ",
         id = n.id,

@@ -87,26 +87,65 @@ fn write_snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::error::Error + '
     io(StorageIOError::write_snapshot(meta.map(|m| m.signature()), any(e)))
 }
 
-/// Write snapshot data durably: into a temporary file, synced, renamed into place,
-/// directory synced. `write` answers `false` to abandon the file.
+/// Snapshot data is synced to disk every this many bytes while it is written.
+const SNAPSHOT_SYNC_EVERY: u64 = 4 << 20;
+
+/// A file writer that syncs every [`SNAPSHOT_SYNC_EVERY`] bytes. A snapshot is as
+/// large as the state (hundreds of MiB); written in one go and synced at the end,
+/// its dirty pages queued ahead of every log append's `fdatasync` for a second or
+/// more, AppendEntries timed out (they are bounded by the heartbeat interval) and the
+/// leader backed off for 500 ms: p99 stalls of 0.6 – 2 s in the benchmark. Syncing in
+/// small steps keeps the device queue short.
+struct SyncEvery {
+    file: std::fs::File,
+    unsynced: u64,
+    /// Syncs made so far (for tests).
+    syncs: u32,
+}
+
+impl std::io::Write for SyncEvery {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = std::io::Write::write(&mut self.file, buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= SNAPSHOT_SYNC_EVERY {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+            self.syncs += 1;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.file)
+    }
+}
+
+impl std::io::Seek for SyncEvery {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        std::io::Seek::seek(&mut self.file, pos)
+    }
+}
+
+/// Write snapshot data durably: into a temporary file (synced as it grows, see
+/// [`SyncEvery`]), synced, renamed into place, directory synced. `write` answers
+/// `false` to abandon the file.
 fn persist_snapshot_file(
     store: &Store,
     id: &str,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<bool, StorageError>,
+    write: impl FnOnce(&mut std::io::BufWriter<SyncEvery>) -> Result<bool, StorageError>,
 ) -> Result<bool, StorageError> {
     use std::io::Write;
     let dir = snapshot_dir(store);
     std::fs::create_dir_all(&dir).map_err(|e| write_snapshot_err(None, e))?;
     let tmp = dir.join(format!("{id}.tmp"));
     let file = std::fs::File::create(&tmp).map_err(|e| write_snapshot_err(None, e))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, SyncEvery { file, unsynced: 0, syncs: 0 });
     if !write(&mut w)? {
         drop(w);
         let _ = std::fs::remove_file(&tmp);
         return Ok(false);
     }
     w.flush().map_err(|e| write_snapshot_err(None, e))?;
-    let file = w.into_inner().map_err(|e| write_snapshot_err(None, e.into_error()))?;
+    let file = w.into_inner().map_err(|e| write_snapshot_err(None, e.into_error()))?.file;
     file.sync_all().map_err(|e| write_snapshot_err(None, e))?;
     std::fs::rename(&tmp, snapshot_file(store, id)).map_err(|e| write_snapshot_err(None, e))?;
     std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| write_snapshot_err(None, e))?;
@@ -509,6 +548,22 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         tracing::info!(%meta, bytes = data.len(), stored, "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
+}
+
+#[cfg(test)]
+#[test]
+fn snapshot_files_are_synced_as_they_grow() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::File::create(dir.path().join("s")).unwrap();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, SyncEvery { file, unsynced: 0, syncs: 0 });
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..9 {
+        w.write_all(&chunk).unwrap();
+    }
+    let inner = w.into_inner().ok().unwrap();
+    assert_eq!(inner.syncs, 2, "9 MiB written: synced after 4 and 8 MiB");
+    assert_eq!(std::fs::metadata(dir.path().join("s")).unwrap().len(), 9 << 20);
 }
 
 #[cfg(test)]
