@@ -5,7 +5,6 @@
 //! change: add new variants at the end, never reorder or remove one.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +33,10 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = Member,
+        // Snapshot data is a file on disk (`<data>/snapshots/<id>.snap`), handed to
+        // openraft as an open handle: a snapshot is as large as the state and is
+        // never read into memory to be sent.
+        SnapshotData = tokio::fs::File,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

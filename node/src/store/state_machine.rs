@@ -2,7 +2,6 @@
 //! tree).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Cursor;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -150,6 +149,30 @@ fn persist_snapshot_file(
     std::fs::rename(&tmp, snapshot_file(store, id)).map_err(|e| write_snapshot_err(None, e))?;
     std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| write_snapshot_err(None, e))?;
     Ok(true)
+}
+
+/// An unlinked file in the snapshot dir holding `data`, positioned at its start.
+fn anonymous_file_with(store: &Store, data: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    let dir = snapshot_dir(store);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("legacy-{}.tmp", store.db.generate_id().map_err(std::io::Error::other)?));
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    std::fs::remove_file(&path)?;
+    file.write_all(data)?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    Ok(file)
+}
+
+/// All of a snapshot's data, from its start (the handle may have been read or
+/// written before: openraft writes received chunks at their offsets).
+pub(crate) async fn read_snapshot_data(file: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+    file.flush().await?;
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data).await?;
+    Ok(data)
 }
 
 /// Remove snapshot files other than the current one's (older builds, leftovers of a
@@ -391,20 +414,36 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         SnapshotBuilder { store: self.store.clone(), generation: capture.generation, capture: Some(capture) }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        // An anonymous file in the snapshot dir: unlinked at once, so an install that
+        // never completes leaves nothing behind.
+        let store = self.store.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            let dir = snapshot_dir(&store);
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join(format!("receiving-{}.tmp", store.db.generate_id().map_err(std::io::Error::other)?));
+            let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+            std::fs::remove_file(&path)?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|e| io(StorageIOError::write_snapshot(None, any(e))))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         tracing::info!(%meta, "installing snapshot");
         if let Some(u) = self.store.snapshot_undo.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             u.overtaken = true;
         }
-        let data = snapshot.into_inner();
+        let data = read_snapshot_data(&mut snapshot)
+            .await
+            .map_err(|e| io(StorageIOError::read_snapshot(Some(meta.signature()), any(e))))?;
         let pairs: SnapshotPairs =
             codec::decode(&data).map_err(|e| io(StorageIOError::read_snapshot(Some(meta.signature()), any(e))))?;
 
@@ -452,21 +491,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         });
         let found = tx_result(r, |e| io(StorageIOError::read_snapshot(None, any(e))))?;
         let Some((meta, in_sled)) = found else { return Ok(None) };
-        let data = match in_sled {
-            Some(d) => d.to_vec(),
-            None => {
-                let path = snapshot_file(&self.store, &meta.snapshot_id);
-                let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
-                read.unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            }
-            .map_err(|e| {
-                io(StorageIOError::read_snapshot(
-                    Some(meta.signature()),
-                    AnyError::error(format!("snapshot meta is stored but its data file cannot be read: {e}")),
-                ))
-            })?,
-        };
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let store = self.store.clone();
+        let id = meta.snapshot_id.clone();
+        let file = tokio::task::spawn_blocking(move || match in_sled {
+            // Written by a build that kept the data in sled: hand it out as a file.
+            Some(d) => anonymous_file_with(&store, &d),
+            None => std::fs::File::open(snapshot_file(&store, &id)),
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|e| {
+            io(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::error(format!("snapshot meta is stored but its data file cannot be read: {e}")),
+            ))
+        })?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
     }
 }
 
@@ -528,25 +568,25 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok(true)
         });
         let stored = tx_result(r, |e| write_snapshot_err(Some(&meta), e))?;
-        // The built data is returned (openraft only keeps its meta); read it back now,
-        // before a newer snapshot may replace the file. Off the runtime's threads: it
-        // is as large as the state.
+        // The built data is returned as an open handle to its file, opened before a
+        // newer snapshot may replace (unlink) the file; nothing is read into memory.
         let (store, id) = (self.store.clone(), meta.snapshot_id.clone());
-        let data = tokio::task::spawn_blocking(move || {
+        let file = tokio::task::spawn_blocking(move || {
             let path = snapshot_file(&store, &id);
-            let data = std::fs::read(&path);
+            let file = std::fs::File::open(&path);
             if stored {
                 remove_other_snapshot_files(&store, &id);
             } else {
                 let _ = std::fs::remove_file(&path);
             }
-            data
+            file
         })
         .await
         .map_err(|e| write_snapshot_err(Some(&meta), e))?
         .map_err(|e| write_snapshot_err(Some(&meta), e))?;
-        tracing::info!(%meta, bytes = data.len(), stored, "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        tracing::info!(%meta, bytes, stored, "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
     }
 }
 

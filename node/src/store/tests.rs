@@ -224,7 +224,9 @@ async fn snapshot_build_and_install_copies_the_state() {
     assert_eq!(snap.meta.last_log_id, Some(log_id(1, 5)));
     assert_eq!(snap.meta.last_membership.log_id(), &Some(log_id(1, 1)));
     assert!(snap.meta.snapshot_id.starts_with("1-5-"), "{}", snap.meta.snapshot_id);
-    let mut pairs = state_machine::decode_snapshot_pairs(snap.snapshot.get_ref()).unwrap();
+    let mut snap = snap;
+    let snap_bytes = data_of(&mut snap.snapshot).await;
+    let mut pairs = state_machine::decode_snapshot_pairs(&snap_bytes).unwrap();
     pairs.sort();
     assert_eq!(pairs, at_capture);
     assert!(pairs.iter().all(|(k, _)| k.as_slice() != b"t/late"));
@@ -234,8 +236,8 @@ async fn snapshot_build_and_install_copies_the_state() {
     let stored = sm_a.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(stored.meta, snap.meta);
 
-    assert!(sm_b.begin_receiving_snapshot().await.unwrap().get_ref().is_empty());
-    sm_b.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    assert!(data_of(&mut sm_b.begin_receiving_snapshot().await.unwrap()).await.is_empty());
+    sm_b.install_snapshot(&snap.meta, file_with(&snap_bytes).await).await.unwrap();
     assert_eq!(sm_pairs(&b), expected_after_install);
     assert_eq!(sm_b.applied_state().await.unwrap(), (snap.meta.last_log_id, snap.meta.last_membership.clone()));
     assert_eq!(sm_b.last_applied(), Some(log_id(1, 5)));
@@ -244,9 +246,10 @@ async fn snapshot_build_and_install_copies_the_state() {
     assert_eq!(sm_b.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
 
     // a second snapshot of `a` now includes the late write and supersedes the first
-    let snap2 = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut snap2 = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap2_bytes = data_of(&mut snap2.snapshot).await;
     assert_eq!(snap2.meta.last_log_id, Some(log_id(2, 9)));
-    let mut pairs2 = state_machine::decode_snapshot_pairs(snap2.snapshot.get_ref()).unwrap();
+    let mut pairs2 = state_machine::decode_snapshot_pairs(&snap2_bytes).unwrap();
     pairs2.sort();
     assert_eq!(pairs2, sm_pairs(&a));
     assert_ne!(snap2.meta.snapshot_id, snap.meta.snapshot_id);
@@ -258,7 +261,11 @@ async fn snapshot_build_and_install_copies_the_state() {
         .collect();
     assert_eq!(files, vec![format!("{}.snap", snap2.meta.snapshot_id)]);
     assert!(a.snapshot.get(snapshot_keys::DATA).unwrap().is_none());
-    assert_eq!(std::fs::read(dir_a.path().join("snapshots").join(&files[0])).unwrap(), snap2.snapshot.get_ref().clone());
+    assert_eq!(std::fs::read(dir_a.path().join("snapshots").join(&files[0])).unwrap(), snap2_bytes);
+    // the current snapshot is that file, read from its start however often it is asked for
+    let mut current = sm_a.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(data_of(&mut current.snapshot).await, snap2_bytes);
+    assert_eq!(data_of(&mut current.snapshot).await, snap2_bytes);
     // a builder builds once
     let mut once = sm_a.get_snapshot_builder().await;
     once.build_snapshot().await.unwrap();
@@ -271,8 +278,9 @@ async fn snapshot_build_and_install_copies_the_state() {
     for i in 1..=200 {
         sm_c.apply([put(1, i, "same", &format!("{{\"v\":{i}}}"))]).await.unwrap();
     }
-    let small = sm_c.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    assert!(small.snapshot.get_ref().len() < 1024, "{} bytes", small.snapshot.get_ref().len());
+    let mut small = sm_c.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let small_len = data_of(&mut small.snapshot).await.len();
+    assert!(small_len < 1024, "{small_len} bytes");
 }
 
 #[tokio::test]
@@ -282,11 +290,12 @@ async fn older_build_does_not_replace_newer_installed_snapshot() {
     let mut sm_a = open(&dir_a).state_machine();
     let mut sm_b = open(&dir_b).state_machine();
     sm_a.apply([put(1, 1, "x", "{}"), put(1, 2, "y", "{}")]).await.unwrap();
-    let newer = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut newer = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let newer_bytes = data_of(&mut newer.snapshot).await;
 
     sm_b.apply([put(1, 1, "x", "{}")]).await.unwrap();
     let mut old_builder = sm_b.get_snapshot_builder().await; // captured at (1,1)
-    sm_b.install_snapshot(&newer.meta, newer.snapshot.clone()).await.unwrap();
+    sm_b.install_snapshot(&newer.meta, file_with(&newer_bytes).await).await.unwrap();
     // the old build's state was replaced while it ran: it yields the installed one
     let old = old_builder.build_snapshot().await.unwrap();
     assert_eq!(old.meta, newer.meta);
@@ -331,7 +340,7 @@ async fn unknown_format_version_is_an_error_not_a_panic() {
         let before = sm_pairs(&store);
         let snap_meta = SnapshotMeta { last_log_id: Some(log_id(1, 9)), ..Default::default() };
         let data = corrupt(&crate::codec::encode(&Vec::<(Vec<u8>, Vec<u8>)>::new()));
-        assert!(sm.install_snapshot(&snap_meta, Box::new(std::io::Cursor::new(data))).await.is_err());
+        assert!(sm.install_snapshot(&snap_meta, file_with(&data).await).await.is_err());
         assert_eq!(sm_pairs(&store), before);
         assert_eq!(sm.last_applied(), Some(log_id(1, 1)));
         // the applied state record
@@ -426,4 +435,18 @@ async fn damaged_wal_and_missing_snapshot_file_are_clear_errors() {
     assert!(matches!(err, StoreError::Wal { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("00000000000000000001.wal") && msg.contains("restore the data dir"), "{msg}");
+}
+
+/// All of a snapshot's data (from its start, wherever the handle is).
+async fn data_of(file: &mut tokio::fs::File) -> Vec<u8> {
+    state_machine::read_snapshot_data(file).await.unwrap()
+}
+
+/// Snapshot data as openraft hands a received snapshot to `install_snapshot`: an
+/// open file, positioned after what was written into it.
+async fn file_with(data: &[u8]) -> Box<tokio::fs::File> {
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::File::from_std(tempfile::tempfile().unwrap());
+    f.write_all(data).await.unwrap();
+    Box::new(f)
 }
