@@ -264,8 +264,14 @@ pub struct RaftTuning {
     /// election (defaults 1000 and 2000). Failover takes about this long.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot every this many applied log entries (default 10000, >= 1).
+    /// Build a snapshot once this many log entries were applied since the last one
+    /// (default 10000, >= 1) and the log has grown to `snapshot_log_percent` % of the
+    /// last snapshot's size (see `snapshot_trigger`).
     pub snapshot_every: u64,
+    /// Log on disk, as a percentage of the last snapshot's size, that must have
+    /// accumulated before the next snapshot (default 50; 0 = count entries only).
+    /// Keeps snapshot work proportional to what is written as retained state grows.
+    pub snapshot_log_percent: u64,
     /// Log entries kept behind a snapshot so slow followers can catch up without a
     /// snapshot transfer (default 1000).
     pub logs_to_keep_after_snapshot: u64,
@@ -281,6 +287,7 @@ impl Default for RaftTuning {
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
             snapshot_every: 10_000,
+            snapshot_log_percent: 50,
             logs_to_keep_after_snapshot: 1000,
             request_timeout_ms: 2000,
         }
@@ -296,7 +303,8 @@ impl RaftTuning {
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // Snapshots are asked for by `snapshot_trigger` (entries and log size).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
             // Per snapshot chunk; a chunk is up to 3 MiB, so allow slow disks.
             install_snapshot_timeout: 10_000,
@@ -1270,6 +1278,7 @@ fn misplaced(key: &str, bad: &str) -> Option<&'static str> {
         "election_timeout_min_ms",
         "election_timeout_max_ms",
         "snapshot_every",
+        "snapshot_log_percent",
         "logs_to_keep_after_snapshot",
         "request_timeout_ms",
     ];

@@ -19,6 +19,7 @@ pub mod queue_api;
 pub mod queue_service;
 pub mod registry;
 pub mod server;
+pub mod snapshot_trigger;
 pub mod sm;
 pub mod telemetry;
 pub mod trigger_dir;

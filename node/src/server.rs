@@ -156,6 +156,11 @@ pub async fn run_with_listeners(
     }
     tokio::spawn(learn_startup_index(node.clone(), stop_rx.clone()));
     tokio::spawn(propose_ticks(node.clone(), stop_rx.clone()));
+    let snapshot_policy = crate::snapshot_trigger::Policy {
+        every_entries: c.raft.snapshot_every,
+        log_percent: c.raft.snapshot_log_percent,
+    };
+    tokio::spawn(crate::snapshot_trigger::run(node.clone(), store.clone(), snapshot_policy, stop_rx.clone()));
     let (stop_workers_tx, stop_workers_rx) = watch::channel(false);
     let drain_timeout = Duration::from_secs(cfg.spec.runtime.drain_timeout_secs);
     let workers_task = tokio::spawn(crate::workers::run(

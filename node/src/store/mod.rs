@@ -315,10 +315,20 @@ impl Store {
 
     /// Bytes the data dir takes on disk.
     pub fn size_on_disk(&self) -> u64 {
-        let snapshots = std::fs::read_dir(self.dir.join("snapshots"))
+        self.db.size_on_disk().unwrap_or(0) + self.wal.size_on_disk() + self.snapshot_bytes()
+    }
+
+    /// Bytes of Raft log on disk.
+    pub fn log_bytes(&self) -> u64 {
+        self.wal.size_on_disk()
+    }
+
+    /// Bytes of snapshot data on disk (the current snapshot's file, plus one being
+    /// written or replaced at the moment).
+    pub fn snapshot_bytes(&self) -> u64 {
+        std::fs::read_dir(self.dir.join("snapshots"))
             .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum::<u64>())
-            .unwrap_or(0);
-        self.db.size_on_disk().unwrap_or(0) + self.wal.size_on_disk() + snapshots
+            .unwrap_or(0)
     }
 
     pub fn log_store(&self) -> LogStore {
