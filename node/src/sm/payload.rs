@@ -39,7 +39,7 @@ pub enum PayloadError {
 pub fn pack(raw: &[u8]) -> Vec<u8> {
     if raw.len() >= MIN_COMPRESS {
         let compressed = lz4_flex::block::compress_prepend_size(raw);
-        if compressed.len() + 1 <= raw.len() - raw.len() / 8 {
+        if compressed.len() < raw.len() - raw.len() / 8 {
             let mut out = Vec::with_capacity(compressed.len() + 1);
             out.push(LZ4);
             out.extend_from_slice(&compressed);
