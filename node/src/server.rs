@@ -151,16 +151,19 @@ pub async fn run_with_listeners(
                 .await
         })
     };
+    // Tasks that hold the node (and so the store) until `stop_rx` fires; awaited at
+    // shutdown so the data dir is free once this function returns.
+    let mut background = tokio::task::JoinSet::new();
     if pristine {
-        tokio::spawn(crate::bootstrap::run(node.clone(), c.initial_members.clone(), stop_rx.clone()));
+        background.spawn(crate::bootstrap::run(node.clone(), c.initial_members.clone(), stop_rx.clone()));
     }
-    tokio::spawn(learn_startup_index(node.clone(), stop_rx.clone()));
-    tokio::spawn(propose_ticks(node.clone(), stop_rx.clone()));
+    background.spawn(learn_startup_index(node.clone(), stop_rx.clone()));
+    background.spawn(propose_ticks(node.clone(), stop_rx.clone()));
     let snapshot_policy = crate::snapshot_trigger::Policy {
         every_entries: c.raft.snapshot_every,
         log_percent: c.raft.snapshot_log_percent,
     };
-    tokio::spawn(crate::snapshot_trigger::run(node.clone(), store.clone(), snapshot_policy, stop_rx.clone()));
+    background.spawn(crate::snapshot_trigger::run(node.clone(), store.clone(), snapshot_policy, stop_rx.clone()));
     let (stop_workers_tx, stop_workers_rx) = watch::channel(false);
     let drain_timeout = Duration::from_secs(cfg.spec.runtime.drain_timeout_secs);
     let workers_task = tokio::spawn(crate::workers::run(
@@ -176,7 +179,7 @@ pub async fn run_with_listeners(
         stop_workers_rx,
     ));
     if let Some(dir) = cfg.spec.triggers.directory.clone() {
-        tokio::spawn(crate::trigger_dir::run(node.clone(), dir, cfg.spec.triggers.watch, stop_rx.clone()));
+        background.spawn(crate::trigger_dir::run(node.clone(), dir, cfg.spec.triggers.watch, stop_rx.clone()));
     }
 
     shutdown.await;
@@ -199,6 +202,11 @@ pub async fn run_with_listeners(
         tracing::warn!("raft shutdown: {e}");
     }
     let grpc_res = grpc_task.await;
+    let waited = tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, async { while background.join_next().await.is_some() {} }).await;
+    if waited.is_err() {
+        tracing::warn!("background tasks did not stop within {BACKGROUND_STOP_TIMEOUT:?}; aborting them");
+        background.shutdown().await;
+    }
     match http_res {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(ServerError::Serve { what: "HTTP", message: e.to_string() }),
@@ -212,6 +220,10 @@ pub async fn run_with_listeners(
     tracing::info!(node_id = id, "stopped");
     Ok(())
 }
+
+/// How long shutdown waits for background tasks (ticks, snapshot trigger, trigger
+/// directory) after Raft has stopped; they only finish an in-flight call.
+const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the leader checks for due leases, delayed jobs and expired records.
 const TICK_INTERVAL: Duration = Duration::from_millis(200);

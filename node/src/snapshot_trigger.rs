@@ -23,8 +23,11 @@ use tokio::sync::watch;
 
 use crate::node::Node;
 
-/// How often the task looks at the log (it also wakes on applied entries).
+/// How often the task looks at the log.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// After asking for a snapshot, how long to wait for it before asking again (a
+/// build that failed, or a request openraft dropped, must not stop snapshots).
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 /// The rule, from `spec.cluster.raft`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,9 +58,10 @@ impl Policy {
 /// Ask openraft for a snapshot whenever [`Policy::due`] says so, until `stop`.
 pub async fn run(node: Arc<Node>, store: crate::store::Store, policy: Policy, mut stop: watch::Receiver<bool>) {
     let mut metrics = node.raft.metrics();
-    // The snapshot index at which a snapshot was last asked for: not again until a
-    // newer one exists (openraft ignores a request while it builds one).
-    let mut asked_at: Option<Option<u64>> = None;
+    // When, and at which snapshot index, a snapshot was last asked for: not again
+    // until a newer one exists or ASK_AGAIN_AFTER has passed (openraft ignores a
+    // request while it builds one).
+    let mut asked: Option<(Option<u64>, tokio::time::Instant)> = None;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -67,7 +71,7 @@ pub async fn run(node: Arc<Node>, store: crate::store::Store, policy: Policy, mu
             let m = metrics.borrow_and_update();
             (m.last_applied.map_or(0, |l| l.index), m.snapshot.map(|l| l.index))
         };
-        if asked_at == Some(snapshot) {
+        if asked.is_some_and(|(at, when)| at == snapshot && when.elapsed() < ASK_AGAIN_AFTER) {
             continue;
         }
         let sizes = Sizes {
@@ -80,7 +84,7 @@ pub async fn run(node: Arc<Node>, store: crate::store::Store, policy: Policy, mu
             if node.raft.trigger().snapshot().await.is_err() {
                 return; // Raft has stopped
             }
-            asked_at = Some(snapshot);
+            asked = Some((snapshot, tokio::time::Instant::now()));
         }
     }
 }
