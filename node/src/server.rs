@@ -162,6 +162,7 @@ pub async fn run_with_listeners(
     let snapshot_policy = crate::snapshot_trigger::Policy {
         every_entries: c.raft.snapshot_every,
         log_percent: c.raft.snapshot_log_percent,
+        stagger_percent: crate::snapshot_trigger::stagger_percent(id),
     };
     background.spawn(crate::snapshot_trigger::run(node.clone(), store.clone(), snapshot_policy, stop_rx.clone()));
     let (stop_workers_tx, stop_workers_rx) = watch::channel(false);

@@ -11,6 +11,10 @@
 //! - the Raft log on disk has grown to at least `snapshot_log_percent` % of the last
 //!   snapshot's size.
 //!
+//! Each node scales both thresholds by its own stagger (0, 20 or 40 %, by node id),
+//! so the members of a group do not all build at the same moment: while one node
+//! builds, the others still make a quorum at full speed.
+//!
 //! The second rule amortizes: the bytes a snapshot writes are at most
 //! `100 / snapshot_log_percent` times the bytes written to the log since the last one,
 //! and the log on disk stays within that fraction of the state (plus the entries kept
@@ -34,6 +38,13 @@ const ASK_AGAIN_AFTER: Duration = Duration::from_secs(30);
 pub struct Policy {
     pub every_entries: u64,
     pub log_percent: u64,
+    /// Extra percent on both thresholds for this node ([`stagger_percent`]).
+    pub stagger_percent: u64,
+}
+
+/// The stagger of node `id`: 0, 20 or 40 %.
+pub fn stagger_percent(id: u64) -> u64 {
+    (id % 3) * 20
 }
 
 /// What the rule looks at.
@@ -50,8 +61,10 @@ pub struct Sizes {
 impl Policy {
     /// Whether a snapshot is due.
     pub fn due(&self, s: Sizes) -> bool {
-        s.entries_since >= self.every_entries
-            && u128::from(s.log_bytes) * 100 >= u128::from(s.snapshot_bytes) * u128::from(self.log_percent)
+        let scale = 100 + u128::from(self.stagger_percent);
+        u128::from(s.entries_since) * 100 >= u128::from(self.every_entries).saturating_mul(scale)
+            && u128::from(s.log_bytes) * 100 * 100
+                >= u128::from(s.snapshot_bytes).saturating_mul(u128::from(self.log_percent)).saturating_mul(scale)
     }
 }
 
@@ -95,7 +108,7 @@ mod tests {
 
     #[test]
     fn entries_and_log_size_must_both_be_reached() {
-        let p = Policy { every_entries: 10_000, log_percent: 50 };
+        let p = Policy { every_entries: 10_000, log_percent: 50, stagger_percent: 0 };
         let at = |entries_since, log_bytes, snapshot_bytes| p.due(Sizes { entries_since, log_bytes, snapshot_bytes });
         // No snapshot yet: entries decide.
         assert!(!at(9_999, 1 << 30, 0));
@@ -107,10 +120,24 @@ mod tests {
         // Many entries never make up for a small log.
         assert!(!at(1_000_000, 149_999_999, 300_000_000));
         // 0 % = count entries only, the behaviour of openraft's own policy.
-        let entries_only = Policy { every_entries: 5, log_percent: 0 };
+        let entries_only = Policy { every_entries: 5, log_percent: 0, stagger_percent: 0 };
         assert!(entries_only.due(Sizes { entries_since: 5, log_bytes: 0, snapshot_bytes: u64::MAX }));
         // No overflow at the extremes.
-        let p = Policy { every_entries: 1, log_percent: u64::MAX };
-        assert!(!p.due(Sizes { entries_since: 1, log_bytes: u64::MAX, snapshot_bytes: u64::MAX }));
+        let p = Policy { every_entries: 1, log_percent: u64::MAX, stagger_percent: u64::MAX };
+        assert!(!p.due(Sizes { entries_since: u64::MAX, log_bytes: u64::MAX, snapshot_bytes: u64::MAX }));
+    }
+
+    #[test]
+    fn members_are_staggered() {
+        assert_eq!([1, 2, 3, 4].map(stagger_percent), [20, 40, 0, 20]);
+        let node = |id| Policy { every_entries: 10_000, log_percent: 50, stagger_percent: stagger_percent(id) };
+        let sizes = |entries_since, log_bytes| Sizes { entries_since, log_bytes, snapshot_bytes: 100_000_000 };
+        // Node 3 (0 %) is due first, node 1 (20 %) at 12 000 entries / 60 MB, node 2 at 14 000 / 70 MB.
+        assert!(node(3).due(sizes(10_000, 50_000_000)));
+        assert!(!node(1).due(sizes(11_999, 60_000_000)));
+        assert!(!node(1).due(sizes(12_000, 59_999_999)));
+        assert!(node(1).due(sizes(12_000, 60_000_000)));
+        assert!(!node(2).due(sizes(13_999, 70_000_000)));
+        assert!(node(2).due(sizes(14_000, 70_000_000)));
     }
 }
