@@ -208,6 +208,13 @@ pub async fn run_with_listeners(
         tracing::warn!("background tasks did not stop within {BACKGROUND_STOP_TIMEOUT:?}; aborting them");
         background.shutdown().await;
     }
+    // openraft's state-machine worker and a snapshot build still running release
+    // their store handles shortly after Raft stops; the data dir stays locked until
+    // the last one is gone, so wait for that (bounded) before reporting "stopped".
+    drop((services, node, raft));
+    if !store.wait_until_last_handle(BACKGROUND_STOP_TIMEOUT).await {
+        tracing::warn!("the store is still in use {BACKGROUND_STOP_TIMEOUT:?} after stopping; the data dir stays locked until that work ends");
+    }
     match http_res {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(ServerError::Serve { what: "HTTP", message: e.to_string() }),

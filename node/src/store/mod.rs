@@ -331,6 +331,21 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// Wait until this is the last handle on the store, at most `timeout`; `false`
+    /// if others remain. Dropping the last handle unlocks the data dir, so a node
+    /// restarted in the same process can open it again.
+    pub async fn wait_until_last_handle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Every clone shares `dir`, so its count is the number of live handles.
+        while Arc::strong_count(&self.dir) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     pub fn log_store(&self) -> LogStore {
         LogStore::new(self.clone())
     }

@@ -106,6 +106,10 @@ impl TestCluster {
         }
         if let Some(t) = node.task.take() {
             tokio::time::timeout(Duration::from_secs(20), t).await.expect("node stops within 20s").unwrap();
+            // Once run() has returned the data dir is free again (no store handle left).
+            if let Err(e) = aof_node::store::Store::open(&node.cfg.spec.cluster.data_dir, 1 << 20) {
+                panic!("a stopped node leaves its data dir locked: {e}");
+            }
         }
     }
 
@@ -113,15 +117,6 @@ impl TestCluster {
     pub async fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         assert!(node.task.is_none(), "stop the node first");
-        // A stopped node's last store handles (openraft's state-machine worker, a
-        // snapshot build) can outlive `run()` briefly; a process restart never sees
-        // this, an in-process one waits for the data dir's lock (bounded).
-        let dir = node.cfg.spec.cluster.data_dir.clone();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while let Err(e) = aof_node::store::Store::open(&dir, 1 << 20) {
-            assert!(Instant::now() < deadline, "data dir still locked 20 s after stop: {e}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         let hl = TcpListener::bind(node.http).await.unwrap();
         let gl = TcpListener::bind(node.grpc).await.unwrap();
         spawn(node, hl, gl);
