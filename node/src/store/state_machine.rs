@@ -172,14 +172,22 @@ async fn in_background_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 
     rx.await.map_err(|_| std::io::Error::other("the snapshot thread panicked"))
 }
 
+/// A new, empty file in the snapshot dir, unlinked at once: it disappears with its
+/// last handle, so nothing is left behind if it is never used. `what` names it while
+/// it briefly has a name.
+fn anonymous_file(store: &Store, what: &str) -> std::io::Result<std::fs::File> {
+    let dir = snapshot_dir(store);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{what}-{}.tmp", store.db.generate_id().map_err(std::io::Error::other)?));
+    let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
 /// An unlinked file in the snapshot dir holding `data`, positioned at its start.
 fn anonymous_file_with(store: &Store, data: &[u8]) -> std::io::Result<std::fs::File> {
     use std::io::{Seek, Write};
-    let dir = snapshot_dir(store);
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("legacy-{}.tmp", store.db.generate_id().map_err(std::io::Error::other)?));
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-    std::fs::remove_file(&path)?;
+    let mut file = anonymous_file(store, "legacy")?;
     file.write_all(data)?;
     file.seek(std::io::SeekFrom::Start(0))?;
     Ok(file)
@@ -436,20 +444,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        // An anonymous file in the snapshot dir: unlinked at once, so an install that
-        // never completes leaves nothing behind.
+        // An install that never completes leaves nothing behind.
         let store = self.store.clone();
-        let file = tokio::task::spawn_blocking(move || {
-            let dir = snapshot_dir(&store);
-            std::fs::create_dir_all(&dir)?;
-            let path = dir.join(format!("receiving-{}.tmp", store.db.generate_id().map_err(std::io::Error::other)?));
-            let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-            std::fs::remove_file(&path)?;
-            Ok::<_, std::io::Error>(file)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        .map_err(|e| io(StorageIOError::write_snapshot(None, any(e))))?;
+        let file = tokio::task::spawn_blocking(move || anonymous_file(&store, "receiving"))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| io(StorageIOError::write_snapshot(None, any(e))))?;
         Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
