@@ -1,8 +1,9 @@
 //! aof-cluster node: Raft consensus (openraft), sled storage, the replicated state
 //! machine, and the HTTP and gRPC servers. See `docs/ARCHITECTURE.md` for the map.
 
+pub use aof_core::{codec, sm};
+
 pub mod bootstrap;
-pub mod codec;
 pub mod config;
 pub mod events_api;
 pub mod executor;
@@ -20,7 +21,6 @@ pub mod queue_service;
 pub mod registry;
 pub mod server;
 pub mod snapshot_trigger;
-pub mod sm;
 pub mod telemetry;
 pub mod trigger_dir;
 pub mod store;

@@ -39,3 +39,10 @@ pub fn active(bug: Bug) -> bool {
     let _ = bug;
     false
 }
+
+/// The planted bugs the state machine core takes as a parameter (it reads no
+/// environment itself).
+#[inline]
+pub fn in_state_machine() -> aof_core::sm::Planted {
+    aof_core::sm::Planted { skip_fencing: active(Bug::SkipFencing) }
+}

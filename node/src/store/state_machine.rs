@@ -394,7 +394,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let log_id = entry.log_id;
             let resp = match entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(req) => crate::sm::apply(&mut overlay, log_id.index, &req),
+                EntryPayload::Normal(req) => crate::sm::apply(&mut overlay, log_id.index, &req, crate::planted::in_state_machine()),
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(log_id), m);
                     membership_changed = true;

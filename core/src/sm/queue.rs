@@ -24,6 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::events::{self, JobRateLimit, JobRecord, JobState, JobTransition, LeaseInfo};
+use super::Planted;
 use super::kv::{prefix_end, KvRead, Overlay};
 use crate::codec;
 use crate::github::facts::EventFacts;
@@ -261,11 +262,11 @@ pub(super) fn grant(state: &mut Overlay<'_>, index: u64, now: u64, g: &GrantRequ
 }
 
 /// The job if `token` names its live lease, else the reason it does not.
-fn leased_job(state: &dyn KvRead, job_id: &str, token: u64) -> Result<JobRecord, Response> {
+fn leased_job(state: &dyn KvRead, job_id: &str, token: u64, planted: Planted) -> Result<JobRecord, Response> {
     let Some(job) = events::get_job(state, job_id) else {
         return Err(Response::JobNotFound { job_id: job_id.to_string() });
     };
-    let fenced = !crate::planted::active(crate::planted::Bug::SkipFencing);
+    let fenced = !planted.skip_fencing;
     match &job.lease {
         Some(l) if job.state == JobState::Leased && (l.token == token || !fenced) => Ok(job),
         Some(l) if job.state == JobState::Leased => Err(Response::StaleToken {
@@ -279,8 +280,8 @@ fn leased_job(state: &dyn KvRead, job_id: &str, token: u64) -> Result<JobRecord,
     }
 }
 
-pub(super) fn extend(state: &mut Overlay<'_>, _index: u64, now: u64, job_id: &str, token: u64, extend_ms: u64) -> Response {
-    let mut job = match leased_job(state, job_id, token) {
+pub(super) fn extend(state: &mut Overlay<'_>, _index: u64, now: u64, job_id: &str, token: u64, extend_ms: u64, planted: Planted) -> Response {
+    let mut job = match leased_job(state, job_id, token, planted) {
         Ok(j) => j,
         Err(r) => return r,
     };
@@ -297,8 +298,8 @@ pub(super) fn extend(state: &mut Overlay<'_>, _index: u64, now: u64, job_id: &st
     Response::Extended { deadline_ms }
 }
 
-pub(super) fn complete(state: &mut Overlay<'_>, index: u64, now: u64, job_id: &str, token: u64, result: &str) -> Response {
-    let mut job = match leased_job(state, job_id, token) {
+pub(super) fn complete(state: &mut Overlay<'_>, index: u64, now: u64, job_id: &str, token: u64, result: &str, planted: Planted) -> Response {
+    let mut job = match leased_job(state, job_id, token, planted) {
         Ok(j) => j,
         Err(r) => return r,
     };
@@ -320,8 +321,9 @@ pub(super) fn fail(
     retryable: bool,
     delay_ms: u64,
     policy: &QueuePolicy,
+    planted: Planted,
 ) -> Response {
-    let mut job = match leased_job(state, job_id, token) {
+    let mut job = match leased_job(state, job_id, token, planted) {
         Ok(j) => j,
         Err(r) => return r,
     };

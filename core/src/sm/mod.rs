@@ -23,6 +23,16 @@ pub use kv::{KvRead, MemKv, Overlay};
 
 use crate::types::{seq, Command, Request, Response, MAX_BATCH};
 
+/// Known bugs planted on purpose so the fault-injection checkers can prove they catch
+/// them. The node decides them at start (its `planted-bugs` feature, never in
+/// release builds) and passes them in, so `apply` reads no environment; all `false`
+/// in production.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Planted {
+    /// Extend / Complete / Fail accept any token for a leased job.
+    pub skip_fencing: bool,
+}
+
 /// Key of the state machine's own clock: the largest leader-stamped time applied so
 /// far. Leader clocks may step backwards across a failover; `now` never does.
 const CLOCK_KEY: &[u8] = b"m/clock";
@@ -31,7 +41,7 @@ const CLOCK_KEY: &[u8] = b"m/clock";
 ///
 /// Triggers get the log index as their revision; events, jobs and leases get the
 /// command's sequence number ([`crate::types::seq`]).
-pub fn apply(state: &mut Overlay<'_>, index: u64, req: &Request) -> Response {
+pub fn apply(state: &mut Overlay<'_>, index: u64, req: &Request, planted: Planted) -> Response {
     let now = advance_clock(state, req.time_ms);
     // Retention is enforced a little on every entry (first, so a command never sees
     // a record whose time is up), and in bulk by `Tick`.
@@ -42,18 +52,18 @@ pub fn apply(state: &mut Overlay<'_>, index: u64, req: &Request) -> Response {
                 .enumerate()
                 .map(|(pos, cmd)| {
                     if cmd.is_batchable() && pos < MAX_BATCH {
-                        apply_one(state, index, seq(index, pos), now, cmd, 0)
+                        apply_one(state, index, seq(index, pos), now, cmd, 0, planted)
                     } else {
                         Response::NotBatchable { kind: cmd.kind().to_string() }
                     }
                 })
                 .collect(),
         ),
-        cmd => apply_one(state, index, seq(index, 0), now, cmd, expired),
+        cmd => apply_one(state, index, seq(index, 0), now, cmd, expired, planted),
     }
 }
 
-fn apply_one(state: &mut Overlay<'_>, index: u64, seq: u64, now: u64, cmd: &Command, expired: u64) -> Response {
+fn apply_one(state: &mut Overlay<'_>, index: u64, seq: u64, now: u64, cmd: &Command, expired: u64, planted: Planted) -> Response {
     match cmd {
         Command::PutTrigger { name, doc_json, if_match } => {
             triggers::put(state, index, now, name, doc_json, *if_match)
@@ -66,10 +76,10 @@ fn apply_one(state: &mut Overlay<'_>, index: u64, seq: u64, now: u64, cmd: &Comm
             Response::Ticked { expired_events, expired_leases, released }
         }
         Command::Grant(g) => queue::grant(state, seq, now, g),
-        Command::Extend { job_id, token, extend_ms } => queue::extend(state, seq, now, job_id, *token, *extend_ms),
-        Command::Complete { job_id, token, result } => queue::complete(state, seq, now, job_id, *token, result),
+        Command::Extend { job_id, token, extend_ms } => queue::extend(state, seq, now, job_id, *token, *extend_ms, planted),
+        Command::Complete { job_id, token, result } => queue::complete(state, seq, now, job_id, *token, result, planted),
         Command::Fail { job_id, token, error, retryable, delay_ms, policy } => {
-            queue::fail(state, seq, now, job_id, *token, error, *retryable, *delay_ms, policy)
+            queue::fail(state, seq, now, job_id, *token, error, *retryable, *delay_ms, policy, planted)
         }
         Command::Redrive { job_id } => queue::redrive(state, seq, now, job_id.as_deref()),
         Command::Purge { job_id } => queue::purge(state, seq, now, job_id.as_deref()),

@@ -118,7 +118,7 @@ mod tests {
 
     fn run(base: &mut MemKv, index: u64, cmd: Command) -> Response {
         let mut o = Overlay::new(base);
-        let r = apply(&mut o, index, &Request { time_ms: 1000 + index, cmd });
+        let r = apply(&mut o, index, &Request { time_ms: 1000 + index, cmd }, Default::default());
         let w = o.into_writes();
         base.commit(w);
         r

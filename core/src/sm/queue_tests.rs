@@ -22,7 +22,7 @@ impl Sm {
     fn run(&mut self, now: u64, cmd: Command) -> Response {
         self.index += 1;
         let mut o = Overlay::new(&self.kv);
-        let r = apply(&mut o, self.index, &Request { time_ms: now, cmd });
+        let r = apply(&mut o, self.index, &Request { time_ms: now, cmd }, Default::default());
         let w = o.into_writes();
         self.kv.commit(w);
         r

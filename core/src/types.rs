@@ -1,0 +1,281 @@
+//! The application data replicated through the Raft log: commands, their answers,
+//! and the records they carry.
+//!
+//! **API Boundary**: [`Request`] and [`Response`] are persisted in the Raft log and
+//! in snapshots (through [`crate::codec`]), so changing them is a storage-format
+//! change: add new variants at the end, never reorder or remove one.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a cluster member (`spec.cluster.node_id`).
+pub type NodeId = u64;
+
+/// Addresses of a cluster member, as stored in the Raft membership config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// `host:port` of the member's gRPC server (Raft traffic, forwarding, workers).
+    pub grpc_addr: String,
+    /// `host:port` of the member's HTTP server (webhooks, REST API).
+    pub http_addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "grpc={} http={}", self.grpc_addr, self.http_addr)
+    }
+}
+
+/// One replicated command, as proposed by the leader.
+///
+/// **Architecture Invariant**: `time_ms` is stamped by the leader when it proposes
+/// the command (wall clock, milliseconds since the Unix epoch). The state machine
+/// uses only this field as "now"; it never reads a clock itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub time_ms: u64,
+    pub cmd: Command,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}@{}", self.cmd.kind(), self.time_ms)
+    }
+}
+
+/// The commands of the replicated state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace a trigger. `doc_json` is the validated Trigger document as
+    /// canonical JSON. With `if_match`, the write happens only if the trigger's current
+    /// revision equals it (`0` = "must not exist").
+    PutTrigger { name: String, doc_json: String, if_match: Option<u64> },
+    /// Delete a trigger, optionally compare-and-set on its revision.
+    DeleteTrigger { name: String, if_match: Option<u64> },
+    /// A verified GitHub webhook delivery: dedup by delivery id, match against the
+    /// registry as of this log index, record the event and create its jobs.
+    IngestWebhook(Box<Delivery>),
+    /// Housekeeping proposed by the leader: expire leases past their deadline (retry
+    /// or dead-letter), release delayed jobs whose time came, expire records past
+    /// their retention.
+    Tick { policy: QueuePolicy },
+    /// Lease up to `count` ready jobs to a worker.
+    Grant(GrantRequest),
+    /// Push a lease's deadline out (heartbeat).
+    Extend { job_id: String, token: u64, extend_ms: u64 },
+    /// Finish a leased job successfully.
+    Complete { job_id: String, token: u64, result: String },
+    /// Report a failed attempt.
+    Fail { job_id: String, token: u64, error: String, retryable: bool, delay_ms: u64, policy: QueuePolicy },
+    /// Move dead-lettered jobs back to the ready queue (`None` = all).
+    Redrive { job_id: Option<String> },
+    /// Drop dead-lettered jobs (`None` = all).
+    Purge { job_id: Option<String> },
+    /// Several [batchable](Command::is_batchable) commands proposed as one log entry
+    /// (group commit: one append, one fsync, one replication round for all of them).
+    /// They are applied in order; command `pos` gets the sequence number
+    /// [`seq(index, pos)`](seq). At most [`MAX_BATCH`] commands.
+    Batch(Vec<Command>),
+}
+
+/// Most commands in one [`Command::Batch`] (the position must fit in 8 bits).
+pub const MAX_BATCH: usize = 256;
+
+/// The sequence number of the `pos`-th command of the log entry at `index`:
+/// `index << 8 | pos` (`pos` = 0 for an entry that is not a batch).
+///
+/// Event ids, job history positions and lease fencing tokens are sequence numbers.
+/// They are unique, strictly increasing in log order, the same on every replica, and
+/// `seq >> 8` is the commit index of the entry that carried the command.
+pub fn seq(index: u64, pos: usize) -> u64 {
+    debug_assert!(pos < MAX_BATCH);
+    (index << 8) | pos as u64
+}
+
+/// Queue settings (`spec.queue`), carried in the commands that need them so that
+/// applying a command never depends on a node's local configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePolicy {
+    pub lease_timeout_ms: u64,
+    pub max_retries: u32,
+    pub retry_delay_ms: u64,
+    pub max_retry_delay_ms: u64,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy { lease_timeout_ms: 30_000, max_retries: 3, retry_delay_ms: 1000, max_retry_delay_ms: 60_000 }
+    }
+}
+
+/// A worker's request for leases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRequest {
+    pub worker_id: String,
+    /// Target names served; empty = all.
+    pub targets: Vec<String>,
+    pub count: u32,
+    pub policy: QueuePolicy,
+}
+
+/// A granted lease with everything a worker needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub job_id: String,
+    /// Fencing token: the [sequence number](seq) of the grant (its commit index `<< 8`
+    /// plus its position in the entry).
+    pub token: u64,
+    pub deadline_ms: u64,
+    pub attempt: u32,
+    pub event_id: u64,
+    pub delivery_id: String,
+    pub event: String,
+    /// When the event was accepted (leader-stamped), for event→claim latency.
+    pub received_ms: u64,
+    pub trigger: String,
+    pub route: crate::github::trigger::Route,
+    pub context: std::collections::BTreeMap<String, crate::github::facts::CtxValue>,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    pub traceparent: String,
+}
+
+/// A webhook delivery as proposed: the facts the matcher needs (extracted at the
+/// edge) plus the raw payload handed to workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// `X-GitHub-Delivery`.
+    pub delivery_id: String,
+    pub facts: crate::github::facts::EventFacts,
+    /// The request body as received (what the signature covered). Encoded as one byte
+    /// string (`serde_bytes`), not as a sequence of numbers: the same bincode bytes,
+    /// far less CPU.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// The node whose gateway accepted the request.
+    pub received_by: NodeId,
+    /// How long a finished event, its payload and its dedup entry are kept.
+    pub retention_ms: u64,
+    /// W3C trace context of the gateway's span ("" when not traced).
+    pub traceparent: String,
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::PutTrigger { .. } => "put_trigger",
+            Command::DeleteTrigger { .. } => "delete_trigger",
+            Command::IngestWebhook(_) => "ingest_webhook",
+            Command::Tick { .. } => "tick",
+            Command::Grant(_) => "grant",
+            Command::Extend { .. } => "extend",
+            Command::Complete { .. } => "complete",
+            Command::Fail { .. } => "fail",
+            Command::Redrive { .. } => "redrive",
+            Command::Purge { .. } => "purge",
+            Command::Batch(_) => "batch",
+        }
+    }
+
+    /// Commands the leader may group into a [`Command::Batch`]: the hot path of
+    /// webhooks and workers. Trigger writes (whose revision is the log index), `Tick`
+    /// and DLQ operations are always proposed alone.
+    pub fn is_batchable(&self) -> bool {
+        matches!(
+            self,
+            Command::IngestWebhook(_) | Command::Grant(_) | Command::Extend { .. } | Command::Complete { .. } | Command::Fail { .. }
+        )
+    }
+}
+
+/// A trigger as kept in the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerRecord {
+    pub name: String,
+    /// Log index of the write that last changed it (like etcd's `mod_revision`).
+    pub revision: u64,
+    /// Log index of the write that created it.
+    pub created_revision: u64,
+    /// Leader-stamped time of the last change.
+    pub updated_ms: u64,
+    /// The Trigger document, canonical JSON.
+    pub doc_json: String,
+}
+
+/// The result of applying one log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Entries that carry no application command (blank, membership).
+    None,
+    TriggerPut { name: String, revision: u64, created: bool, unchanged: bool },
+    TriggerDeleted { name: String, revision: u64 },
+    /// Compare-and-set failed; nothing changed.
+    RevisionMismatch { name: String, expected: u64, actual: u64 },
+    NotFound { name: String },
+    /// The outcome of `IngestWebhook`; `duplicate` when the delivery id was seen before
+    /// (then every other field is the original answer).
+    Ingested(IngestResult),
+    /// `Tick`: what housekeeping did.
+    Ticked { expired_events: u64, expired_leases: u64, released: u64 },
+    Granted(Vec<LeaseGrant>),
+    Extended { deadline_ms: u64 },
+    Completed,
+    /// `Fail` accepted: retried at `ready_at_ms`, or dead-lettered.
+    Failed { dead: bool, ready_at_ms: u64 },
+    /// The fencing token does not name the job's current lease; nothing changed.
+    StaleToken { job_id: String, reason: String },
+    JobNotFound { job_id: String },
+    Redriven { jobs: Vec<String> },
+    Purged { jobs: Vec<String> },
+    /// `Batch`: one response per command, in order.
+    Batch(Vec<Response>),
+    /// A command that may not be part of a batch was found in one; nothing changed.
+    NotBatchable { kind: String },
+}
+
+/// What the gateway answers for a delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestResult {
+    pub event_id: u64,
+    pub delivery_id: String,
+    pub status: EventStatus,
+    pub trigger: Option<String>,
+    pub jobs: Vec<String>,
+    pub duplicate: bool,
+}
+
+/// The lifecycle of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventStatus {
+    /// Matched a trigger; its job waits for a worker.
+    Queued,
+    /// No enabled trigger matched; recorded, no job.
+    Unmatched,
+    /// A trigger's filters matched but no command or default target routes it.
+    NoRoute,
+    /// Every job finished successfully.
+    Completed,
+    /// A job ended in the dead-letter queue.
+    Failed,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Queued => "queued",
+            EventStatus::Unmatched => "unmatched",
+            EventStatus::NoRoute => "no_route",
+            EventStatus::Completed => "completed",
+            EventStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Queued, Self::Unmatched, Self::NoRoute, Self::Completed, Self::Failed].into_iter().find(|v| v.as_str() == s)
+    }
+    /// Finished events start their retention clock.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, EventStatus::Queued)
+    }
+}
