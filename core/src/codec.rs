@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The current record format.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -33,6 +33,12 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     // non-string keys and no `deserialize_any`-only types.
     bincode::serialize_into(&mut out, value).expect("bincode serialization into a Vec");
     out
+}
+
+/// The size of `value`'s record, without encoding it (a walk that counts byte
+/// strings by their length).
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    bincode::serialized_size(value).map_or(usize::MAX, |n| n as usize + 1)
 }
 
 /// Decode a versioned record.

@@ -159,6 +159,22 @@ pub struct Delivery {
     pub retention_ms: u64,
     /// W3C trace context of the gateway's span ("" when not traced).
     pub traceparent: String,
+    /// Which secret authenticated the delivery at the gateway.
+    pub signed_by: SignedBy,
+}
+
+/// Which secret authenticated a delivery, and so what it may reach.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignedBy {
+    /// A daemon-wide secret (`spec.platforms.github`): every trigger may match.
+    #[default]
+    Daemon,
+    /// An organisation's secret (lower-case login). The gateway accepted it only for
+    /// that organisation's repositories; every trigger may match.
+    Org(String),
+    /// A trigger's own `webhook_secret`: only that trigger may match, so one tenant's
+    /// secret cannot route a delivery to another tenant's trigger.
+    Trigger(String),
 }
 
 impl Command {

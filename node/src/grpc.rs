@@ -66,6 +66,7 @@ impl RaftService for Services {
 impl ClusterService for Services {
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let op: LeaderOp = decode(req.get_ref())?;
+        let op = op.revalidate().map_err(|e| Status::invalid_argument(format!("forwarded operation refused: {e}")))?;
         reply(&self.node.run_on_leader(op).await)
     }
 

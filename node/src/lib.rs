@@ -3,11 +3,10 @@
 
 pub use aof_core::{codec, sm};
 
+pub mod auth;
 pub mod bootstrap;
 pub mod config;
-pub mod events_api;
 pub mod executor;
-pub mod gateway;
 pub mod github;
 pub mod grpc;
 pub mod http;
@@ -16,7 +15,6 @@ pub mod network;
 pub mod node;
 pub mod planted;
 pub mod proposer;
-pub mod queue_api;
 pub mod queue_service;
 pub mod registry;
 pub mod server;

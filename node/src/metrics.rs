@@ -59,6 +59,8 @@ pub struct TargetLabels {
 pub struct Metrics {
     registry: Registry,
     pub webhook_requests: Family<OutcomeLabels, Counter>,
+    /// Webhook bodies parsed as JSON: only ever after the signature checked out.
+    pub webhook_json_parses: Counter,
     /// Seconds from receiving a webhook to answering 202/200.
     pub webhook_ack_seconds: Histogram,
     pub raft_term: Gauge,
@@ -98,6 +100,8 @@ impl Default for Metrics {
         let mut r = Registry::with_prefix("aof");
         let webhook_requests = Family::<OutcomeLabels, Counter>::default();
         r.register("webhook_requests", "GitHub webhook requests by outcome", webhook_requests.clone());
+        let webhook_json_parses = Counter::default();
+        r.register("webhook_json_parses", "Webhook bodies parsed as JSON (only after their signature verified)", webhook_json_parses.clone());
         let webhook_ack_seconds = Histogram::new(latency_buckets());
         r.register("webhook_ack_seconds", "Time from receiving a webhook to acknowledging it (after quorum commit)", webhook_ack_seconds.clone());
         let raft_term = Gauge::default();
@@ -147,6 +151,7 @@ impl Default for Metrics {
         Metrics {
             registry: r,
             webhook_requests,
+            webhook_json_parses,
             webhook_ack_seconds,
             raft_term,
             raft_is_leader,

@@ -56,6 +56,39 @@ pub enum LeaderOp {
     ClusterStatus,
 }
 
+impl LeaderOp {
+    /// Check a forwarded operation again on the leader, as its edge checked it on the
+    /// node that received it: Trigger documents are parsed again (and stored in the
+    /// leader's own canonical form), worker texts are size-capped, and batches —
+    /// which only the leader's proposer forms — are refused.
+    pub fn revalidate(self) -> Result<LeaderOp, String> {
+        use crate::queue_service::limits::{MAX_JOB_ID_BYTES, MAX_TEXT_BYTES, MAX_WORKER_ID_BYTES};
+        let too_long = |what: &str, s: &str, max: usize| if s.len() > max { Err(format!("{what}: {} bytes, at most {max}", s.len())) } else { Ok(()) };
+        match self {
+            LeaderOp::Write(Command::PutTrigger { name, doc_json, if_match }) => {
+                let doc_json = crate::registry::canonical_trigger(&name, doc_json.as_bytes())?;
+                Ok(LeaderOp::Write(Command::PutTrigger { name, doc_json, if_match }))
+            }
+            LeaderOp::Write(Command::Batch(_)) => Err("a batch is formed on the leader only".into()),
+            LeaderOp::Write(Command::Complete { ref job_id, ref result, .. }) => {
+                too_long("job_id", job_id, MAX_JOB_ID_BYTES)?;
+                too_long("result", result, MAX_TEXT_BYTES)?;
+                Ok(self)
+            }
+            LeaderOp::Write(Command::Fail { ref job_id, ref error, .. }) => {
+                too_long("job_id", job_id, MAX_JOB_ID_BYTES)?;
+                too_long("error", error, MAX_TEXT_BYTES)?;
+                Ok(self)
+            }
+            LeaderOp::Write(Command::Grant(ref g)) => {
+                too_long("worker_id", &g.worker_id, MAX_WORKER_ID_BYTES)?;
+                Ok(self)
+            }
+            other => Ok(other),
+        }
+    }
+}
+
 /// The leader's answer to a [`LeaderOp`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum LeaderReply {

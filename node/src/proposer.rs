@@ -70,12 +70,10 @@ impl Proposer {
     }
 }
 
-/// Rough encoded size of a command, for [`MAX_BATCH_BYTES`].
+/// The encoded size of a command, for [`MAX_BATCH_BYTES`]: its real record size, so
+/// large results or target lists count for what they weigh in the log.
 fn approx_size(cmd: &Command) -> usize {
-    match cmd {
-        Command::IngestWebhook(d) => d.payload.len() + 512,
-        _ => 256,
-    }
+    crate::codec::encoded_len(cmd)
 }
 
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, timeout: Duration, metrics: Arc<crate::metrics::Metrics>) {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Principal, Role};
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::node::{Consistency, Node, NodeError};
 use crate::sm::events::JobState;
@@ -39,9 +40,87 @@ impl QueueService {
     pub fn new(node: Arc<Node>) -> Self {
         QueueService { node }
     }
+    /// The service with its message limits: requests from workers are small (at most
+    /// [`limits::MAX_REQUEST_BYTES`]); leases carry webhook payloads and may be large.
     pub fn server(self) -> WorkQueueServer<Self> {
-        WorkQueueServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+        WorkQueueServer::new(self).max_decoding_message_size(limits::MAX_REQUEST_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+
+    /// Refuse a settle (extend / complete / fail) by a worker whose token does not
+    /// cover the job's target. Unscoped callers pay nothing; a scoped one costs a local
+    /// read (a job's target never changes), or a read-index when this node has not
+    /// applied the job yet.
+    async fn check_job_scope(&self, principal: Option<&Principal>, job_id: &str) -> Result<(), Status> {
+        let Some(p) = principal.filter(|p| p.role == Role::Worker && !p.targets.is_empty()) else { return Ok(()) };
+        let read = |node: &Node| node.sm.read(|kv| crate::sm::events::get_job(kv, job_id).map(|j| j.route.name));
+        let target = match read(&self.node) {
+            Some(t) => Some(t),
+            None => {
+                self.node.linearize().await.map_err(status_of)?;
+                read(&self.node)
+            }
+        };
+        match target {
+            Some(t) if p.may_work_on(&t) => Ok(()),
+            Some(t) => Err(Status::permission_denied(format!(
+                "job {job_id} belongs to target {t:?}, which token {:?} may not work on (its targets: {:?})",
+                p.name, p.targets
+            ))),
+            None => Err(Status::not_found(format!("no job {job_id} (finished long ago, or never existed)"))),
+        }
+    }
+}
+
+/// Size limits of WorkQueue requests, checked before anything is proposed: a request
+/// over them is refused with `INVALID_ARGUMENT` and never reaches the log.
+pub mod limits {
+    /// Largest request message a worker may send.
+    pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+    /// `job_id` (they look like `<event id>-<n>`).
+    pub const MAX_JOB_ID_BYTES: usize = 64;
+    /// `worker_id`.
+    pub const MAX_WORKER_ID_BYTES: usize = 256;
+    /// `Complete.result` and `Fail.error` (the job history keeps 4 KiB of them).
+    pub const MAX_TEXT_BYTES: usize = 64 << 10;
+    /// Entries of `Claim.targets`, and the length of each.
+    pub const MAX_TARGETS: usize = 64;
+    pub const MAX_TARGET_BYTES: usize = 253;
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.len() > max {
+        return Err(Status::invalid_argument(format!("{field}: {} bytes, at most {max} allowed", value.len())));
+    }
+    Ok(())
+}
+
+fn check_job_id(job_id: &str) -> Result<(), Status> {
+    check_len("job_id", job_id, limits::MAX_JOB_ID_BYTES)?;
+    if job_id.is_empty() {
+        return Err(Status::invalid_argument("job_id: required (the job_id of the lease)"));
+    }
+    Ok(())
+}
+
+/// The targets a claim stream serves, within what its token allows.
+fn claim_targets(principal: Option<&Principal>, requested: Vec<String>) -> Result<Vec<String>, Status> {
+    if requested.len() > limits::MAX_TARGETS {
+        return Err(Status::invalid_argument(format!("targets: {} entries, at most {} allowed", requested.len(), limits::MAX_TARGETS)));
+    }
+    for t in &requested {
+        check_len("targets[]", t, limits::MAX_TARGET_BYTES)?;
+    }
+    let Some(p) = principal.filter(|p| p.role == Role::Worker && !p.targets.is_empty()) else { return Ok(requested) };
+    if requested.is_empty() {
+        return Ok(p.targets.clone());
+    }
+    if let Some(t) = requested.iter().find(|t| !p.may_work_on(t)) {
+        return Err(Status::permission_denied(format!(
+            "token {:?} may not claim jobs of target {t:?} (its targets: {:?})",
+            p.name, p.targets
+        )));
+    }
+    Ok(requested)
 }
 
 fn status_of(e: NodeError) -> Status {
@@ -98,19 +177,22 @@ impl WorkQueue for QueueService {
     type ClaimStream = LeaseStream;
 
     async fn claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<Self::ClaimStream>, Status> {
+        let principal = req.extensions().get::<Principal>().cloned();
         let r = req.into_inner();
         let max = r.max_in_flight.clamp(1, MAX_IN_FLIGHT_PER_STREAM);
-        if r.worker_id.len() > 256 {
-            return Err(Status::invalid_argument("worker_id: at most 256 bytes"));
-        }
+        check_len("worker_id", &r.worker_id, limits::MAX_WORKER_ID_BYTES)?;
+        let targets = claim_targets(principal.as_ref(), r.targets)?;
         let worker_id = if r.worker_id.is_empty() { "anonymous".to_string() } else { r.worker_id };
         let (tx, rx) = mpsc::channel(max as usize);
-        tokio::spawn(claim_loop(self.node.clone(), worker_id, r.targets, max, tx));
+        tokio::spawn(claim_loop(self.node.clone(), worker_id, targets, max, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn extend(&self, req: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendReply>, Status> {
+        let principal = req.extensions().get::<Principal>().cloned();
         let r = req.into_inner();
+        check_job_id(&r.job_id)?;
+        self.check_job_scope(principal.as_ref(), &r.job_id).await?;
         let extend_ms = if r.extend_ms == 0 { self.node.queue_policy.lease_timeout_ms } else { r.extend_ms };
         let cmd = Command::Extend { job_id: r.job_id, token: r.fencing_token, extend_ms };
         match check(self.node.write(cmd).await.map_err(status_of)?.0)? {
@@ -120,14 +202,22 @@ impl WorkQueue for QueueService {
     }
 
     async fn complete(&self, req: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteReply>, Status> {
+        let principal = req.extensions().get::<Principal>().cloned();
         let r = req.into_inner();
+        check_job_id(&r.job_id)?;
+        check_len("result", &r.result, limits::MAX_TEXT_BYTES)?;
+        self.check_job_scope(principal.as_ref(), &r.job_id).await?;
         let cmd = Command::Complete { job_id: r.job_id, token: r.fencing_token, result: r.result };
         check(self.node.write(cmd).await.map_err(status_of)?.0)?;
         Ok(Response::new(pb::CompleteReply {}))
     }
 
     async fn fail(&self, req: Request<pb::FailRequest>) -> Result<Response<pb::FailReply>, Status> {
+        let principal = req.extensions().get::<Principal>().cloned();
         let r = req.into_inner();
+        check_job_id(&r.job_id)?;
+        check_len("error", &r.error, limits::MAX_TEXT_BYTES)?;
+        self.check_job_scope(principal.as_ref(), &r.job_id).await?;
         let cmd = Command::Fail {
             job_id: r.job_id,
             token: r.fencing_token,

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use axum::serve::ListenerExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
@@ -37,20 +36,11 @@ pub enum ServerError {
     Serve { what: &'static str, message: String },
 }
 
-/// Disable Nagle's algorithm on an accepted connection. Without it, a response written
-/// in several small pieces (HTTP/2 headers, data, trailers) waits for the peer's
-/// delayed ACK — up to 40 ms per Raft round trip on Linux.
-fn set_no_delay(tcp: &tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!("TCP_NODELAY not set on an accepted connection: {e}");
-    }
-}
-
 /// Accepted gRPC connections, with [`set_no_delay`].
 fn no_delay(
     incoming: TcpListenerStream,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    incoming.map(|r| r.inspect(set_no_delay))
+    incoming.map(|r| r.inspect(crate::http::serve::set_no_delay))
 }
 
 /// Bind the configured addresses and run the node until `shutdown` resolves.
@@ -135,21 +125,17 @@ pub async fn run_with_listeners(
                 }),
         )
     };
-    let (secrets, warnings) = crate::gateway::Secrets::from_config(&cfg);
+    let (secrets, warnings) = crate::http::webhook::Secrets::from_config(&cfg);
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let gateway = Arc::new(crate::gateway::Gateway::from_config(&cfg, secrets, metrics.clone()));
+    let gateway = Arc::new(crate::http::webhook::Gateway::from_config(&cfg, secrets, metrics.clone()));
     let http_task = {
-        let mut rx = stop_rx.clone();
-        let app = crate::http::router(crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone() });
-        tokio::spawn(async move {
-            axum::serve(http.tap_io(|tcp| set_no_delay(tcp)), app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        })
+        let state = crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone() };
+        // One listener serves the intake and the API until the listeners are split.
+        let app = crate::http::routes::api(state.clone()).merge(crate::http::routes::intake(state));
+        let opts = crate::http::serve::ServeOptions::with_timeout(Duration::from_secs(cfg.spec.server.timeout_secs.max(1)));
+        tokio::spawn(crate::http::serve::run(http, app, opts, stop_rx.clone()))
     };
     // Tasks that hold the node (and so the store) until `stop_rx` fires; awaited at
     // shutdown so the data dir is free once this function returns.
@@ -284,7 +270,7 @@ async fn learn_startup_index(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 mod no_delay_tests {
     use super::*;
 
-    /// Accepted gRPC and HTTP connections have Nagle's algorithm off.
+    /// Accepted gRPC connections have Nagle's algorithm off.
     #[tokio::test]
     async fn accepted_connections_have_tcp_nodelay() {
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -293,12 +279,5 @@ mod no_delay_tests {
         let mut incoming = std::pin::pin!(no_delay(TcpListenerStream::new(grpc)));
         let accepted = incoming.next().await.unwrap().unwrap();
         assert!(accepted.nodelay().unwrap());
-
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap().tap_io(|tcp| set_no_delay(tcp));
-        let addr = axum::serve::Listener::local_addr(&http).unwrap();
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut http = http;
-        let (io, _) = axum::serve::Listener::accept(&mut http).await;
-        assert!(io.nodelay().unwrap());
     }
 }

@@ -30,7 +30,7 @@ use crate::codec;
 use crate::github::facts::CtxValue;
 use crate::github::matcher::{self, MatchOutcome};
 use crate::github::trigger::{Priority, Route};
-use crate::types::{Delivery, EventStatus, IngestResult, Response};
+use crate::types::{Delivery, EventStatus, IngestResult, Response, SignedBy};
 
 const EVENT: &[u8] = b"e/";
 const PAYLOAD: &[u8] = b"p/";
@@ -267,7 +267,15 @@ pub(super) fn ingest(state: &mut Overlay<'_>, seq: u64, now: u64, d: &Delivery) 
         });
     }
     let event_id = seq;
-    let triggers: Vec<_> = super::triggers::compiled(state).iter().map(|t| (**t).clone()).collect();
+    // A delivery signed with a trigger's own secret may reach that trigger only.
+    let triggers: Vec<_> = super::triggers::compiled(state)
+        .iter()
+        .filter(|t| match &d.signed_by {
+            SignedBy::Trigger(name) => t.name == *name,
+            SignedBy::Daemon | SignedBy::Org(_) => true,
+        })
+        .map(|t| (**t).clone())
+        .collect();
     let outcome = matcher::match_event(&triggers, &d.facts);
     let mut context = d.facts.context.clone();
     let (status, trigger, command, jobs) = match outcome {

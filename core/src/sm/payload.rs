@@ -5,8 +5,8 @@
 //! when that saves at least an eighth of it. Workers and the API always get the bytes
 //! exactly as received: [`unpack`] is the inverse of [`pack`].
 //!
-//! Record layouts, told apart by the first byte (each is a versioned record in the
-//! sense of [`crate::codec`]):
+//! Record layouts, told apart by the first byte (the payload's own format version,
+//! independent of [`crate::codec::FORMAT_VERSION`]):
 //!
 //! | first byte | rest                                                         |
 //! |------------|--------------------------------------------------------------|
@@ -20,6 +20,8 @@
 
 use crate::codec;
 
+/// Layout byte of an uncompressed payload.
+const PLAIN: u8 = 1;
 /// Layout byte of an LZ4-compressed payload.
 const LZ4: u8 = 2;
 
@@ -31,6 +33,8 @@ const MIN_COMPRESS: usize = 256;
 pub enum PayloadError {
     #[error("stored payload: {0}")]
     Codec(#[from] codec::CodecError),
+    #[error("stored payload has layout {0}, which this build does not know; upgrade aof-cluster or restore a matching data dir")]
+    UnknownLayout(u8),
     #[error("stored payload is not valid LZ4 ({0}); the data dir is damaged: restore it or rejoin the node from a snapshot")]
     Lz4(#[from] lz4_flex::block::DecompressError),
 }
@@ -46,14 +50,21 @@ pub fn pack(raw: &[u8]) -> Vec<u8> {
             return out;
         }
     }
-    codec::encode(serde_bytes::Bytes::new(raw))
+    let mut out = Vec::with_capacity(raw.len() + 9);
+    out.push(PLAIN);
+    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+    out.extend_from_slice(raw);
+    out
 }
 
 /// The payload as received, from its stored record.
 pub fn unpack(stored: &[u8]) -> Result<Vec<u8>, PayloadError> {
     match stored.first() {
         Some(&LZ4) => Ok(lz4_flex::block::decompress_size_prepended(&stored[1..])?),
-        _ => Ok(codec::decode::<serde_bytes::ByteBuf>(stored)?.into_vec()),
+        // A bincode byte string: u64 length, then the bytes.
+        Some(&PLAIN) => Ok(bincode::deserialize::<serde_bytes::ByteBuf>(&stored[1..]).map_err(codec::CodecError::from)?.into_vec()),
+        Some(&other) => Err(PayloadError::UnknownLayout(other)),
+        None => Err(codec::CodecError::Empty.into()),
     }
 }
 
@@ -75,7 +86,7 @@ mod tests {
             .collect();
         for raw in [b"{}".to_vec(), noise] {
             let packed = pack(&raw);
-            assert_eq!(packed[0], codec::FORMAT_VERSION, "plain layout");
+            assert_eq!(packed[0], PLAIN, "plain layout");
             assert_eq!(unpack(&packed).unwrap(), raw);
         }
     }
@@ -83,7 +94,8 @@ mod tests {
     /// Records written before compression (a bincode byte string) still read.
     #[test]
     fn the_uncompressed_layout_of_earlier_builds_reads() {
-        let old = codec::encode(serde_bytes::Bytes::new(b"{\"zen\":\"x\"}"));
+        // Layout 1: what builds before compression wrote (then also codec version 1).
+        let old = [&[1u8][..], &bincode::serialize(serde_bytes::Bytes::new(b"{\"zen\":\"x\"}")).unwrap()].concat();
         assert_eq!(unpack(&old).unwrap(), b"{\"zen\":\"x\"}");
     }
 
@@ -93,6 +105,7 @@ mod tests {
         assert_eq!(packed[0], LZ4);
         packed.truncate(packed.len() - 3);
         assert!(matches!(unpack(&packed), Err(PayloadError::Lz4(_))));
-        assert!(matches!(unpack(&[9, 1, 2]), Err(PayloadError::Codec(_))));
+        assert!(matches!(unpack(&[9, 1, 2]), Err(PayloadError::UnknownLayout(9))));
+        assert!(matches!(unpack(&[PLAIN, 1, 2]), Err(PayloadError::Codec(_))));
     }
 }

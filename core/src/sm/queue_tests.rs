@@ -41,7 +41,7 @@ impl Sm {
             org: repo.split('/').next().map(str::to_string),
             ..Default::default()
         };
-        let d = Delivery { delivery_id: id.into(), facts, payload: b"{}".to_vec(), received_by: 1, retention_ms: 3_600_000, traceparent: String::new() };
+        let d = Delivery { delivery_id: id.into(), facts, payload: b"{}".to_vec(), received_by: 1, retention_ms: 3_600_000, traceparent: String::new(), signed_by: Default::default() };
         match self.run(now, Command::IngestWebhook(Box::new(d))) {
             Response::Ingested(r) => r.jobs.first().cloned().unwrap_or_else(|| panic!("no job for {id}: {r:?}")),
             other => panic!("{other:?}"),
@@ -225,7 +225,7 @@ fn extend_pushes_the_deadline_and_retention_expires_finished_events() {
     assert_eq!(e.expires_ms, Some(45_000 + 3_600_000));
     // Replays inside retention are duplicates; after it the event, payload, job and
     // dedup entry are gone and the key space is back to triggers + clock.
-    assert!(matches!(sm.run(46_000, Command::IngestWebhook(Box::new(Delivery { delivery_id: "d1".into(), facts: EventFacts { event: "push".into(), ..Default::default() }, payload: vec![], received_by: 1, retention_ms: 1, traceparent: String::new() }))), Response::Ingested(r) if r.duplicate));
+    assert!(matches!(sm.run(46_000, Command::IngestWebhook(Box::new(Delivery { delivery_id: "d1".into(), facts: EventFacts { event: "push".into(), ..Default::default() }, payload: vec![], received_by: 1, retention_ms: 1, traceparent: String::new(), signed_by: Default::default() }))), Response::Ingested(r) if r.duplicate));
     let r = sm.tick(45_000 + 3_600_000);
     assert!(matches!(r, Response::Ticked { expired_events: 1, .. }), "{r:?}");
     let left: Vec<String> = sm.kv.0.keys().map(|k| String::from_utf8_lossy(&k[..2]).to_string()).collect();
@@ -241,6 +241,7 @@ fn delivery(id: &str) -> Command {
         received_by: 1,
         retention_ms: 3_600_000,
         traceparent: String::new(),
+        signed_by: Default::default(),
     }))
 }
 

@@ -10,7 +10,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{ApiError, ApiResult, AppState, ReadParams};
+use super::error::{ApiError, ApiResult, ReadParams};
+use super::state::AppState;
 use crate::sm::events::{self, EventFilter, EventRecord, JobRecord};
 use crate::sm::KvRead;
 use crate::types::EventStatus;

@@ -8,7 +8,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{ApiError, ApiResult, AppState, ReadParams};
+use super::error::{ApiError, ApiResult, ReadParams};
+use super::state::AppState;
 use crate::sm::queue;
 use crate::types::{Command, Response as SmResponse};
 

@@ -5,10 +5,13 @@
 //! 1. in-flight limit (`spec.gateway.max_in_flight`) → 503 + `Retry-After`;
 //! 2. `X-GitHub-Event` / `X-GitHub-Delivery` present and sane → 400;
 //! 3. body size (`spec.gateway.max_body_bytes`, checked on `Content-Length` before
-//!    reading and again while reading) → 413;
-//! 4. `X-Hub-Signature-256` against every candidate secret (daemon secrets, the
-//!    payload organisation's secrets, enabled triggers' `webhook_secret`) → 401;
-//! 5. body is JSON → 400; `ping` → 200 pong, not stored;
+//!    reading and again while reading) → 413; a body that does not arrive within
+//!    `spec.server.timeout_secs` → 408 (its in-flight permit is freed);
+//! 4. `X-Hub-Signature-256` against every candidate secret (daemon secrets, every
+//!    organisation's secrets, enabled triggers' `webhook_secret`) over the raw bytes,
+//!    **before** the body is parsed → 401; the secret that matched sets the scope;
+//! 5. body is JSON → 400; a scope the delivery is outside of (an organisation's
+//!    secret on another owner's repository) → 401; `ping` → 200 pong, not stored;
 //! 6. propose `IngestWebhook` through Raft and answer **202** once it is committed, or
 //!    200 with `"duplicate": true` for a delivery id seen before. No commit within
 //!    `spec.gateway.ack_timeout_ms` → 503 + `Retry-After` (a retry is safe: dedup).
@@ -24,12 +27,13 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use super::error::ApiError;
+use super::state::AppState;
 use crate::config::DaemonConfig;
 use crate::github::{facts, secrets, signature};
-use crate::http::{ApiError, AppState};
 use crate::metrics::{Metrics, WebhookOutcome};
 use crate::node::{Node, NodeError};
-use crate::types::{Command, Delivery, EventStatus, Response as SmResponse};
+use crate::types::{Command, Delivery, EventStatus, Response as SmResponse, SignedBy};
 
 /// Webhook secrets known from the node's configuration, read once at start.
 #[derive(Default)]
@@ -80,6 +84,8 @@ pub struct Gateway {
     pub secrets: Secrets,
     pub max_body_bytes: usize,
     pub ack_timeout: Duration,
+    /// Bound of reading one request body (`spec.server.timeout_secs`).
+    pub body_timeout: Duration,
     pub retention_ms: u64,
     pub in_flight: Semaphore,
     pub metrics: Arc<Metrics>,
@@ -92,6 +98,7 @@ impl Gateway {
             secrets,
             max_body_bytes: g.max_body_bytes,
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
+            body_timeout: Duration::from_secs(cfg.spec.server.timeout_secs.max(1)),
             retention_ms: cfg.spec.queue.retention_secs.saturating_mul(1000),
             in_flight: Semaphore::new(g.max_in_flight),
             metrics,
@@ -174,16 +181,28 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
     if declared.is_some_and(|n| n > gw.max_body_bytes as u64) {
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(Body::new(req.into_body()), gw.max_body_bytes).await.map_err(|_| too_large())?;
+    // The in-flight permit is held while the body arrives, so the read is bounded in
+    // time (`spec.server.timeout_secs`): a sender that stalls mid-body frees it.
+    let read = axum::body::to_bytes(Body::new(req.into_body()), gw.max_body_bytes);
+    let body = match tokio::time::timeout(gw.body_timeout, read).await {
+        Ok(r) => r.map_err(|e| body_error(e, gw))?,
+        Err(_) => return Err(body_timeout(gw)),
+    };
 
-    let parsed: Result<Value, _> = serde_json::from_slice(&body);
-    let org = parsed.as_ref().ok().and_then(org_of);
-    let candidates = candidate_secrets(node, gw, org.as_deref());
-    let refs: Vec<&[u8]> = candidates.iter().map(Vec::as_slice).collect();
-    if let Err(e) = signature::verify(&refs, &body, header_str(&headers, "x-hub-signature-256")) {
-        return Err(reject(WebhookOutcome::bad_signature, StatusCode::UNAUTHORIZED, "bad_signature", e.to_string()));
+    // Authenticate before anything looks at the body: one HMAC per candidate secret,
+    // no JSON parse for a delivery that is not signed with one of ours.
+    let mut candidates = candidate_secrets(node, gw);
+    let refs: Vec<&[u8]> = candidates.iter().map(|(s, _)| s.as_slice()).collect();
+    let signed_by = match signature::verify(&refs, &body, header_str(&headers, "x-hub-signature-256")) {
+        Ok(i) => candidates.swap_remove(i).1,
+        Err(e) => return Err(reject(WebhookOutcome::bad_signature, StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())),
+    };
+    gw.metrics.webhook_json_parses.inc();
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| invalid(format!("the body is not JSON ({e}); set the webhook's content type to application/json")))?;
+    if let Err(m) = check_scope(&signed_by, &payload) {
+        return Err(reject(WebhookOutcome::bad_signature, StatusCode::UNAUTHORIZED, "bad_signature", m));
     }
-    let payload = parsed.map_err(|e| invalid(format!("the body is not JSON ({e}); set the webhook's content type to application/json")))?;
     if event == "ping" {
         let zen = payload.get("zen").and_then(Value::as_str).unwrap_or("Keep it logically awesome.");
         return Ok((WebhookOutcome::ping, StatusCode::OK, json!({ "pong": true, "zen": zen, "hook_id": payload.get("hook_id"), "node_id": node.id })));
@@ -196,6 +215,7 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
         received_by: node.id,
         retention_ms: gw.retention_ms,
         traceparent: crate::telemetry::current_traceparent(),
+        signed_by,
     }));
     let unavailable = |m: String| reject(WebhookOutcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
     if crate::planted::active(crate::planted::Bug::AckBeforeCommit) {
@@ -244,37 +264,83 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
     ))
 }
 
-/// The organisation a payload belongs to (`organization.login`, else the
-/// repository owner), for per-organisation secrets.
-fn org_of(payload: &Value) -> Option<String> {
-    payload
-        .pointer("/organization/login")
-        .or_else(|| payload.pointer("/repository/owner/login"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
-/// Every secret a delivery may be signed with: the daemon's (rotation list), its
-/// organisation's, and each enabled trigger's `webhook_secret` (read from the local
-/// registry copy; `${ENV}` expanded here, at the edge).
-fn candidate_secrets(node: &Node, gw: &Gateway, org: Option<&str>) -> Vec<Vec<u8>> {
-    let mut out = gw.secrets.global.clone();
-    if let Some(org) = org.map(str::to_ascii_lowercase) {
-        out.extend(gw.secrets.orgs.iter().filter(|(o, _)| *o == org).map(|(_, s)| s.clone()));
+/// Every secret a delivery may be signed with, each with the scope it authenticates:
+/// the daemon's (rotation list: any delivery), each organisation's (that
+/// organisation's deliveries only) and each enabled trigger's `webhook_secret` (what
+/// that trigger would match only; read from the local registry copy, `${ENV}`
+/// expanded here, at the edge). A secret listed under several scopes counts for the
+/// widest.
+fn candidate_secrets(node: &Node, gw: &Gateway) -> Vec<(Vec<u8>, SignedBy)> {
+    let mut out: Vec<(Vec<u8>, SignedBy)> = gw.secrets.global.iter().map(|s| (s.clone(), SignedBy::Daemon)).collect();
+    let push = |out: &mut Vec<(Vec<u8>, SignedBy)>, secret: Vec<u8>, scope: SignedBy| {
+        if !out.iter().any(|(o, _)| *o == secret) {
+            out.push((secret, scope));
+        }
+    };
+    for (org, secret) in &gw.secrets.orgs {
+        push(&mut out, secret.clone(), SignedBy::Org(org.clone()));
     }
-    let trigger_secrets: Vec<String> = node.sm.read(|kv| {
-        crate::sm::triggers::compiled(kv).iter().filter(|t| t.enabled).filter_map(|t| t.webhook_secret.clone()).collect()
+    let trigger_secrets: Vec<(String, String)> = node.sm.read(|kv| {
+        crate::sm::triggers::compiled(kv)
+            .iter()
+            .filter(|t| t.enabled)
+            .filter_map(|t| t.webhook_secret.clone().map(|s| (t.name.clone(), s)))
+            .collect()
     });
-    for raw in trigger_secrets {
+    for (name, raw) in trigger_secrets {
         match secrets::expand_env(&raw) {
-            Ok(s) if !s.is_empty() => {
-                if !out.iter().any(|o| o == s.as_bytes()) {
-                    out.push(s.into_bytes());
-                }
-            }
+            Ok(s) if !s.is_empty() => push(&mut out, s.into_bytes(), SignedBy::Trigger(name)),
             Ok(_) => {}
             Err(e) => tracing::debug!("trigger webhook_secret not usable on this node: {e}"),
         }
     }
     out
+}
+
+/// A secret authenticates only its own scope: an organisation's secret only
+/// deliveries of that organisation's repositories (`repository.owner.login`, or
+/// `organization.login` for deliveries without a repository). A trigger's secret is
+/// checked in `apply`, which then matches the delivery against that trigger alone.
+fn check_scope(signed_by: &SignedBy, payload: &Value) -> Result<(), String> {
+    let SignedBy::Org(org) = signed_by else { return Ok(()) };
+    let owner = match payload.get("repository") {
+        Some(repo) if !repo.is_null() => repo.pointer("/owner/login"),
+        _ => payload.pointer("/organization/login"),
+    }
+    .and_then(Value::as_str);
+    match owner {
+        Some(o) if o.eq_ignore_ascii_case(org) => Ok(()),
+        Some(o) => Err(format!(
+            "signed with the secret of organisation {org:?}, but the delivery belongs to {o:?}: an organisation's secret authenticates only its own repositories"
+        )),
+        None => Err(format!(
+            "signed with the secret of organisation {org:?}, but the delivery names no repository owner or organisation"
+        )),
+    }
+}
+
+/// The answer for a body that could not be read: too large, or broken off.
+fn body_error(e: axum::Error, gw: &Gateway) -> Reject {
+    if e.into_inner().is::<http_body_util::LengthLimitError>() {
+        reject(
+            WebhookOutcome::too_large,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds spec.gateway.max_body_bytes ({} bytes)", gw.max_body_bytes),
+        )
+    } else {
+        body_timeout(gw)
+    }
+}
+
+fn body_timeout(gw: &Gateway) -> Reject {
+    reject(
+        WebhookOutcome::invalid,
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the request body did not arrive in full within {} s (spec.server.timeout_secs); send the whole body at once",
+            gw.body_timeout.as_secs()
+        ),
+    )
 }

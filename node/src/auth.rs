@@ -1,0 +1,324 @@
+//! Who may call what: bearer tokens on the API listener and the workers' gRPC
+//! listener.
+//!
+//! | caller presents | API reads (`GET /v1/*`) | API writes | `/metrics` | WorkQueue |
+//! |---|---|---|---|---|
+//! | admin token | yes | yes | yes | yes (every target) |
+//! | read token | yes | 403 | yes | `PERMISSION_DENIED` |
+//! | worker token | 403 | 403 | 403 | yes, its `targets` only (empty = all) |
+//! | nothing / unknown | 401 | 401 | 401 unless `spec.auth.metrics_public` | `UNAUTHENTICATED` |
+//!
+//! A mutating API request must also carry `Content-Type: application/json` or
+//! `application/yaml` (415 otherwise), so no cross-site "simple" request — which can
+//! carry neither an `Authorization` header nor those types — can reach a write.
+//! Tokens are compared by SHA-256 digest in constant time. The peer listener is
+//! guarded by mutual TLS instead (see `crate::tls` and `crate::grpc`).
+//!
+//! **Architecture Invariant**: nothing reaches state without the right credential:
+//! every route of the API router and every WorkQueue call passes through
+//! [`require_api`] / [`WorkerAuth`]; the only exception is `spec.auth.insecure: true`
+//! with no tokens configured, which logs a warning at every start.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::http::ApiError;
+
+/// What a token allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything: API reads and writes (triggers, membership, DLQ), metrics, workers.
+    Admin,
+    /// API reads and metrics.
+    Read,
+    /// The WorkQueue only, optionally limited to some targets.
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Read => "read",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's name in `spec.auth.tokens` (for logs; never the token).
+    pub name: String,
+    pub role: Role,
+    /// Worker tokens: the targets whose jobs it may claim and settle (empty = all).
+    pub targets: Vec<String>,
+}
+
+impl Principal {
+    /// Whether this caller may claim or settle a job of `target`.
+    pub fn may_work_on(&self, target: &str) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Worker => self.targets.is_empty() || self.targets.iter().any(|t| t == target),
+            Role::Read => false,
+        }
+    }
+
+    /// The caller of an unauthenticated node (`spec.auth.insecure` without tokens).
+    fn anonymous_admin() -> Principal {
+        Principal { name: "anonymous (spec.auth.insecure)".into(), role: Role::Admin, targets: Vec::new() }
+    }
+}
+
+/// The tokens a node accepts, by SHA-256 digest.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    entries: Vec<([u8; 32], Principal)>,
+    /// `spec.auth.insecure` with no token at all: every caller is admin.
+    open: bool,
+    /// `spec.auth.metrics_public`.
+    metrics_public: bool,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("names", &self.entries.iter().map(|(_, p)| &p.name).collect::<Vec<_>>())
+            .field("open", &self.open)
+            .field("metrics_public", &self.metrics_public)
+            .finish()
+    }
+}
+
+impl Tokens {
+    /// Tokens from `(raw token, principal)` pairs.
+    pub fn new(tokens: impl IntoIterator<Item = (String, Principal)>, metrics_public: bool) -> Tokens {
+        let entries = tokens.into_iter().map(|(raw, p)| (digest(&raw), p)).collect();
+        Tokens { entries, open: false, metrics_public }
+    }
+
+    /// No authentication at all (`spec.auth.insecure: true` and no tokens).
+    pub fn open() -> Tokens {
+        Tokens { entries: Vec::new(), open: true, metrics_public: true }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// The principal of a presented token. Every entry is compared (constant time),
+    /// so timing does not tell which token nearly matched.
+    pub fn check(&self, presented: &str) -> Option<Principal> {
+        if self.open {
+            return Some(Principal::anonymous_admin());
+        }
+        let d = digest(presented);
+        let mut found = None;
+        for (want, p) in &self.entries {
+            if bool::from(want.ct_eq(&d)) && found.is_none() {
+                found = Some(p.clone());
+            }
+        }
+        found
+    }
+
+    /// The principal of an `Authorization: Bearer <token>` header value.
+    pub fn check_header(&self, value: Option<&str>) -> Result<Principal, AuthError> {
+        if self.open {
+            return Ok(Principal::anonymous_admin());
+        }
+        let v = value.ok_or(AuthError::Missing)?;
+        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).ok_or(AuthError::NotBearer)?;
+        self.check(token.trim()).ok_or(AuthError::Unknown)
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Why a request was not authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no Authorization header: send `Authorization: Bearer <token>` (aofctl: --token or $AOF_TOKEN)")]
+    Missing,
+    #[error("the Authorization header is not `Bearer <token>`")]
+    NotBearer,
+    #[error("the bearer token is not one this node accepts (check spec.auth.tokens and the token's environment variable on the node)")]
+    Unknown,
+}
+
+/// What a request on the API listener needs.
+fn needed(method: &Method, path: &str) -> Option<Needs> {
+    if path == "/health" || path == "/ready" {
+        return None;
+    }
+    if path == "/metrics" {
+        return Some(Needs::Metrics);
+    }
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        Some(Needs::Read)
+    } else {
+        Some(Needs::Write)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Needs {
+    Metrics,
+    Read,
+    Write,
+}
+
+/// Media types a mutating request may carry.
+fn is_accepted_body_type(v: Option<&HeaderValue>) -> bool {
+    let Some(v) = v.and_then(|v| v.to_str().ok()) else { return false };
+    let essence = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    matches!(essence.as_str(), "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml")
+}
+
+/// axum middleware of the API listener: authenticate, authorize by role, and refuse
+/// mutating requests without a JSON/YAML content type. The principal is put into the
+/// request's extensions for handlers that want it.
+pub async fn require_api(State(tokens): State<Arc<Tokens>>, mut req: Request, next: Next) -> Response {
+    let Some(needs) = needed(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    if needs == Needs::Metrics && tokens.metrics_public {
+        return next.run(req).await;
+    }
+    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let principal = match tokens.check_header(presented) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()).into_response();
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"aof-cluster\""));
+            return resp;
+        }
+    };
+    let allowed = match (needs, principal.role) {
+        (_, Role::Admin) => true,
+        (Needs::Read | Needs::Metrics, Role::Read) => true,
+        _ => false,
+    };
+    if !allowed {
+        let what = if needs == Needs::Write { "changes need an admin token" } else { "reads need a read or admin token" };
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {:?} has role {}; {what}", principal.name, principal.role.as_str()),
+        )
+        .into_response();
+    }
+    // DELETE carries no body and is never a cross-site "simple" request.
+    if needs == Needs::Write && req.method() != Method::DELETE && !is_accepted_body_type(req.headers().get(header::CONTENT_TYPE)) {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "changes must be sent with Content-Type: application/json or application/yaml",
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// The workers' gRPC listener's authentication, as a tonic interceptor: the
+/// `authorization: Bearer <token>` metadata must name an admin or worker token; the
+/// principal goes into the request's extensions, where the WorkQueue service reads
+/// its target scope.
+#[derive(Clone)]
+pub struct WorkerAuth {
+    pub tokens: Arc<Tokens>,
+}
+
+impl tonic::service::Interceptor for WorkerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let presented = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let principal = self.tokens.check_header(presented).map_err(|e| {
+            let e = match e {
+                AuthError::Missing => "no authorization metadata: send `authorization: Bearer <worker token>` (aofctl worker: --token or $AOF_WORKER_TOKEN)".to_string(),
+                other => other.to_string(),
+            };
+            tonic::Status::unauthenticated(e)
+        })?;
+        if !matches!(principal.role, Role::Admin | Role::Worker) {
+            return Err(tonic::Status::permission_denied(format!(
+                "token {:?} has role {}; the work queue needs a worker or admin token",
+                principal.name,
+                principal.role.as_str()
+            )));
+        }
+        req.extensions_mut().insert(principal);
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens::new(
+            [
+                ("a-secret".to_string(), Principal { name: "admin".into(), role: Role::Admin, targets: vec![] }),
+                ("r-secret".to_string(), Principal { name: "read".into(), role: Role::Read, targets: vec![] }),
+                ("w-secret".to_string(), Principal { name: "ci".into(), role: Role::Worker, targets: vec!["a".into()] }),
+            ],
+            false,
+        )
+    }
+
+    #[test]
+    fn tokens_map_to_their_principal() {
+        let t = tokens();
+        assert_eq!(t.check("a-secret").unwrap().role, Role::Admin);
+        assert_eq!(t.check("r-secret").unwrap().role, Role::Read);
+        assert_eq!(t.check("w-secret").unwrap().targets, vec!["a".to_string()]);
+        assert!(t.check("nope").is_none());
+        assert!(t.check("").is_none());
+        assert_eq!(t.check_header(Some("Bearer a-secret")).unwrap().name, "admin");
+        assert_eq!(t.check_header(None), Err(AuthError::Missing));
+        assert_eq!(t.check_header(Some("Basic YTpi")), Err(AuthError::NotBearer));
+        assert_eq!(t.check_header(Some("Bearer a-secretx")), Err(AuthError::Unknown));
+    }
+
+    #[test]
+    fn worker_scope() {
+        let t = tokens();
+        let w = t.check("w-secret").unwrap();
+        assert!(w.may_work_on("a"));
+        assert!(!w.may_work_on("b"));
+        assert!(t.check("a-secret").unwrap().may_work_on("b"));
+        assert!(!t.check("r-secret").unwrap().may_work_on("a"));
+    }
+
+    #[test]
+    fn what_each_route_needs() {
+        assert_eq!(needed(&Method::GET, "/health"), None);
+        assert_eq!(needed(&Method::GET, "/metrics"), Some(Needs::Metrics));
+        assert_eq!(needed(&Method::GET, "/v1/events"), Some(Needs::Read));
+        assert_eq!(needed(&Method::PUT, "/v1/triggers/x"), Some(Needs::Write));
+        assert_eq!(needed(&Method::POST, "/v1/dlq/purge"), Some(Needs::Write));
+        assert_eq!(needed(&Method::DELETE, "/v1/cluster/members/3"), Some(Needs::Write));
+    }
+
+    #[test]
+    fn only_json_and_yaml_bodies_may_change_state() {
+        for ok in ["application/json", "application/json; charset=utf-8", "application/yaml", "Application/JSON"] {
+            assert!(is_accepted_body_type(Some(&HeaderValue::from_static(ok))), "{ok}");
+        }
+        for bad in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+            assert!(!is_accepted_body_type(Some(&HeaderValue::from_static(bad))), "{bad}");
+        }
+        assert!(!is_accepted_body_type(None));
+    }
+}

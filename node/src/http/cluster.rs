@@ -1,0 +1,68 @@
+//! Health, readiness, cluster status and membership changes.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult, ReadParams};
+use crate::node::Node;
+use crate::types::{Member, NodeId};
+
+pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(json!({ "status": "ok", "node_id": node.id }))
+}
+
+pub async fn ready(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {
+    match node.readiness() {
+        Ok(leader) => Ok(Json(json!({ "ready": true, "node_id": node.id, "leader_id": leader }))),
+        Err(reason) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason)),
+    }
+}
+
+pub async fn cluster_status(State(node): State<Arc<Node>>, Query(p): Query<ReadParams>) -> ApiResult<Json<Value>> {
+    let status = node.cluster_status(p.consistency()?).await?;
+    Ok(Json(serde_json::to_value(status).expect("status serializes")))
+}
+
+#[derive(Deserialize)]
+struct AddLearner {
+    node_id: NodeId,
+    grpc_addr: String,
+    http_addr: String,
+}
+
+fn check_addr(field: &str, addr: &str) -> ApiResult<()> {
+    addr.parse::<std::net::SocketAddr>().map(|_| ()).map_err(|_| {
+        ApiError::bad_request("invalid_member", format!("{field}: {addr:?} is not an IP:port address (e.g. 127.0.0.1:4004)"))
+    })
+}
+
+pub async fn add_learner(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Json<Value>> {
+    let req: AddLearner = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_member", format!("expected {{\"node_id\", \"grpc_addr\", \"http_addr\"}}: {e}"))
+    })?;
+    if req.node_id == 0 {
+        return Err(ApiError::bad_request("invalid_member", "node_id must be 1 or more"));
+    }
+    check_addr("grpc_addr", &req.grpc_addr)?;
+    check_addr("http_addr", &req.http_addr)?;
+    let member = Member { grpc_addr: req.grpc_addr, http_addr: req.http_addr };
+    let log_index = node.add_learner(req.node_id, member).await?;
+    Ok(Json(json!({ "node_id": req.node_id, "log_index": log_index })))
+}
+
+pub async fn promote(State(node): State<Arc<Node>>, Path(id): Path<NodeId>) -> ApiResult<Json<Value>> {
+    let log_index = node.promote(id).await?;
+    Ok(Json(json!({ "node_id": id, "log_index": log_index })))
+}
+
+pub async fn remove_member(State(node): State<Arc<Node>>, Path(id): Path<NodeId>) -> ApiResult<Json<Value>> {
+    let log_index = node.remove(id).await?;
+    Ok(Json(json!({ "node_id": id, "log_index": log_index })))
+}
+

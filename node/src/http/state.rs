@@ -1,0 +1,22 @@
+//! What the HTTP handlers share.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+use crate::node::Node;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub gateway: Arc<super::webhook::Gateway>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub store: crate::store::Store,
+}
+
+impl FromRef<AppState> for Arc<Node> {
+    fn from_ref(s: &AppState) -> Arc<Node> {
+        s.node.clone()
+    }
+}
