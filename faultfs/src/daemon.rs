@@ -38,10 +38,20 @@ pub fn serve(cfg: &ServeConfig, ready: impl FnOnce()) -> Result<(), Error> {
     rustix::process::umask(rustix::fs::Mode::empty());
     let state = Arc::new(Mutex::new(State::serve(&cfg.backing, cfg.metadata)?));
 
-    let socket = cfg.control.clone().unwrap_or_else(|| control_path(&cfg.backing));
+    let socket = cfg
+        .control
+        .clone()
+        .unwrap_or_else(|| control_path(&cfg.backing));
     let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
-        .map_err(|e| Error::io(format!("bind control socket {} (a shorter path may be needed)", socket.display()), e))?;
+    let listener = UnixListener::bind(&socket).map_err(|e| {
+        Error::io(
+            format!(
+                "bind control socket {} (a shorter path may be needed)",
+                socket.display()
+            ),
+            e,
+        )
+    })?;
     let for_control = state.clone();
     std::thread::Builder::new()
         .name("control".into())
@@ -60,7 +70,9 @@ pub fn serve(cfg: &ServeConfig, ready: impl FnOnce()) -> Result<(), Error> {
     let session = fuser::Session::new(Fs::new(state), &cfg.mountpoint, &config)
         .map_err(|e| Error::io(format!("mount FUSE at {}", cfg.mountpoint.display()), e))?;
     ready();
-    session.run().map_err(|e| Error::io("serve FUSE requests", e))
+    session
+        .run()
+        .map_err(|e| Error::io("serve FUSE requests", e))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,12 +99,28 @@ fn answer(conn: UnixStream, state: &Mutex<State>) -> std::io::Result<()> {
     BufReader::new(&conn).read_line(&mut line)?;
     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
     let answer = match line.trim() {
-        "stats" => Answer { ok: true, stats: Some(state.stats()), error: None },
-        "sync" => match state.sync_all() {
-            Ok(()) => Answer { ok: true, stats: Some(state.stats()), error: None },
-            Err(e) => Answer { ok: false, stats: None, error: Some(format!("sync failed: {e}")) },
+        "stats" => Answer {
+            ok: true,
+            stats: Some(state.stats()),
+            error: None,
         },
-        other => Answer { ok: false, stats: None, error: Some(format!("unknown command {other:?} (try stats or sync)")) },
+        "sync" => match state.sync_all() {
+            Ok(()) => Answer {
+                ok: true,
+                stats: Some(state.stats()),
+                error: None,
+            },
+            Err(e) => Answer {
+                ok: false,
+                stats: None,
+                error: Some(format!("sync failed: {e}")),
+            },
+        },
+        other => Answer {
+            ok: false,
+            stats: None,
+            error: Some(format!("unknown command {other:?} (try stats or sync)")),
+        },
     };
     drop(state);
     let mut out = serde_json::to_vec(&answer).map_err(std::io::Error::other)?;
@@ -102,11 +130,16 @@ fn answer(conn: UnixStream, state: &Mutex<State>) -> std::io::Result<()> {
 
 /// Sends `command` (`stats` or `sync`) to the daemon listening on `socket`.
 pub fn request(socket: &Path, command: &str, timeout: Duration) -> Result<Stats, Error> {
-    let fail = |source| Error::Control { path: socket.to_path_buf(), source };
+    let fail = |source| Error::Control {
+        path: socket.to_path_buf(),
+        source,
+    };
     let conn = UnixStream::connect(socket).map_err(fail)?;
     conn.set_read_timeout(Some(timeout)).map_err(fail)?;
     conn.set_write_timeout(Some(timeout)).map_err(fail)?;
-    (&conn).write_all(format!("{command}\n").as_bytes()).map_err(fail)?;
+    (&conn)
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(fail)?;
     let mut line = String::new();
     BufReader::new(&conn).read_line(&mut line).map_err(fail)?;
     let answer: Answer = serde_json::from_str(&line).map_err(|e| fail(std::io::Error::other(e)))?;
@@ -114,7 +147,9 @@ pub fn request(socket: &Path, command: &str, timeout: Duration) -> Result<Stats,
         (true, Some(stats)) => Ok(stats),
         (_, _) => Err(Error::Command {
             command: command.into(),
-            message: answer.error.unwrap_or_else(|| "no stats in the answer".into()),
+            message: answer
+                .error
+                .unwrap_or_else(|| "no stats in the answer".into()),
         }),
     }
 }

@@ -65,7 +65,12 @@ struct BackingArg {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Mount(a) if a.foreground => {
-            let cfg = ServeConfig { backing: a.backing, mountpoint: a.mountpoint, metadata: a.metadata, control: a.control };
+            let cfg = ServeConfig {
+                backing: a.backing,
+                mountpoint: a.mountpoint,
+                metadata: a.metadata,
+                control: a.control,
+            };
             serve(&cfg, || {
                 let mut out = std::io::stdout();
                 let _ = writeln!(out, "ready");
@@ -74,7 +79,10 @@ fn main() -> Result<()> {
             .context("aof-faultfs mount")
         }
         Cmd::Mount(a) => {
-            anyhow::ensure!(a.control.is_none(), "--control works with --foreground only");
+            anyhow::ensure!(
+                a.control.is_none(),
+                "--control works with --foreground only"
+            );
             let program = std::env::current_exe().context("find this program")?;
             let mut opts = MountOptions::new(program, a.backing, a.mountpoint);
             opts.metadata = a.metadata;

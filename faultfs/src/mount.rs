@@ -38,7 +38,11 @@ pub struct MountOptions {
 }
 
 impl MountOptions {
-    pub fn new(program: impl Into<PathBuf>, backing: impl Into<PathBuf>, mountpoint: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        program: impl Into<PathBuf>,
+        backing: impl Into<PathBuf>,
+        mountpoint: impl Into<PathBuf>,
+    ) -> Self {
         MountOptions {
             program: program.into(),
             program_args: Vec::new(),
@@ -67,7 +71,11 @@ impl FaultFs {
     /// A dead mount left at the mountpoint by a killed daemon is detached first.
     pub fn mount(opts: MountOptions) -> Result<FaultFs, Error> {
         let mountpoint = absolute(&opts.mountpoint)?;
-        let mut fs = FaultFs { opts, mountpoint, child: None };
+        let mut fs = FaultFs {
+            opts,
+            mountpoint,
+            child: None,
+        };
         fs.power_on()?;
         Ok(fs)
     }
@@ -87,7 +95,11 @@ impl FaultFs {
 
     /// What the daemon holds unsynced now, and its counters.
     pub fn stats(&self) -> Result<Stats, Error> {
-        request(&control_path(&self.opts.backing), "stats", self.opts.timeout)
+        request(
+            &control_path(&self.opts.backing),
+            "stats",
+            self.opts.timeout,
+        )
     }
 
     /// Makes everything durable now (as a clean unmount would).
@@ -110,7 +122,9 @@ impl FaultFs {
     /// mount first. Processes with files open on the old mount get errors
     /// (ENOTCONN), as on a dead disk. Does nothing when already off.
     pub fn power_off(&mut self) -> Result<Option<Stats>, Error> {
-        let Some(mut child) = self.child.take() else { return Ok(None) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
         let lost = self.stats().ok();
         kill(&mut child, self.opts.timeout)?;
         detach(&self.mountpoint, self.opts.timeout)?;
@@ -141,13 +155,19 @@ impl FaultFs {
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         if let Some(log) = &o.log {
-            let f = OpenOptions::new().create(true).append(true).open(log).map_err(|e| Error::io(format!("open {}", log.display()), e))?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|e| Error::io(format!("open {}", log.display()), e))?;
             cmd.stderr(f);
         }
         if o.own_process_group {
             cmd.process_group(0);
         }
-        let mut child = cmd.spawn().map_err(|e| Error::io(format!("run {}", o.program.display()), e))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("run {}", o.program.display()), e))?;
         match self.wait_ready(&mut child) {
             Ok(()) => {
                 self.child = Some(child);
@@ -156,15 +176,26 @@ impl FaultFs {
             Err(detail) => {
                 let _ = kill(&mut child, o.timeout);
                 let _ = detach(&self.mountpoint, o.timeout);
-                let log = o.log.as_ref().map(|l| format!(" ({})", l.display())).unwrap_or_default();
-                Err(Error::Mount { mountpoint: self.mountpoint.clone(), timeout: o.timeout, detail, log })
+                let log = o
+                    .log
+                    .as_ref()
+                    .map(|l| format!(" ({})", l.display()))
+                    .unwrap_or_default();
+                Err(Error::Mount {
+                    mountpoint: self.mountpoint.clone(),
+                    timeout: o.timeout,
+                    detail,
+                    log,
+                })
             }
         }
     }
 
     /// Waits for the daemon's `ready` line, then checks the kernel's mount table.
     fn wait_ready(&self, child: &mut Child) -> Result<(), String> {
-        let Some(stdout) = child.stdout.take() else { return Err("no stdout pipe".into()) };
+        let Some(stdout) = child.stdout.take() else {
+            return Err("no stdout pipe".into());
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
@@ -174,14 +205,17 @@ impl FaultFs {
         match rx.recv_timeout(self.opts.timeout) {
             Ok(line) if line.trim() == "ready" => {}
             Ok(_) => {
-                let status = wait_exit(child, self.opts.timeout).map_or("still running".into(), |s| s.to_string());
+                let status = wait_exit(child, self.opts.timeout)
+                    .map_or("still running".into(), |s| s.to_string());
                 return Err(format!("the daemon stopped before mounting ({status})"));
             }
             Err(_) => return Err("no ready line from the daemon".into()),
         }
         match is_mounted(&self.mountpoint) {
             Ok(true) => Ok(()),
-            Ok(false) => Err("the daemon said ready but the mount table has no FUSE mount there".into()),
+            Ok(false) => {
+                Err("the daemon said ready but the mount table has no FUSE mount there".into())
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -197,9 +231,12 @@ impl FaultFs {
     }
 
     fn shutdown(&mut self) -> Result<(), Error> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         // A busy mount (files still open) is detached; the daemon exits when the last one closes.
-        let unmounted = unmount(&self.mountpoint, false).or_else(|_| unmount(&self.mountpoint, true));
+        let unmounted =
+            unmount(&self.mountpoint, false).or_else(|_| unmount(&self.mountpoint, true));
         if unmounted.is_ok() && wait_exit(&mut child, self.opts.timeout).is_some() {
             return Ok(());
         }
@@ -226,19 +263,26 @@ pub fn default_program() -> Option<PathBuf> {
     }
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.join("aof-faultfs"), dir.parent()?.join("aof-faultfs")].into_iter().find(|p| p.is_file())
+    [dir.join("aof-faultfs"), dir.parent()?.join("aof-faultfs")]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 /// Whether the top mount at `path` (absolute) is a FUSE mount.
 pub fn is_mounted(path: &Path) -> Result<bool, Error> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::io("read /proc/self/mountinfo", e))?;
+    let table = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read /proc/self/mountinfo", e))?;
     let mut top = None;
     for line in table.lines() {
         // id parent major:minor root mountpoint options... - fstype source options
         let mut fields = line.split(' ');
         let Some(point) = fields.nth(4) else { continue };
         if Path::new(&unescape(point)) == path {
-            top = line.split(" - ").nth(1).and_then(|rest| rest.split(' ').next()).map(str::to_owned);
+            top = line
+                .split(" - ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .map(str::to_owned);
         }
     }
     Ok(top.is_some_and(|fstype| fstype == "fuse" || fstype.starts_with("fuse.")))
@@ -250,7 +294,9 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        let oct = b
+            .get(i + 1..i + 4)
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
         match (b[i], oct) {
             (b'\\', Some(c)) => {
                 out.push(c);
@@ -265,29 +311,46 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The absolute path without resolving the last component (a dead FUSE mount
-/// there cannot be resolved: ENOTCONN).
+/// The mountpoint as the mount table shows it. A dead FUSE mount there cannot
+/// be resolved (ENOTCONN): then only its parent is.
 fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    if let Ok(p) = path.canonicalize() {
+        return Ok(p);
+    }
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = path.file_name().ok_or_else(|| Error::io(format!("mountpoint {}", path.display()), Errno::INVAL))?;
-    let parent = parent.canonicalize().map_err(|e| Error::io(format!("mountpoint parent {}", parent.display()), e))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::io(format!("mountpoint {}", path.display()), Errno::INVAL))?;
+    let parent = parent
+        .canonicalize()
+        .map_err(|e| Error::io(format!("mountpoint parent {}", parent.display()), e))?;
     Ok(parent.join(name))
 }
 
 fn unmount(path: &Path, lazy: bool) -> std::io::Result<()> {
-    let flags = if lazy { UnmountFlags::DETACH } else { UnmountFlags::empty() };
+    let flags = if lazy {
+        UnmountFlags::DETACH
+    } else {
+        UnmountFlags::empty()
+    };
     match rustix::mount::unmount(path, flags) {
         Ok(()) | Err(Errno::INVAL) => Ok(()), // EINVAL: nothing mounted there
         Err(Errno::PERM) => {
             // Not root: the setuid helper may.
-            let status = Command::new("fusermount3").arg(if lazy { "-uz" } else { "-u" }).arg(path).status()?;
+            let status = Command::new("fusermount3")
+                .arg(if lazy { "-uz" } else { "-u" })
+                .arg(path)
+                .status()?;
             if status.success() {
                 Ok(())
             } else {
-                Err(std::io::Error::other(format!("fusermount3 -u {} failed ({status})", path.display())))
+                Err(std::io::Error::other(format!(
+                    "fusermount3 -u {} failed ({status})",
+                    path.display()
+                )))
             }
         }
         Err(e) => Err(e.into()),
@@ -300,11 +363,15 @@ fn detach(path: &Path, timeout: Duration) -> Result<(), Error> {
     if !is_mounted(path)? {
         return Ok(());
     }
-    unmount(path, true).map_err(|e| Error::io(format!("detach the mount at {}", path.display()), e))?;
+    unmount(path, true)
+        .map_err(|e| Error::io(format!("detach the mount at {}", path.display()), e))?;
     let deadline = Instant::now() + timeout;
     while is_mounted(path)? {
         if Instant::now() >= deadline {
-            return Err(Error::io(format!("detach the mount at {}", path.display()), Errno::BUSY));
+            return Err(Error::io(
+                format!("detach the mount at {}", path.display()),
+                Errno::BUSY,
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -313,7 +380,12 @@ fn detach(path: &Path, timeout: Duration) -> Result<(), Error> {
 
 fn kill(child: &mut Child, timeout: Duration) -> Result<(), Error> {
     let _ = child.kill(); // SIGKILL; fails only if it already exited
-    wait_exit(child, timeout).map(|_| ()).ok_or(Error::Unkillable { pid: child.id(), timeout })
+    wait_exit(child, timeout)
+        .map(|_| ())
+        .ok_or(Error::Unkillable {
+            pid: child.id(),
+            timeout,
+        })
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {

@@ -33,7 +33,13 @@ pub struct Overlay {
 impl Overlay {
     /// A clean overlay over a backing file of `base_len` bytes.
     pub fn new(base_len: u64) -> Self {
-        Overlay { base_len, floor: base_len, len: base_len, extents: BTreeMap::new(), mtime: None }
+        Overlay {
+            base_len,
+            floor: base_len,
+            len: base_len,
+            extents: BTreeMap::new(),
+            mtime: None,
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -66,7 +72,11 @@ impl Overlay {
         let end = off + data.len() as u64;
         // The extent that overlaps or touches `off` from the left grows in place
         // (an append to the last extent is amortised O(len)).
-        let left = self.extents.range(..=off).next_back().map(|(&s, v)| (s, s + v.len() as u64));
+        let left = self
+            .extents
+            .range(..=off)
+            .next_back()
+            .map(|(&s, v)| (s, s + v.len() as u64));
         let (start, mut buf) = match left {
             Some((s, e)) if e >= off => {
                 let mut buf = self.extents.remove(&s).unwrap_or_default();
@@ -81,7 +91,11 @@ impl Overlay {
         // Absorb the extents that the new one now overlaps or touches on the right.
         loop {
             let buf_end = start + buf.len() as u64;
-            let next = self.extents.range(start + 1..=buf_end).next().map(|(&s, _)| s);
+            let next = self
+                .extents
+                .range(start + 1..=buf_end)
+                .next()
+                .map(|(&s, _)| s);
             let Some(s) = next else { break };
             let v = self.extents.remove(&s).unwrap_or_default();
             let v_end = s + v.len() as u64;
@@ -120,7 +134,12 @@ impl Overlay {
         if off < backing_end {
             read_full_at(backing, &mut buf[..(backing_end - off) as usize], off)?;
         }
-        let first = self.extents.range(..=off).next_back().map(|(&s, _)| s).unwrap_or(off);
+        let first = self
+            .extents
+            .range(..=off)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(off);
         for (&s, v) in self.extents.range(first..end) {
             let (from, to) = (s.max(off), (s + v.len() as u64).min(end));
             if from < to {
@@ -270,7 +289,11 @@ mod tests {
         assert_eq!(o.read(&f, 8, 10).unwrap(), b"");
         o.write(12, b"Z"); // a hole past the end reads as zeros
         assert_eq!(read_all(&o, &f), b"0123\0\0ab\0\0\0\0Z");
-        assert_eq!(on_disk(&f), b"0123456789", "nothing reaches the backing file before sync");
+        assert_eq!(
+            on_disk(&f),
+            b"0123456789",
+            "nothing reaches the backing file before sync"
+        );
     }
 
     #[test]
@@ -349,7 +372,11 @@ mod tests {
                     }
                 }
                 assert_eq!(o.len(), model.len() as u64);
-                assert_eq!(on_disk(&f), synced, "round {round}: the backing file is the last synced state");
+                assert_eq!(
+                    on_disk(&f),
+                    synced,
+                    "round {round}: the backing file is the last synced state"
+                );
             }
         }
     }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
-use rustix::fs::{self as rfs, AtFlags, FlockOperation, Mode, OFlags, Stat, Timespec, Timestamps, CWD};
+use rustix::fs::{
+    self as rfs, AtFlags, FlockOperation, Mode, OFlags, Stat, Timespec, Timestamps, CWD,
+};
 use rustix::io::{Errno, Result};
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +94,16 @@ struct Inode {
 
 impl Inode {
     fn new(fd: OwnedFd, kind: FileType, data: Option<Overlay>, links: u32) -> Self {
-        Inode { fd: Arc::new(fd), kind, data, changes: BTreeMap::new(), links, lookups: 0, opens: 0, staged: None }
+        Inode {
+            fd: Arc::new(fd),
+            kind,
+            data,
+            changes: BTreeMap::new(),
+            links,
+            lookups: 0,
+            opens: 0,
+            staged: None,
+        }
     }
 }
 
@@ -124,7 +135,9 @@ impl State {
     /// Serves `backing`: locks and empties its staging dir (what was there had
     /// no durable name).
     pub fn serve(backing: &Path, meta: MetadataSync) -> std::result::Result<State, Error> {
-        let at = |what: &str, e: Errno| Error::io(format!("{what} in backing dir {}", backing.display()), e);
+        let at = |what: &str, e: Errno| {
+            Error::io(format!("{what} in backing dir {}", backing.display()), e)
+        };
         let dir = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let root = rfs::open(backing, dir, Mode::empty()).map_err(|e| at("open", e))?;
         let st = rfs::fstat(&root).map_err(|e| at("stat", e))?;
@@ -132,7 +145,8 @@ impl State {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(at("create .faultfs", e)),
         }
-        let staging = rfs::openat(&root, STAGING, dir | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| at("open .faultfs", e))?;
+        let staging = rfs::openat(&root, STAGING, dir | OFlags::NOFOLLOW, Mode::empty())
+            .map_err(|e| at("open .faultfs", e))?;
         match rfs::flock(&staging, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(Errno::WOULDBLOCK) => return Err(Error::Busy(backing.to_path_buf())),
@@ -144,8 +158,8 @@ impl State {
         inodes.insert(ROOT, root_node);
         let mut state = State {
             inodes,
-            root_backing: st.st_ino as u64,
-            dev: st.st_dev as u64,
+            root_backing: st.st_ino,
+            dev: st.st_dev,
             staging: Arc::new(staging),
             seq: 0,
             meta,
@@ -153,7 +167,9 @@ impl State {
         };
         let staging = state.staging.clone();
         for name in names(&staging).map_err(|e| at("list .faultfs", e))? {
-            state.remove_backing(&staging, &name).map_err(|e| at("empty .faultfs", e))?;
+            state
+                .remove_backing(&staging, &name)
+                .map_err(|e| at("empty .faultfs", e))?;
         }
         Ok(state)
     }
@@ -210,26 +226,41 @@ impl State {
 
     /// The inode for backing entry `dir/name`, opening it if it is new to us.
     fn materialize(&mut self, dir: &OwnedFd, name: &OsStr, st: &Stat) -> Result<u64> {
-        if st.st_dev as u64 != self.dev {
+        if st.st_dev != self.dev {
             return Err(Errno::XDEV);
         }
-        let ino = self.ino(st.st_ino as u64);
+        let ino = self.ino(st.st_ino);
         if self.inodes.contains_key(&ino) {
             return Ok(ino);
         }
-        let kind = kind_of_mode(st.st_mode as u32);
+        let kind = kind_of_mode(st.st_mode);
         let flags = OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let node = match kind {
             FileType::RegularFile => {
                 let fd = rfs::openat(dir, name, flags | OFlags::RDWR, Mode::empty())
                     .or_else(|_| rfs::openat(dir, name, flags | OFlags::RDONLY, Mode::empty()))?;
-                Inode::new(fd, kind, Some(Overlay::new(st.st_size as u64)), st.st_nlink as u32)
+                Inode::new(
+                    fd,
+                    kind,
+                    Some(Overlay::new(st.st_size as u64)),
+                    st.st_nlink as u32,
+                )
             }
             FileType::Directory => {
-                let fd = rfs::openat(dir, name, flags | OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+                let fd = rfs::openat(
+                    dir,
+                    name,
+                    flags | OFlags::RDONLY | OFlags::DIRECTORY,
+                    Mode::empty(),
+                )?;
                 Inode::new(fd, kind, None, 1)
             }
-            _ => Inode::new(rfs::openat(dir, name, flags | OFlags::PATH, Mode::empty())?, kind, None, st.st_nlink as u32),
+            _ => Inode::new(
+                rfs::openat(dir, name, flags | OFlags::PATH, Mode::empty())?,
+                kind,
+                None,
+                st.st_nlink as u32,
+            ),
         };
         self.inodes.insert(ino, node);
         Ok(ino)
@@ -252,7 +283,11 @@ impl State {
             crtime: UNIX_EPOCH,
             kind: n.kind,
             perm: (st.st_mode & 0o7777) as u16,
-            nlink: if n.kind == FileType::Directory { st.st_nlink as u32 } else { n.links },
+            nlink: if n.kind == FileType::Directory {
+                st.st_nlink as u32
+            } else {
+                n.links
+            },
             uid: st.st_uid,
             gid: st.st_gid,
             rdev: st.st_rdev as u32,
@@ -292,13 +327,22 @@ impl State {
             rfs::fchmod(&*n.fd, Mode::from_raw_mode(mode & 0o7777))?;
         }
         if a.uid.is_some() || a.gid.is_some() {
-            rfs::chownat(&*n.fd, "", a.uid.map(rfs::Uid::from_raw), a.gid.map(rfs::Gid::from_raw), AtFlags::EMPTY_PATH)?;
+            rfs::chownat(
+                &*n.fd,
+                "",
+                a.uid.map(rfs::Uid::from_raw),
+                a.gid.map(rfs::Gid::from_raw),
+                AtFlags::EMPTY_PATH,
+            )?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             if !file_or_dir {
                 return Err(Errno::OPNOTSUPP);
             }
-            let times = Timestamps { last_access: timespec(a.atime), last_modification: timespec(a.mtime) };
+            let times = Timestamps {
+                last_access: timespec(a.atime),
+                last_modification: timespec(a.mtime),
+            };
             rfs::futimens(&*n.fd, &times)?;
             if let (Some(d), Some(_)) = (&mut n.data, a.mtime) {
                 d.forget_mtime();
@@ -316,17 +360,34 @@ impl State {
     }
 
     /// Creates and opens a regular file.
-    pub fn create(&mut self, parent: u64, name: &OsStr, mode: u32, owner: (u32, u32)) -> Result<FileAttr> {
+    pub fn create(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        owner: (u32, u32),
+    ) -> Result<FileAttr> {
         self.check_free_name(parent, name)?;
         let tmp = self.next_name('f');
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC;
-        let fd = rfs::openat(&*self.staging, &*tmp, flags, Mode::from_raw_mode(mode & 0o7777))?;
+        let fd = rfs::openat(
+            &*self.staging,
+            &*tmp,
+            flags,
+            Mode::from_raw_mode(mode & 0o7777),
+        )?;
         let attr = self.new_entry(parent, name, fd, tmp, FileType::RegularFile, owner)?;
         self.node_mut(attr.ino.0)?.opens += 1;
         Ok(attr)
     }
 
-    pub fn mkdir(&mut self, parent: u64, name: &OsStr, mode: u32, owner: (u32, u32)) -> Result<FileAttr> {
+    pub fn mkdir(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        owner: (u32, u32),
+    ) -> Result<FileAttr> {
         self.check_free_name(parent, name)?;
         let tmp = self.next_name('d');
         rfs::mkdirat(&*self.staging, &*tmp, Mode::from_raw_mode(mode & 0o7777))?;
@@ -335,11 +396,22 @@ impl State {
         self.new_entry(parent, name, fd, tmp, FileType::Directory, owner)
     }
 
-    pub fn symlink(&mut self, parent: u64, name: &OsStr, target: &Path, owner: (u32, u32)) -> Result<FileAttr> {
+    pub fn symlink(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        owner: (u32, u32),
+    ) -> Result<FileAttr> {
         self.check_free_name(parent, name)?;
         let tmp = self.next_name('s');
         rfs::symlinkat(target, &*self.staging, &*tmp)?;
-        let fd = rfs::openat(&*self.staging, &*tmp, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rfs::openat(
+            &*self.staging,
+            &*tmp,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         self.new_entry(parent, name, fd, tmp, FileType::Symlink, owner)
     }
 
@@ -354,9 +426,15 @@ impl State {
         (uid, gid): (u32, u32),
     ) -> Result<FileAttr> {
         // Give it to the caller; only root may, so this is best effort.
-        let _ = rfs::chownat(&fd, "", Some(rfs::Uid::from_raw(uid)), Some(rfs::Gid::from_raw(gid)), AtFlags::EMPTY_PATH);
+        let _ = rfs::chownat(
+            &fd,
+            "",
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::EMPTY_PATH,
+        );
         let st = rfs::fstat(&fd)?;
-        let ino = self.ino(st.st_ino as u64);
+        let ino = self.ino(st.st_ino);
         let data = (kind == FileType::RegularFile).then(|| Overlay::new(0));
         let mut node = Inode::new(fd, kind, data, 1);
         node.lookups = 1;
@@ -403,7 +481,14 @@ impl State {
         self.after_change(&[parent])
     }
 
-    pub fn rename(&mut self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, noreplace: bool) -> Result<()> {
+    pub fn rename(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        noreplace: bool,
+    ) -> Result<()> {
         if new_parent == ROOT && new_name == STAGING {
             return Err(Errno::PERM);
         }
@@ -416,7 +501,10 @@ impl State {
             if noreplace {
                 return Err(Errno::EXIST);
             }
-            match (self.kind(src)? == FileType::Directory, self.kind(dst)? == FileType::Directory) {
+            match (
+                self.kind(src)? == FileType::Directory,
+                self.kind(dst)? == FileType::Directory,
+            ) {
                 (true, false) => return Err(Errno::NOTDIR),
                 (false, true) => return Err(Errno::ISDIR),
                 (true, true) if !self.list(dst)?.is_empty() => return Err(Errno::NOTEMPTY),
@@ -454,8 +542,14 @@ impl State {
 
     pub fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> Result<u32> {
         let n = self.inodes.get_mut(&ino).ok_or(Errno::STALE)?;
-        let d = n.data.as_mut().ok_or(if n.kind == FileType::Directory { Errno::ISDIR } else { Errno::INVAL })?;
-        off.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(Errno::FBIG)?;
+        let d = n.data.as_mut().ok_or(if n.kind == FileType::Directory {
+            Errno::ISDIR
+        } else {
+            Errno::INVAL
+        })?;
+        off.checked_add(data.len() as u64)
+            .filter(|&end| end <= i64::MAX as u64)
+            .ok_or(Errno::FBIG)?;
         d.write(off, data);
         self.counters.writes += 1;
         self.counters.bytes_written += data.len() as u64;
@@ -489,11 +583,17 @@ impl State {
         for e in rfs::Dir::read_from(&*n.fd)? {
             let e = e?;
             let name = OsStr::from_bytes(e.file_name().to_bytes());
-            if name == "." || name == ".." || (ino == ROOT && name == STAGING) || n.changes.contains_key(name) {
+            if name == "."
+                || name == ".."
+                || (ino == ROOT && name == STAGING)
+                || n.changes.contains_key(name)
+            {
                 continue;
             }
             let kind = match e.file_type() {
-                rfs::FileType::Unknown => kind_of_mode(rfs::statat(&*n.fd, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode as u32),
+                rfs::FileType::Unknown => kind_of_mode(
+                    rfs::statat(&*n.fd, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode as u32,
+                ),
                 t => kind_of_mode(t.as_raw_mode()),
             };
             out.insert(name.to_owned(), (self.ino(e.ino()), kind));
@@ -503,7 +603,10 @@ impl State {
                 out.insert(name.clone(), (x, self.kind(x)?));
             }
         }
-        Ok(out.into_iter().map(|(name, (ino, kind))| (ino, kind, name)).collect())
+        Ok(out
+            .into_iter()
+            .map(|(name, (ino, kind))| (ino, kind, name))
+            .collect())
     }
 
     pub fn statfs(&self) -> Result<rfs::StatVfs> {
@@ -524,7 +627,12 @@ impl State {
                 d.sync(&*n.fd, false)?;
             }
         }
-        let dirs: Vec<u64> = self.inodes.iter().filter(|(_, n)| !n.changes.is_empty()).map(|(&ino, _)| ino).collect();
+        let dirs: Vec<u64> = self
+            .inodes
+            .iter()
+            .filter(|(_, n)| !n.changes.is_empty())
+            .map(|(&ino, _)| ino)
+            .collect();
         for ino in dirs {
             self.persist_dir(ino)?;
         }
@@ -570,7 +678,11 @@ impl State {
     /// One name of `ino` is gone from the mount.
     fn drop_link(&mut self, ino: u64) {
         if let Some(n) = self.inodes.get_mut(&ino) {
-            n.links = if n.kind == FileType::Directory { 0 } else { n.links.saturating_sub(1) };
+            n.links = if n.kind == FileType::Directory {
+                0
+            } else {
+                n.links.saturating_sub(1)
+            };
         }
         self.maybe_free(ino);
     }
@@ -582,7 +694,9 @@ impl State {
         if ino == ROOT || !self.inodes.get(&ino).is_some_and(unused) {
             return;
         }
-        let Some(node) = self.inodes.remove(&ino) else { return };
+        let Some(node) = self.inodes.remove(&ino) else {
+            return;
+        };
         if let Some(tmp) = node.staged {
             let staging = self.staging.clone();
             if let Err(e) = self.remove_backing(&staging, &tmp) {
@@ -600,7 +714,8 @@ impl State {
             return Err(Errno::NOTDIR);
         }
         let fd = n.fd.clone();
-        let changes: Vec<(OsString, Change)> = n.changes.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let changes: Vec<(OsString, Change)> =
+            n.changes.iter().map(|(k, v)| (k.clone(), *v)).collect();
         for (name, change) in &changes {
             if let Change::Points(x) = *change {
                 self.place(&fd, name, x)?;
@@ -625,9 +740,9 @@ impl State {
     fn place(&mut self, dir: &OwnedFd, name: &OsStr, x: u64) -> Result<()> {
         let is_dir = self.kind(x)? == FileType::Directory;
         match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if self.ino(st.st_ino as u64) == x => return Ok(()),
+            Ok(st) if self.ino(st.st_ino) == x => return Ok(()),
             // A file that nothing shows any more is replaced atomically by the rename below.
-            Ok(st) if !is_dir && !is_dir_mode(st.st_mode as u32) && self.live(&st).is_none() => {}
+            Ok(st) if !is_dir && !is_dir_mode(st.st_mode) && self.live(&st).is_none() => {}
             Ok(_) => self.remove_backing(dir, name)?,
             Err(Errno::NOENT) => {}
             Err(e) => return Err(e),
@@ -635,12 +750,19 @@ impl State {
         let proc_path = PathBuf::from(format!("/proc/self/fd/{}", self.node(x)?.fd.as_raw_fd()));
         if is_dir {
             // A directory has one backing place: move it from there.
-            let from = std::fs::read_link(&proc_path).map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+            let from = std::fs::read_link(&proc_path)
+                .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
             rfs::renameat(CWD, &from, dir, name)?;
             self.node_mut(x)?.staged = None;
         } else {
             let tmp = self.next_name('l');
-            rfs::linkat(CWD, &proc_path, &*self.staging, &*tmp, AtFlags::SYMLINK_FOLLOW)?;
+            rfs::linkat(
+                CWD,
+                &proc_path,
+                &*self.staging,
+                &*tmp,
+                AtFlags::SYMLINK_FOLLOW,
+            )?;
             rfs::renameat(&*self.staging, &*tmp, dir, name)?;
         }
         Ok(())
@@ -648,7 +770,7 @@ impl State {
 
     /// The inode of a backing entry, if the mount still shows it under some name.
     fn live(&self, st: &Stat) -> Option<u64> {
-        let ino = self.ino(st.st_ino as u64);
+        let ino = self.ino(st.st_ino);
         self.inodes.get(&ino).filter(|n| n.links > 0).map(|_| ino)
     }
 
@@ -661,7 +783,7 @@ impl State {
             Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let is_dir = is_dir_mode(st.st_mode as u32);
+        let is_dir = is_dir_mode(st.st_mode);
         if let Some(ino) = self.live(&st) {
             if is_dir || st.st_nlink == 1 {
                 let tmp = self.next_name('p');
@@ -713,16 +835,27 @@ fn kind_of_mode(mode: u32) -> FileType {
 }
 
 fn time(secs: i64, nsecs: u32) -> SystemTime {
-    u64::try_from(secs).map_or(UNIX_EPOCH, |s| UNIX_EPOCH + Duration::new(s, nsecs.min(999_999_999)))
+    u64::try_from(secs).map_or(UNIX_EPOCH, |s| {
+        UNIX_EPOCH + Duration::new(s, nsecs.min(999_999_999))
+    })
 }
 
 fn timespec(t: Option<TimeOrNow>) -> Timespec {
     match t {
-        None => Timespec { tv_sec: 0, tv_nsec: rfs::UTIME_OMIT },
-        Some(TimeOrNow::Now) => Timespec { tv_sec: 0, tv_nsec: rfs::UTIME_NOW },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_NOW,
+        },
         Some(TimeOrNow::SpecificTime(t)) => {
             let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos().into() }
+            Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos().into(),
+            }
         }
     }
 }

@@ -27,7 +27,11 @@ fn ino(s: &mut State, parent: u64, name: &str) -> u64 {
 }
 
 fn names(s: &State, dir: u64) -> Vec<String> {
-    s.list(dir).unwrap().into_iter().map(|(_, _, name)| name.to_string_lossy().into_owned()).collect()
+    s.list(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, name)| name.to_string_lossy().into_owned())
+        .collect()
 }
 
 fn read(s: &mut State, parent: u64, name: &str) -> Vec<u8> {
@@ -60,9 +64,17 @@ fn a_created_file_is_durable_only_after_its_directory_is_synced() {
     let mut s = serve(&dir, MetadataSync::OnDirFsync);
     create_synced(&mut s, ROOT, "a", b"data of a");
     assert_eq!(read(&mut s, ROOT, "a"), b"data of a");
-    assert_eq!(on_disk(&dir), Vec::<String>::new(), "the name is not in the backing dir yet");
+    assert_eq!(
+        on_disk(&dir),
+        Vec::<String>::new(),
+        "the name is not in the backing dir yet"
+    );
     let mut s = power_loss(&dir, s);
-    assert_eq!(s.lookup(ROOT, n("a")).unwrap_err(), Errno::NOENT, "file data synced, name not: gone");
+    assert_eq!(
+        s.lookup(ROOT, n("a")).unwrap_err(),
+        Errno::NOENT,
+        "file data synced, name not: gone"
+    );
 
     create_synced(&mut s, ROOT, "b", b"data of b");
     s.fsyncdir(ROOT).unwrap();
@@ -78,7 +90,14 @@ fn unsynced_data_of_a_durable_file_is_lost() {
     let mut s = serve(&dir, MetadataSync::OnDirFsync);
     let f = ino(&mut s, ROOT, "f");
     s.write(f, 3, b"-new").unwrap();
-    s.setattr(f, SetAttr { size: Some(5), ..Default::default() }).unwrap();
+    s.setattr(
+        f,
+        SetAttr {
+            size: Some(5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(read(&mut s, ROOT, "f"), b"old-n");
     assert_eq!(s.stats().dirty_files, 1);
     let mut s = power_loss(&dir, s);
@@ -112,7 +131,11 @@ fn a_rename_over_a_file_replaces_it() {
     fs::write(dir.path().join("a"), b"A").unwrap();
     fs::write(dir.path().join("b"), b"B").unwrap();
     let mut s = serve(&dir, MetadataSync::OnDirFsync);
-    assert_eq!(s.rename(ROOT, n("a"), ROOT, n("b"), true).unwrap_err(), Errno::EXIST, "RENAME_NOREPLACE");
+    assert_eq!(
+        s.rename(ROOT, n("a"), ROOT, n("b"), true).unwrap_err(),
+        Errno::EXIST,
+        "RENAME_NOREPLACE"
+    );
     s.rename(ROOT, n("a"), ROOT, n("b"), false).unwrap();
     assert_eq!(read(&mut s, ROOT, "b"), b"A");
     s.fsyncdir(ROOT).unwrap();
@@ -144,14 +167,22 @@ fn a_new_directory_needs_itself_and_its_parent_synced() {
     create_synced(&mut s, d, "f", b"f");
     s.fsyncdir(d).unwrap();
     let mut s = power_loss(&dir, s);
-    assert_eq!(names(&s, ROOT), Vec::<String>::new(), "parent not synced: the directory is gone");
+    assert_eq!(
+        names(&s, ROOT),
+        Vec::<String>::new(),
+        "parent not synced: the directory is gone"
+    );
 
     let d = s.mkdir(ROOT, n("d"), 0o755, OWNER).unwrap().ino.0;
     create_synced(&mut s, d, "f", b"f");
     s.fsyncdir(ROOT).unwrap();
     let mut s = power_loss(&dir, s);
     let d = ino(&mut s, ROOT, "d");
-    assert_eq!(names(&s, d), Vec::<String>::new(), "directory itself not synced: empty");
+    assert_eq!(
+        names(&s, d),
+        Vec::<String>::new(),
+        "directory itself not synced: empty"
+    );
 
     create_synced(&mut s, d, "f", b"f");
     s.fsyncdir(d).unwrap();
@@ -172,7 +203,11 @@ fn a_file_moved_between_directories_needs_both_synced() {
     s.rename(d1, n("f"), d2, n("f"), false).unwrap();
     s.fsyncdir(d1).unwrap();
     assert!(!dir.path().join("d1/f").exists() && !dir.path().join("d2/f").exists());
-    assert_eq!(read(&mut s, d2, "f"), b"moving", "parked in staging meanwhile");
+    assert_eq!(
+        read(&mut s, d2, "f"),
+        b"moving",
+        "parked in staging meanwhile"
+    );
     s.fsyncdir(d2).unwrap();
     assert_eq!(fs::read(dir.path().join("d2/f")).unwrap(), b"moving");
 
@@ -181,7 +216,11 @@ fn a_file_moved_between_directories_needs_both_synced() {
     let s = power_loss(&dir, s);
     let mut s = s;
     let (d1, d2) = (ino(&mut s, ROOT, "d1"), ino(&mut s, ROOT, "d2"));
-    assert_eq!((names(&s, d1), names(&s, d2)), (vec![], vec![]), "only the old directory was synced: no durable name");
+    assert_eq!(
+        (names(&s, d1), names(&s, d2)),
+        (vec![], vec![]),
+        "only the old directory was synced: no durable name"
+    );
 }
 
 #[test]
@@ -210,8 +249,15 @@ fn an_open_unlinked_file_keeps_working() {
     assert_eq!(s.read(f, 0, 100).unwrap(), b"still here");
     s.release(f);
     s.forget(f, 1);
-    assert!(!s.inodes.contains_key(&f), "freed once closed and forgotten");
-    assert_eq!(fs::read_dir(dir.path().join(STAGING)).unwrap().count(), 0, "staging link removed");
+    assert!(
+        !s.inodes.contains_key(&f),
+        "freed once closed and forgotten"
+    );
+    assert_eq!(
+        fs::read_dir(dir.path().join(STAGING)).unwrap().count(),
+        0,
+        "staging link removed"
+    );
 }
 
 #[test]
@@ -222,7 +268,11 @@ fn hard_links_and_symlinks_reach_the_backing_dir() {
     let f = ino(&mut s, ROOT, "f");
     assert_eq!(s.link(f, ROOT, n("g")).unwrap().nlink, 2);
     s.unlink(ROOT, n("f")).unwrap();
-    let l = s.symlink(ROOT, n("l"), Path::new("g"), OWNER).unwrap().ino.0;
+    let l = s
+        .symlink(ROOT, n("l"), Path::new("g"), OWNER)
+        .unwrap()
+        .ino
+        .0;
     assert_eq!(s.readlink(l).unwrap(), b"g");
     s.fsyncdir(ROOT).unwrap();
     assert_eq!(on_disk(&dir), ["g", "l"]);
@@ -240,7 +290,10 @@ fn listing_merges_backing_entries_with_changes_and_hides_staging() {
     s.unlink(ROOT, n("a")).unwrap();
     assert_eq!(names(&s, ROOT), ["b", "c"]);
     assert_eq!(s.lookup(ROOT, n(STAGING)).unwrap_err(), Errno::NOENT);
-    assert_eq!(s.create(ROOT, n(STAGING), 0o644, OWNER).unwrap_err(), Errno::PERM);
+    assert_eq!(
+        s.create(ROOT, n(STAGING), 0o644, OWNER).unwrap_err(),
+        Errno::PERM
+    );
 }
 
 #[test]
@@ -276,10 +329,17 @@ fn sync_all_makes_everything_durable() {
 fn a_backing_dir_is_served_once_and_its_staging_emptied() {
     let dir = TempDir::new().unwrap();
     fs::create_dir(dir.path().join(STAGING)).unwrap();
-    fs::write(dir.path().join(STAGING).join("leftover"), b"no durable name").unwrap();
+    fs::write(
+        dir.path().join(STAGING).join("leftover"),
+        b"no durable name",
+    )
+    .unwrap();
     let s = serve(&dir, MetadataSync::OnDirFsync);
     assert_eq!(fs::read_dir(dir.path().join(STAGING)).unwrap().count(), 0);
-    assert!(matches!(State::serve(dir.path(), MetadataSync::OnDirFsync), Err(Error::Busy(_))));
+    assert!(matches!(
+        State::serve(dir.path(), MetadataSync::OnDirFsync),
+        Err(Error::Busy(_))
+    ));
     drop(s);
     serve(&dir, MetadataSync::OnDirFsync);
 }

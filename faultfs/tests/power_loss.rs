@@ -40,7 +40,12 @@ impl Disk {
         let mut opts = MountOptions::new(env!("CARGO_BIN_EXE_aof-faultfs"), &backing, &mnt);
         opts.metadata = metadata;
         let fs = FaultFs::mount(opts).expect("mount aof-faultfs");
-        Disk { fs, mnt, backing, _dir: dir }
+        Disk {
+            fs,
+            mnt,
+            backing,
+            _dir: dir,
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -65,7 +70,10 @@ fn write_synced(path: &Path, data: &[u8]) {
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     v.sort();
     v
 }
@@ -76,9 +84,16 @@ fn a_write_and_fsync_survives_a_power_loss() {
     let f = disk.path("f");
     write_synced(&f, b"durable");
     sync_dir(&disk.mnt);
-    assert_eq!(fs::read(disk.backing.join("f")).unwrap(), b"durable", "fsync wrote the backing file");
+    assert_eq!(
+        fs::read(disk.backing.join("f")).unwrap(),
+        b"durable",
+        "fsync wrote the backing file"
+    );
     let lost = disk.power_loss();
-    assert_eq!((lost.dirty_files, lost.dirty_bytes, lost.pending_entries), (0, 0, 0));
+    assert_eq!(
+        (lost.dirty_files, lost.dirty_bytes, lost.pending_entries),
+        (0, 0, 0)
+    );
     assert_eq!(fs::read(&f).unwrap(), b"durable");
 }
 
@@ -91,8 +106,16 @@ fn a_write_without_fsync_is_lost() {
     let mut file = OpenOptions::new().append(true).open(&f).unwrap();
     file.write_all(b" but not this").unwrap();
     drop(file); // close(2) syncs nothing
-    assert_eq!(fs::read(&f).unwrap(), b"durable but not this", "the mount shows the write at once");
-    assert_eq!(fs::read(disk.backing.join("f")).unwrap(), b"durable", "the backing file does not have it");
+    assert_eq!(
+        fs::read(&f).unwrap(),
+        b"durable but not this",
+        "the mount shows the write at once"
+    );
+    assert_eq!(
+        fs::read(disk.backing.join("f")).unwrap(),
+        b"durable",
+        "the backing file does not have it"
+    );
     let lost = disk.power_loss();
     assert_eq!((lost.dirty_files, lost.dirty_bytes), (1, 13));
     assert_eq!(fs::read(&f).unwrap(), b"durable");
@@ -112,7 +135,10 @@ fn only_the_fsynced_file_of_two_keeps_its_writes() {
     fa.sync_data().unwrap();
     drop((fa, fb));
     disk.power_loss();
-    assert_eq!((fs::read(&a).unwrap(), fs::read(&b).unwrap()), (b"a1".to_vec(), b"b0".to_vec()));
+    assert_eq!(
+        (fs::read(&a).unwrap(), fs::read(&b).unwrap()),
+        (b"a1".to_vec(), b"b0".to_vec())
+    );
 }
 
 #[test]
@@ -123,8 +149,12 @@ fn pwrites_at_offsets_and_truncations_are_kept_only_when_synced() {
     write_synced(&path, &model);
     sync_dir(&disk.mnt);
 
-    let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    let mut pwrite = |model: &mut Vec<u8>, off: usize, data: &[u8]| {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let pwrite = |model: &mut Vec<u8>, off: usize, data: &[u8]| {
         f.write_all_at(data, off as u64).unwrap();
         if model.len() < off + data.len() {
             model.resize(off + data.len(), 0);
@@ -157,6 +187,11 @@ fn pwrites_at_offsets_and_truncations_are_kept_only_when_synced() {
     let lost = disk.power_loss();
     assert_eq!(lost.dirty_files, 1);
     assert_eq!(fs::read(&path).unwrap(), synced);
+
+    fs::write(&path, b"O_TRUNC").unwrap(); // open(O_TRUNC) of an existing file, no fsync
+    assert_eq!(fs::read(&path).unwrap(), b"O_TRUNC");
+    disk.power_loss();
+    assert_eq!(fs::read(&path).unwrap(), synced);
 }
 
 /// Creates, renames, unlinks and mkdirs are durable only after an fsync of
@@ -180,7 +215,11 @@ fn names_are_durable_only_after_their_directory_is_fsynced() {
     ops(&disk);
     let lost = disk.power_loss();
     assert!(lost.pending_entries >= 4, "{lost:?}");
-    assert_eq!(names(&disk.mnt), ["gone", "old"], "no directory fsync: every name change is lost");
+    assert_eq!(
+        names(&disk.mnt),
+        ["gone", "old"],
+        "no directory fsync: every name change is lost"
+    );
     assert_eq!(fs::read(disk.path("old")).unwrap(), b"old");
 
     ops(&disk);
@@ -224,7 +263,12 @@ fn immediate_metadata_keeps_names_and_loses_data() {
     let mut disk = Disk::new(MetadataSync::Immediate);
     write_synced(&disk.path("f"), b"synced");
     fs::create_dir(disk.path("d")).unwrap();
-    OpenOptions::new().append(true).open(disk.path("f")).unwrap().write_all(b"+lost").unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(disk.path("f"))
+        .unwrap()
+        .write_all(b"+lost")
+        .unwrap();
     disk.power_loss();
     assert_eq!(names(&disk.mnt), ["d", "f"]);
     assert_eq!(fs::read(disk.path("f")).unwrap(), b"synced");
@@ -238,7 +282,11 @@ fn record(i: usize) -> Vec<u8> {
 fn appends_after_the_last_fdatasync_are_lost() {
     let mut disk = Disk::new(MetadataSync::OnDirFsync);
     let path = disk.path("log");
-    let mut f = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
     sync_dir(&disk.mnt);
     let mut synced = Vec::new();
     for i in 0..20 {
@@ -251,7 +299,10 @@ fn appends_after_the_last_fdatasync_are_lost() {
     }
     drop(f);
     let lost = disk.power_loss();
-    assert_eq!(lost.dirty_bytes, (20..25).map(|i| record(i).len() as u64).sum::<u64>());
+    assert_eq!(
+        lost.dirty_bytes,
+        (20..25).map(|i| record(i).len() as u64).sum::<u64>()
+    );
     assert_eq!(fs::read(&path).unwrap(), synced);
 }
 
@@ -262,7 +313,11 @@ fn appends_after_the_last_fdatasync_are_lost() {
 fn a_writer_cut_off_mid_stream_keeps_exactly_its_synced_prefix() {
     let mut disk = Disk::new(MetadataSync::OnDirFsync);
     let path = disk.path("wal");
-    let mut f = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
     sync_dir(&disk.mnt);
     let acked = Arc::new(AtomicUsize::new(0));
     let writer = {
@@ -270,7 +325,10 @@ fn a_writer_cut_off_mid_stream_keeps_exactly_its_synced_prefix() {
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(60);
             for i in 0..1_000_000 {
-                if Instant::now() > deadline || f.write_all(&record(i)).is_err() || f.sync_data().is_err() {
+                if Instant::now() > deadline
+                    || f.write_all(&record(i)).is_err()
+                    || f.sync_data().is_err()
+                {
                     break;
                 }
                 acked.store(i + 1, Ordering::SeqCst);
@@ -279,7 +337,10 @@ fn a_writer_cut_off_mid_stream_keeps_exactly_its_synced_prefix() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while acked.load(Ordering::SeqCst) < 50 {
-        assert!(Instant::now() < deadline, "the writer did not sync 50 records in 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "the writer did not sync 50 records in 30 s"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let acked_before = acked.load(Ordering::SeqCst);
@@ -294,7 +355,10 @@ fn a_writer_cut_off_mid_stream_keeps_exactly_its_synced_prefix() {
         prefix.extend(record(k));
         k += 1;
     }
-    assert_eq!(data, prefix, "the file is whole records 0..{k}, nothing torn");
+    assert_eq!(
+        data, prefix,
+        "the file is whole records 0..{k}, nothing torn"
+    );
     assert!(
         (acked_after..=acked_after + 1).contains(&k) && k >= acked_before,
         "kept {k} records; {acked_after} were acknowledged (at least {acked_before} before the kill)"
@@ -306,7 +370,12 @@ fn a_clean_unmount_makes_everything_durable() {
     let disk = Disk::new(MetadataSync::OnDirFsync);
     fs::create_dir(disk.path("d")).unwrap();
     fs::write(disk.path("d/f"), b"never fsynced").unwrap();
-    let Disk { fs: faultfs, backing, _dir, .. } = disk;
+    let Disk {
+        fs: faultfs,
+        backing,
+        _dir,
+        ..
+    } = disk;
     faultfs.unmount().expect("clean unmount");
     assert_eq!(fs::read(backing.join("d/f")).unwrap(), b"never fsynced");
 }
@@ -320,7 +389,13 @@ fn a_clean_unmount_makes_everything_durable() {
 fn sled_data_is_durable_after_an_fsync_of_its_file_not_after_flush() {
     let mut disk = Disk::new(MetadataSync::OnDirFsync);
     let dir = disk.path("db");
-    let open = |dir: &Path| sled::Config::new().path(dir).flush_every_ms(None).open().unwrap();
+    let open = |dir: &Path| {
+        sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .unwrap()
+    };
     let put = |db: &sled::Db, value: &[u8]| {
         for i in 0..100u32 {
             db.insert(i.to_be_bytes(), value).unwrap();
@@ -328,7 +403,9 @@ fn sled_data_is_durable_after_an_fsync_of_its_file_not_after_flush() {
         db.flush().unwrap();
     };
     let count = |db: &sled::Db, value: &[u8]| {
-        (0..100u32).filter(|i| db.get(i.to_be_bytes()).unwrap().as_deref() == Some(value)).count()
+        (0..100u32)
+            .filter(|i| db.get(i.to_be_bytes()).unwrap().as_deref() == Some(value))
+            .count()
     };
     let mut power_loss = |db: sled::Db| {
         disk.fs.power_off().expect("power off");
