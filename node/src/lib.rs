@@ -22,6 +22,7 @@ pub mod server;
 pub mod snapshot_trigger;
 pub mod sm;
 pub mod telemetry;
+pub mod tls;
 pub mod trigger_dir;
 pub mod store;
 pub mod types;
