@@ -567,6 +567,13 @@ pub enum CertsError {
     )]
     Exists { files: Vec<PathBuf> },
     #[error(
+        "{} already holds the CA and the certificates of nodes 1..={nodes}; refusing to \
+         overwrite them: pass --force to replace them all (a new CA: every node then needs its \
+         new files), or raise --nodes to add nodes signed by this CA",
+        dir.display()
+    )]
+    NothingMissing { dir: PathBuf, nodes: u64 },
+    #[error(
         "{} exists but {} does not: both are needed to issue node certificates; restore the \
          missing file, or pass --force to create a new CA",
         present.display(), missing.display()
@@ -663,12 +670,10 @@ pub fn init_certs(opts: &CertsInit) -> Result<CertsReport, CertsError> {
                     return Err(CertsError::Exists { files: lone });
                 }
                 if to_issue.is_empty() {
-                    let mut files = vec![ca_crt.clone(), ca_key.clone()];
-                    files.extend(
-                        kept.iter()
-                            .flat_map(|&id| [node_cert_path(dir, id), node_key_path(dir, id)]),
-                    );
-                    return Err(CertsError::Exists { files });
+                    return Err(CertsError::NothingMissing {
+                        dir: dir.clone(),
+                        nodes: opts.nodes,
+                    });
                 }
                 Some(load_ca(&ca_crt, &ca_key)?)
             }

@@ -529,7 +529,10 @@ fn init_refuses_to_overwrite_and_adds_missing_nodes_from_the_existing_ca() {
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
         .collect();
     let err = init_certs(&CertsInit::new(dir)).unwrap_err();
-    assert!(matches!(err, CertsError::Exists { .. }), "{err}");
+    assert!(
+        matches!(err, CertsError::NothingMissing { nodes: 5, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("--force"), "{err}");
     let after: Vec<Vec<u8>> = std::fs::read_dir(dir)
         .unwrap()
