@@ -77,23 +77,26 @@ fn node_id_of_name(name: &str) -> Option<u64> {
 
 /// The node id a certificate names: the one `aof-node-<id>` DNS name among its
 /// subject alternative names. `None` when it names no node, several different
-/// nodes, or cannot be parsed. Does not check the signature: use it only on a
-/// certificate that was verified (as rustls does during the handshake).
+/// nodes, has a malformed `aof-node-` name, or cannot be parsed. Does not check
+/// the signature: use it only on a certificate that was verified (as rustls does
+/// during the handshake).
 pub fn node_id_of_cert(cert: &CertificateDer<'_>) -> Option<u64> {
     let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = x509.subject_alternative_name().ok()??;
     let mut found = None;
     for name in &san.value.general_names {
         if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-            if let Some(id) = node_id_of_name(dns) {
-                match found {
-                    None => found = Some(id),
-                    Some(prev) if prev == id => {}
-                    Some(_) => return None,
-                }
-            } else if dns.starts_with(NODE_NAME_PREFIX) {
-                // A malformed node name: refuse rather than guess.
-                return None;
+            // DNS names compare case-insensitively (so does the server-name check).
+            let dns = dns.to_ascii_lowercase();
+            if !dns.starts_with(NODE_NAME_PREFIX) {
+                continue;
+            }
+            // A malformed node name: refuse rather than guess.
+            let id = node_id_of_name(&dns)?;
+            match found {
+                None => found = Some(id),
+                Some(prev) if prev == id => {}
+                Some(_) => return None,
             }
         }
     }

@@ -452,6 +452,8 @@ fn the_node_id_comes_from_one_canonical_aof_node_name() {
     assert_eq!(id(&["aof-node-01"]), None);
     assert_eq!(id(&["aof-node-1", "aof-node-x"]), None);
     assert_eq!(id(&["aof-node-"]), None);
+    assert_eq!(id(&["AOF-Node-4"]), Some(4));
+    assert_eq!(id(&["aof-node-4", "AOF-NODE-5"]), None);
     assert_eq!(node_id_of_cert(&CertificateDer::from(vec![1, 2, 3])), None);
     let on_disk = CertificateDer::from_pem_slice(&read(node_cert_path(dir, 1))).unwrap();
     assert_eq!(node_id_of_cert(&on_disk), Some(1));
