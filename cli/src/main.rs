@@ -5,11 +5,13 @@
 //! cluster), [`cluster`] (status/join/leave), [`triggers`] (apply/get/delete),
 //! [`events`] (get events, describe event), [`queue`] (queue stats, dlq),
 //! [`worker`] (run a command per job), [`webhook`] (signing sample deliveries),
-//! [`output`] (tables, JSON/YAML), [`signals`] (SIGINT/SIGTERM).
+//! [`output`] (tables, JSON/YAML), [`signals`] (SIGINT/SIGTERM), [`certs`] (cluster CA
+//! and node certificates).
 //!
 //! Errors are printed as `error: <message>` (with a hint when the cluster
 //! cannot be reached) and exit with code 1; usage errors exit with code 2.
 
+mod certs;
 mod cluster;
 mod dev;
 mod doctor;
@@ -121,6 +123,9 @@ pub enum Command {
     Dlq(queue::DlqCommand),
     /// Check the cluster's health: quorum, lag, webhook freshness, DLQ, leases, disk.
     Doctor(doctor::DoctorArgs),
+    /// Create the cluster CA and node certificates (mutual TLS between nodes).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 /// `--consistency` of read commands.
@@ -212,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(args, &cli.global)
             .await
             .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        Command::Certs(cmd) => certs::run(cmd).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod registry;
 pub mod server;
 pub mod snapshot_trigger;
 pub mod telemetry;
+pub mod tls;
 pub mod trigger_dir;
 pub mod store;
 pub mod types;
