@@ -41,7 +41,7 @@ BIN="$TARGET_DIR/$PROFILE/aofctl"
 t0=$SECONDS
 if [ "$SKIP_CARGO" = 0 ]; then
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain, or build aofctl elsewhere and pass --skip-cargo"
-  log "cargo build ${CARGO_PROFILE_ARGS[*]} --locked -p aofctl"
+  log "cargo build ${CARGO_PROFILE_ARGS[*]:+${CARGO_PROFILE_ARGS[*]} }--locked -p aofctl"
   cargo build "${CARGO_PROFILE_ARGS[@]}" --locked -p aofctl || die "cargo build of aofctl failed (output above)"
 fi
 [ -x "$BIN" ] || die "$BIN not found: run 'cargo build ${CARGO_PROFILE_ARGS[*]} --locked -p aofctl' (or drop --skip-cargo)"
@@ -71,4 +71,6 @@ fi
 t_image=$(( SECONDS - t2 ))
 
 version="$(docker run --rm "$TAG" --version 2>&1)" || die "the new image does not run: $version"
+# Earlier builds of this image left untagged behind: remove those (ours only, by label).
+docker image prune -f --filter "label=org.opencontainers.image.title=aof-cluster" >/dev/null 2>&1 || true
 log "built $TAG: $version; times: cargo ${t_cargo}s, base image ${t_base}s, image ${t_image}s"
