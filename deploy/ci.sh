@@ -8,7 +8,7 @@
 #            manifests render and validate offline (deploy/k8s/validate.sh)
 #   images   the base image (debootstrap, cached: ~0 s when present, ~2.5 min when not)
 #            and the runtime image aof-cluster:dev from target/<profile>/aofctl
-#   smoke    deploy/tests/smoke.py: three containers form one cluster, webhook, SIGTERM
+#   smoke    deploy/tests/smoke.py: three containers form one cluster, webhook, worker, SIGTERM
 #
 # --profile: which host-built binary goes into the image (default debug: the one a plain
 # `cargo build --workspace` made, so CI builds nothing twice; release for measurements).

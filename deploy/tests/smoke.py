@@ -7,7 +7,8 @@ mounted in runs a node that answers /health (and the image's HEALTHCHECK turns
 "healthy"); three containers on a private network form ONE cluster; a signed webhook
 posted to one node's published port is readable from another; SIGTERM (docker stop)
 makes the node exit cleanly through tini, and a restarted container keeps its data
-and identity (named volume).
+and identity (named volume); an `aofctl worker` container reaching the nodes by
+container name completes a job.
 
 Uses the node's current config layout (one HTTP listener at spec.server.host:port,
 spec.cluster.grpc_addr, initial_members {id, grpc_addr, http_addr}, literal IPs), so
@@ -161,6 +162,7 @@ class Smoke:
         self.ports[n] = int(out.rsplit(":", 1)[1])
 
     def cleanup(self):
+        sh("docker", "rm", "-f", self.worker_name(), check=False)
         for n in NODES:
             sh("docker", "rm", "-f", "-v", self.name(n), check=False)
             sh("docker", "volume", "rm", "-f", f"{self.name(n)}-data", check=False)
@@ -173,9 +175,9 @@ class Smoke:
             os.rmdir(self.cfgdir)
 
     def dump_logs(self):
-        for n in NODES:
-            r = sh("docker", "logs", "--tail", "40", self.name(n), check=False)
-            print(f"--- logs of {self.name(n)} (last 40 lines) ---\n{r.stdout}{r.stderr}", file=sys.stderr)
+        for c in [self.name(n) for n in NODES] + [self.worker_name()]:
+            r = sh("docker", "logs", "--tail", "40", c, check=False)
+            print(f"--- logs of {c} (last 40 lines) ---\n{r.stdout}{r.stderr}", file=sys.stderr)
 
     # -- checks ----------------------------------------------------------------------
     def check(self, title, fn):
@@ -251,6 +253,34 @@ class Smoke:
         status, body = self.post_webhook(1, str(uuid.uuid4()), secret="wrong-" + SECRET)
         assert status == 401, f"badly signed webhook: {status} {body}"
 
+    def t_worker(self):
+        trigger = (
+            "apiVersion: aof.dev/v1\nkind: Trigger\nmetadata:\n  name: smoke-push\nspec:\n  type: GitHub\n"
+            "  config:\n    github_events: [push]\n  commands:\n    push:\n      agent: smoke-agent\n"
+        )
+        status, body = http("PUT", self.url(1, "/v1/triggers/smoke-push"), trigger.encode(), {"Content-Type": "application/yaml"})
+        assert status in (200, 201), f"PUT trigger: {status} {body}"
+        # The worker reaches the nodes by container name, as the compose worker does.
+        endpoints = ",".join(f"grpc://{self.name(n)}:4000" for n in NODES)
+        sh("docker", "run", "-d", "--name", self.worker_name(), "--network", self.net,
+           "-e", f"AOF_GRPC_ENDPOINT={endpoints}", self.image,
+           "worker", "--", "/bin/sh", "-c", "cat >/dev/null; echo $AOF_JOB_ID")
+        delivery = str(uuid.uuid4())
+        status, body = self.post_webhook(3, delivery)
+        assert status == 202 and body.get("jobs"), f"webhook with a matching trigger: {status} {body}"
+
+        def jobs_completed():
+            status, body = http("GET", self.url(2, f"/v1/deliveries/{delivery}"))
+            jobs = body.get("jobs") if status == 200 else None
+            return jobs and all(j.get("state") == "completed" for j in jobs) and body
+        body = wait_for("job completed by the worker container", jobs_completed, READY_WITHIN_S)
+        # Worker ids are <hostname>-<pid>; a container's hostname is its short id.
+        host = sh("docker", "inspect", "-f", "{{.Config.Hostname}}", self.worker_name()).stdout.strip()
+        assert f"completed by {host}-" in json.dumps(body), f"job not completed by the worker container {host}: {body}"
+
+    def worker_name(self):
+        return f"{self.run_id}-worker"
+
     def t_sigterm_and_restart(self):
         n = 3
         sh("docker", "stop", "-t", str(STOP_GRACE_S), self.name(n), timeout=STOP_GRACE_S + 30)
@@ -272,6 +302,7 @@ class Smoke:
             ("3 nodes from mounted config files: HEALTHCHECK healthy, /health answers", self.t_healthy),
             ("one cluster: all ready, same leader, 3 voters", self.t_one_cluster),
             ("signed webhook via node 2 is read on node 3; bad signature 401", self.t_webhook_across_nodes),
+            ("worker container, nodes addressed by name, completes a job", self.t_worker),
             ("SIGTERM exits 0; restarted container keeps data and node id", self.t_sigterm_and_restart),
         ]
         try:
