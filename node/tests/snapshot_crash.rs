@@ -100,9 +100,10 @@ fn sigkill_right_after_the_second_snapshot_leaves_a_startable_data_dir() {
     proc.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     proc.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "the child was to kill itself: {status:?}\n{out}\n{err}");
+    // The test harness prints its own words on the same line: find the tag's.
     let field = |tag: &str, n: usize| -> String {
-        let line = out.lines().find(|l| l.starts_with(tag)).unwrap_or_else(|| panic!("no {tag} in the child's output:\n{out}\n{err}"));
-        line.split_whitespace().nth(n).unwrap().to_string()
+        let mut words = out.split_whitespace().skip_while(|w| *w != tag);
+        words.nth(n).unwrap_or_else(|| panic!("no {tag} in the child's output:\n{out}\n{err}")).to_string()
     };
     let (first_id, second_id) = (field("SNAPSHOT1", 1), field("SNAPSHOT2", 1));
     let second_index: u64 = field("SNAPSHOT2", 2).parse().unwrap();

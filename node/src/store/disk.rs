@@ -87,9 +87,11 @@ impl DiskPolicy {
 /// Name of the reserve file in the data dir.
 pub const RESERVE_FILE: &str = "reserved-space";
 
-/// True for the errors of a full disk or an exhausted quota.
+/// True for the errors of a full disk or an exhausted quota. (By kind too: sled
+/// hands out copies of its IO errors that keep the kind but not the OS code.)
 pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
 }
 
 /// Free bytes for unprivileged users on the file system holding `path`.

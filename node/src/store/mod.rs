@@ -160,7 +160,9 @@ pub(crate) fn fail_stop_on_sled_io(dir: &Path, what: &str, e: &sled::Error) {
     if let sled::Error::Io(io) = e {
         let hint = if disk::is_disk_full(io) { "free space on that file system; " } else { "" };
         let msg = format!(
-            "storage failed in data dir {}: {what}: {e}. The state machine store (sled) cannot continue after              an IO error, so this node stops now (exit code {FAIL_STOP_EXIT_CODE}); {hint}restart it and it              recovers from its log",
+            "storage failed in data dir {}: {what}: {e}. The state machine store (sled) cannot continue after \
+             an IO error, so this node stops now (exit code {FAIL_STOP_EXIT_CODE}); {hint}restart it and it \
+             recovers from its log",
             dir.display()
         );
         tracing::error!("{msg}");

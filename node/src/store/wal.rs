@@ -490,7 +490,7 @@ impl Wal {
                     .create(true)
                     .truncate(true)
                     .open(&path)
-                    .and_then(|f| f.write_all_at(&file_header(follows.then_some(start - 1)), 0).map(|()| f))
+                    .and_then(|f| f.write_all_at(&file_header(follows.then(|| start - 1)), 0).map(|()| f))
                     .map_err(attempt(&path))?;
                 disk::sync_dir(&self.dir).map_err(attempt(&self.dir))?;
                 let seg = Segment { path, file: Arc::new(file), len: FILE_HEADER as u64, last: None, format: Format::V2 };
