@@ -167,9 +167,28 @@ async fn a_log_append_on_a_full_disk_waits_for_space_then_writes_the_same_bytes(
 
     // After a restart: the same five entries, nothing of the failed attempt left over.
     let store = Store::open_with_policy(&data, 1 << 20, policy).unwrap();
-    let got = store.log_store().try_get_log_entries(1..10).await.unwrap();
+    let mut log = store.log_store();
+    let got = log.try_get_log_entries(1..10).await.unwrap();
     assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     assert_eq!(&got[3..], &big[..]);
+
+    // A node that stops while an append waits for space: the append gives up with an
+    // error (so Raft can shut down), and it was never acknowledged.
+    let mut filler = Filler::create(fs.path.join("filler"));
+    filler.fill();
+    let append = {
+        let mut log = log.clone();
+        tokio::spawn(async move { log.blocking_append([put(6, 300 << 10)]).await })
+    };
+    wait_for("the storage alarm", 10, || async { store.disk_alarm() }).await;
+    store.stop_waiting_for_disk();
+    let res = tokio::time::timeout(Duration::from_secs(10), append).await.expect("the append gives up").unwrap();
+    assert!(res.is_err(), "an append on a full disk succeeded");
+    drop((log, store));
+    filler.remove();
+    let store = Store::open_with_policy(&data, 1 << 20, policy).unwrap();
+    let got = store.log_store().try_get_log_entries(1..10).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
 }
 
 /// Set in the child process of the fail-stop test: its data dir.

@@ -132,11 +132,17 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for d in missing.iter().rev() {
         sync_dir(d)?;
-        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+        sync_dir(&parent_of(d))?;
     }
     Ok(())
+}
+
+/// The directory holding `path` (`.` for a bare relative name).
+pub fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// The reserve file: space allocated up front and given back when the alarm is

@@ -266,7 +266,20 @@ impl Store {
             store.wal.purge(p.index).map_err(|source| StoreError::Wal { dir: dir.to_path_buf(), source })?;
         }
         store.state_machine().repair_snapshot(last_purged)?;
+        // The data dir's entries (sled's files, wal/, snapshots/) and the data dir in
+        // its parent are durable from the first open on, whoever created them.
+        disk::sync_dir(dir)
+            .and_then(|()| disk::sync_dir(&disk::parent_of(dir)))
+            .map_err(|e| StoreError::Io { dir: dir.to_path_buf(), source: sled::Error::Io(e) })?;
         Ok(store)
+    }
+
+    /// Make writes that wait for disk space (see [`disk`]) give up with an error
+    /// instead: call it when the node stops, so that a node whose disk is full still
+    /// shuts down (Raft's core waits on such a write). Nothing those writes carried
+    /// was acknowledged. The alarm is not cleared again afterwards.
+    pub fn stop_waiting_for_disk(&self) {
+        self.alarm.close();
     }
 
     /// Why this node stores nothing at the moment (a full disk, see [`disk`]), or
