@@ -13,6 +13,10 @@
 //! | `sm_meta`   | `last_applied`, `membership`       | `codec(LogId)`, `codec(StoredMembership)` |
 //! | `snapshot`  | `meta` (`data` in old data dirs)   | `codec(SnapshotMeta)`; the data, `codec(Vec<(key, value)>)` in any order, is the file `snapshots/<id>.snap` |
 //!
+//! Besides sled's own files the data dir holds `wal/` (the log), `snapshots/` (one
+//! file per snapshot) and `reserved-space`, space kept free for a full disk
+//! ([`disk`]: the storage alarm, and why sled failures stop the process).
+//!
 //! **Architecture Invariant**: every value this module writes goes through
 //! [`crate::codec`], so each record carries a format version; a record this build
 //! cannot read surfaces as an error ([`StoreError::Corrupt`] at open, or an
