@@ -358,7 +358,9 @@ impl Wal {
                 Header::V2 { follows } => {
                     if let Some(p) = follows {
                         let before = inner.last();
-                        if first != p.saturating_add(1) || (before != Some(p) && !purged.is_some_and(|q| p <= q)) {
+                        // What came before is here, or was purged (its files may be gone).
+                        let continues = before == Some(p) || purged.is_some_and(|q| p <= q);
+                        if first != p.saturating_add(1) || !continues {
                             let ends = before.map_or("nothing".to_string(), |l| format!("index {l}"));
                             return Err(corrupt(
                                 12,
