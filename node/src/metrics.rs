@@ -83,6 +83,8 @@ pub struct Metrics {
     pub disk_bytes: Gauge,
     /// Free space on the data dir's file system.
     pub disk_free_bytes: Gauge,
+    /// 1 while the storage alarm is raised (full disk; see `store::disk`).
+    pub storage_alarm: Gauge,
     /// Unix ms of the last accepted webhook on this node (0 = none yet).
     pub last_webhook_unix_ms: Gauge,
     // Totals last copied from the store's append counters.
@@ -146,6 +148,12 @@ impl Default for Metrics {
         r.register("disk_bytes", "Size of this node's data dir", disk_bytes.clone());
         let disk_free_bytes = Gauge::default();
         r.register("disk_free_bytes", "Free space on the file system of this node's data dir", disk_free_bytes.clone());
+        let storage_alarm = Gauge::default();
+        r.register(
+            "storage_alarm",
+            "1 while this node's storage alarm is raised (disk full: it stores and acknowledges nothing until space is freed; /ready says why)",
+            storage_alarm.clone(),
+        );
         let last_webhook_unix_ms = Gauge::default();
         r.register("last_webhook_unix_ms", "When this node last accepted a webhook (Unix ms)", last_webhook_unix_ms.clone());
         Metrics {
@@ -172,6 +180,7 @@ impl Default for Metrics {
             job_duration_seconds,
             disk_bytes,
             disk_free_bytes,
+            storage_alarm,
             last_webhook_unix_ms,
             flushes_seen: AtomicU64::new(0),
             entries_seen: AtomicU64::new(0),
@@ -205,6 +214,7 @@ impl Metrics {
         if let Some(free) = free_space(store.dir()) {
             self.disk_free_bytes.set(free as i64);
         }
+        self.storage_alarm.set(i64::from(store.disk_alarm().is_some()));
         let status = node.local_status().await;
         self.observe_leader(status.leader_id);
         self.raft_term.set(status.term as i64);

@@ -439,13 +439,20 @@ impl Node {
         }
     }
 
-    /// `/ready`: a leader is known and everything committed when this node started
-    /// (as told by the leader's read index) has been applied here.
+    /// `/ready`: Raft is running, the storage alarm is not raised, a leader is known
+    /// and everything committed when this node started (as told by the leader's read
+    /// index) has been applied here.
     pub fn readiness(&self) -> Result<NodeId, String> {
         if self.is_draining() {
             return Err("draining: this node is shutting down".into());
         }
         let m = self.raft.metrics().borrow().clone();
+        if let Err(fatal) = &m.running_state {
+            return Err(format!("raft stopped: {fatal}; restart this node"));
+        }
+        if let Some(alarm) = self.sm.disk_alarm() {
+            return Err(format!("storage alarm: {alarm}"));
+        }
         let Some(leader) = m.current_leader else {
             return Err("no leader known yet; the node is waiting for an election or to be joined".into());
         };

@@ -185,6 +185,9 @@ pub async fn run_with_listeners(
     tracing::info!(node_id = id, "shutting down");
     let _ = stop_tx.send(true);
     let http_res = http_task.await;
+    // A log append waiting for disk space (storage alarm) would hold Raft's core
+    // forever; give it up, so the node can stop.
+    store.stop_waiting_for_disk();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}");
     }

@@ -13,8 +13,19 @@ use super::error::{ApiError, ApiResult, ReadParams};
 use crate::node::Node;
 use crate::types::{Member, NodeId};
 
-pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(json!({ "status": "ok", "node_id": node.id }))
+/// `/health`: the process serves, and its Raft core runs. A core stopped by a
+/// storage error never recovers in this process, so it answers 503 and a liveness
+/// probe restarts the node. A raised storage alarm (full disk) is reported but is not
+/// unhealthy: it clears by itself once space is freed (`/ready` is 503 meanwhile).
+pub async fn health(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {
+    if let Err(fatal) = &node.raft.metrics().borrow().running_state {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "raft_stopped",
+            format!("raft stopped: {fatal}; restart this node"),
+        ));
+    }
+    Ok(Json(json!({ "status": "ok", "node_id": node.id, "storage_alarm": node.sm.disk_alarm() })))
 }
 
 pub async fn ready(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {

@@ -6,7 +6,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
 
-use super::{any, io, raft_meta_keys as keys, Store};
+use super::{any, fail_stop_on_sled_io, io, raft_meta_keys as keys, Store};
 use crate::codec;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -19,7 +19,11 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 ///   `fdatasync`s before returning, and only then reports
 ///   `log_io_completed(Ok(()))`: an append is acknowledged to openraft only once it is
 ///   on disk (see [`super::wal`] for what recovery does with a torn append).
-/// - [`save_vote`](RaftLogStorage::save_vote) flushes sled before returning.
+/// - [`save_vote`](RaftLogStorage::save_vote) flushes sled before returning. While
+///   the storage alarm is raised (a full disk) it waits, like log appends do (see
+///   [`super::disk`]): a vote is a promise too.
+/// - A sled write that fails with an IO error stops the process
+///   ([`super::fail_stop_on_sled_io`]); sled cannot continue after one.
 /// - `save_committed` persists the committed log id (not flushed: losing it only
 ///   means re-applying from the state machine's durable `last_applied`).
 /// - The state machine is not flushed when it applies: after a crash it resumes from
@@ -85,7 +89,22 @@ impl LogStore {
     }
 
     async fn flush(&self) -> Result<(), sled::Error> {
-        self.store.db.flush_async().await.map(drop)
+        self.store.db.flush_async().await.map(drop).map_err(|e| self.sled_failed("flushing sled", e))
+    }
+
+    /// See [`fail_stop_on_sled_io`]; returns `e` if it did not stop.
+    fn sled_failed(&self, what: &str, e: sled::Error) -> sled::Error {
+        fail_stop_on_sled_io(&self.store.dir, what, &e);
+        e
+    }
+
+    /// Wait (off the async runtime) while the storage alarm is raised.
+    async fn wait_for_disk(&self, what: &'static str) -> Result<(), StorageError> {
+        if self.store.alarm.reason().is_none() {
+            return Ok(());
+        }
+        let alarm = self.store.alarm.clone();
+        blocking(move || alarm.wait_clear(what)).await?.map_err(write_logs_err)
     }
 }
 
@@ -136,7 +155,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let err = |e| io(StorageIOError::write_vote(any(e)));
-        self.store.raft_meta.insert(keys::VOTE, codec::encode(vote)).map_err(err)?;
+        self.wait_for_disk("saving the vote").await?;
+        self.store.raft_meta.insert(keys::VOTE, codec::encode(vote)).map_err(|e| err(self.sled_failed("saving the vote", e)))?;
         self.flush().await.map_err(err)
     }
 
@@ -145,7 +165,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let err = |e| io(StorageIOError::write(any(e)));
+        let err = |e| io(StorageIOError::write(any(self.sled_failed("saving the committed log id", e))));
         match committed {
             Some(c) => self.store.raft_meta.insert(keys::COMMITTED, codec::encode(&c)).map_err(err)?,
             None => self.store.raft_meta.remove(keys::COMMITTED).map_err(err)?,
@@ -191,7 +211,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tracing::debug!(%log_id, "purge log up to (inclusive)");
         // Never move last_purged backwards (openraft does not ask for that).
         if self.last_purged()?.is_none_or(|prev| prev < log_id) {
-            self.store.raft_meta.insert(keys::LAST_PURGED, codec::encode(&log_id)).map_err(write_logs_err)?;
+            self.store
+                .raft_meta
+                .insert(keys::LAST_PURGED, codec::encode(&log_id))
+                .map_err(|e| write_logs_err(self.sled_failed("saving the last purged log id", e)))?;
         }
         self.store.wal.forget(log_id.index);
         // Delete the files only once the snapshot and applied state that replace these

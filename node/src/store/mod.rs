@@ -13,6 +13,10 @@
 //! | `sm_meta`   | `last_applied`, `membership`       | `codec(LogId)`, `codec(StoredMembership)` |
 //! | `snapshot`  | `meta` (`data` in old data dirs)   | `codec(SnapshotMeta)`; the data, `codec(Vec<(key, value)>)` in any order, is the file `snapshots/<id>.snap` |
 //!
+//! Besides sled's own files the data dir holds `wal/` (the log), `snapshots/` (one
+//! file per snapshot) and `reserved-space`, space kept free for a full disk
+//! ([`disk`]: the storage alarm, and why sled failures stop the process).
+//!
 //! **Architecture Invariant**: every value this module writes goes through
 //! [`crate::codec`], so each record carries a format version; a record this build
 //! cannot read surfaces as an error ([`StoreError::Corrupt`] at open, or an
@@ -25,6 +29,7 @@
 // prescribe; boxing it in the helpers would only add conversions.
 #![allow(clippy::result_large_err)]
 
+pub mod disk;
 mod kv;
 mod log_store;
 mod state_machine;
@@ -41,6 +46,7 @@ use openraft::{AnyError, StorageIOError};
 use crate::codec::{self, CodecError};
 use crate::types::{LogId, StorageError, StoredMembership};
 
+pub use disk::DiskPolicy;
 pub use kv::SledKv;
 pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
@@ -99,6 +105,13 @@ pub enum StoreError {
     Wal { dir: PathBuf, source: wal::WalError },
 
     #[error(
+        "data dir {}: {message}; restore the data dir from a backup, or start this node with an empty \
+         data dir so it catches up from the cluster",
+        .dir.display()
+    )]
+    Damaged { dir: PathBuf, message: String },
+
+    #[error(
         "data dir {} belongs to node {found}, config says node {expected}; use the right --data-dir or an empty one",
         .dir.display()
     )]
@@ -133,11 +146,45 @@ pub(crate) struct Applied {
     pub membership: StoredMembership,
 }
 
+/// Exit code of a node that stops because its storage failed beyond repair in this
+/// process (`EX_IOERR`); see [`fail_stop_on_sled_io`].
+pub const FAIL_STOP_EXIT_CODE: i32 = 74;
+
+/// Fail-stop: if `e` is an IO error of sled, log why and exit the process with
+/// [`FAIL_STOP_EXIT_CODE`].
+///
+/// sled keeps the first IO error of its log as a global error and returns it from
+/// every later operation until the database is opened again, so a node whose sled
+/// failed can never store a vote or apply an entry again. Carrying on would leave a
+/// member that looks alive but does nothing (a zombie). Exiting is as safe as a
+/// crash (everything acknowledged is in the fsynced log and in flushed sled state)
+/// and lets a supervisor restart the node, which then recovers from the log. See
+/// [`disk`] for how a full disk is kept from reaching sled in the first place.
+pub(crate) fn fail_stop_on_sled_io(dir: &Path, what: &str, e: &sled::Error) {
+    if let sled::Error::Io(io) = e {
+        let hint = if disk::is_disk_full(io) { "free space on that file system; " } else { "" };
+        let msg = format!(
+            "storage failed in data dir {}: {what}: {e}. The state machine store (sled) cannot continue after \
+             an IO error, so this node stops now (exit code {FAIL_STOP_EXIT_CODE}); {hint}restart it and it \
+             recovers from its log",
+            dir.display()
+        );
+        tracing::error!("{msg}");
+        eprintln!("{msg}");
+        std::process::exit(FAIL_STOP_EXIT_CODE);
+    }
+}
+
 /// The sled database of one node. Cheap to clone (all handles are shared).
 #[derive(Clone)]
 pub struct Store {
+    /// The disk watcher; declared first so that dropping the last handle stops it
+    /// before sled is closed.
+    _watch: Arc<disk::DiskWatch>,
+    /// The storage alarm (full disk), shared with the WAL.
+    pub(crate) alarm: Arc<disk::DiskAlarm>,
     pub(crate) dir: Arc<PathBuf>,
-    pub(crate) db: sled::Db,
+    pub(crate) db: Arc<sled::Db>,
     pub(crate) log: sled::Tree,
     pub(crate) raft_meta: sled::Tree,
     pub(crate) sm: sled::Tree,
@@ -169,22 +216,44 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open (or create) the data dir. `cache_capacity_bytes` bounds sled's page cache
-    /// (sled's own default is 1 GB).
+    /// (sled's own default is 1 GB). Full-disk handling with [`DiskPolicy::default`].
     pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Store, StoreError> {
+        Self::open_with_policy(dir, cache_capacity_bytes, DiskPolicy::default())
+    }
+
+    /// [`Store::open`] with the given full-disk policy (see [`disk`]).
+    pub fn open_with_policy(dir: &Path, cache_capacity_bytes: u64, policy: DiskPolicy) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open { dir: dir.to_path_buf(), source };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity_bytes)
-            .segment_size(segment_size(dir))
-            .open()
-            .map_err(open_err)?;
+        disk::create_dir_all_durable(dir).map_err(|e| open_err(sled::Error::Io(e)))?;
+        let db = Arc::new(
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_capacity_bytes)
+                .segment_size(segment_size(dir))
+                .open()
+                .map_err(open_err)?,
+        );
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
-        let wal = wal::Wal::open(&dir.join("wal")).map_err(|source| StoreError::Wal { dir: dir.to_path_buf(), source })?;
+        let raft_meta = tree(trees::RAFT_META)?;
+        let (alarm, watch) =
+            disk::DiskWatch::start(dir, policy, Arc::downgrade(&db)).map_err(|e| open_err(sled::Error::Io(e)))?;
+        let last_purged: Option<LogId> = match raft_meta.get(raft_meta_keys::LAST_PURGED).map_err(open_err)? {
+            None => None,
+            Some(v) => Some(codec::decode(&v).map_err(|source| StoreError::Corrupt {
+                dir: dir.to_path_buf(),
+                what: "the last purged log id",
+                source,
+            })?),
+        };
+        let wal = wal::Wal::open_with(&dir.join("wal"), alarm.clone(), last_purged.map(|p| p.index))
+            .map_err(|source| StoreError::Wal { dir: dir.to_path_buf(), source })?;
         let mut store = Store {
+            _watch: Arc::new(watch),
+            alarm,
             wal: Arc::new(wal),
             dir: Arc::new(dir.to_path_buf()),
             log: tree(trees::LOG)?,
-            raft_meta: tree(trees::RAFT_META)?,
+            raft_meta,
             sm: tree(trees::SM)?,
             sm_meta: tree(trees::SM_META)?,
             snapshot: tree(trees::SNAPSHOT)?,
@@ -196,12 +265,32 @@ impl Store {
         let applied = store.load_applied()?;
         store.applied = Arc::new(RwLock::new(applied));
         store.migrate_log_tree()?;
-        let last_purged: Option<LogId> = store.get_decoded(&store.raft_meta, raft_meta_keys::LAST_PURGED, "the last purged log id")?;
         if let Some(p) = last_purged {
             // Entries purged before a restart may still sit in a segment with live ones.
             store.wal.purge(p.index).map_err(|source| StoreError::Wal { dir: dir.to_path_buf(), source })?;
         }
+        store.state_machine().repair_snapshot(last_purged)?;
+        // The data dir's entries (sled's files, wal/, snapshots/) and the data dir in
+        // its parent are durable from the first open on, whoever created them.
+        disk::sync_dir(dir)
+            .and_then(|()| disk::sync_dir(&disk::parent_of(dir)))
+            .map_err(|e| StoreError::Io { dir: dir.to_path_buf(), source: sled::Error::Io(e) })?;
         Ok(store)
+    }
+
+    /// Make writes that wait for disk space (see [`disk`]) give up with an error
+    /// instead: call it when the node stops, so that a node whose disk is full still
+    /// shuts down (Raft's core waits on such a write). Nothing those writes carried
+    /// was acknowledged. The alarm is not cleared again afterwards.
+    pub fn stop_waiting_for_disk(&self) {
+        self.alarm.close();
+    }
+
+    /// Why this node stores nothing at the moment (a full disk, see [`disk`]), or
+    /// `None`. While this is `Some`, log appends wait and the node acknowledges no
+    /// writes; it clears by itself once space is freed.
+    pub fn disk_alarm(&self) -> Option<String> {
+        self.alarm.reason()
     }
 
     /// Data dirs written before the WAL kept the log in the `log` tree: move its

@@ -8,7 +8,8 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Storag
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{any, io, sm_meta_keys, snapshot_keys, Applied, SledKv, Store};
+use super::disk::{self, DiskAlarm};
+use super::{any, fail_stop_on_sled_io, io, sm_meta_keys, snapshot_keys, Applied, SledKv, Store, StoreError};
 use crate::codec;
 use crate::sm::kv::{Key, Overlay, Value};
 use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -41,10 +42,19 @@ use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError,
 /// - [`install_snapshot`](RaftStateMachine::install_snapshot) rewrites the tree
 ///   without going through `apply`, so it marks a running build's undo log as
 ///   overtaken; that build then returns the installed (newer) snapshot instead.
-/// - A snapshot's data is written to its own file (synced, renamed into place), then
-///   its meta is recorded in the `snapshot` tree unless a newer one (greater
-///   `last_log_id`) is already there; files of other snapshots are then removed; [`install_snapshot`](RaftStateMachine::install_snapshot)
-///   replaces the whole `sm` tree, `sm_meta` and the stored snapshot in one transaction.
+/// - A snapshot's data is written to its own file (synced, renamed into place, the
+///   directory synced), then its meta is recorded in the `snapshot` tree unless a
+///   newer one (greater `last_log_id`) is already there;
+///   [`install_snapshot`](RaftStateMachine::install_snapshot) replaces the whole `sm`
+///   tree, `sm_meta` and the stored snapshot in one transaction. **sled is flushed
+///   before the files of other snapshots are removed**: the stored meta must name a
+///   file that exists after any crash (before the flush, sled recovers the old meta,
+///   whose file is still there; after it, the new one). A data dir left by a build
+///   without that flush (meta naming a deleted file) is repaired when it is opened:
+///   a new snapshot is built from the applied state ([`StateMachineStore::repair_snapshot`]).
+/// - While the storage alarm is raised (a full disk, see [`super::disk`]), snapshot
+///   files are not written: building or installing waits, and a write that meets a
+///   full disk raises the alarm, waits and writes the same bytes again.
 /// - Bad bytes on disk surface as a [`StorageError`], never as a panic.
 #[derive(Clone)]
 pub struct StateMachineStore {
@@ -100,11 +110,25 @@ struct SyncEvery {
     unsynced: u64,
     /// Syncs made so far (for tests).
     syncs: u32,
+    /// On a full disk: raise this alarm, wait until it clears, write again. (A
+    /// `write` that fails has written nothing, so the same bytes are written again.)
+    alarm: Option<(std::sync::Arc<DiskAlarm>, std::path::PathBuf)>,
 }
 
 impl std::io::Write for SyncEvery {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = std::io::Write::write(&mut self.file, buf)?;
+        let n = loop {
+            match std::io::Write::write(&mut self.file, buf) {
+                Ok(n) => break n,
+                Err(e) => match &self.alarm {
+                    Some((alarm, path)) if disk::is_disk_full(&e) => {
+                        alarm.raise_disk_full(path, &e);
+                        alarm.wait_clear("writing a snapshot").map_err(std::io::Error::other)?;
+                    }
+                    _ => return Err(e),
+                },
+            }
+        };
         self.unsynced += n as u64;
         if self.unsynced >= SNAPSHOT_SYNC_EVERY {
             self.file.sync_data()?;
@@ -125,30 +149,92 @@ impl std::io::Seek for SyncEvery {
 }
 
 /// Write snapshot data durably: into a temporary file (synced as it grows, see
-/// [`SyncEvery`]), synced, renamed into place, directory synced. `write` answers
-/// `false` to abandon the file.
+/// [`SyncEvery`]), synced, renamed into place, directory synced. Waits while the
+/// storage alarm is raised. `write` answers `false` to abandon the file (then `None`);
+/// otherwise the file is returned open for reading, at its start. Blocking.
 fn persist_snapshot_file(
     store: &Store,
     id: &str,
     write: impl FnOnce(&mut std::io::BufWriter<SyncEvery>) -> Result<bool, StorageError>,
-) -> Result<bool, StorageError> {
-    use std::io::Write;
+) -> Result<Option<std::fs::File>, StorageError> {
+    use std::io::{Seek, Write};
+    let err = |e: std::io::Error| write_snapshot_err(None, e);
+    store.alarm.wait_clear("writing a snapshot").map_err(|e| write_snapshot_err(None, e))?;
     let dir = snapshot_dir(store);
-    std::fs::create_dir_all(&dir).map_err(|e| write_snapshot_err(None, e))?;
+    disk::create_dir_all_durable(&dir).map_err(err)?;
     let tmp = dir.join(format!("{id}.tmp"));
-    let file = std::fs::File::create(&tmp).map_err(|e| write_snapshot_err(None, e))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, SyncEvery { file, unsynced: 0, syncs: 0 });
-    if !write(&mut w)? {
-        drop(w);
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(err)?;
+    let sync_every = SyncEvery { file, unsynced: 0, syncs: 0, alarm: Some((store.alarm.clone(), tmp.clone())) };
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, sync_every);
+    let written = (|| {
+        if !write(&mut w)? {
+            return Ok(None);
+        }
+        w.flush().map_err(err)?;
+        let mut file = w.into_inner().map_err(|e| err(e.into_error()))?.file;
+        file.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, snapshot_file(store, id)).map_err(err)?;
+        disk::sync_dir(&dir).map_err(err)?;
+        file.seek(std::io::SeekFrom::Start(0)).map_err(err)?;
+        Ok(Some(file))
+    })();
+    if !matches!(written, Ok(Some(_))) {
         let _ = std::fs::remove_file(&tmp);
-        return Ok(false);
     }
-    w.flush().map_err(|e| write_snapshot_err(None, e))?;
-    let file = w.into_inner().map_err(|e| write_snapshot_err(None, e.into_error()))?.file;
-    file.sync_all().map_err(|e| write_snapshot_err(None, e))?;
-    std::fs::rename(&tmp, snapshot_file(store, id)).map_err(|e| write_snapshot_err(None, e))?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| write_snapshot_err(None, e))?;
-    Ok(true)
+    written
+}
+
+/// Map a sled error of a write: fail-stop if sled itself failed (see
+/// [`fail_stop_on_sled_io`]), else hand it on.
+fn sled_write<'a>(store: &'a Store, what: &'static str) -> impl Fn(sled::Error) -> sled::Error + 'a {
+    move |e| {
+        fail_stop_on_sled_io(&store.dir, what, &e);
+        e
+    }
+}
+
+/// Store `meta` (whose file is written) as the current snapshot unless a newer one
+/// is stored (or always, with `replace`); then make that durable and remove the
+/// files of other snapshots. Returns whether it was stored. Blocking.
+fn store_snapshot_meta(store: &Store, meta: &SnapshotMeta, replace: bool) -> Result<bool, StorageError> {
+    let meta_rec = codec::encode(meta);
+    let r = store.snapshot.transaction(|snap| {
+        if !replace {
+            if let Some(stored) = StateMachineStore::stored_meta(snap)? {
+                if stored.last_log_id > meta.last_log_id {
+                    return Ok(false);
+                }
+            }
+        }
+        snap.insert(snapshot_keys::META, meta_rec.as_slice())?;
+        snap.remove(snapshot_keys::DATA)?;
+        Ok(true)
+    });
+    let stored = tx_result(r, |e| write_snapshot_err(Some(meta), sled_write(store, "storing a snapshot's meta")(e)))?;
+    if stored {
+        // The new meta must be durable before the old snapshot's file is removed.
+        store.db.flush().map_err(|e| write_snapshot_err(Some(meta), sled_write(store, "flushing a snapshot's meta")(e)))?;
+        remove_other_snapshot_files(store, &meta.snapshot_id);
+    } else {
+        let _ = std::fs::remove_file(snapshot_file(store, &meta.snapshot_id));
+    }
+    Ok(stored)
+}
+
+/// Write the snapshot started as `generation` to its file and store it (see
+/// [`store_snapshot_meta`]): `(stored, the file)`, or `None` if a snapshot was
+/// installed meanwhile. Blocking.
+fn build_blocking(
+    store: &Store,
+    generation: u64,
+    meta: &SnapshotMeta,
+    replace: bool,
+) -> Result<Option<(bool, std::fs::File)>, StorageError> {
+    let Some(file) = persist_snapshot_file(store, &meta.snapshot_id, |w| encode_captured(store, generation, w))? else {
+        return Ok(None);
+    };
+    let stored = store_snapshot_meta(store, meta, replace)?;
+    Ok(Some((stored, file)))
 }
 
 /// Nice value of the thread that builds snapshots.
@@ -177,7 +263,7 @@ async fn in_background_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 
 /// it briefly has a name.
 fn anonymous_file(store: &Store, what: &str) -> std::io::Result<std::fs::File> {
     let dir = snapshot_dir(store);
-    std::fs::create_dir_all(&dir)?;
+    disk::create_dir_all_durable(&dir)?;
     let path = dir.join(format!("{what}-{}.tmp", store.db.generate_id().map_err(std::io::Error::other)?));
     let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
     std::fs::remove_file(&path)?;
@@ -205,13 +291,20 @@ pub(crate) async fn read_snapshot_data(file: &mut tokio::fs::File) -> std::io::R
 }
 
 /// Remove snapshot files other than the current one's (older builds, leftovers of a
-/// crash between writing a file and recording its meta).
+/// crash between writing a file and recording its meta), then sync the directory.
 fn remove_other_snapshot_files(store: &Store, keep: &str) {
-    let Ok(entries) = std::fs::read_dir(snapshot_dir(store)) else { return };
+    let dir = snapshot_dir(store);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
     let keep = format!("{keep}.snap");
+    let mut removed = false;
     for e in entries.flatten() {
         if e.file_name().to_str() != Some(keep.as_str()) {
-            let _ = std::fs::remove_file(e.path());
+            removed |= std::fs::remove_file(e.path()).is_ok();
+        }
+    }
+    if removed {
+        if let Err(e) = disk::sync_dir(&dir) {
+            tracing::warn!(dir = %dir.display(), "cannot sync the snapshot dir: {e}");
         }
     }
 }
@@ -250,6 +343,61 @@ impl StateMachineStore {
     /// The log id of the last entry applied to this state machine.
     pub fn last_applied(&self) -> Option<LogId> {
         self.applied().last_applied
+    }
+
+    /// See [`Store::disk_alarm`].
+    pub fn disk_alarm(&self) -> Option<String> {
+        self.store.disk_alarm()
+    }
+
+    /// At open: if the stored snapshot meta names a data file that is gone (left by
+    /// builds that removed the old snapshot's file before the new meta was durable),
+    /// build a new snapshot from the applied state and store it in its place, so
+    /// openraft can start (it reads the current snapshot at start-up). The applied
+    /// state is durable and consistent with `last_applied`, and the log holds every
+    /// entry after it unless it is purged further; then there is nothing to rebuild
+    /// from and the error says so.
+    pub(crate) fn repair_snapshot(&self, last_purged: Option<LogId>) -> Result<(), StoreError> {
+        let store = &self.store;
+        let dir = || store.dir.to_path_buf();
+        let io_err = |source| StoreError::Io { dir: dir(), source };
+        let Some(v) = store.snapshot.get(snapshot_keys::META).map_err(io_err)? else { return Ok(()) };
+        if store.snapshot.get(snapshot_keys::DATA).map_err(io_err)?.is_some() {
+            return Ok(()); // kept in sled by an older build
+        }
+        let meta: SnapshotMeta =
+            codec::decode(&v).map_err(|source| StoreError::Corrupt { dir: dir(), what: "the snapshot meta", source })?;
+        let path = snapshot_file(store, &meta.snapshot_id);
+        if path.exists() {
+            return Ok(());
+        }
+        let applied = self.applied().last_applied;
+        if last_purged.map(|p| p.index) > applied.map(|a| a.index) {
+            return Err(StoreError::Damaged {
+                dir: dir(),
+                message: format!(
+                    "the current snapshot's data file {} is missing, and the log is purged up to {} past the applied state ({applied:?}), so it cannot be rebuilt",
+                    path.display(),
+                    last_purged.map_or(0, |p| p.index)
+                ),
+            });
+        }
+        tracing::warn!(path = %path.display(), snapshot = %meta, "the current snapshot's data file is missing; building a new snapshot from the applied state");
+        let capture = self.begin_snapshot();
+        let seq = store.db.generate_id().map_err(io_err)?;
+        let new_meta = SnapshotMeta {
+            last_log_id: capture.last_applied,
+            last_membership: capture.membership,
+            snapshot_id: snapshot_id(capture.last_applied.as_ref(), seq),
+        };
+        let damaged = |e: StorageError| StoreError::Damaged { dir: dir(), message: format!("rebuilding the missing snapshot failed: {e}") };
+        match build_blocking(store, capture.generation, &new_meta, true).map_err(damaged)? {
+            Some(_) => {
+                tracing::info!(snapshot = %new_meta, "rebuilt the current snapshot");
+                Ok(())
+            }
+            None => Err(damaged(io(StorageIOError::write_snapshot(None, AnyError::error("the build was overtaken"))))),
+        }
     }
 
     fn applied(&self) -> Applied {
@@ -371,6 +519,48 @@ fn encode_captured<W: std::io::Write + std::io::Seek>(store: &Store, generation:
     Ok(true)
 }
 
+/// Install a received snapshot (see [`StateMachineStore`]): its file, then the `sm`
+/// tree, `sm_meta` and the snapshot meta in one transaction, flushed before other
+/// snapshots' files are removed. Blocking.
+fn install_blocking(store: &Store, meta: &SnapshotMeta, data: &[u8], pairs: &SnapshotPairs) -> Result<(), StorageError> {
+    // Replace the whole `sm` tree: remove what the snapshot does not have, write the rest.
+    let mut batch = sled::Batch::default();
+    let incoming: HashSet<&[u8]> = pairs.iter().map(|(k, _)| k.as_slice()).collect();
+    for k in store.sm.iter().keys() {
+        let k = k.map_err(read_sm_err)?;
+        if !incoming.contains(k.as_ref()) {
+            batch.remove(k);
+        }
+    }
+    for (k, v) in pairs {
+        batch.insert(k.as_slice(), v.as_slice());
+    }
+
+    persist_snapshot_file(store, &meta.snapshot_id, |w| {
+        std::io::Write::write_all(w, data).map_err(|e| write_snapshot_err(Some(meta), e)).map(|_| true)
+    })?;
+    let last_applied_rec = meta.last_log_id.as_ref().map(codec::encode);
+    let membership_rec = codec::encode(&meta.last_membership);
+    let meta_rec = codec::encode(meta);
+    let r = (&store.sm, &store.sm_meta, &store.snapshot).transaction(|(sm, sm_meta, snap)| {
+        sm.apply_batch(&batch)?;
+        match &last_applied_rec {
+            Some(rec) => sm_meta.insert(sm_meta_keys::LAST_APPLIED, rec.as_slice())?,
+            None => sm_meta.remove(sm_meta_keys::LAST_APPLIED)?,
+        };
+        sm_meta.insert(sm_meta_keys::MEMBERSHIP, membership_rec.as_slice())?;
+        snap.insert(snapshot_keys::META, meta_rec.as_slice())?;
+        snap.remove(snapshot_keys::DATA)?;
+        Ok::<_, ConflictableTransactionError<StorageError>>(())
+    });
+    let on_sled = |e| io(StorageIOError::write_snapshot(Some(meta.signature()), any(sled_write(store, "installing a snapshot")(e))));
+    tx_result(r, on_sled)?;
+    // Durable before the old snapshot's file goes (see `store_snapshot_meta`).
+    store.db.flush().map_err(|e| write_snapshot_err(Some(meta), sled_write(store, "flushing an installed snapshot")(e)))?;
+    remove_other_snapshot_files(store, &meta.snapshot_id);
+    Ok(())
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -433,7 +623,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             Ok::<_, ConflictableTransactionError<StorageError>>(())
         });
-        tx_result(r, |e| io(StorageIOError::apply(last_applied, any(e))))?;
+        tx_result(r, |e| io(StorageIOError::apply(last_applied, any(sled_write(&self.store, "applying entries")(e)))))?;
         self.set_applied(applied);
         Ok(responses)
     }
@@ -467,39 +657,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| io(StorageIOError::read_snapshot(Some(meta.signature()), any(e))))?;
         let pairs: SnapshotPairs =
             codec::decode(&data).map_err(|e| io(StorageIOError::read_snapshot(Some(meta.signature()), any(e))))?;
-
-        // Replace the whole `sm` tree: remove what the snapshot does not have, write the rest.
-        let mut batch = sled::Batch::default();
-        let incoming: HashSet<&[u8]> = pairs.iter().map(|(k, _)| k.as_slice()).collect();
-        for k in self.store.sm.iter().keys() {
-            let k = k.map_err(read_sm_err)?;
-            if !incoming.contains(k.as_ref()) {
-                batch.remove(k);
-            }
-        }
-        for (k, v) in &pairs {
-            batch.insert(k.as_slice(), v.as_slice());
-        }
-
-        persist_snapshot_file(&self.store, &meta.snapshot_id, |w| {
-            std::io::Write::write_all(w, &data).map_err(|e| write_snapshot_err(Some(meta), e)).map(|_| true)
-        })?;
-        let last_applied_rec = meta.last_log_id.as_ref().map(codec::encode);
-        let membership_rec = codec::encode(&meta.last_membership);
-        let meta_rec = codec::encode(meta);
-        let r = (&self.store.sm, &self.store.sm_meta, &self.store.snapshot).transaction(|(sm, sm_meta, snap)| {
-            sm.apply_batch(&batch)?;
-            match &last_applied_rec {
-                Some(rec) => sm_meta.insert(sm_meta_keys::LAST_APPLIED, rec.as_slice())?,
-                None => sm_meta.remove(sm_meta_keys::LAST_APPLIED)?,
-            };
-            sm_meta.insert(sm_meta_keys::MEMBERSHIP, membership_rec.as_slice())?;
-            snap.insert(snapshot_keys::META, meta_rec.as_slice())?;
-            snap.remove(snapshot_keys::DATA)?;
-            Ok::<_, ConflictableTransactionError<StorageError>>(())
-        });
-        tx_result(r, |e| io(StorageIOError::write_snapshot(Some(meta.signature()), any(e))))?;
-        remove_other_snapshot_files(&self.store, &meta.snapshot_id);
+        let (store, m) = (self.store.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || install_blocking(&store, &m, &data, &pairs))
+            .await
+            .map_err(|e| write_snapshot_err(Some(meta), e))??;
         self.set_applied(Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone() });
         Ok(())
     }
@@ -562,49 +723,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: capture.membership,
             snapshot_id: snapshot_id(capture.last_applied.as_ref(), seq),
         };
-        let store = self.store.clone();
-        let (generation, id) = (capture.generation, meta.snapshot_id.clone());
-        let written = in_background_thread(move || {
-            persist_snapshot_file(&store, &id, |w| encode_captured(&store, generation, w))
-        })
-        .await
-        .map_err(|e| write_snapshot_err(None, e))??;
-        if !written {
+        let (store, generation, m) = (self.store.clone(), capture.generation, meta.clone());
+        let built = in_background_thread(move || build_blocking(&store, generation, &m, false))
+            .await
+            .map_err(|e| write_snapshot_err(None, e))??;
+        let Some((stored, file)) = built else {
             // A newer snapshot was installed while this one was read: that one is current.
             let mut sm = StateMachineStore::new(self.store.clone());
             return sm.get_current_snapshot().await?.ok_or_else(|| {
                 io(StorageIOError::write_snapshot(None, AnyError::error("snapshot overtaken by an install that stored none")))
             });
-        }
-
-        let meta_rec = codec::encode(&meta);
-        let r = self.store.snapshot.transaction(|snap| {
-            if let Some(stored) = StateMachineStore::stored_meta(snap)? {
-                if stored.last_log_id > meta.last_log_id {
-                    return Ok(false);
-                }
-            }
-            snap.insert(snapshot_keys::META, meta_rec.as_slice())?;
-            snap.remove(snapshot_keys::DATA)?;
-            Ok(true)
-        });
-        let stored = tx_result(r, |e| write_snapshot_err(Some(&meta), e))?;
+        };
         // The built data is returned as an open handle to its file, opened before a
         // newer snapshot may replace (unlink) the file; nothing is read into memory.
-        let (store, id) = (self.store.clone(), meta.snapshot_id.clone());
-        let file = tokio::task::spawn_blocking(move || {
-            let path = snapshot_file(&store, &id);
-            let file = std::fs::File::open(&path);
-            if stored {
-                remove_other_snapshot_files(&store, &id);
-            } else {
-                let _ = std::fs::remove_file(&path);
-            }
-            file
-        })
-        .await
-        .map_err(|e| write_snapshot_err(Some(&meta), e))?
-        .map_err(|e| write_snapshot_err(Some(&meta), e))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         tracing::info!(%meta, bytes, stored, "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
@@ -617,7 +748,7 @@ fn snapshot_files_are_synced_as_they_grow() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let file = std::fs::File::create(dir.path().join("s")).unwrap();
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, SyncEvery { file, unsynced: 0, syncs: 0 });
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, SyncEvery { file, unsynced: 0, syncs: 0, alarm: None });
     let chunk = vec![7u8; 1 << 20];
     for _ in 0..9 {
         w.write_all(&chunk).unwrap();
