@@ -616,6 +616,42 @@ fn a_node_runs_from_the_environment_alone() {
     assert!(e.to_string().contains("AOF__"), "{e}");
 }
 
+/// A container's node: bind every interface, advertise its name, discovery by seeds.
+#[test]
+fn container_node_from_the_environment() {
+    let env = [
+        ("AOF__SERVER__HOST", "0.0.0.0"),
+        ("AOF__SERVER__PORT", "3000"),
+        ("AOF__CLUSTER__API_ADDR", "0.0.0.0:5000"),
+        ("AOF__CLUSTER__GRPC_ADDR", "0.0.0.0:4000"),
+        ("AOF__CLUSTER__PEER_ADDR", "0.0.0.0:6000"),
+        ("AOF__CLUSTER__DATA_DIR", "/var/lib/aof/data"),
+        ("AOF__CLUSTER__DISCOVERY__SEEDS", "[\"aof-1:6000\", \"aof-2:6000\", \"aof-3:6000\"]"),
+        ("AOF__CLUSTER__DISCOVERY__MAX_VOTERS", "5"),
+        ("AOF__CLUSTER__PEER_TLS__CA_FILE", "/etc/aof/certs/ca.crt"),
+        ("AOF__CLUSTER__PEER_TLS__CERT_FILE", "/etc/aof/certs/node{node_id}.crt"),
+        ("AOF__CLUSTER__PEER_TLS__KEY_FILE", "/etc/aof/certs/node{node_id}.key"),
+        ("AOF__PLATFORMS__GITHUB__ENABLED", "true"),
+        ("AOF__PLATFORMS__GITHUB__WEBHOOK_SECRET_ENV", "GITHUB_WEBHOOK_SECRET"),
+        ("AOF__CLUSTER__NODE_ID", "2"),
+        ("AOF__CLUSTER__ADVERTISE__PEER_ADDR", "aof-2:6000"),
+        ("AOF__CLUSTER__ADVERTISE__API_ADDR", "aof-2:5000"),
+        ("AOF_ADMIN_TOKEN", "admin-0123456789abcdef"),
+    ];
+    let cfg = Loader::new()
+        .cwd(CWD)
+        .hostname(Some("c0ffee"))
+        .env_vars(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .load()
+        .unwrap();
+    assert_eq!(cfg.spec.cluster.node_id, 2);
+    assert_eq!(cfg.spec.cluster.discovery.as_ref().unwrap().seeds, ["aof-1:6000", "aof-2:6000", "aof-3:6000"]);
+    assert_eq!(cfg.spec.cluster.peer_tls.as_ref().unwrap().key_file, PathBuf::from("/etc/aof/certs/node2.key"));
+    assert_eq!(cfg.self_member(), addrs("c0ffee:3000", "aof-2:5000", "c0ffee:4000", "aof-2:6000"));
+    let auth = cfg.spec.auth.resolve_with(|v| env.iter().find(|(k, _)| *k == v).map(|(_, t)| t.to_string())).unwrap();
+    assert!(auth.has_role(Role::Admin) && !auth.has_role(Role::Worker));
+}
+
 #[test]
 fn environment_errors_name_the_variable() {
     let e = env_err(Some(NODE1), &[("AOF__CLUSTER__NODE_ID", "three")]);
