@@ -41,7 +41,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The config errors name the file or variable, the key and the line themselves.
     let cfg = match &args.config {
         Some(path) => aof_node::config::load(path, args.data_dir.as_deref())?,
-        None => aof_node::config::load_env(args.data_dir.as_deref())?,
+        None => {
+            let prefix = aof_node::config::ENV_PREFIX;
+            if !std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with(prefix)) {
+                anyhow::bail!(
+                    "no configuration: pass --config FILE, or set {prefix}* environment variables \
+                     (e.g. {prefix}CLUSTER__DATA_DIR=/var/lib/aof, {prefix}CLUSTER__NODE_ID=1)"
+                );
+            }
+            aof_node::config::load_env(args.data_dir.as_deref())?
+        }
     };
     match &args.config {
         Some(path) => tracing::info!(config = %path.display(), node_id = cfg.spec.cluster.node_id, "starting node"),
