@@ -74,15 +74,22 @@ spec:
     if let Some(r) = t.retention_secs {
         y.push_str(&format!("  queue:\n    retention_secs: {r}\n"));
     }
+    // No tokens or TLS on a benchmark cluster. The API and peer addresses only need
+    // to be distinct (127.0.0.2) until those listeners are served on their own
+    // sockets: the API answers on the HTTP port and peers on the gRPC port.
+    y.push_str("  auth:\n    insecure: true\n");
     y.push_str(&format!(
         "  cluster:
     node_id: {id}
+    api_addr: 127.0.0.2:{http}
     grpc_addr: 127.0.0.1:{grpc}
+    peer_addr: 127.0.0.2:{grpc}
     data_dir: {data}
     raft:
       request_timeout_ms: 5000
 ",
         id = n.id,
+        http = n.http,
         grpc = n.grpc,
         data = n.data_dir.display()
     ));
@@ -91,7 +98,9 @@ spec:
     }
     y.push_str("    storage:\n      cache_capacity_mb: 64\n    initial_members:\n");
     for (id, http, grpc) in members {
-        y.push_str(&format!("      - {{ id: {id}, grpc_addr: 127.0.0.1:{grpc}, http_addr: 127.0.0.1:{http} }}\n"));
+        y.push_str(&format!(
+            "      - {{ id: {id}, peer_addr: 127.0.0.2:{grpc}, grpc_addr: 127.0.0.1:{grpc}, api_addr: 127.0.0.2:{http}, http_addr: 127.0.0.1:{http} }}\n"
+        ));
     }
     y
 }

@@ -397,10 +397,14 @@ mod tests {
         let Command::Serve(s) = cli.command else {
             panic!()
         };
-        assert_eq!(s.config, std::path::PathBuf::from("n1.yaml"));
+        assert_eq!(s.config, Some(std::path::PathBuf::from("n1.yaml")));
         assert_eq!(s.data_dir.as_deref(), Some(std::path::Path::new("/tmp/d")));
         assert_eq!(s.log_format, serve::LogFormat::Json);
-        assert!(parse(&["serve"]).is_err());
+        // without --config, the node is configured by AOF__* variables
+        let Command::Serve(s) = parse(&["serve"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(s.config, None);
 
         let cli = parse(&["dev"]).unwrap();
         let Command::Dev(d) = cli.command else {

@@ -3,15 +3,21 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use aof_node::config::{DaemonConfig, Severity};
 use clap::{Args, ValueEnum};
 
 use crate::signals::Shutdown;
 
 #[derive(Debug, Args)]
+#[command(after_help = "Every key under `spec` can also be set by an environment variable named AOF__ + its \
+                        path in upper case, with `__` between levels (AOF__CLUSTER__NODE_ID=3, \
+                        AOF__SERVER__PORT=3001); variables override the file. Without --config the node is \
+                        configured by these variables alone.")]
 pub struct ServeArgs {
-    /// The node's DaemonConfig file (with `spec.cluster`).
+    /// The node's DaemonConfig file (with `spec.cluster`). Optional: without it the
+    /// configuration comes from `AOF__*` environment variables alone.
     #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 
     /// Overrides `spec.cluster.data_dir`.
     #[arg(long, value_name = "DIR")]
@@ -32,10 +38,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Register the handlers first: a signal during startup then stops the node
     // as soon as it runs instead of killing the process half-way.
     let shutdown = Shutdown::new().context("installing SIGINT/SIGTERM handlers")?;
-    // The config errors name the file, key and line themselves.
-    let cfg = aof_node::config::load(&args.config, args.data_dir.as_deref())?;
-    tracing::info!(config = %args.config.display(), "starting node");
+    // The config errors name the file or variable, the key and the line themselves.
+    let cfg = match &args.config {
+        Some(path) => aof_node::config::load(path, args.data_dir.as_deref())?,
+        None => {
+            let prefix = aof_node::config::ENV_PREFIX;
+            if !std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with(prefix)) {
+                anyhow::bail!(
+                    "no configuration: pass --config FILE, or set {prefix}* environment variables \
+                     (e.g. {prefix}CLUSTER__DATA_DIR=/var/lib/aof, {prefix}CLUSTER__NODE_ID=1)"
+                );
+            }
+            aof_node::config::load_env(args.data_dir.as_deref())?
+        }
+    };
+    match &args.config {
+        Some(path) => tracing::info!(config = %path.display(), node_id = cfg.spec.cluster.node_id, "starting node"),
+        None => tracing::info!(node_id = cfg.spec.cluster.node_id, "starting node (configured by AOF__* variables)"),
+    }
+    log_notices(&cfg);
     aof_node::server::run(cfg, shutdown.first_signal()).await?;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// Accepted but ignored AOF keys, and risky values, once per start.
+fn log_notices(cfg: &DaemonConfig) {
+    for n in cfg.notices() {
+        match n.severity {
+            Severity::Info => tracing::info!(key = %n.key, "config: {}", n.message),
+            Severity::Warn => tracing::warn!(key = %n.key, "config: {}", n.message),
+        }
+    }
 }

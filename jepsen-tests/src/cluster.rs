@@ -22,6 +22,18 @@ use crate::cleanup;
 use crate::http::{self, Response};
 use crate::net::{self, Dialer, Net};
 
+/// The API or peer address that goes with a node's HTTP or gRPC address: distinct
+/// from every other address of the cluster, as the config requires (127.0.0.2 on
+/// loopback; the port + 2000 on a slot's own IP). Until those listeners are served
+/// on their own sockets, the API answers on the HTTP port and peers on the gRPC port.
+fn sibling(a: SocketAddr) -> SocketAddr {
+    if a.ip().is_loopback() {
+        SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), a.port())
+    } else {
+        SocketAddr::new(a.ip(), a.port().wrapping_add(2000))
+    }
+}
+
 pub const HTTP_PORT: u16 = 3000;
 pub const GRPC_PORT: u16 = 4000;
 /// The catch-all trigger the queue workload needs (sorts after every other name).
@@ -165,6 +177,8 @@ impl Db {
         Ok(Arc::new(db))
     }
 
+    /// Writes a node's DaemonConfig: no tokens or TLS (`auth.insecure`); the API and
+    /// peer addresses are [`sibling`]s of the HTTP and gRPC ones.
     fn write_config(
         &self,
         s: &Slot,
@@ -172,7 +186,7 @@ impl Db {
     ) -> Result<()> {
         let o = &self.opts;
         let mut y = format!(
-            "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: jepsen-{name}-{id}\nspec:\n  server:\n    host: {host}\n    port: {port}\n  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{secret}\"\n  gateway:\n    ack_timeout_ms: {ack}\n  queue:\n    lease_timeout_ms: {lease}\n    max_retries: 1000\n    retry_delay_ms: 100\n    max_retry_delay_ms: 500\n  cluster:\n    node_id: {id}\n    grpc_addr: {grpc}\n    data_dir: {data}\n    raft:\n      heartbeat_interval_ms: {hb}\n      election_timeout_min_ms: {emin}\n      election_timeout_max_ms: {emax}\n      request_timeout_ms: {rt}\n    storage:\n      cache_capacity_mb: 8\n",
+            "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: jepsen-{name}-{id}\nspec:\n  server:\n    host: {host}\n    port: {port}\n  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{secret}\"\n  gateway:\n    ack_timeout_ms: {ack}\n  queue:\n    lease_timeout_ms: {lease}\n    max_retries: 1000\n    retry_delay_ms: 100\n    max_retry_delay_ms: 500\n  auth:\n    insecure: true\n  cluster:\n    node_id: {id}\n    api_addr: \"{api}\"\n    grpc_addr: {grpc}\n    peer_addr: \"{peer}\"\n    data_dir: {data}\n    raft:\n      heartbeat_interval_ms: {hb}\n      election_timeout_min_ms: {emin}\n      election_timeout_max_ms: {emax}\n      request_timeout_ms: {rt}\n    storage:\n      cache_capacity_mb: 8\n",
             name = s.name,
             id = s.id,
             host = s.http.ip(),
@@ -181,6 +195,8 @@ impl Db {
             ack = o.ack_timeout_ms,
             lease = o.lease_timeout_ms,
             grpc = s.grpc,
+            api = sibling(s.http),
+            peer = sibling(s.grpc),
             data = s.data_dir().display(),
             hb = o.heartbeat_ms,
             emin = o.election_min_ms,
@@ -191,7 +207,9 @@ impl Db {
             y.push_str("    initial_members:\n");
             for (id, g, h) in members {
                 y.push_str(&format!(
-                    "      - {{ id: {id}, grpc_addr: \"{g}\", http_addr: \"{h}\" }}\n"
+                    "      - {{ id: {id}, peer_addr: \"{}\", grpc_addr: \"{g}\", api_addr: \"{}\", http_addr: \"{h}\" }}\n",
+                    sibling(*g),
+                    sibling(*h)
                 ));
             }
         }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use aof_node::config::{self, DaemonConfig};
+use aof_node::config::{self, DaemonConfig, Role};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -57,6 +57,22 @@ fn node_configs_have_expected_identity_and_no_notices() {
         assert_eq!(c.node_id, id, "{name}");
         assert_eq!(cfg.http_addr(), format!("127.0.0.1:{}", 3000 + id), "{name}");
         assert_eq!(c.grpc_addr, format!("127.0.0.1:{}", 4000 + id), "{name}");
+        assert_eq!(c.api_addr, format!("127.0.0.1:{}", 5000 + id), "{name}");
+        assert_eq!(c.peer_addr, format!("127.0.0.1:{}", 6000 + id), "{name}");
+        assert_eq!(cfg.self_member(), cfg.bind_addrs(), "{name}: loopback binds are advertised as they are");
+        let tls = c.peer_tls.as_ref().unwrap_or_else(|| panic!("{name}: peer_tls"));
+        assert_eq!(tls.ca_file, repo_root().join("data/certs/ca.crt"), "{name}");
+        assert_eq!(tls.cert_file, repo_root().join(format!("data/certs/node{id}.crt")), "{name}");
+        assert_eq!(tls.key_file, repo_root().join(format!("data/certs/node{id}.key")), "{name}");
+        let a = &cfg.spec.auth;
+        assert!(!a.insecure && !a.metrics_public, "{name}");
+        let tokens: Vec<(Role, &str, bool)> =
+            a.tokens.iter().map(|t| (t.role, t.env.as_deref().unwrap_or("-"), t.optional)).collect();
+        assert_eq!(
+            tokens,
+            [(Role::Admin, "AOF_ADMIN_TOKEN", false), (Role::Read, "AOF_READ_TOKEN", true), (Role::Worker, "AOF_WORKER_TOKEN", false)],
+            "{name}"
+        );
         assert_eq!(c.data_dir, repo_root().join(format!("data/node{id}")), "{name}");
         assert_eq!(cfg.spec.triggers.directory.as_deref(), Some(local_dir().join("triggers").as_path()), "{name}");
         let g = cfg.github().unwrap_or_else(|| panic!("{name}: github platform enabled"));
@@ -78,9 +94,11 @@ fn bootstrap_nodes_agree_on_members_and_spares_have_none() {
     assert_eq!(lists[0], lists[2], "node1 and node3 disagree on initial_members");
     // Each member entry is exactly what that node's own file says about itself.
     for m in &lists[0] {
-        let own = &nodes[&format!("node{}.yaml", m.id)];
-        assert_eq!(m.grpc_addr, own.spec.cluster.grpc_addr, "member {}", m.id);
-        assert_eq!(m.http_addr, own.http_addr(), "member {}", m.id);
+        let own = nodes[&format!("node{}.yaml", m.id)].self_member();
+        assert_eq!(m.peer_addr, own.peer_addr, "member {}", m.id);
+        assert_eq!(m.grpc_addr, own.grpc_addr, "member {}", m.id);
+        assert_eq!(m.api_addr, own.api_addr, "member {}", m.id);
+        assert_eq!(m.http_addr, own.http_addr, "member {}", m.id);
     }
     for spare in ["node4.yaml", "node5.yaml"] {
         assert!(nodes[spare].spec.cluster.initial_members.is_empty(), "{spare} must wait to be added");
@@ -89,8 +107,10 @@ fn bootstrap_nodes_agree_on_members_and_spares_have_none() {
     let mut addrs = BTreeSet::new();
     let mut dirs = BTreeSet::new();
     for (name, cfg) in &nodes {
-        assert!(addrs.insert(cfg.http_addr()), "{name}: http address reused");
-        assert!(addrs.insert(cfg.spec.cluster.grpc_addr.clone()), "{name}: grpc address reused");
+        let b = cfg.bind_addrs();
+        for a in [b.http_addr, b.api_addr, b.grpc_addr, b.peer_addr] {
+            assert!(addrs.insert(a.clone()), "{name}: address {a} reused");
+        }
         assert!(dirs.insert(cfg.spec.cluster.data_dir.clone()), "{name}: data_dir reused");
     }
 }

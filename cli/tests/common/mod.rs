@@ -25,18 +25,23 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 /// Write `node<id>.yaml` in `dir`: a DaemonConfig for node `id` of a loopback cluster
-/// with fast Raft timings and a small cache. `spec_extra` is YAML inserted under
+/// with fast Raft timings and a small cache, without tokens or TLS (`auth.insecure`).
+/// The API and peer addresses (127.0.0.2, the HTTP and gRPC ports) are distinct
+/// from the others, as the config requires; until those listeners are served on
+/// their own sockets, the API answers on the HTTP port and peers on the gRPC port. `spec_extra` is YAML inserted under
 /// `spec:` (indented two spaces: platforms, queue, ...). `members` are
 /// `(id, http port, grpc port)`; empty = no `initial_members` (a node to be joined).
 pub fn write_config(dir: &Path, name: &str, id: u64, http: u16, grpc: u16, members: &[(u64, u16, u16)], spec_extra: &str) -> PathBuf {
     let mut yaml = format!(
-        "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: {name}-node{id}\nspec:\n  server:\n    host: 127.0.0.1\n    port: {http}\n{spec_extra}  cluster:\n    node_id: {id}\n    grpc_addr: 127.0.0.1:{grpc}\n    data_dir: {}\n    raft:\n      heartbeat_interval_ms: 100\n      election_timeout_min_ms: 500\n      election_timeout_max_ms: 1000\n      request_timeout_ms: 3000\n    storage:\n      cache_capacity_mb: 8\n",
+        "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: {name}-node{id}\nspec:\n  server:\n    host: 127.0.0.1\n    port: {http}\n  auth:\n    insecure: true\n{spec_extra}  cluster:\n    node_id: {id}\n    api_addr: 127.0.0.2:{http}\n    grpc_addr: 127.0.0.1:{grpc}\n    peer_addr: 127.0.0.2:{grpc}\n    data_dir: {}\n    raft:\n      heartbeat_interval_ms: 100\n      election_timeout_min_ms: 500\n      election_timeout_max_ms: 1000\n      request_timeout_ms: 3000\n    storage:\n      cache_capacity_mb: 8\n",
         dir.join(format!("data{id}")).display()
     );
     if !members.is_empty() {
         yaml.push_str("    initial_members:\n");
         for (mid, mh, mg) in members {
-            yaml.push_str(&format!("      - {{ id: {mid}, grpc_addr: 127.0.0.1:{mg}, http_addr: 127.0.0.1:{mh} }}\n"));
+            yaml.push_str(&format!(
+                "      - {{ id: {mid}, peer_addr: 127.0.0.2:{mg}, grpc_addr: 127.0.0.1:{mg}, api_addr: 127.0.0.2:{mh}, http_addr: 127.0.0.1:{mh} }}\n"
+            ));
         }
     }
     let path = dir.join(format!("node{id}.yaml"));

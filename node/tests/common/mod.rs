@@ -70,7 +70,15 @@ impl TestCluster {
         let members: Vec<InitialMember> = listeners
             .iter()
             .enumerate()
-            .map(|(i, ((_, h), (_, g)))| InitialMember { id: i as u64 + 1, grpc_addr: g.to_string(), http_addr: h.to_string() })
+            // Until the peer and API listeners are served on their own sockets, peers
+            // reach a node on its gRPC address and clients on its HTTP address.
+            .map(|(i, ((_, h), (_, g)))| InitialMember {
+                id: i as u64 + 1,
+                peer_addr: g.to_string(),
+                grpc_addr: g.to_string(),
+                api_addr: h.to_string(),
+                http_addr: h.to_string(),
+            })
             .collect();
         let mut c = TestCluster { nodes: Vec::new(), dir, http: reqwest::Client::new() };
         for (i, ((hl, h), (gl, g))) in listeners.into_iter().enumerate() {

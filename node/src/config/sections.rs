@@ -1,0 +1,258 @@
+//! AOF's resource and runtime sections (`triggers`, `agents`, `fleets`, `flows`,
+//! `runtime`, `decision_log`) and the sections of AOF's horizontal-scaling proposal
+//! (`gateway`, `queue`, `worker`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+
+/// `spec.triggers`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TriggersConfig {
+    /// Directory of AOF Trigger YAML files. Relative to the working directory.
+    /// (aof-cluster keeps Triggers in its replicated registry; `aofctl apply -f DIR`
+    /// loads a directory into it.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<PathBuf>,
+    /// Reload when files change (default false).
+    pub watch: bool,
+}
+
+/// `spec.agents`, `spec.fleets`, `spec.flows`: where AOF resources are found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceDirConfig {
+    /// Relative to the working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<PathBuf>,
+    /// Reload when files change (default false).
+    pub watch: bool,
+    /// Use these resources (default true; AOF uses it for `flows`).
+    pub enabled: bool,
+}
+
+impl Default for ResourceDirConfig {
+    fn default() -> Self {
+        ResourceDirConfig { directory: None, watch: false, enabled: true }
+    }
+}
+
+/// `spec.runtime`: AOF's execution limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Agent/fleet/flow executions running at once on this node (default 10).
+    pub max_concurrent_tasks: usize,
+    /// Time limit of one execution, seconds (default 300).
+    pub task_timeout_secs: u64,
+    /// On shutdown, how long running jobs may take to finish (default 30).
+    pub drain_timeout_secs: u64,
+    /// AOF's per-user limit (default 3).
+    pub max_tasks_per_user: usize,
+    /// AOF's fallback agent for messages no command matches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_agent: Option<String>,
+    /// AOF's default model for agents that name none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
+    /// Built-in executors, by target name (agent / fleet / flow). This node runs
+    /// `max_concurrent_tasks` local workers that claim jobs for these targets only;
+    /// other targets are left to external workers (`aofctl worker`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub executors: BTreeMap<String, ExecutorConfig>,
+}
+
+/// How a built-in worker runs a job for one target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ExecutorConfig {
+    /// Run a program: the webhook payload on stdin, `AOF_*` variables in the
+    /// environment; exit 0 completes the job, anything else fails it (retryable).
+    Command {
+        /// Program and arguments (no shell).
+        command: Vec<String>,
+        /// Overrides `runtime.task_timeout_secs`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
+    /// Act on GitHub through its API (token from `platforms.github.token_env`).
+    /// Text fields are templates: `{{ metadata.pr_number }}` (AOF's syntax) or
+    /// `{{ pr_number }}` is replaced by the context variable.
+    Github {
+        /// Post this comment on the issue / pull request of the event.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+        /// Add these labels to the issue / pull request.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        labels: Vec<String>,
+        /// Create a completed check run on the event's head commit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        check_run: Option<CheckRunConfig>,
+    },
+}
+
+/// A check run created by the `github` executor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRunConfig {
+    pub name: String,
+    /// success, failure, neutral, … (default success).
+    #[serde(default = "default_conclusion")]
+    pub conclusion: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+fn default_conclusion() -> String {
+    "success".into()
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_concurrent_tasks: 10,
+            task_timeout_secs: 300,
+            drain_timeout_secs: 30,
+            max_tasks_per_user: 3,
+            default_agent: None,
+            default_model: None,
+            executors: BTreeMap::new(),
+        }
+    }
+}
+
+/// `spec.decision_log`: AOF's decision log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionLogConfig {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        DecisionLogConfig { enabled: true, path: None }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scaling-proposal sections: gateway, queue, worker
+// ---------------------------------------------------------------------------
+
+/// `spec.gateway`: webhook intake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Answer a delivery within this time, ms (default 5000). The answer is 202 once
+    /// the event is committed to the replicated queue. GitHub gives up after 10 s.
+    pub ack_timeout_ms: u64,
+    /// Largest accepted webhook body (default 25 MiB, GitHub's payload cap).
+    pub max_body_bytes: usize,
+    /// Deliveries being accepted at once on this node; more get 503 (default 1024).
+    pub max_in_flight: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { ack_timeout_ms: 5000, max_body_bytes: 25 * 1024 * 1024, max_in_flight: 1024 }
+    }
+}
+
+/// `spec.queue`: the event queue.
+///
+/// The queue is built into the cluster (replicated through Raft), so the backend keys
+/// of AOF's proposal — `type`, `url`, `stream`, `consumer_group`, `dead_letter_queue`
+/// — are accepted and kept but ignored (with a notice).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// A worker holds a leased event this long, ms, before it may be handed to
+    /// another worker (default 30000).
+    pub lease_timeout_ms: u64,
+    /// Retries after the first failed attempt, before the event is dead-lettered
+    /// (default 3; 0 = no retry).
+    pub max_retries: u32,
+    /// Delay before the first retry, ms, doubled on each further retry
+    /// (default 1000) ...
+    pub retry_delay_ms: u64,
+    /// ... up to this, ms (default 60000).
+    pub max_retry_delay_ms: u64,
+    /// Finished and dead-lettered events are kept this long, seconds (default 7 days).
+    pub retention_secs: u64,
+    /// Ignored (AOF proposal: `redis` | `nats`).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Ignored (AOF proposal: broker URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Ignored (AOF proposal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Ignored (AOF proposal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer_group: Option<String>,
+    /// Ignored (AOF proposal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_queue: Option<String>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            lease_timeout_ms: 30_000,
+            max_retries: 3,
+            retry_delay_ms: 1000,
+            max_retry_delay_ms: 60_000,
+            retention_secs: 7 * 24 * 3600,
+            backend: None,
+            url: None,
+            stream: None,
+            consumer_group: None,
+            dead_letter_queue: None,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The keys of AOF's external-broker design present in the file (all ignored).
+    pub fn ignored_keys(&self) -> Vec<&'static str> {
+        [
+            ("type", self.backend.is_some()),
+            ("url", self.url.is_some()),
+            ("stream", self.stream.is_some()),
+            ("consumer_group", self.consumer_group.is_some()),
+            ("dead_letter_queue", self.dead_letter_queue.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| k)
+        .collect()
+    }
+
+    /// Delay before retry number `retry` (1-based): exponential, capped.
+    pub fn retry_delay_ms_for(&self, retry: u32) -> u64 {
+        let shift = retry.saturating_sub(1).min(63);
+        self.retry_delay_ms.saturating_mul(1u64 << shift).min(self.max_retry_delay_ms)
+    }
+}
+
+/// `spec.worker`: execution of queued events on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Events processed at once (default 10, >= 1).
+    pub concurrency: usize,
+    /// Events leased ahead of free capacity (default 5; 0 = none).
+    pub prefetch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { concurrency: 10, prefetch: 5 }
+    }
+}
+
