@@ -12,18 +12,23 @@ use serde::{Deserialize, Serialize};
 /// Identifier of a cluster member (`spec.cluster.node_id`).
 pub type NodeId = u64;
 
-/// Addresses of a cluster member, as stored in the Raft membership config.
+/// The advertised addresses of a cluster member (`host:port`, a DNS name or an IP),
+/// as stored in the Raft membership config. Names are resolved when dialled.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
-    /// `host:port` of the member's gRPC server (Raft traffic, forwarding, workers).
+    /// The peer listener: Raft RPCs, forwarding to the leader (mutual TLS).
+    pub peer_addr: String,
+    /// The workers' gRPC listener (`aof.v1.WorkQueue`).
     pub grpc_addr: String,
-    /// `host:port` of the member's HTTP server (webhooks, REST API).
+    /// The API listener (`/v1/*`, `/metrics`).
+    pub api_addr: String,
+    /// The public listener (GitHub's webhooks, health).
     pub http_addr: String,
 }
 
 impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "grpc={} http={}", self.grpc_addr, self.http_addr)
+        write!(f, "peer={} grpc={} api={} http={}", self.peer_addr, self.grpc_addr, self.api_addr, self.http_addr)
     }
 }
 

@@ -25,32 +25,10 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-
+use crate::config::ResolvedAuth;
 use crate::http::ApiError;
 
-/// What a token allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything: API reads and writes (triggers, membership, DLQ), metrics, workers.
-    Admin,
-    /// API reads and metrics.
-    Read,
-    /// The WorkQueue only, optionally limited to some targets.
-    Worker,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Read => "read",
-            Role::Worker => "worker",
-        }
-    }
-}
+pub use crate::config::Role;
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,77 +50,44 @@ impl Principal {
         }
     }
 
-    /// The caller of an unauthenticated node (`spec.auth.insecure` without tokens).
-    fn anonymous_admin() -> Principal {
-        Principal { name: "anonymous (spec.auth.insecure)".into(), role: Role::Admin, targets: Vec::new() }
+    /// The caller of an unauthenticated node (`spec.auth.insecure` without tokens),
+    /// and of the built-in workers, which reach their node in-process.
+    pub fn internal(name: &str) -> Principal {
+        Principal { name: name.into(), role: Role::Admin, targets: Vec::new() }
     }
 }
 
-/// The tokens a node accepts, by SHA-256 digest.
-#[derive(Clone, Default)]
+/// The tokens a node accepts (`spec.auth`, resolved at start: SHA-256 digests,
+/// compared in constant time by [`ResolvedAuth::check`]).
+#[derive(Clone, Debug)]
 pub struct Tokens {
-    entries: Vec<([u8; 32], Principal)>,
-    /// `spec.auth.insecure` with no token at all: every caller is admin.
-    open: bool,
-    /// `spec.auth.metrics_public`.
+    /// `None`: `spec.auth.insecure` with no token at all — every caller is admin.
+    resolved: Option<ResolvedAuth>,
     metrics_public: bool,
 }
 
-impl std::fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens")
-            .field("names", &self.entries.iter().map(|(_, p)| &p.name).collect::<Vec<_>>())
-            .field("open", &self.open)
-            .field("metrics_public", &self.metrics_public)
-            .finish()
-    }
-}
-
 impl Tokens {
-    /// Tokens from `(raw token, principal)` pairs.
-    pub fn new(tokens: impl IntoIterator<Item = (String, Principal)>, metrics_public: bool) -> Tokens {
-        let entries = tokens.into_iter().map(|(raw, p)| (digest(&raw), p)).collect();
-        Tokens { entries, open: false, metrics_public }
+    pub fn new(resolved: ResolvedAuth) -> Tokens {
+        let open = resolved.insecure && resolved.names().is_empty();
+        let metrics_public = resolved.metrics_public || open;
+        Tokens { resolved: (!open).then_some(resolved), metrics_public }
     }
 
-    /// No authentication at all (`spec.auth.insecure: true` and no tokens).
-    pub fn open() -> Tokens {
-        Tokens { entries: Vec::new(), open: true, metrics_public: true }
-    }
-
+    /// Whether this node lets every caller in (`spec.auth.insecure`, no tokens).
     pub fn is_open(&self) -> bool {
-        self.open
-    }
-
-    /// The principal of a presented token. Every entry is compared (constant time),
-    /// so timing does not tell which token nearly matched.
-    pub fn check(&self, presented: &str) -> Option<Principal> {
-        if self.open {
-            return Some(Principal::anonymous_admin());
-        }
-        let d = digest(presented);
-        let mut found = None;
-        for (want, p) in &self.entries {
-            if bool::from(want.ct_eq(&d)) && found.is_none() {
-                found = Some(p.clone());
-            }
-        }
-        found
+        self.resolved.is_none()
     }
 
     /// The principal of an `Authorization: Bearer <token>` header value.
     pub fn check_header(&self, value: Option<&str>) -> Result<Principal, AuthError> {
-        if self.open {
-            return Ok(Principal::anonymous_admin());
-        }
+        let Some(resolved) = &self.resolved else {
+            return Ok(Principal::internal("anonymous (spec.auth.insecure)"));
+        };
         let v = value.ok_or(AuthError::Missing)?;
         let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).ok_or(AuthError::NotBearer)?;
-        self.check(token.trim()).ok_or(AuthError::Unknown)
+        let m = resolved.check(token.trim()).ok_or(AuthError::Unknown)?;
+        Ok(Principal { name: m.name.to_string(), role: m.role, targets: m.targets.to_vec() })
     }
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Why a request was not authenticated.
@@ -205,9 +150,8 @@ pub async fn require_api(State(tokens): State<Arc<Tokens>>, mut req: Request, ne
         }
     };
     let allowed = match (needs, principal.role) {
-        (_, Role::Admin) => true,
-        (Needs::Read | Needs::Metrics, Role::Read) => true,
-        _ => false,
+        (Needs::Write, role) => role.allows(Role::Admin),
+        (Needs::Read | Needs::Metrics, role) => role.allows(Role::Read),
     };
     if !allowed {
         let what = if needs == Needs::Write { "changes need an admin token" } else { "reads need a read or admin token" };
@@ -265,40 +209,66 @@ impl tonic::service::Interceptor for WorkerAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AuthConfig, TokenConfig};
 
     fn tokens() -> Tokens {
-        Tokens::new(
-            [
-                ("a-secret".to_string(), Principal { name: "admin".into(), role: Role::Admin, targets: vec![] }),
-                ("r-secret".to_string(), Principal { name: "read".into(), role: Role::Read, targets: vec![] }),
-                ("w-secret".to_string(), Principal { name: "ci".into(), role: Role::Worker, targets: vec!["a".into()] }),
+        let t = |name: &str, role, env: &str, targets: &[&str]| TokenConfig {
+            name: name.into(),
+            role,
+            env: Some(env.into()),
+            file: None,
+            token: None,
+            optional: false,
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+        };
+        let cfg = AuthConfig {
+            tokens: vec![
+                t("admin", Role::Admin, "A", &[]),
+                t("read", Role::Read, "R", &[]),
+                t("ci", Role::Worker, "W", &["a"]),
             ],
-            false,
-        )
+            metrics_public: false,
+            insecure: false,
+        };
+        let env = |k: &str| match k {
+            "A" => Some("a-secret-0123456789abcdef".to_string()),
+            "R" => Some("r-secret-0123456789abcdef".to_string()),
+            "W" => Some("w-secret-0123456789abcdef".to_string()),
+            _ => None,
+        };
+        Tokens::new(cfg.resolve_with(env).unwrap())
     }
 
     #[test]
     fn tokens_map_to_their_principal() {
         let t = tokens();
-        assert_eq!(t.check("a-secret").unwrap().role, Role::Admin);
-        assert_eq!(t.check("r-secret").unwrap().role, Role::Read);
-        assert_eq!(t.check("w-secret").unwrap().targets, vec!["a".to_string()]);
-        assert!(t.check("nope").is_none());
-        assert!(t.check("").is_none());
-        assert_eq!(t.check_header(Some("Bearer a-secret")).unwrap().name, "admin");
+        let p = |tok: &str| t.check_header(Some(&format!("Bearer {tok}")));
+        assert_eq!(p("a-secret-0123456789abcdef").unwrap().role, Role::Admin);
+        assert_eq!(p("r-secret-0123456789abcdef").unwrap().role, Role::Read);
+        assert_eq!(p("w-secret-0123456789abcdef").unwrap().targets, vec!["a".to_string()]);
+        assert_eq!(p("nope"), Err(AuthError::Unknown));
         assert_eq!(t.check_header(None), Err(AuthError::Missing));
         assert_eq!(t.check_header(Some("Basic YTpi")), Err(AuthError::NotBearer));
-        assert_eq!(t.check_header(Some("Bearer a-secretx")), Err(AuthError::Unknown));
+        assert!(!t.is_open());
     }
 
     #[test]
     fn worker_scope() {
         let t = tokens();
-        let w = t.check("w-secret").unwrap();
+        let w = t.check_header(Some("Bearer w-secret-0123456789abcdef")).unwrap();
         assert!(w.may_work_on("a"));
         assert!(!w.may_work_on("b"));
-        assert!(t.check("a-secret").unwrap().may_work_on("b"));
-        assert!(!t.check("r-secret").unwrap().may_work_on("a"));
+        assert!(t.check_header(Some("Bearer a-secret-0123456789abcdef")).unwrap().may_work_on("b"));
+        assert!(!t.check_header(Some("Bearer r-secret-0123456789abcdef")).unwrap().may_work_on("a"));
+    }
+
+    #[test]
+    fn insecure_without_tokens_is_open_and_with_tokens_is_not() {
+        let open = AuthConfig { tokens: vec![], metrics_public: false, insecure: true };
+        let t = Tokens::new(open.resolve_with(|_| None).unwrap());
+        assert!(t.is_open());
+        assert_eq!(t.check_header(None).unwrap().role, Role::Admin);
+        assert!(!tokens().is_open());
     }
 
     #[test]

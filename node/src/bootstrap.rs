@@ -23,7 +23,6 @@ use tokio::sync::watch;
 
 use crate::config::InitialMember;
 use crate::node::Node;
-use crate::types::Member;
 
 /// Pause between probe rounds.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -66,7 +65,7 @@ pub async fn run(node: Arc<Node>, members: Vec<InitialMember>, mut shutdown: wat
                     info.node_id,
                     info.leader_id,
                     info.term,
-                    members.iter().find(|m| m.id == id).map_or("?", |m| m.grpc_addr.as_str()),
+                    members.iter().find(|m| m.id == id).map_or("?", |m| m.peer_addr.as_str()),
                     members.iter().find(|m| m.id == id).map_or("?", |m| m.http_addr.as_str()),
                 );
             }
@@ -76,7 +75,7 @@ pub async fn run(node: Arc<Node>, members: Vec<InitialMember>, mut shutdown: wat
         if reachable >= majority {
             let nodes: BTreeMap<_, _> = members
                 .iter()
-                .map(|m| (m.id, Member { grpc_addr: m.grpc_addr.clone(), http_addr: m.http_addr.clone() }))
+                .map(|m| (m.id, m.member()))
                 .collect();
             match node.raft.initialize(nodes).await {
                 Ok(()) => tracing::info!("node {id} initialized a new cluster with members {:?}", members.iter().map(|m| m.id).collect::<Vec<_>>()),
@@ -89,7 +88,7 @@ pub async fn run(node: Arc<Node>, members: Vec<InitialMember>, mut shutdown: wat
                 .iter()
                 .zip(&probes)
                 .filter(|(_, p)| p.is_none())
-                .map(|(m, _)| format!("node {} at {}", m.id, m.grpc_addr))
+                .map(|(m, _)| format!("node {} at {}", m.id, m.peer_addr))
                 .collect();
             tracing::info!(
                 "waiting for initial members to form the cluster: {reachable} of {} reachable, {majority} needed; not reachable yet: {}",
@@ -105,7 +104,7 @@ pub async fn run(node: Arc<Node>, members: Vec<InitialMember>, mut shutdown: wat
 }
 
 async fn probe(node: &Node, peer: &InitialMember) -> Option<NodeInfoReply> {
-    let channel = node.channels.get(&peer.grpc_addr).ok()?;
+    let channel = node.channels.get(peer.id, &peer.peer_addr).ok()?;
     let mut client = ClusterServiceClient::new(channel);
     match tokio::time::timeout(PROBE_TIMEOUT, client.node_info(NodeInfoRequest {})).await {
         Ok(Ok(r)) => {
@@ -113,7 +112,7 @@ async fn probe(node: &Node, peer: &InitialMember) -> Option<NodeInfoReply> {
             if info.node_id != peer.id {
                 tracing::error!(
                     "{} answers as node {}, but initial_members says node {} is there; fix the config",
-                    peer.grpc_addr, info.node_id, peer.id
+                    peer.peer_addr, info.node_id, peer.id
                 );
                 return None;
             }

@@ -11,6 +11,36 @@ use tonic::{Request, Response, Status};
 use crate::codec;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::node::{LeaderOp, Node};
+use crate::types::NodeId;
+
+/// Who may call the peer listener: with peer TLS, a caller whose certificate (signed
+/// by the cluster CA — the TLS handshake checked that) names a node that is a member
+/// of this node's cluster. A node that belongs to no cluster yet (waiting to be
+/// bootstrapped or joined) accepts any node of the cluster CA, and its
+/// `initial_members`. Without peer TLS (`spec.auth.insecure`) everyone may call.
+#[derive(Clone)]
+pub struct PeerGate {
+    pub node: Arc<Node>,
+    pub initial: Vec<NodeId>,
+    pub tls: bool,
+}
+
+impl PeerGate {
+    fn allows(&self, caller: NodeId) -> bool {
+        let m = self.node.raft.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        membership.get_node(&caller).is_some() || membership.nodes().next().is_none() || self.initial.contains(&caller)
+    }
+}
+
+impl tonic::service::Interceptor for PeerGate {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        if self.tls {
+            crate::tls::require_peer(&req, |id| self.allows(id))?;
+        }
+        Ok(req)
+    }
+}
 
 /// The gRPC services of one node.
 #[derive(Clone)]

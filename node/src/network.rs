@@ -1,5 +1,9 @@
 //! Outgoing node-to-node gRPC: openraft's [`RaftNetworkFactory`] over tonic, and the
-//! channel pool that forwarding also uses.
+//! channel pool that forwarding and bootstrap probes also use. Every peer is dialled on
+//! its advertised `peer_addr` (a DNS name is resolved again on each reconnect, so a
+//! member whose IP changed is reached without any command), with mutual TLS when the
+//! node has peer certificates: the server must present `aof-node-<id>` signed by the
+//! cluster CA, and this node presents its own certificate.
 //!
 //! Raft messages travel as `aof.v1.RaftPayload` carrying [`crate::codec`] records. A
 //! reply payload is `Result<Resp, RaftError<..>>`, so a remote Raft error is returned
@@ -22,38 +26,50 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
+use crate::tls::PeerTls;
 use crate::types::{Member, NodeId, TypeConfig};
 
 /// Largest gRPC message a node sends or accepts (a Raft batch can hold several
 /// webhook payloads of up to 25 MiB each).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Lazily-connected gRPC channels, one per peer address.
+/// Lazily-connected gRPC channels to peers, one per (node id, address).
 #[derive(Clone, Default)]
 pub struct Channels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    /// Peer mutual TLS (`spec.cluster.peer_tls`); `None` only with `spec.auth.insecure`.
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl Channels {
-    /// A channel to `addr` (`host:port`). Connection happens on first use and is
-    /// re-established by tonic after failures.
-    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn new(tls: Option<Arc<PeerTls>>) -> Self {
+        Channels { inner: Arc::default(), tls }
+    }
+
+    /// A channel to peer `id` at `addr` (`host:port`). Connection happens on first use
+    /// and is re-established by tonic after failures (resolving a name again).
+    pub fn get(&self, id: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.inner.lock().expect("channel pool lock");
-        if let Some(ch) = map.get(addr) {
+        let key = (id, addr.to_string());
+        if let Some(ch) = map.get(&key) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = match &self.tls {
+            Some(tls) => tls.endpoint(id, addr)?,
+            None => Endpoint::from_shared(format!("http://{addr}"))?,
+        };
+        let ch = endpoint
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
+        map.insert(key, ch.clone());
         Ok(ch)
     }
 }
 
-/// Creates a [`PeerClient`] per replication target.
+/// Creates a [`PeerClient`] per replication target. `Default`: no peer TLS.
 #[derive(Clone, Default)]
 pub struct Network {
     pub channels: Channels,
@@ -63,7 +79,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
-        PeerClient { target, addr: node.grpc_addr.clone(), channels: self.channels.clone() }
+        PeerClient { target, addr: node.peer_addr.clone(), channels: self.channels.clone() }
     }
 }
 
@@ -86,7 +102,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let channel = self.channels.get(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let channel = self.channels.get(self.target, &self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = RaftServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

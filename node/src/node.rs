@@ -133,7 +133,9 @@ pub struct ClusterStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub id: NodeId,
+    pub peer_addr: String,
     pub grpc_addr: String,
+    pub api_addr: String,
     pub http_addr: String,
     /// `voter` or `learner`.
     pub role: String,
@@ -288,12 +290,12 @@ impl Node {
     async fn forward(&self, leader: NodeId, op: &LeaderOp, deadline: Instant) -> Result<LeaderReply, NodeError> {
         let addr = {
             let m = self.raft.metrics().borrow().membership_config.clone();
-            m.membership().get_node(&leader).map(|n| n.grpc_addr.clone())
+            m.membership().get_node(&leader).map(|n| n.peer_addr.clone())
         };
         let Some(addr) = addr else {
             return Err(NodeError::NotLeader { leader: None });
         };
-        let channel = self.channels.get(&addr).map_err(|e| NodeError::Internal(format!("bad leader address {addr}: {e}")))?;
+        let channel = self.channels.get(leader, &addr).map_err(|e| NodeError::Internal(format!("bad leader address {addr}: {e}")))?;
         let mut client = ClusterServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -337,6 +339,7 @@ impl Node {
             }
             LeaderOp::ReadIndex => Ok(LeaderReply::ReadIndex { index: self.leader_read_index().await? }),
             LeaderOp::AddLearner { id, member } => {
+                self.check_joining_peer(id, &member).await?;
                 let res = tokio::time::timeout(t, self.raft.add_learner(id, member, false))
                     .await
                     .map_err(|_| membership_timeout(t))?;
@@ -380,6 +383,44 @@ impl Node {
         }
     }
 
+    /// Before a learner is added (and so receives the whole state), make sure it is
+    /// the node it claims to be: it must answer on its peer address over mutual TLS
+    /// with a certificate of this cluster's CA naming its id.
+    async fn check_joining_peer(&self, id: NodeId, member: &Member) -> Result<(), NodeError> {
+        use aof_proto::v1::NodeInfoRequest;
+        let channel = self
+            .channels
+            .get(id, &member.peer_addr)
+            .map_err(|e| NodeError::Invalid(format!("peer_addr {:?}: {e}", member.peer_addr)))?;
+        let mut client = ClusterServiceClient::new(channel);
+        let t = self.timeouts.request;
+        let info = match tokio::time::timeout(t, client.node_info(NodeInfoRequest {})).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
+                return Err(NodeError::Invalid(format!(
+                    "node {id} at {} did not answer over the peer listener ({}); start it with a certificate from this \
+                     cluster's CA (spec.cluster.peer_tls, `aofctl certs init`) and check the address",
+                    member.peer_addr,
+                    status.message()
+                )))
+            }
+            Err(_) => {
+                return Err(NodeError::Unavailable(format!(
+                    "node {id} at {} did not answer within {} ms; is it running and reachable from the leader?",
+                    member.peer_addr,
+                    t.as_millis()
+                )))
+            }
+        };
+        if info.node_id != id {
+            return Err(NodeError::Invalid(format!(
+                "the node at {} is node {}, not node {id}; check --node-id and the addresses",
+                member.peer_addr, info.node_id
+            )));
+        }
+        Ok(())
+    }
+
     async fn leader_read_index(&self) -> Result<u64, NodeError> {
         let t = self.timeouts.request;
         let res = tokio::time::timeout(t, self.raft.ensure_linearizable()).await.map_err(|_| {
@@ -420,7 +461,9 @@ impl Node {
             .nodes()
             .map(|(id, n)| MemberStatus {
                 id: *id,
+                peer_addr: n.peer_addr.clone(),
                 grpc_addr: n.grpc_addr.clone(),
+                api_addr: n.api_addr.clone(),
                 http_addr: n.http_addr.clone(),
                 role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
                 is_leader: m.current_leader == Some(*id),

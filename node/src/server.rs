@@ -13,12 +13,17 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::config::DaemonConfig;
-use crate::grpc::Services;
-use crate::network::Network;
+use std::net::SocketAddr;
+
+use crate::auth::{Principal, Tokens, WorkerAuth};
+use crate::config::{DaemonConfig, NodeAddrs, TlsConfig};
+use crate::grpc::{PeerGate, Services};
+use crate::http::serve::ServeOptions;
+use crate::network::{Channels, Network};
 use crate::node::{LeaderOp, LeaderReply, Node, Timeouts};
 use crate::store::{Store, StoreError};
-use crate::types::Raft;
+use crate::tls::{PeerTls, ServerIdentity};
+use crate::types::{Member, NodeId, Raft};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -34,37 +39,160 @@ pub enum ServerError {
     Raft(String),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
-/// Accepted gRPC connections, with [`set_no_delay`].
+/// Resolves once `rx` turns true (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// A channel to this node's own work queue that never leaves the process: the
+/// built-in workers' (they act as an internal admin principal, so no token is needed
+/// and nothing listens on a socket for them).
+fn in_process_queue(
+    queue: crate::queue_service::QueueService,
+    stop: watch::Receiver<bool>,
+) -> (tonic::transport::Channel, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
+    let internal = |mut req: tonic::Request<()>| {
+        req.extensions_mut().insert(Principal::internal("built-in workers"));
+        Ok(req)
+    };
+    let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(tonic::service::interceptor::InterceptedService::new(queue.server(), internal))
+            .serve_with_incoming_shutdown(incoming, stopped(stop)),
+    );
+    let channel = tonic::transport::Endpoint::from_static("http://in-process.invalid").connect_with_connector_lazy(
+        tower::service_fn(move |_: axum::http::Uri| {
+            let (client, server) = tokio::io::duplex(1 << 20);
+            let sent = tx.send(server);
+            async move {
+                sent.map_err(|_| std::io::Error::other("the node is stopping"))?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(client))
+            }
+        }),
+    );
+    (channel, task)
+}
+
+/// Accepted gRPC connections, with TCP_NODELAY.
 fn no_delay(
     incoming: TcpListenerStream,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     incoming.map(|r| r.inspect(crate::http::serve::set_no_delay))
 }
 
+/// The four sockets of a node. **Architecture Invariant**: each serves only its own
+/// role (see `docs/SECURITY.md`):
+///
+/// | listener | config | serves |
+/// |---|---|---|
+/// | `public` | `spec.server.host/port` | `POST /webhook/github`, `/health`, `/ready` |
+/// | `api` | `spec.cluster.api_addr` | `/v1/*`, `/metrics` (bearer tokens) |
+/// | `grpc` | `spec.cluster.grpc_addr` | `aof.v1.WorkQueue`, gRPC health (worker tokens) |
+/// | `peer` | `spec.cluster.peer_addr` | Raft, forwarding, node info (mutual TLS, members only) |
+pub struct Listeners {
+    pub public: TcpListener,
+    pub api: TcpListener,
+    pub grpc: TcpListener,
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Bind the configured addresses.
+    pub async fn bind(cfg: &DaemonConfig) -> Result<Listeners, ServerError> {
+        let a = cfg.bind_addrs();
+        let bind = |addr: String, what: &'static str| async move {
+            TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr, what, source })
+        };
+        Ok(Listeners {
+            public: bind(a.http_addr, "public, spec.server").await?,
+            api: bind(a.api_addr, "API, spec.cluster.api_addr").await?,
+            grpc: bind(a.grpc_addr, "workers' gRPC, spec.cluster.grpc_addr").await?,
+            peer: bind(a.peer_addr, "peers, spec.cluster.peer_addr").await?,
+        })
+    }
+
+    fn local_addrs(&self) -> std::io::Result<NodeAddrs<SocketAddr>> {
+        Ok(NodeAddrs {
+            http_addr: self.public.local_addr()?,
+            api_addr: self.api.local_addr()?,
+            grpc_addr: self.grpc.local_addr()?,
+            peer_addr: self.peer.local_addr()?,
+        })
+    }
+}
+
+/// Credentials of a node, loaded at start: tokens and certificates.
+struct Security {
+    tokens: Arc<Tokens>,
+    peer: Option<Arc<PeerTls>>,
+    public: Option<ServerIdentity>,
+    api: Option<ServerIdentity>,
+    grpc: Option<ServerIdentity>,
+}
+
+impl Security {
+    fn load(cfg: &DaemonConfig) -> Result<Security, ServerError> {
+        let auth = cfg.spec.auth.resolve().map_err(|e| ServerError::Auth(e.to_string()))?;
+        for w in &auth.warnings {
+            tracing::warn!("{w}");
+        }
+        let tokens = Tokens::new(auth);
+        let c = &cfg.spec.cluster;
+        let peer = match &c.peer_tls {
+            Some(t) => {
+                let tls = PeerTls::load(&t.ca_file, &t.cert_file, &t.key_file).map_err(|e| ServerError::Tls(e.to_string()))?;
+                tls.ensure_node_id(c.node_id).map_err(|e| ServerError::Tls(e.to_string()))?;
+                Some(Arc::new(tls))
+            }
+            None => None,
+        };
+        if cfg.spec.auth.insecure {
+            tracing::warn!(
+                "spec.auth.insecure is true: {}{}; never expose this node beyond a throwaway setup",
+                if tokens.is_open() { "the API and the work queue accept every caller" } else { "some tokens are optional" },
+                if peer.is_none() { ", and peers talk without TLS" } else { "" }
+            );
+        }
+        let identity = |t: &Option<TlsConfig>| -> Result<Option<ServerIdentity>, ServerError> {
+            t.as_ref()
+                .map(|t| ServerIdentity::load(&t.cert_file, &t.key_file).map_err(|e| ServerError::Tls(e.to_string())))
+                .transpose()
+        };
+        Ok(Security {
+            tokens: Arc::new(tokens),
+            peer,
+            public: identity(&cfg.spec.server.tls)?,
+            api: identity(&c.api_tls)?,
+            grpc: identity(&c.grpc_tls)?,
+        })
+    }
+}
+
 /// Bind the configured addresses and run the node until `shutdown` resolves.
 pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-    let http_addr = cfg.http_addr();
-    let http = TcpListener::bind(&http_addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr: http_addr.clone(), what: "HTTP, spec.server", source })?;
-    let grpc_addr = cfg.spec.cluster.grpc_addr.clone();
-    let grpc = TcpListener::bind(&grpc_addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr: grpc_addr, what: "gRPC, spec.cluster.grpc_addr", source })?;
-    run_with_listeners(cfg, http, grpc, shutdown).await
+    let listeners = Listeners::bind(&cfg).await?;
+    run_with_listeners(cfg, listeners, shutdown).await
 }
 
 /// Run a node on the given listeners until `shutdown` resolves.
 pub async fn run_with_listeners(
     cfg: DaemonConfig,
-    http: TcpListener,
-    grpc: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let c = &cfg.spec.cluster;
     let id = c.node_id;
+    let security = Security::load(&cfg)?;
+    let bound = listeners.local_addrs().map_err(|source| ServerError::Bind { addr: "?".into(), what: "listeners", source })?;
+    let advertised = cfg.self_member_bound(&bound);
     std::fs::create_dir_all(&c.data_dir)
         .map_err(|source| ServerError::DataDir { path: c.data_dir.display().to_string(), source })?;
     let store = Store::open(&c.data_dir, c.storage.cache_capacity_bytes())?;
@@ -72,7 +200,7 @@ pub async fn run_with_listeners(
     let pristine = store.is_pristine()?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let raft_cfg = c.raft.openraft_config("aof-cluster").map_err(|e| ServerError::RaftConfig(e.to_string()))?;
-    let network = Network::default();
+    let network = Network { channels: Channels::new(security.peer.clone()) };
     let raft = Raft::new(id, Arc::new(raft_cfg), network.clone(), store.log_store(), store.state_machine())
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
@@ -95,47 +223,70 @@ pub async fn run_with_listeners(
     });
     tracing::info!(
         node_id = id,
-        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        grpc = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        public = %bound.http_addr,
+        api = %bound.api_addr,
+        grpc = %bound.grpc_addr,
+        peer = %bound.peer_addr,
+        advertised = %Member::from(advertised.clone()),
+        peer_tls = security.peer.is_some(),
         data_dir = %c.data_dir.display(),
         "node starting ({})",
         if pristine { "new data dir" } else { "existing data, resuming" }
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let timeout = Duration::from_secs(cfg.spec.server.timeout_secs.max(1));
 
+    // Peers: Raft, forwarding, node info — mutual TLS, and only members may call.
     let services = Services::new(node.clone());
+    let peer_task = {
+        let initial: Vec<NodeId> = c.initial_members.iter().map(|m| m.id).collect();
+        let gate = PeerGate { node: node.clone(), initial, tls: security.peer.is_some() };
+        let mut builder = tonic::transport::Server::builder().timeout(c.raft.request_timeout().max(Duration::from_secs(30)));
+        if let Some(tls) = &security.peer {
+            builder = builder.tls_config(tls.server_config()).map_err(|e| ServerError::Tls(e.to_string()))?;
+        }
+        let router = builder
+            .add_service(tonic::service::interceptor::InterceptedService::new(services.raft(), gate.clone()))
+            .add_service(tonic::service::interceptor::InterceptedService::new(services.cluster(), gate));
+        tokio::spawn(router.serve_with_incoming_shutdown(no_delay(TcpListenerStream::new(listeners.peer)), stopped(stop_rx.clone())))
+    };
+
+    // Workers: the work queue and gRPC health, behind worker tokens.
+    let queue = crate::queue_service::QueueService::new(node.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<aof_proto::v1::raft_service_server::RaftServiceServer<Services>>().await;
     health_reporter
         .set_serving::<aof_proto::v1::work_queue_server::WorkQueueServer<crate::queue_service::QueueService>>()
         .await;
-    // Built-in workers reach this node's gRPC server on the address it listens on.
-    let grpc_local = grpc.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| c.grpc_addr.clone());
     let grpc_task = {
-        let mut rx = stop_rx.clone();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(services.raft())
-                .add_service(services.cluster())
-                .add_service(crate::queue_service::QueueService::new(node.clone()).server())
-                .serve_with_incoming_shutdown(no_delay(TcpListenerStream::new(grpc)), async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                }),
-        )
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(id) = &security.grpc {
+            builder = builder.tls_config(id.grpc_server_config()).map_err(|e| ServerError::Tls(e.to_string()))?;
+        }
+        let auth = WorkerAuth { tokens: security.tokens.clone() };
+        let router = builder
+            .add_service(health_service)
+            .add_service(tonic::service::interceptor::InterceptedService::new(queue.clone().server(), auth));
+        tokio::spawn(router.serve_with_incoming_shutdown(no_delay(TcpListenerStream::new(listeners.grpc)), stopped(stop_rx.clone())))
     };
+    // Built-in workers reach this node's work queue in process, never over a socket.
+    let (in_process, in_process_task) = in_process_queue(queue, stop_rx.clone());
+
     let (secrets, warnings) = crate::http::webhook::Secrets::from_config(&cfg);
     for w in warnings {
         tracing::warn!("{w}");
     }
     let gateway = Arc::new(crate::http::webhook::Gateway::from_config(&cfg, secrets, metrics.clone()));
-    let http_task = {
-        let state = crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone() };
-        // One listener serves the intake and the API until the listeners are split.
-        let app = crate::http::routes::api(state.clone()).merge(crate::http::routes::intake(state));
-        let opts = crate::http::serve::ServeOptions::with_timeout(Duration::from_secs(cfg.spec.server.timeout_secs.max(1)));
-        tokio::spawn(crate::http::serve::run(http, app, opts, stop_rx.clone()))
+    let state = crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone() };
+    let public_task = {
+        let opts = ServeOptions { tls: security.public.as_ref().map(ServerIdentity::acceptor), ..ServeOptions::with_timeout(timeout) };
+        tokio::spawn(crate::http::serve::run(listeners.public, crate::http::routes::public(state.clone()), opts, stop_rx.clone()))
+    };
+    let api_task = {
+        let app = crate::http::routes::api(state)
+            .layer(axum::middleware::from_fn_with_state(security.tokens.clone(), crate::auth::require_api));
+        let opts = ServeOptions { tls: security.api.as_ref().map(ServerIdentity::acceptor), ..ServeOptions::with_timeout(timeout) };
+        tokio::spawn(crate::http::serve::run(listeners.api, app, opts, stop_rx.clone()))
     };
     // Tasks that hold the node (and so the store) until `stop_rx` fires; awaited at
     // shutdown so the data dir is free once this function returns.
@@ -156,7 +307,7 @@ pub async fn run_with_listeners(
     let workers_task = tokio::spawn(crate::workers::run(
         crate::workers::Pool {
             node_id: id,
-            grpc_addr: grpc_local.clone(),
+            channel: in_process,
             concurrency: cfg.spec.runtime.max_concurrent_tasks.clamp(1, 1024) as u32,
             lease_timeout: Duration::from_millis(cfg.spec.queue.lease_timeout_ms),
             drain_timeout,
@@ -184,14 +335,14 @@ pub async fn run_with_listeners(
     }
     tracing::info!(node_id = id, "shutting down");
     let _ = stop_tx.send(true);
-    let http_res = http_task.await;
+    let http_res = (public_task.await, api_task.await);
     // A log append waiting for disk space (storage alarm) would hold Raft's core
     // forever; give it up, so the node can stop.
     store.stop_waiting_for_disk();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}");
     }
-    let grpc_res = grpc_task.await;
+    let grpc_res = (grpc_task.await, peer_task.await, in_process_task.await);
     let waited = tokio::time::timeout(BACKGROUND_STOP_TIMEOUT, async { while background.join_next().await.is_some() {} }).await;
     if waited.is_err() {
         tracing::warn!("background tasks did not stop within {BACKGROUND_STOP_TIMEOUT:?}; aborting them");
@@ -204,15 +355,19 @@ pub async fn run_with_listeners(
     if !store.wait_until_last_handle(BACKGROUND_STOP_TIMEOUT).await {
         tracing::warn!("the store is still in use {BACKGROUND_STOP_TIMEOUT:?} after stopping; the data dir stays locked until that work ends");
     }
-    match http_res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(ServerError::Serve { what: "HTTP", message: e.to_string() }),
-        Err(e) => return Err(ServerError::Serve { what: "HTTP", message: e.to_string() }),
+    for (what, res) in [("public HTTP", http_res.0), ("API HTTP", http_res.1)] {
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ServerError::Serve { what, message: e.to_string() }),
+            Err(e) => return Err(ServerError::Serve { what, message: e.to_string() }),
+        }
     }
-    match grpc_res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(ServerError::Serve { what: "gRPC", message: e.to_string() }),
-        Err(e) => return Err(ServerError::Serve { what: "gRPC", message: e.to_string() }),
+    for (what, res) in [("workers' gRPC", grpc_res.0), ("peer gRPC", grpc_res.1), ("in-process gRPC", grpc_res.2)] {
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ServerError::Serve { what, message: e.to_string() }),
+            Err(e) => return Err(ServerError::Serve { what, message: e.to_string() }),
+        }
     }
     tracing::info!(node_id = id, "stopped");
     Ok(())

@@ -81,8 +81,8 @@ pub fn from_config(cfg: &DaemonConfig) -> BTreeMap<String, Executor> {
 /// Settings of the built-in worker pool.
 pub struct Pool {
     pub node_id: u64,
-    /// This node's gRPC address.
-    pub grpc_addr: String,
+    /// A channel to this node's own work queue (in process, see `server.rs`).
+    pub channel: tonic::transport::Channel,
     pub concurrency: u32,
     pub lease_timeout: Duration,
     pub drain_timeout: Duration,
@@ -103,13 +103,7 @@ pub async fn run(pool: Pool, mut stop: watch::Receiver<bool>) {
     let targets: Vec<String> = pool.executors.keys().cloned().collect();
     tracing::info!(targets = ?targets, concurrency = pool.concurrency, "built-in workers starting");
     'outer: loop {
-        let channel = match tonic::transport::Endpoint::from_shared(format!("http://{}", pool.grpc_addr)) {
-            Ok(e) => e.connect_lazy(),
-            Err(e) => {
-                tracing::error!("built-in workers: bad gRPC address {}: {e}", pool.grpc_addr);
-                return;
-            }
-        };
+        let channel = pool.channel.clone();
         let mut client = WorkQueueClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let req = pb::ClaimRequest { worker_id: format!("node{}-builtin", pool.node_id), targets: targets.clone(), max_in_flight: pool.concurrency };
         let stream = tokio::select! {

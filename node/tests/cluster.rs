@@ -70,10 +70,10 @@ async fn compare_and_set_conflicts_get_412_and_change_nothing() {
     assert_eq!(got["trigger"]["spec"]["config"]["github_events"][0], "push", "the losing CAS changed nothing");
     // Create-only on an existing name fails; bad If-Match is a 400.
     assert_eq!(c.put_trigger(0, "pr", "push", Some(0)).await.0, 412);
-    let r = c.http.put(c.nodes[0].url("/v1/triggers/pr")).header("if-match", "abc").body("{}").send().await.unwrap();
+    let r = c.http.put(c.nodes[0].url("/v1/triggers/pr")).header("content-type", "application/yaml").header("if-match", "abc").body("{}").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     // Invalid documents are refused and store nothing.
-    let r = c.http.put(c.nodes[1].url("/v1/triggers/bad")).body("kind: Agent\n").send().await.unwrap();
+    let r = c.http.put(c.nodes[1].url("/v1/triggers/bad")).header("content-type", "application/yaml").body("kind: Agent\n").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_trigger");
@@ -153,7 +153,7 @@ async fn joined_node_catches_up_by_snapshot_then_leaves() {
 
     // Join via a follower (forwarded to the leader).
     let f = follower_indices(&c, leader)[0];
-    let body = serde_json::json!({"node_id": 4, "grpc_addr": c.nodes[n4].grpc.to_string(), "http_addr": c.nodes[n4].http.to_string()});
+    let body = c.learner_body(n4);
     let r = c.http.post(c.nodes[f].url("/v1/cluster/learners")).json(&body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
     c.eventually("node 4 catches up", 30, || async {
@@ -162,7 +162,7 @@ async fn joined_node_catches_up_by_snapshot_then_leaves() {
         v["members"].as_array().unwrap().iter().any(|m| m["id"] == 4 && m["matched_index"].as_u64().unwrap_or(0) >= commit)
     })
     .await;
-    let r = c.http.post(c.nodes[f].url("/v1/cluster/voters/4")).send().await.unwrap();
+    let r = c.http.post(c.nodes[f].url("/v1/cluster/voters/4")).header("content-type", "application/json").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let (_, v) = c.get_json(n4, "/v1/cluster").await;
     let m4 = v["members"].as_array().unwrap().iter().find(|m| m["id"] == 4).unwrap().clone();

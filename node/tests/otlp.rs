@@ -56,7 +56,7 @@ async fn a_delivery_is_one_trace_from_webhook_to_job() {
     })
     .await;
     c.wait_ready(30).await;
-    let r = c.http.put(c.nodes[0].url("/v1/triggers/all")).body("apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {}\n  default_agent: noop\n").send().await.unwrap();
+    let r = c.http.put(c.nodes[0].url("/v1/triggers/all")).header("content-type", "application/yaml").body("apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {}\n  default_agent: noop\n").send().await.unwrap();
     assert!(r.status().is_success());
     let body = br#"{"repository":{"full_name":"acme/api"}}"#;
     let r = c

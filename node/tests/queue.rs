@@ -43,7 +43,7 @@ async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8
 }
 
 async fn put_trigger(c: &TestCluster, name: &str, yaml: &str) {
-    let r = c.http.put(c.nodes[0].url(&format!("/v1/triggers/{name}"))).body(yaml.to_string()).send().await.unwrap();
+    let r = c.http.put(c.nodes[0].url(&format!("/v1/triggers/{name}"))).header("content-type", "application/yaml").body(yaml.to_string()).send().await.unwrap();
     assert!(r.status().is_success(), "{:?}", r.text().await);
 }
 

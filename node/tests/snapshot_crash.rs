@@ -25,7 +25,7 @@ fn log_id(index: u64) -> LogId {
 
 fn membership(index: u64) -> Entry {
     let nodes: std::collections::BTreeMap<u64, Member> =
-        [(1, Member { grpc_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() })].into();
+        [(1, Member { peer_addr: "127.0.0.1:3".into(), grpc_addr: "127.0.0.1:1".into(), api_addr: "127.0.0.1:4".into(), http_addr: "127.0.0.1:2".into() })].into();
     Entry { log_id: log_id(index), payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], nodes)) }
 }
 

@@ -105,6 +105,24 @@ pub struct InitialMember {
     pub http_addr: String,
 }
 
+impl InitialMember {
+    /// The member's addresses as stored in the Raft membership.
+    pub fn member(&self) -> Member {
+        Member {
+            peer_addr: self.peer_addr.clone(),
+            grpc_addr: self.grpc_addr.clone(),
+            api_addr: self.api_addr.clone(),
+            http_addr: self.http_addr.clone(),
+        }
+    }
+}
+
+impl From<NodeAddrs> for Member {
+    fn from(a: NodeAddrs) -> Member {
+        Member { peer_addr: a.peer_addr, grpc_addr: a.grpc_addr, api_addr: a.api_addr, http_addr: a.http_addr }
+    }
+}
+
 /// The four addresses of a node, one per listener: bind addresses
 /// ([`crate::config::DaemonConfig::bind_addrs`]) or advertised ones
 /// ([`crate::config::DaemonConfig::self_member`]).
@@ -186,13 +204,9 @@ pub struct TlsConfig {
 }
 
 impl ClusterConfig {
-    /// `initial_members` as an openraft membership (`Raft::initialize` argument), in
-    /// today's two-address [`Member`] (peer traffic still goes to `grpc_addr`).
+    /// `initial_members` as an openraft membership (`Raft::initialize` argument).
     pub fn initial_membership(&self) -> BTreeMap<NodeId, Member> {
-        self.initial_members
-            .iter()
-            .map(|m| (m.id, Member { grpc_addr: m.grpc_addr.clone(), http_addr: m.http_addr.clone() }))
-            .collect()
+        self.initial_members.iter().map(|m| (m.id, m.member())).collect()
     }
 
     /// The gRPC bind address as a socket address (IP literals only).

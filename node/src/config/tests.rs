@@ -81,7 +81,7 @@ fn valid_config_loads() {
     let own = addrs("127.0.0.1:3001", "127.0.0.1:5001", "127.0.0.1:4001", "127.0.0.1:6001");
     assert_eq!(cfg.bind_addrs(), own);
     assert_eq!(cfg.self_member(), own);
-    assert_eq!(cfg.spec.cluster.initial_membership()[&2], Member { grpc_addr: "127.0.0.1:4002".into(), http_addr: "127.0.0.1:3002".into() });
+    assert_eq!(cfg.spec.cluster.initial_membership()[&2], Member { peer_addr: "127.0.0.1:6002".into(), grpc_addr: "127.0.0.1:4002".into(), api_addr: "127.0.0.1:5002".into(), http_addr: "127.0.0.1:3002".into() });
     assert_eq!(cfg.github().unwrap().secret_env_names(), vec!["GITHUB_WEBHOOK_SECRET"]);
     let tls = cfg.spec.cluster.peer_tls.as_ref().unwrap();
     assert_eq!(tls.cert_file, PathBuf::from("/srv/aof/certs/node1.crt"));

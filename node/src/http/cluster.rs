@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult, ReadParams};
+use crate::config::HostPort;
 use crate::node::Node;
 use crate::types::{Member, NodeId};
 
@@ -40,29 +41,43 @@ pub async fn cluster_status(State(node): State<Arc<Node>>, Query(p): Query<ReadP
     Ok(Json(serde_json::to_value(status).expect("status serializes")))
 }
 
+/// `POST /v1/cluster/learners`: the new member's id and the four addresses it
+/// advertises (`host:port`, a DNS name or an IP).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AddLearner {
     node_id: NodeId,
+    peer_addr: String,
     grpc_addr: String,
+    api_addr: String,
     http_addr: String,
 }
 
 fn check_addr(field: &str, addr: &str) -> ApiResult<()> {
-    addr.parse::<std::net::SocketAddr>().map(|_| ()).map_err(|_| {
-        ApiError::bad_request("invalid_member", format!("{field}: {addr:?} is not an IP:port address (e.g. 127.0.0.1:4004)"))
-    })
+    match HostPort::parse(addr) {
+        Ok(hp) if !hp.is_unspecified() && hp.port != 0 => Ok(()),
+        Ok(_) => Err(ApiError::bad_request(
+            "invalid_member",
+            format!("{field}: {addr:?} is not an address other members can dial (no 0.0.0.0, no port 0)"),
+        )),
+        Err(e) => Err(ApiError::bad_request("invalid_member", format!("{field}: {e} (e.g. 127.0.0.1:6004 or aof-3.aof:6000)"))),
+    }
 }
 
 pub async fn add_learner(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Json<Value>> {
     let req: AddLearner = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("invalid_member", format!("expected {{\"node_id\", \"grpc_addr\", \"http_addr\"}}: {e}"))
+        ApiError::bad_request(
+            "invalid_member",
+            format!("expected {{\"node_id\", \"peer_addr\", \"grpc_addr\", \"api_addr\", \"http_addr\"}}: {e}"),
+        )
     })?;
     if req.node_id == 0 {
         return Err(ApiError::bad_request("invalid_member", "node_id must be 1 or more"));
     }
-    check_addr("grpc_addr", &req.grpc_addr)?;
-    check_addr("http_addr", &req.http_addr)?;
-    let member = Member { grpc_addr: req.grpc_addr, http_addr: req.http_addr };
+    for (field, value) in [("peer_addr", &req.peer_addr), ("grpc_addr", &req.grpc_addr), ("api_addr", &req.api_addr), ("http_addr", &req.http_addr)] {
+        check_addr(field, value)?;
+    }
+    let member = Member { peer_addr: req.peer_addr, grpc_addr: req.grpc_addr, api_addr: req.api_addr, http_addr: req.http_addr };
     let log_index = node.add_learner(req.node_id, member).await?;
     Ok(Json(json!({ "node_id": req.node_id, "log_index": log_index })))
 }

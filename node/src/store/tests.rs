@@ -35,7 +35,7 @@ fn delete(term: u64, index: u64, name: &str) -> Entry {
 }
 
 fn membership(term: u64, index: u64) -> Entry {
-    let nodes: BTreeMap<u64, Member> = [(1, Member { grpc_addr: "a:1".into(), http_addr: "a:2".into() })].into();
+    let nodes: BTreeMap<u64, Member> = [(1, Member { peer_addr: "a:0".into(), grpc_addr: "a:1".into(), api_addr: "a:3".into(), http_addr: "a:2".into() })].into();
     Entry {
         log_id: log_id(term, index),
         payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], nodes)),

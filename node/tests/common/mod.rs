@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aof_node::config::{DaemonConfig, InitialMember};
+use aof_node::config::{DaemonConfig, InitialMember, NodeAddrs};
+use aof_node::server::Listeners;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -14,16 +15,29 @@ use tokio::task::JoinHandle;
 
 pub struct TestNode {
     pub id: u64,
+    /// The public listener (webhooks, health).
     pub http: SocketAddr,
+    /// The workers' gRPC listener.
     pub grpc: SocketAddr,
+    /// The API listener (`/v1/*`, `/metrics`).
+    pub api: SocketAddr,
+    /// The peer listener (Raft, forwarding).
+    pub peer: SocketAddr,
     pub cfg: DaemonConfig,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl TestNode {
+    /// The URL of `path` on the listener that serves it: the public one for the
+    /// webhook intake and health probes, the API one for everything else.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
+        let public = ["/webhook/", "/health", "/ready"].iter().any(|p| path.starts_with(p));
+        format!("http://{}{}", if public { self.http } else { self.api }, path)
+    }
+
+    pub fn addrs(&self) -> NodeAddrs<SocketAddr> {
+        NodeAddrs { http_addr: self.http, api_addr: self.api, grpc_addr: self.grpc, peer_addr: self.peer }
     }
     pub fn is_running(&self) -> bool {
         self.task.is_some()
@@ -48,10 +62,28 @@ pub fn tune(cfg: &mut DaemonConfig, snapshot_every: u64) {
     cfg.spec.cluster.storage.cache_capacity_mb = 8;
 }
 
-async fn bind() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
+/// Four listeners on free loopback ports, kept open and handed to the node (no
+/// bind-then-drop race).
+async fn bind() -> (Listeners, NodeAddrs<SocketAddr>) {
+    let one = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let l = Listeners { public: one().await, api: one().await, grpc: one().await, peer: one().await };
+    let a = NodeAddrs {
+        http_addr: l.public.local_addr().unwrap(),
+        api_addr: l.api.local_addr().unwrap(),
+        grpc_addr: l.grpc.local_addr().unwrap(),
+        peer_addr: l.peer.local_addr().unwrap(),
+    };
     (l, a)
+}
+
+/// Bind the same four addresses again (a restart).
+async fn rebind(a: &NodeAddrs<SocketAddr>) -> Listeners {
+    let one = |addr: SocketAddr| async move { TcpListener::bind(addr).await.unwrap() };
+    Listeners { public: one(a.http_addr).await, api: one(a.api_addr).await, grpc: one(a.grpc_addr).await, peer: one(a.peer_addr).await }
+}
+
+fn node_of(id: u64, a: &NodeAddrs<SocketAddr>, cfg: DaemonConfig) -> TestNode {
+    TestNode { id, http: a.http_addr, grpc: a.grpc_addr, api: a.api_addr, peer: a.peer_addr, cfg, stop: None, task: None }
 }
 
 impl TestCluster {
@@ -65,30 +97,28 @@ impl TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut listeners = Vec::new();
         for _ in 0..n {
-            listeners.push((bind().await, bind().await));
+            listeners.push(bind().await);
         }
         let members: Vec<InitialMember> = listeners
             .iter()
             .enumerate()
-            // Until the peer and API listeners are served on their own sockets, peers
-            // reach a node on its gRPC address and clients on its HTTP address.
-            .map(|(i, ((_, h), (_, g)))| InitialMember {
+            .map(|(i, (_, a))| InitialMember {
                 id: i as u64 + 1,
-                peer_addr: g.to_string(),
-                grpc_addr: g.to_string(),
-                api_addr: h.to_string(),
-                http_addr: h.to_string(),
+                peer_addr: a.peer_addr.to_string(),
+                grpc_addr: a.grpc_addr.to_string(),
+                api_addr: a.api_addr.to_string(),
+                http_addr: a.http_addr.to_string(),
             })
             .collect();
         let mut c = TestCluster { nodes: Vec::new(), dir, http: reqwest::Client::new() };
-        for (i, ((hl, h), (gl, g))) in listeners.into_iter().enumerate() {
+        for (i, (l, a)) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
-            let mut cfg = DaemonConfig::new(id, h, g, c.dir.path().join(format!("node{id}")));
+            let mut cfg = DaemonConfig::with_addrs(id, &a, c.dir.path().join(format!("node{id}")));
             cfg.spec.cluster.initial_members = members.clone();
             tune(&mut cfg, snapshot_every);
             hook(&mut cfg);
-            let mut node = TestNode { id, http: h, grpc: g, cfg, stop: None, task: None };
-            spawn(&mut node, hl, gl);
+            let mut node = node_of(id, &a, cfg);
+            spawn(&mut node, l);
             c.nodes.push(node);
         }
         c
@@ -96,14 +126,32 @@ impl TestCluster {
 
     /// Start an extra node with no initial members (to be joined).
     pub async fn add_unjoined_node(&mut self, snapshot_every: u64) -> usize {
-        let ((hl, h), (gl, g)) = (bind().await, bind().await);
+        self.add_unjoined_node_with(snapshot_every, |_| {}).await
+    }
+
+    /// Like [`TestCluster::add_unjoined_node`], with a hook on its config.
+    pub async fn add_unjoined_node_with(&mut self, snapshot_every: u64, hook: impl Fn(&mut DaemonConfig)) -> usize {
+        let (l, a) = bind().await;
         let id = self.nodes.len() as u64 + 1;
-        let mut cfg = DaemonConfig::new(id, h, g, self.dir.path().join(format!("node{id}")));
+        let mut cfg = DaemonConfig::with_addrs(id, &a, self.dir.path().join(format!("node{id}")));
         tune(&mut cfg, snapshot_every);
-        let mut node = TestNode { id, http: h, grpc: g, cfg, stop: None, task: None };
-        spawn(&mut node, hl, gl);
+        hook(&mut cfg);
+        let mut node = node_of(id, &a, cfg);
+        spawn(&mut node, l);
         self.nodes.push(node);
         self.nodes.len() - 1
+    }
+
+    /// The JSON body of `POST /v1/cluster/learners` for node `i`.
+    pub fn learner_body(&self, i: usize) -> Value {
+        let n = &self.nodes[i];
+        serde_json::json!({
+            "node_id": n.id,
+            "peer_addr": n.peer.to_string(),
+            "grpc_addr": n.grpc.to_string(),
+            "api_addr": n.api.to_string(),
+            "http_addr": n.http.to_string(),
+        })
     }
 
     /// Stop node `i` gracefully and wait for it to finish.
@@ -125,9 +173,8 @@ impl TestCluster {
     pub async fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         assert!(node.task.is_none(), "stop the node first");
-        let hl = TcpListener::bind(node.http).await.unwrap();
-        let gl = TcpListener::bind(node.grpc).await.unwrap();
-        spawn(node, hl, gl);
+        let l = rebind(&node.addrs()).await;
+        spawn(node, l);
     }
 
     pub async fn get_json(&self, i: usize, path: &str) -> (u16, Value) {
@@ -195,11 +242,11 @@ impl Drop for TestCluster {
     }
 }
 
-fn spawn(node: &mut TestNode, hl: TcpListener, gl: TcpListener) {
+fn spawn(node: &mut TestNode, listeners: Listeners) {
     let (tx, rx) = oneshot::channel::<()>();
     let cfg = node.cfg.clone();
     let task = tokio::spawn(async move {
-        aof_node::server::run_with_listeners(cfg, hl, gl, async move {
+        aof_node::server::run_with_listeners(cfg, listeners, async move {
             let _ = rx.await;
         })
         .await
