@@ -47,7 +47,53 @@ impl TestNode {
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     pub dir: tempfile::TempDir,
+    /// Sends the admin token on every request in a [secured](TestCluster::start_secure) cluster.
     pub http: reqwest::Client,
+    /// The CA and node certificates of a secured cluster.
+    pub certs: Option<tempfile::TempDir>,
+}
+
+/// The tokens of a [secured](TestCluster::start_secure) test cluster.
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+pub const READ_TOKEN: &str = "read-token-0123456789abcdef";
+/// A worker token limited to the target `a`.
+pub const WORKER_A_TOKEN: &str = "worker-a-token-0123456789abcdef";
+/// A worker token for every target.
+pub const WORKER_TOKEN: &str = "worker-token-0123456789abcdef";
+
+/// Make `cfg` a node of a secured cluster: peer mutual TLS with certificates from
+/// `certs` (made by [`aof_node::tls::init_certs`]) and the tokens above.
+pub fn secure(cfg: &mut DaemonConfig, certs: &std::path::Path) {
+    use aof_node::config::{PeerTlsConfig, Role, Secret, TokenConfig};
+    let id = cfg.spec.cluster.node_id;
+    cfg.spec.cluster.peer_tls = Some(PeerTlsConfig {
+        ca_file: certs.join("ca.crt"),
+        cert_file: certs.join(format!("node{id}.crt")),
+        key_file: certs.join(format!("node{id}.key")),
+    });
+    let token = |name: &str, role, value: &str, targets: &[&str]| TokenConfig {
+        name: name.into(),
+        role,
+        env: None,
+        file: None,
+        token: Some(Secret::new(value)),
+        optional: false,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+    };
+    cfg.spec.auth.tokens = vec![
+        token("admin", Role::Admin, ADMIN_TOKEN, &[]),
+        token("read", Role::Read, READ_TOKEN, &[]),
+        token("worker-a", Role::Worker, WORKER_A_TOKEN, &["a"]),
+        token("workers", Role::Worker, WORKER_TOKEN, &[]),
+    ];
+    cfg.spec.auth.insecure = false;
+}
+
+/// An HTTP client that sends `token` on every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
 }
 
 /// Fast Raft timings for loopback tests.
@@ -92,6 +138,25 @@ impl TestCluster {
         Self::start_with(n, snapshot_every, |_| {}).await
     }
 
+    /// Start `n` nodes with peer mutual TLS and bearer tokens (see [`secure`]);
+    /// [`TestCluster::http`] sends the admin token.
+    pub async fn start_secure(n: u64, snapshot_every: u64) -> TestCluster {
+        let certs = tempfile::tempdir().unwrap();
+        let mut opts = aof_node::tls::CertsInit::new(certs.path());
+        opts.nodes = 9;
+        aof_node::tls::init_certs(&opts).unwrap();
+        let path = certs.path().to_path_buf();
+        let mut c = Self::start_with(n, snapshot_every, |cfg| secure(cfg, &path)).await;
+        c.http = client_with_token(ADMIN_TOKEN);
+        c.certs = Some(certs);
+        c
+    }
+
+    /// The certificate dir of a [secured](TestCluster::start_secure) cluster.
+    pub fn certs_dir(&self) -> std::path::PathBuf {
+        self.certs.as_ref().expect("a secured cluster").path().to_path_buf()
+    }
+
     /// Like [`TestCluster::start`], with a hook that adjusts each node's config.
     pub async fn start_with(n: u64, snapshot_every: u64, hook: impl Fn(&mut DaemonConfig)) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
@@ -110,7 +175,7 @@ impl TestCluster {
                 http_addr: a.http_addr.to_string(),
             })
             .collect();
-        let mut c = TestCluster { nodes: Vec::new(), dir, http: reqwest::Client::new() };
+        let mut c = TestCluster { nodes: Vec::new(), dir, http: reqwest::Client::new(), certs: None };
         for (i, (l, a)) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
             let mut cfg = DaemonConfig::with_addrs(id, &a, c.dir.path().join(format!("node{id}")));
