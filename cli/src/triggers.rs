@@ -9,12 +9,12 @@
 
 use std::fmt;
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use aof_client::{ClientError, TriggerItem, TriggerList};
+use aof_contract::yamldir;
 use clap::{Args, Subcommand};
-use serde::Deserialize as _;
 
 use crate::output::{age_since_ms, join_list, now_ms, print_structured, OutputFormat, Table};
 use crate::{ConsistencyArg, GlobalArgs};
@@ -90,107 +90,44 @@ impl fmt::Display for Doc {
     }
 }
 
-/// The files to read for `-f path`: the file itself, or the YAML/JSON files of
-/// a directory in name order.
-fn files_of(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if path.as_os_str() == "-" {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(path)
-        .with_context(|| format!("cannot read directory {}", path.display()))?
-    {
-        let p = entry?.path();
-        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if p.is_file() && matches!(ext, "yaml" | "yml" | "json") {
-            files.push(p);
-        }
-    }
-    files.sort();
-    if files.is_empty() {
-        bail!("no .yaml, .yml or .json files in {}", path.display());
-    }
-    Ok(files)
-}
-
-/// Parses every document of `text` (from `file`). Empty documents are ignored.
-pub fn parse_docs(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
-    let mut docs = Vec::new();
-    let mut count = 0;
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let mut value = serde_yaml::Value::deserialize(de).map_err(|e| yaml_error(file, &e))?;
-        count = i + 1;
-        if value.is_null() {
-            continue;
-        }
-        value.apply_merge().map_err(|e| yaml_error(file, &e))?;
-        docs.push((i, value));
-    }
-    let numbered = count > 1;
+/// Checks the documents of one file (read by the shared loader,
+/// [`aof_contract::yamldir`]): each needs `kind` and `metadata.name`.
+fn checked(docs: Vec<yamldir::Document>) -> anyhow::Result<Vec<Doc>> {
     docs.into_iter()
-        .map(|(i, value)| {
-            let source = if numbered {
-                format!("{file} (document {})", i + 1)
-            } else {
-                file.to_string()
-            };
-            let Some(map) = value.as_mapping() else {
+        .map(|d| {
+            let source = d.source();
+            if !d.value.is_mapping() {
                 bail!("{source}: expected a mapping with apiVersion, kind and metadata");
-            };
-            let kind = match map.get("kind") {
-                Some(serde_yaml::Value::String(k)) if !k.is_empty() => k.clone(),
+            }
+            let kind = match d.kind() {
+                Some(k) if !k.is_empty() => k.to_string(),
                 _ => bail!("{source}: missing `kind` (e.g. `kind: Trigger`)"),
             };
-            let name = match map.get("metadata").and_then(|m| m.get("name")) {
-                Some(serde_yaml::Value::String(n)) if !n.is_empty() => n.clone(),
+            let name = match d.name() {
+                Some(n) if !n.is_empty() => n.to_string(),
                 _ => bail!("{source}: {kind} has no `metadata.name`"),
             };
-            Ok(Doc {
-                source,
-                kind,
-                name,
-                value,
-            })
+            Ok(Doc { source, kind, name, value: d.value })
         })
         .collect()
 }
 
-fn yaml_error(file: &str, e: &serde_yaml::Error) -> anyhow::Error {
-    // serde_yaml's message usually ends with "at line L column C" already.
-    match e.location() {
-        Some(loc) if !e.to_string().contains(" line ") => {
-            anyhow::anyhow!(
-                "{file}: invalid YAML at line {} column {}: {e}",
-                loc.line(),
-                loc.column()
-            )
-        }
-        _ => anyhow::anyhow!("{file}: invalid YAML: {e}"),
-    }
+/// Parses every document of `text` (from `file`). Empty documents are ignored.
+pub fn parse_docs(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
+    checked(yamldir::parse(file, text)?)
 }
 
-/// Reads and checks all documents of all `paths` (nothing is sent yet).
+/// Reads and checks all documents of all `paths` (`-` is stdin; a directory
+/// means its YAML/JSON files in name order). Nothing is sent yet.
 pub fn load_docs(paths: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
     let mut docs = Vec::new();
     for path in paths {
-        for file in files_of(path)? {
-            let (label, text) = if file.as_os_str() == "-" {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("reading stdin")?;
-                ("<stdin>".to_string(), text)
-            } else {
-                let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                (file.display().to_string(), text)
-            };
-            docs.extend(parse_docs(&label, &text)?);
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+            docs.extend(parse_docs("<stdin>", &text)?);
+        } else {
+            docs.extend(checked(yamldir::load(path)?)?);
         }
     }
     let mut seen = std::collections::HashMap::new();

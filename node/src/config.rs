@@ -614,6 +614,12 @@ pub struct RuntimeConfig {
     /// AOF's default model for agents that name none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_model: Option<String>,
+    /// Variables of the node's environment that `command` jobs may see, beyond
+    /// the shared allow-list (`PATH`, `HOME`, `LANG`, `LC_*`, `TZ`, `TMPDIR`, …):
+    /// names, or prefixes ending in `*`. Credentials (GitHub tokens, webhook
+    /// secrets, `AOF_*`) are refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
     /// Built-in executors, by target name (agent / fleet / flow). This node runs
     /// `max_concurrent_tasks` local workers that claim jobs for these targets only;
     /// other targets are left to external workers (`aofctl worker`).
@@ -679,6 +685,7 @@ impl Default for RuntimeConfig {
             max_tasks_per_user: 3,
             default_agent: None,
             default_model: None,
+            pass_env: Vec::new(),
             executors: BTreeMap::new(),
         }
     }
@@ -883,6 +890,15 @@ impl DaemonConfig {
     /// The GitHub platform, if configured and enabled.
     pub fn github(&self) -> Option<&GithubConfig> {
         self.spec.platforms.github.as_ref().filter(|g| g.enabled)
+    }
+
+    /// The environment variables this node reads credentials from: GitHub token
+    /// and webhook secret variables, globally and per organisation. Jobs never
+    /// see them.
+    pub fn secret_env_names(&self) -> Vec<String> {
+        let Some(g) = &self.spec.platforms.github else { return Vec::new() };
+        let orgs = g.orgs.values().flat_map(|o| o.webhook_secret_env.iter().chain(o.token_env.iter()));
+        g.token_env.iter().chain(g.webhook_secret_env.iter()).chain(g.webhook_secret_envs.iter()).chain(orgs).cloned().collect()
     }
 
     /// Check the semantic rules (the ones [`load`] applies after parsing). `origin`
@@ -1639,6 +1655,17 @@ fn validate(cfg: &DaemonConfig) -> Vec<Problem> {
     if s.runtime.task_timeout_secs == 0 {
         bad("spec.runtime.task_timeout_secs".into(), "must be >= 1".into());
     }
+    let secret_names = cfg.secret_env_names();
+    for (i, name) in s.runtime.pass_env.iter().enumerate() {
+        if let Err(e) = aof_contract::jobenv::check_entry(name) {
+            bad(format!("spec.runtime.pass_env[{i}]"), e.to_string());
+        } else if secret_names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            bad(
+                format!("spec.runtime.pass_env[{i}]"),
+                format!("`{name}` holds one of this node's credentials (spec.platforms.github); jobs never get it"),
+            );
+        }
+    }
     if s.server.timeout_secs == 0 {
         bad("spec.server.timeout_secs".into(), "must be >= 1".into());
     }
@@ -1767,6 +1794,20 @@ spec:
         // Server defaults are AOF's.
         assert_eq!(ServerConfig::default().host, "0.0.0.0");
         assert_eq!(ServerConfig::default().port, 3000);
+    }
+
+    #[test]
+    fn pass_env_names_are_checked_and_never_credentials() {
+        let with = |list: &str| NODE1.replace("  cluster:\n", &format!("  runtime:\n    pass_env: {list}\n  cluster:\n"));
+        let cfg = parse(&with("[SSL_CERT_FILE, \"NPM_*\"]")).unwrap();
+        assert_eq!(cfg.spec.runtime.pass_env, ["SSL_CERT_FILE", "NPM_*"]);
+        assert_eq!(cfg.secret_env_names(), ["GITHUB_TOKEN", "GITHUB_WEBHOOK_SECRET"]);
+        let e = err(&with("[GITHUB_TOKEN, \"A-B\", OK_NAME]"));
+        assert_eq!(e.keys(), vec!["spec.runtime.pass_env[0]", "spec.runtime.pass_env[1]"], "{e}");
+        assert!(e.to_string().contains("never passed to jobs"), "{e}");
+        // A variable the config names as a credential, whatever it is called.
+        let e = err(&with("[MY_TOKEN_VAR]").replace("token_env: GITHUB_TOKEN", "token_env: MY_TOKEN_VAR"));
+        assert_eq!(e.keys(), vec!["spec.runtime.pass_env[0]"], "{e}");
     }
 
     #[test]
