@@ -270,7 +270,7 @@ async fn stopping_a_node_drains_its_running_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_github_executor_touches_only_the_deliverys_checked_repository() {
     let (api, seen) = fake_github().await;
-    let c = TestCluster::start_with(1, 10_000, move |cfg: &mut DaemonConfig| {
+    let c = TestCluster::start_with(3, 10_000, move |cfg: &mut DaemonConfig| {
         let gh: GithubConfig = serde_yaml::from_str(&format!("enabled: true\nwebhook_secret: {SECRET}\ntoken: test-token\napi_url: {api}\n")).unwrap();
         cfg.spec.platforms.github = Some(gh);
         cfg.spec.runtime.executors.insert(
