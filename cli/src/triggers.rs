@@ -290,39 +290,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const TWO: &str = "\
-apiVersion: aof.dev/v1
-kind: Trigger
-metadata:
-  name: pr-bot
-spec:
-  type: GitHub
-  config:
-    github_events: [pull_request, issue_comment]
-    repositories: [\"myorg/api\"]
----
-# only a comment
----
-apiVersion: aof.dev/v1
-kind: Agent
-metadata:
-  name: reviewer
-";
-
     #[test]
-    fn multi_document_files_are_split_and_named() {
-        let docs = parse_docs("t.yaml", TWO).unwrap();
-        assert_eq!(docs.len(), 2);
-        assert_eq!(docs[0].to_string(), "trigger/pr-bot");
-        assert!(docs[0].is_trigger());
-        assert_eq!(docs[0].source, "t.yaml (document 1)");
-        assert_eq!(docs[1].to_string(), "agent/reviewer");
-        assert_eq!(docs[1].source, "t.yaml (document 3)");
+    fn documents_are_named_by_kind_and_source() {
+        let text = "kind: Trigger\nmetadata: {name: pr-bot, labels: {team: a}}\n---\n---\nkind: Agent\nmetadata: {name: reviewer}\n";
+        let docs = parse_docs("t.yaml", text).unwrap();
+        let shown: Vec<(String, &str, bool)> = docs.iter().map(|d| (d.to_string(), d.source.as_str(), d.is_trigger())).collect();
+        assert_eq!(shown, [("trigger/pr-bot".to_string(), "t.yaml (document 1)", true), ("agent/reviewer".to_string(), "t.yaml (document 3)", false)]);
         let json = serde_json::to_value(&docs[0].value).unwrap();
-        assert_eq!(
-            json.pointer("/spec/config/github_events/1"),
-            Some(&json!("issue_comment"))
-        );
+        assert_eq!(json.pointer("/metadata/labels/team"), Some(&json!("a")));
     }
 
     #[test]
@@ -350,43 +325,18 @@ metadata:
     }
 
     #[test]
-    fn directories_are_read_in_name_order_and_duplicates_rejected() {
+    fn a_trigger_defined_twice_is_refused_and_load_errors_pass_through() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("b.yaml"),
-            "kind: Trigger\nmetadata: {name: b}\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("a.yml"),
-            "kind: Trigger\nmetadata: {name: a}\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
-        let docs = load_docs(&[dir.path().to_path_buf()]).unwrap();
-        let names: Vec<_> = docs.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["a", "b"]);
-
-        std::fs::write(
-            dir.path().join("c.yaml"),
-            "kind: Trigger\nmetadata: {name: a}\n",
-        )
-        .unwrap();
-        let err = load_docs(&[dir.path().to_path_buf()])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("defined twice"), "{err}");
-
+        for (file, name) in [("one.yaml", "same"), ("two.yml", "same")] {
+            std::fs::write(dir.path().join(file), format!("{{kind: Trigger, metadata: {{name: {name}}}}}")).unwrap();
+        }
+        let err = load_docs(&[dir.path().to_path_buf()]).unwrap_err().to_string();
+        assert!(err.contains("\"same\" is defined twice") && err.contains("one.yaml") && err.contains("two.yml"), "{err}");
         let empty = tempfile::tempdir().unwrap();
-        assert!(load_docs(&[empty.path().to_path_buf()])
-            .unwrap_err()
-            .to_string()
-            .contains("no .yaml"));
-        let missing = dir.path().join("nope.yaml");
-        assert!(load_docs(&[missing])
-            .unwrap_err()
-            .to_string()
-            .starts_with("cannot read"));
+        let err = load_docs(&[empty.path().to_path_buf()]).unwrap_err().to_string();
+        assert!(err.starts_with("no .yaml"), "{err}");
+        let err = load_docs(&[dir.path().join("nope.yaml")]).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read"), "{err}");
     }
 
     #[test]

@@ -9,46 +9,38 @@
 
 use aof_contract::signature::{sign, verify, SignatureError};
 
+/// A fixture body from `shared/fixtures/github-webhooks` beside the repository.
 fn fixture(path: &str) -> Vec<u8> {
-    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for base in ["../../shared/fixtures/github-webhooks", "../shared/fixtures/github-webhooks"] {
-        if let Ok(b) = std::fs::read(here.join(base).join(path)) {
-            return b;
-        }
-    }
-    panic!("fixture {path} not found beside the repository (../shared/fixtures/github-webhooks)");
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bases = ["../../shared/fixtures/github-webhooks", "../shared/fixtures/github-webhooks"];
+    bases.iter().find_map(|b| std::fs::read(here.join(b).join(path)).ok()).unwrap_or_else(|| panic!("fixture {path} not found beside the repository"))
 }
 
-const GOLDEN: &[(&str, &str, &str)] = &[
-    ("push/00-none.json", "s3cret", "sha256=d875fecb856e036684449ffe2d5d2ee301f7d05c18c914ba8cf6b3bc63b40c00"),
-    ("push/00-none.json", "It's a Secret to Everybody", "sha256=3307e842292fd2e8a407f65b2a59887c5c1cb39f9f99d7a9a837ea0af01b9a9a"),
-    ("pull_request/00-opened.json", "s3cret", "sha256=31b097b11a9df42aaf1dc3f9c334252ea976a1a132fdabb6972313336cc28f1a"),
-    (
-        "pull_request/00-opened.json",
-        "It's a Secret to Everybody",
-        "sha256=d2deb9a0d8a9eb18c397aad7d9a41bccb7267b7b0025e44931b3c0f033c5ebe4",
-    ),
-    ("issues/00-edited.json", "s3cret", "sha256=9e29c51c87a3d4002c66a1565314cdca829071c03bd12dc301d5c85cab35ae46"),
-    ("issues/00-edited.json", "It's a Secret to Everybody", "sha256=844ca492b89898cf714f58e5c54cf95102ce30b10582a7b412255a1f2e6877c2"),
-    ("issue_comment/00-created.json", "s3cret", "sha256=399a6cb7d1ed9506d4c5cbcd91789d919a1d66ce7d8e5b71fcf833532649ff88"),
-    (
-        "issue_comment/00-created.json",
-        "It's a Secret to Everybody",
-        "sha256=43656734db3b13e3afbc97d859a124f9dc21b1c225fa1fa5f0c50c46b40984db",
-    ),
+/// The secrets each fixture is signed with, in the order of [`GOLDEN`]'s columns.
+const SECRETS: [&str; 2] = ["s3cret", "It's a Secret to Everybody"];
+
+/// Fixture, then its signature under each of [`SECRETS`].
+#[rustfmt::skip]
+const GOLDEN: &[(&str, [&str; 2])] = &[
+    ("push/00-none.json", ["sha256=d875fecb856e036684449ffe2d5d2ee301f7d05c18c914ba8cf6b3bc63b40c00", "sha256=3307e842292fd2e8a407f65b2a59887c5c1cb39f9f99d7a9a837ea0af01b9a9a"]),
+    ("pull_request/00-opened.json", ["sha256=31b097b11a9df42aaf1dc3f9c334252ea976a1a132fdabb6972313336cc28f1a", "sha256=d2deb9a0d8a9eb18c397aad7d9a41bccb7267b7b0025e44931b3c0f033c5ebe4"]),
+    ("issues/00-edited.json", ["sha256=9e29c51c87a3d4002c66a1565314cdca829071c03bd12dc301d5c85cab35ae46", "sha256=844ca492b89898cf714f58e5c54cf95102ce30b10582a7b412255a1f2e6877c2"]),
+    ("issue_comment/00-created.json", ["sha256=399a6cb7d1ed9506d4c5cbcd91789d919a1d66ce7d8e5b71fcf833532649ff88", "sha256=43656734db3b13e3afbc97d859a124f9dc21b1c225fa1fa5f0c50c46b40984db"]),
 ];
 
 #[test]
 fn fixture_bodies_sign_as_before_and_round_trip() {
-    for (path, secret, expected) in GOLDEN {
+    for (path, signatures) in GOLDEN {
         let body = fixture(path);
-        let sig = sign(secret.as_bytes(), &body);
-        assert_eq!(&sig, expected, "{path} under {secret:?}");
-        assert_eq!(verify(&[b"other", secret.as_bytes()], &body, Some(&sig)), Ok(1), "{path}");
-        // One byte more, and it no longer verifies.
-        let mut changed = body.clone();
-        changed.push(b'\n');
-        assert_eq!(verify(&[secret.as_bytes()], &changed, Some(&sig)), Err(SignatureError::Mismatch), "{path}");
+        for (secret, expected) in SECRETS.iter().zip(signatures) {
+            let sig = sign(secret.as_bytes(), &body);
+            assert_eq!(&sig, expected, "{path} under {secret:?}");
+            assert_eq!(verify(&[b"other", secret.as_bytes()], &body, Some(&sig)), Ok(1), "{path}");
+            // One byte more, and it no longer verifies.
+            let mut changed = body.clone();
+            changed.push(b'\n');
+            assert_eq!(verify(&[secret.as_bytes()], &changed, Some(&sig)), Err(SignatureError::Mismatch), "{path}");
+        }
     }
 }
 
