@@ -107,7 +107,12 @@ fn checked(docs: Vec<yamldir::Document>) -> anyhow::Result<Vec<Doc>> {
                 Some(n) if !n.is_empty() => n.to_string(),
                 _ => bail!("{source}: {kind} has no `metadata.name`"),
             };
-            Ok(Doc { source, kind, name, value: d.value })
+            Ok(Doc {
+                source,
+                kind,
+                name,
+                value: d.value,
+            })
         })
         .collect()
 }
@@ -124,7 +129,9 @@ pub fn load_docs(paths: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
     for path in paths {
         if path.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading stdin")?;
             docs.extend(parse_docs("<stdin>", &text)?);
         } else {
             docs.extend(checked(yamldir::load(path)?)?);
@@ -294,8 +301,17 @@ mod tests {
     fn documents_are_named_by_kind_and_source() {
         let text = "kind: Trigger\nmetadata: {name: pr-bot, labels: {team: a}}\n---\n---\nkind: Agent\nmetadata: {name: reviewer}\n";
         let docs = parse_docs("t.yaml", text).unwrap();
-        let shown: Vec<(String, &str, bool)> = docs.iter().map(|d| (d.to_string(), d.source.as_str(), d.is_trigger())).collect();
-        assert_eq!(shown, [("trigger/pr-bot".to_string(), "t.yaml (document 1)", true), ("agent/reviewer".to_string(), "t.yaml (document 3)", false)]);
+        let shown: Vec<(String, &str, bool)> = docs
+            .iter()
+            .map(|d| (d.to_string(), d.source.as_str(), d.is_trigger()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("trigger/pr-bot".to_string(), "t.yaml (document 1)", true),
+                ("agent/reviewer".to_string(), "t.yaml (document 3)", false)
+            ]
+        );
         let json = serde_json::to_value(&docs[0].value).unwrap();
         assert_eq!(json.pointer("/metadata/labels/team"), Some(&json!("a")));
     }
@@ -328,14 +344,29 @@ mod tests {
     fn a_trigger_defined_twice_is_refused_and_load_errors_pass_through() {
         let dir = tempfile::tempdir().unwrap();
         for (file, name) in [("one.yaml", "same"), ("two.yml", "same")] {
-            std::fs::write(dir.path().join(file), format!("{{kind: Trigger, metadata: {{name: {name}}}}}")).unwrap();
+            std::fs::write(
+                dir.path().join(file),
+                format!("{{kind: Trigger, metadata: {{name: {name}}}}}"),
+            )
+            .unwrap();
         }
-        let err = load_docs(&[dir.path().to_path_buf()]).unwrap_err().to_string();
-        assert!(err.contains("\"same\" is defined twice") && err.contains("one.yaml") && err.contains("two.yml"), "{err}");
+        let err = load_docs(&[dir.path().to_path_buf()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"same\" is defined twice")
+                && err.contains("one.yaml")
+                && err.contains("two.yml"),
+            "{err}"
+        );
         let empty = tempfile::tempdir().unwrap();
-        let err = load_docs(&[empty.path().to_path_buf()]).unwrap_err().to_string();
+        let err = load_docs(&[empty.path().to_path_buf()])
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("no .yaml"), "{err}");
-        let err = load_docs(&[dir.path().join("nope.yaml")]).unwrap_err().to_string();
+        let err = load_docs(&[dir.path().join("nope.yaml")])
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("cannot read"), "{err}");
     }
 

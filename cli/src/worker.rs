@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aof_client::{FailOutcome, Lease, Worker, WorkerError};
 use aof_contract::jobenv::{EnvPolicy, Job};
-use aof_contract::process::{self, describe_exit, failure_message, Ended, Finished, Spec, MAX_RESULT_BYTES};
+use aof_contract::process::{
+    self, describe_exit, failure_message, Ended, Finished, Spec, MAX_RESULT_BYTES,
+};
 use clap::Args;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -178,9 +180,18 @@ async fn until(rx: &mut watch::Receiver<Phase>, phase: Phase) {
 /// Runs the command for `lease` (the shared runner: own process group, cleared
 /// environment, bounded output, group killed on timeout); a lost lease or the
 /// end of a drain kills the group too.
-async fn execute(lease: &Lease, ctx: &Ctx, phase: &mut watch::Receiver<Phase>) -> std::io::Result<Outcome> {
+async fn execute(
+    lease: &Lease,
+    ctx: &Ctx,
+    phase: &mut watch::Receiver<Phase>,
+) -> std::io::Result<Outcome> {
     let env = ctx.env.environment(&lease_job(lease, &ctx.worker_id));
-    let spec = Spec::new(ctx.command.clone(), env, lease.payload().to_vec(), ctx.task_timeout);
+    let spec = Spec::new(
+        ctx.command.clone(),
+        env,
+        lease.payload().to_vec(),
+        ctx.task_timeout,
+    );
     let mut running = process::start(spec)?;
     let killer = running.killer();
     tokio::select! {
@@ -235,7 +246,9 @@ async fn run_job(lease: Lease, ctx: Arc<Ctx>, mut phase: watch::Receiver<Phase>)
             return;
         }
         Outcome::Aborted(run) => {
-            let what = format!("the worker stopped (--drain-timeout) after {elapsed}; the command was killed");
+            let what = format!(
+                "the worker stopped (--drain-timeout) after {elapsed}; the command was killed"
+            );
             report_failure(lease, failure_message(&what, &run.stderr)).await;
             return;
         }
@@ -265,7 +278,11 @@ async fn run_job(lease: Lease, ctx: Arc<Ctx>, mut phase: watch::Receiver<Phase>)
             report_failure(lease, failure_message(&what, err)).await;
         }
         Ended::Killed => {
-            report_failure(lease, failure_message(&format!("the command was killed after {elapsed}"), err)).await;
+            report_failure(
+                lease,
+                failure_message(&format!("the command was killed after {elapsed}"), err),
+            )
+            .await;
         }
     }
 }

@@ -69,7 +69,15 @@ pub const CTX_PREFIX: &str = "AOF_CTX_";
 /// A context variable's name in the environment: `pr_number` → `PR_NUMBER`
 /// (ASCII letters and digits upper-cased, everything else `_`).
 pub fn env_name(key: &str) -> String {
-    key.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A value safe for the environment: NUL bytes removed (no environment can hold
@@ -84,7 +92,11 @@ pub fn env_value(v: &str) -> String {
 /// `TRACEPARENT` only when known.
 pub fn variables(job: &Job<'_>) -> Vec<(String, String)> {
     let ctx = |k: &str| job.context.get(k).cloned().unwrap_or_default();
-    let params = if job.params_json.trim().is_empty() { "null" } else { job.params_json };
+    let params = if job.params_json.trim().is_empty() {
+        "null"
+    } else {
+        job.params_json
+    };
     let mut env: Vec<(String, String)> = vec![
         ("AOF_EVENT".into(), job.event.into()),
         ("AOF_ACTION".into(), ctx(ACTION_KEY)),
@@ -103,22 +115,35 @@ pub fn variables(job: &Job<'_>) -> Vec<(String, String)> {
     if !job.traceparent.is_empty() {
         env.push(("TRACEPARENT".into(), job.traceparent.into()));
     }
-    env.extend(job.context.iter().map(|(k, v)| (format!("{CTX_PREFIX}{}", env_name(k)), v.clone())));
+    env.extend(
+        job.context
+            .iter()
+            .map(|(k, v)| (format!("{CTX_PREFIX}{}", env_name(k)), v.clone())),
+    );
     env.into_iter().map(|(k, v)| (k, env_value(&v))).collect()
 }
 
 /// The runner's variables a job may see when nothing else is configured.
 /// `LC_*` is a prefix: every locale category.
-pub const DEFAULT_ALLOWED: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR"];
+pub const DEFAULT_ALLOWED: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR",
+];
 
 /// Names that hold credentials of the runner; never passed, whatever is allowed.
-const DENIED_EXACT: &[&str] = &["GITHUB_TOKEN", "GH_TOKEN", "GITHUB_ENTERPRISE_TOKEN", "GH_ENTERPRISE_TOKEN"];
+const DENIED_EXACT: &[&str] = &[
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "GITHUB_ENTERPRISE_TOKEN",
+    "GH_ENTERPRISE_TOKEN",
+];
 
 /// Whether `name` may never reach a job, whatever the allow-list says (the names
 /// listed in the module docs; case-insensitive).
 pub fn is_denied(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    DENIED_EXACT.contains(&upper.as_str()) || upper.contains("WEBHOOK_SECRET") || upper.starts_with("AOF_")
+    DENIED_EXACT.contains(&upper.as_str())
+        || upper.contains("WEBHOOK_SECRET")
+        || upper.starts_with("AOF_")
 }
 
 /// An allow-list entry: a name, or a prefix ending in `*`.
@@ -163,7 +188,13 @@ pub struct EnvPolicy {
 
 impl Default for EnvPolicy {
     fn default() -> Self {
-        EnvPolicy { allow: DEFAULT_ALLOWED.iter().map(|p| parse_pattern(p).expect("valid default")).collect(), deny: Vec::new() }
+        EnvPolicy {
+            allow: DEFAULT_ALLOWED
+                .iter()
+                .map(|p| parse_pattern(p).expect("valid default"))
+                .collect(),
+            deny: Vec::new(),
+        }
     }
 }
 
@@ -174,14 +205,25 @@ fn parse_pattern(entry: &str) -> Result<Pattern, PolicyError> {
         None => (entry, false),
     };
     let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(bad());
     }
-    if is_denied(name) || (prefix && DENIED_EXACT.iter().any(|d| d.starts_with(&name.to_ascii_uppercase()))) {
+    if is_denied(name)
+        || (prefix
+            && DENIED_EXACT
+                .iter()
+                .any(|d| d.starts_with(&name.to_ascii_uppercase())))
+    {
         return Err(PolicyError::Denied(entry.to_string()));
     }
-    Ok(if prefix { Pattern::Prefix(name.to_string()) } else { Pattern::Exact(name.to_string()) })
+    Ok(if prefix {
+        Pattern::Prefix(name.to_string())
+    } else {
+        Pattern::Exact(name.to_string())
+    })
 }
 
 /// Check one operator-given entry (`NAME` or `PREFIX*`), e.g. while validating a
@@ -208,19 +250,31 @@ impl EnvPolicy {
     /// Never pass these names either (the runner's own secrets: the variable its
     /// GitHub token is read from, those its webhook secrets are read from).
     pub fn deny<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
-        self.deny.extend(names.into_iter().map(|n| n.as_ref().to_string()).filter(|n| !n.is_empty()));
+        self.deny.extend(
+            names
+                .into_iter()
+                .map(|n| n.as_ref().to_string())
+                .filter(|n| !n.is_empty()),
+        );
         self
     }
 
     /// Whether a job may see the runner's variable `name`.
     pub fn allows(&self, name: &str) -> bool {
-        !is_denied(name) && !self.deny.iter().any(|d| d.eq_ignore_ascii_case(name)) && self.allow.iter().any(|p| p.matches(name))
+        !is_denied(name)
+            && !self.deny.iter().any(|d| d.eq_ignore_ascii_case(name))
+            && self.allow.iter().any(|p| p.matches(name))
     }
 
     /// The allowed part of `vars` (the runner's environment). Names that are not
     /// UTF-8 are dropped: no allowed name is.
-    pub fn filter(&self, vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
-        vars.into_iter().filter(|(k, _)| k.to_str().is_some_and(|k| self.allows(k))).collect()
+    pub fn filter(
+        &self,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Vec<(OsString, OsString)> {
+        vars.into_iter()
+            .filter(|(k, _)| k.to_str().is_some_and(|k| self.allows(k)))
+            .collect()
     }
 
     /// The complete environment of `job`'s command: the allowed part of this
@@ -236,8 +290,11 @@ impl EnvPolicy {
         job: &Job<'_>,
     ) -> Vec<(OsString, OsString)> {
         let job_vars = variables(job);
-        let mut env: Vec<(OsString, OsString)> =
-            self.filter(runner).into_iter().filter(|(k, _)| !job_vars.iter().any(|(j, _)| OsStr::new(j) == k)).collect();
+        let mut env: Vec<(OsString, OsString)> = self
+            .filter(runner)
+            .into_iter()
+            .filter(|(k, _)| !job_vars.iter().any(|(j, _)| OsStr::new(j) == k))
+            .collect();
         env.extend(job_vars.into_iter().map(|(k, v)| (k.into(), v.into())));
         env
     }
@@ -248,7 +305,10 @@ mod tests {
     use super::*;
 
     fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn job<'a>(context: &'a BTreeMap<String, String>) -> Job<'a> {
@@ -278,7 +338,12 @@ mod tests {
 
     #[test]
     fn a_job_is_described_in_the_environment() {
-        let c = ctx(&[("action", "opened"), ("repo_full_name", "acme/api"), ("issue_labels", "[\"bug\"]"), ("comment_body", "a\0b")]);
+        let c = ctx(&[
+            ("action", "opened"),
+            ("repo_full_name", "acme/api"),
+            ("issue_labels", "[\"bug\"]"),
+            ("comment_body", "a\0b"),
+        ]);
         let env: BTreeMap<String, String> = variables(&job(&c)).into_iter().collect();
         let get = |k: &str| env.get(k).map(String::as_str);
         assert_eq!(get("AOF_EVENT"), Some("issues"));
@@ -295,14 +360,23 @@ mod tests {
         assert_eq!(get("AOF_WORKER_ID"), Some("w-1"));
         assert_eq!(get("AOF_FENCING_TOKEN"), Some("99"));
         assert_eq!(get("AOF_CTX_ISSUE_LABELS"), Some("[\"bug\"]"));
-        assert_eq!(get("AOF_CTX_COMMENT_BODY"), Some("ab"), "NUL bytes are removed");
+        assert_eq!(
+            get("AOF_CTX_COMMENT_BODY"),
+            Some("ab"),
+            "NUL bytes are removed"
+        );
         assert_eq!(get("AOF_CTX_REPO_FULL_NAME"), Some("acme/api"));
         assert_eq!(get("TRACEPARENT"), None);
         assert_eq!(env.len(), 13 + 4);
 
         // A push has no action: the variable is set, empty.
         let empty = BTreeMap::new();
-        let push = Job { event: "push", params_json: "{\"a\":1}", traceparent: "00-x", ..job(&empty) };
+        let push = Job {
+            event: "push",
+            params_json: "{\"a\":1}",
+            traceparent: "00-x",
+            ..job(&empty)
+        };
         let env = variables(&push);
         assert!(env.contains(&("AOF_ACTION".into(), String::new())));
         assert!(env.contains(&("AOF_REPO".into(), String::new())));
@@ -311,7 +385,10 @@ mod tests {
     }
 
     fn os(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
     }
 
     #[test]
@@ -334,34 +411,81 @@ mod tests {
         ]);
         let c = ctx(&[("action", "opened")]);
         let names = |p: &EnvPolicy| -> Vec<String> {
-            p.environment_from(runner.clone(), &job(&c)).into_iter().map(|(k, _)| k.into_string().unwrap()).collect()
+            p.environment_from(runner.clone(), &job(&c))
+                .into_iter()
+                .map(|(k, _)| k.into_string().unwrap())
+                .collect()
         };
         let default = names(&EnvPolicy::default());
         for must in ["PATH", "HOME", "LC_ALL", "AOF_EVENT", "AOF_CTX_ACTION"] {
-            assert!(default.contains(&must.to_string()), "{must} missing: {default:?}");
+            assert!(
+                default.contains(&must.to_string()),
+                "{must} missing: {default:?}"
+            );
         }
-        for never in ["GITHUB_TOKEN", "GH_TOKEN", "GITHUB_WEBHOOK_SECRET", "ACME_WEBHOOK_SECRET", "AOF_ADMIN_TOKEN", "AOF_WORKER_TOKEN", "AOF_CTX_STALE", "AWS_SECRET_ACCESS_KEY", "MY_TOOL_HOME", "MY_GH_TOKEN"] {
-            assert!(!default.contains(&never.to_string()), "{never} leaked: {default:?}");
+        for never in [
+            "GITHUB_TOKEN",
+            "GH_TOKEN",
+            "GITHUB_WEBHOOK_SECRET",
+            "ACME_WEBHOOK_SECRET",
+            "AOF_ADMIN_TOKEN",
+            "AOF_WORKER_TOKEN",
+            "AOF_CTX_STALE",
+            "AWS_SECRET_ACCESS_KEY",
+            "MY_TOOL_HOME",
+            "MY_GH_TOKEN",
+        ] {
+            assert!(
+                !default.contains(&never.to_string()),
+                "{never} leaked: {default:?}"
+            );
         }
         let env = EnvPolicy::default().environment_from(runner.clone(), &job(&c));
-        assert_eq!(env.iter().filter(|(k, _)| k == "AOF_EVENT").count(), 1, "the job's AOF_EVENT replaces the runner's");
+        assert_eq!(
+            env.iter().filter(|(k, _)| k == "AOF_EVENT").count(),
+            1,
+            "the job's AOF_EVENT replaces the runner's"
+        );
         assert!(env.contains(&("AOF_EVENT".into(), "issues".into())));
 
         // The operator adds names; a runner secret named by the caller stays out.
         let extra = EnvPolicy::new(&["MY_TOOL_*", "MY_GH_TOKEN"]).unwrap();
         let with_extra = names(&extra);
-        assert!(with_extra.contains(&"MY_TOOL_HOME".to_string()) && with_extra.contains(&"MY_GH_TOKEN".to_string()));
+        assert!(
+            with_extra.contains(&"MY_TOOL_HOME".to_string())
+                && with_extra.contains(&"MY_GH_TOKEN".to_string())
+        );
         let denied = names(&extra.deny(["MY_GH_TOKEN"]));
-        assert!(denied.contains(&"MY_TOOL_HOME".to_string()) && !denied.contains(&"MY_GH_TOKEN".to_string()));
+        assert!(
+            denied.contains(&"MY_TOOL_HOME".to_string())
+                && !denied.contains(&"MY_GH_TOKEN".to_string())
+        );
     }
 
     #[test]
     fn credentials_and_bad_names_cannot_be_allowed() {
-        for entry in ["GITHUB_TOKEN", "github_token", "GH_TOKEN", "GITHUB_*", "GH*", "AOF_ADMIN_TOKEN", "AOF_*", "X_WEBHOOK_SECRET"] {
-            assert_eq!(EnvPolicy::new(&[entry]), Err(PolicyError::Denied(entry.into())), "{entry}");
+        for entry in [
+            "GITHUB_TOKEN",
+            "github_token",
+            "GH_TOKEN",
+            "GITHUB_*",
+            "GH*",
+            "AOF_ADMIN_TOKEN",
+            "AOF_*",
+            "X_WEBHOOK_SECRET",
+        ] {
+            assert_eq!(
+                EnvPolicy::new(&[entry]),
+                Err(PolicyError::Denied(entry.into())),
+                "{entry}"
+            );
         }
         for entry in ["", "*", "1ABC", "A-B", "A B", "A=B", "A*B"] {
-            assert_eq!(EnvPolicy::new(&[entry]), Err(PolicyError::BadName(entry.into())), "{entry}");
+            assert_eq!(
+                EnvPolicy::new(&[entry]),
+                Err(PolicyError::BadName(entry.into())),
+                "{entry}"
+            );
         }
         assert!(check_entry("SSL_CERT_FILE").is_ok() && check_entry("NPM_*").is_ok());
         // A prefix the operator allowed still never lets a credential through.

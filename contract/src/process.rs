@@ -64,8 +64,20 @@ pub struct Spec {
 }
 
 impl Spec {
-    pub fn new(argv: Vec<String>, env: Vec<(OsString, OsString)>, stdin: Vec<u8>, timeout: Duration) -> Self {
-        Spec { argv, env, stdin, timeout, stdout_limit: MAX_RESULT_BYTES, stderr_limit: STDERR_TAIL_BYTES }
+    pub fn new(
+        argv: Vec<String>,
+        env: Vec<(OsString, OsString)>,
+        stdin: Vec<u8>,
+        timeout: Duration,
+    ) -> Self {
+        Spec {
+            argv,
+            env,
+            stdin,
+            timeout,
+            stdout_limit: MAX_RESULT_BYTES,
+            stderr_limit: STDERR_TAIL_BYTES,
+        }
     }
 }
 
@@ -214,8 +226,10 @@ fn kill_group(pid: u32) {
 }
 
 fn spawn(spec: &Spec) -> io::Result<Child> {
-    let (program, args) =
-        spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -367,7 +381,12 @@ fn try_reap(child: &mut Child, killer: &Killer) -> io::Result<Option<ExitStatus>
     Ok(status)
 }
 
-fn supervise(child: &mut Child, spec: &Spec, killer: &Killer, started: Instant) -> io::Result<Finished> {
+fn supervise(
+    child: &mut Child,
+    spec: &Spec,
+    killer: &Killer,
+    started: Instant,
+) -> io::Result<Finished> {
     let mut stdin = Pipe::new(child.stdin.take())?;
     let mut stdout = Pipe::new(child.stdout.take())?;
     let mut stderr = Pipe::new(child.stderr.take())?;
@@ -376,7 +395,9 @@ fn supervise(child: &mut Child, spec: &Spec, killer: &Killer, started: Instant) 
     let mut written = 0usize;
     let mut buf = vec![0u8; CHUNK];
     // A timeout too large for the clock is no timeout.
-    let deadline = started.checked_add(spec.timeout).unwrap_or_else(|| started + Duration::from_secs(u32::MAX.into()));
+    let deadline = started
+        .checked_add(spec.timeout)
+        .unwrap_or_else(|| started + Duration::from_secs(u32::MAX.into()));
     let mut killed_by_us: Option<Ended> = None;
     let mut kill_deadline: Option<Instant> = None;
     let mut status: Option<ExitStatus> = None;
@@ -402,7 +423,10 @@ fn supervise(child: &mut Child, spec: &Spec, killer: &Killer, started: Instant) 
             kill_group(child.id());
         }
         if kill_deadline.is_some_and(|k| now >= k) && status.is_none() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "the killed command was not reaped in time"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the killed command was not reaped in time",
+            ));
         }
         let wake = match (status, grace_end, kill_deadline) {
             (Some(_), Some(g), _) => g,
@@ -416,7 +440,11 @@ fn supervise(child: &mut Child, spec: &Spec, killer: &Killer, started: Instant) 
         let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
         let mut push = |fd: Option<RawFd>, events: libc::c_short| {
             if let Some(fd) = fd {
-                fds.push(libc::pollfd { fd, events, revents: 0 });
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
             }
         };
         push(stdin.fd(), libc::POLLOUT);
@@ -452,7 +480,12 @@ fn supervise(child: &mut Child, spec: &Spec, killer: &Killer, started: Instant) 
         (None, Some(s)) => Ended::Exited(s),
         (None, None) => unreachable!("the loop ends only after the command exited"),
     };
-    Ok(Finished { ended, stdout: out, stderr: err, elapsed: started.elapsed() })
+    Ok(Finished {
+        ended,
+        stdout: out,
+        stderr: err,
+        elapsed: started.elapsed(),
+    })
 }
 
 struct Shared {
@@ -506,18 +539,27 @@ impl Drop for Running {
 /// until it is reaped, so the Linux parent-death signal fires only if the runner
 /// itself dies.
 pub fn start(spec: Spec) -> io::Result<Running> {
-    let shared = Arc::new(Mutex::new(Shared { result: None, waker: None }));
+    let shared = Arc::new(Mutex::new(Shared {
+        result: None,
+        waker: None,
+    }));
     let killer = Killer::new();
     let (s2, k2) = (shared.clone(), killer.clone());
-    std::thread::Builder::new().name("aof-job".into()).spawn(move || {
-        let result = run(&spec, &k2);
-        let mut shared = s2.lock().expect("run state");
-        shared.result = Some(result);
-        if let Some(w) = shared.waker.take() {
-            w.wake();
-        }
-    })?;
-    Ok(Running { shared, killer, done: false })
+    std::thread::Builder::new()
+        .name("aof-job".into())
+        .spawn(move || {
+            let result = run(&spec, &k2);
+            let mut shared = s2.lock().expect("run state");
+            shared.result = Some(result);
+            if let Some(w) = shared.waker.take() {
+                w.wake();
+            }
+        })?;
+    Ok(Running {
+        shared,
+        killer,
+        done: false,
+    })
 }
 
 #[cfg(test)]
@@ -531,7 +573,10 @@ mod tests {
         for chunk in data.chunks(7) {
             head.push(chunk, 10, false);
         }
-        assert_eq!((head.bytes.clone(), head.total, head.dropped()), ((0..10).collect::<Vec<u8>>(), 100, 90));
+        assert_eq!(
+            (head.bytes.clone(), head.total, head.dropped()),
+            ((0..10).collect::<Vec<u8>>(), 100, 90)
+        );
         let mut tail = Captured::default();
         for chunk in data.chunks(7) {
             tail.push(chunk, 10, true);
@@ -547,7 +592,11 @@ mod tests {
         assert_eq!(result_text(b"hello\n"), "hello\n");
         let big = "é".repeat(MAX_RESULT_BYTES); // 2 bytes each
         let r = result_text(big.as_bytes());
-        assert!(r.len() <= MAX_RESULT_BYTES && r.len() >= MAX_RESULT_BYTES - 4, "{}", r.len());
+        assert!(
+            r.len() <= MAX_RESULT_BYTES && r.len() >= MAX_RESULT_BYTES - 4,
+            "{}",
+            r.len()
+        );
         assert!(r.chars().all(|c| c == 'é'));
     }
 
@@ -555,9 +604,21 @@ mod tests {
     fn failures_quote_the_stderr_tail() {
         assert_eq!(describe_exit(ExitStatus::from_raw(3 << 8)), "exit status 3");
         assert_eq!(describe_exit(ExitStatus::from_raw(9)), "killed by signal 9");
-        let err = |b: &[u8], total| Captured { bytes: b.to_vec(), total };
-        assert_eq!(failure_message("exit status 3", &err(b"  boom\n", 7)), "exit status 3; stderr: boom");
-        assert_eq!(failure_message("exit status 1", &err(b"", 0)), "exit status 1 (no stderr output)");
-        assert_eq!(failure_message("exit status 1", &err(b"end", 10)), "exit status 1; stderr (7 earlier bytes dropped): …end");
+        let err = |b: &[u8], total| Captured {
+            bytes: b.to_vec(),
+            total,
+        };
+        assert_eq!(
+            failure_message("exit status 3", &err(b"  boom\n", 7)),
+            "exit status 3; stderr: boom"
+        );
+        assert_eq!(
+            failure_message("exit status 1", &err(b"", 0)),
+            "exit status 1 (no stderr output)"
+        );
+        assert_eq!(
+            failure_message("exit status 1", &err(b"end", 10)),
+            "exit status 1; stderr (7 earlier bytes dropped): …end"
+        );
     }
 }

@@ -46,14 +46,18 @@ pub enum SignatureError {
 
 fn mac(secret: &[u8], body: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    let mut mac =
+        <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
     mac.update(body);
     mac
 }
 
 /// The `X-Hub-Signature-256` value GitHub would send: `sha256=<lowercase hex>`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    format!("sha256={}", hex::encode(mac(secret, body).finalize().into_bytes()))
+    format!(
+        "sha256={}",
+        hex::encode(mac(secret, body).finalize().into_bytes())
+    )
 }
 
 /// Decode `sha256=<64 hex digits>` (hex in either case, surrounding whitespace ignored).
@@ -96,11 +100,18 @@ fn parse_header(header: &str) -> Result<[u8; 32], SignatureError> {
 /// non-empty secret, [`SignatureError::Missing`] when the header is absent or blank,
 /// [`SignatureError::Malformed`] when it is not `sha256=<64 hex digits>`,
 /// [`SignatureError::Mismatch`] when no secret matches.
-pub fn verify(secrets: &[&[u8]], body: &[u8], header: Option<&str>) -> Result<usize, SignatureError> {
+pub fn verify(
+    secrets: &[&[u8]],
+    body: &[u8],
+    header: Option<&str>,
+) -> Result<usize, SignatureError> {
     if secrets.iter().all(|s| s.is_empty()) {
         return Err(SignatureError::NoSecretConfigured);
     }
-    let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(SignatureError::Missing)?;
+    let header = header
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .ok_or(SignatureError::Missing)?;
     let digest = parse_header(header)?;
     let mut found = None;
     for (i, secret) in secrets.iter().enumerate() {
@@ -139,7 +150,14 @@ mod tests {
         assert!(header.starts_with("sha256=") && header.len() == 7 + 64);
         assert_eq!(verify(&[b"test-secret"], body, Some(&header)), Ok(0));
         assert_eq!(
-            verify(&[GH_SECRET], GH_BODY, Some(&format!("  {}  ", GH_SIG.to_uppercase().replace("SHA256", "sha256")))),
+            verify(
+                &[GH_SECRET],
+                GH_BODY,
+                Some(&format!(
+                    "  {}  ",
+                    GH_SIG.to_uppercase().replace("SHA256", "sha256")
+                ))
+            ),
             Ok(0)
         );
     }
@@ -148,22 +166,40 @@ mod tests {
     fn rotation_returns_the_matching_index() {
         let header = sign(b"new", b"body");
         assert_eq!(verify(&[b"old", b"new"], b"body", Some(&header)), Ok(1));
-        assert_eq!(verify(&[b"", b"new", b"new"], b"body", Some(&header)), Ok(1));
+        assert_eq!(
+            verify(&[b"", b"new", b"new"], b"body", Some(&header)),
+            Ok(1)
+        );
     }
 
     #[test]
     fn wrong_secret_or_body_is_a_mismatch() {
         let header = sign(b"right", b"body");
-        assert_eq!(verify(&[b"wrong"], b"body", Some(&header)), Err(SignatureError::Mismatch));
-        assert_eq!(verify(&[b"right"], b"body!", Some(&header)), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&[b"wrong"], b"body", Some(&header)),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(&[b"right"], b"body!", Some(&header)),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
     fn missing_malformed_and_unconfigured() {
         assert_eq!(verify(&[b"s"], b"b", None), Err(SignatureError::Missing));
-        assert_eq!(verify(&[b"s"], b"b", Some("  ")), Err(SignatureError::Missing));
-        assert_eq!(verify(&[], b"b", Some(GH_SIG)), Err(SignatureError::NoSecretConfigured));
-        assert_eq!(verify(&[b""], b"b", None), Err(SignatureError::NoSecretConfigured));
+        assert_eq!(
+            verify(&[b"s"], b"b", Some("  ")),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify(&[], b"b", Some(GH_SIG)),
+            Err(SignatureError::NoSecretConfigured)
+        );
+        assert_eq!(
+            verify(&[b""], b"b", None),
+            Err(SignatureError::NoSecretConfigured)
+        );
         for bad in [
             "sha1=0123456789abcdef0123456789abcdef01234567",
             "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
@@ -173,7 +209,9 @@ mod tests {
             let e = verify(&[b"s"], b"b", Some(bad)).unwrap_err();
             assert!(matches!(e, SignatureError::Malformed(_)), "{bad}: {e:?}");
         }
-        let e = verify(&[b"s"], b"b", Some("sha1=00")).unwrap_err().to_string();
+        let e = verify(&[b"s"], b"b", Some("sha1=00"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sha1") && e.contains("sha256="), "{e}");
     }
 }

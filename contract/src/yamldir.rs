@@ -43,13 +43,18 @@ impl Document {
 
     /// The string at `metadata.name`, if any.
     pub fn name(&self) -> Option<&str> {
-        self.value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str())
+        self.value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
     }
 
     /// The document as JSON (fails on keys that are not strings, and the like).
     pub fn to_json(&self) -> Result<serde_json::Value, Error> {
-        serde_json::to_value(&self.value)
-            .map_err(|e| Error::NotJson { source_label: self.source(), message: e.to_string() })
+        serde_json::to_value(&self.value).map_err(|e| Error::NotJson {
+            source_label: self.source(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -80,7 +85,10 @@ pub enum Error {
         message: String,
     },
     #[error("{source_label}: cannot be read as JSON: {message}")]
-    NotJson { source_label: String, message: String },
+    NotJson {
+        source_label: String,
+        message: String,
+    },
 }
 
 impl Error {
@@ -97,14 +105,22 @@ impl Error {
 fn yaml_error(source_label: String, e: &serde_yaml::Error) -> Error {
     // serde_yaml's message usually ends with "at line L column C" already.
     let message = match e.location() {
-        Some(loc) if !e.to_string().contains(" line ") => format!(" at line {} column {}: {e}", loc.line(), loc.column()),
+        Some(loc) if !e.to_string().contains(" line ") => {
+            format!(" at line {} column {}: {e}", loc.line(), loc.column())
+        }
         _ => format!(": {e}"),
     };
-    Error::Yaml { source_label, message }
+    Error::Yaml {
+        source_label,
+        message,
+    }
 }
 
 fn read_error(path: &Path, source: io::Error) -> Error {
-    Error::Read { path: path.display().to_string(), source }
+    Error::Read {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// The files to read for `path`: the file itself, or the files of the directory
@@ -132,14 +148,25 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Error> {
     let mut of = 0;
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         // The count is not known yet: name the document unless it is the first.
-        let here = || if i == 0 { file.to_string() } else { label(file, i + 1, i + 1) };
+        let here = || {
+            if i == 0 {
+                file.to_string()
+            } else {
+                label(file, i + 1, i + 1)
+            }
+        };
         let mut value = serde_yaml::Value::deserialize(de).map_err(|e| yaml_error(here(), &e))?;
         of = i + 1;
         if value.is_null() {
             continue;
         }
         value.apply_merge().map_err(|e| yaml_error(here(), &e))?;
-        docs.push(Document { file: file.to_string(), index: i + 1, of: 0, value });
+        docs.push(Document {
+            file: file.to_string(),
+            index: i + 1,
+            of: 0,
+            value,
+        });
     }
     for d in &mut docs {
         d.of = of;
@@ -209,14 +236,25 @@ metadata:
     fn documents_are_split_numbered_and_merged() {
         let docs = parse("t.yaml", TWO).unwrap();
         assert_eq!(docs.len(), 2);
-        assert_eq!((docs[0].kind(), docs[0].name(), docs[0].source().as_str()), (Some("Trigger"), Some("pr-bot"), "t.yaml (document 1)"));
-        assert_eq!((docs[1].kind(), docs[1].name(), docs[1].source().as_str()), (Some("Agent"), Some("reviewer"), "t.yaml (document 3)"));
+        assert_eq!(
+            (docs[0].kind(), docs[0].name(), docs[0].source().as_str()),
+            (Some("Trigger"), Some("pr-bot"), "t.yaml (document 1)")
+        );
+        assert_eq!(
+            (docs[1].kind(), docs[1].name(), docs[1].source().as_str()),
+            (Some("Agent"), Some("reviewer"), "t.yaml (document 3)")
+        );
         let json = docs[0].to_json().unwrap();
-        assert_eq!(json.pointer("/spec/config/github_events/1"), Some(&serde_json::json!("issue_comment")));
+        assert_eq!(
+            json.pointer("/spec/config/github_events/1"),
+            Some(&serde_json::json!("issue_comment"))
+        );
         let one = parse("one.yaml", "kind: Trigger\n").unwrap();
         assert_eq!(one[0].source(), "one.yaml");
         assert!(parse("empty.yaml", "").unwrap().is_empty());
-        assert!(parse("comments.yaml", "# nothing\n---\n").unwrap().is_empty());
+        assert!(parse("comments.yaml", "# nothing\n---\n")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -224,40 +262,86 @@ metadata:
         let e = parse("bad.yaml", "kind: Trigger\nmetadata:\n  name: [unclosed\n").unwrap_err();
         assert_eq!(e.source_label(), "bad.yaml");
         let msg = e.to_string();
-        assert!(msg.starts_with("bad.yaml: invalid YAML") && msg.contains("line "), "{msg}");
+        assert!(
+            msg.starts_with("bad.yaml: invalid YAML") && msg.contains("line "),
+            "{msg}"
+        );
         let e = parse("multi.yaml", "kind: A\n---\nkind: [B\n").unwrap_err();
-        assert!(e.to_string().starts_with("multi.yaml (document 2): invalid YAML"), "{e}");
-        let e = parse("keys.yaml", "{[1, 2]: x}\n").unwrap()[0].to_json().unwrap_err();
-        assert!(e.to_string().starts_with("keys.yaml: cannot be read as JSON"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("multi.yaml (document 2): invalid YAML"),
+            "{e}"
+        );
+        let e = parse("keys.yaml", "{[1, 2]: x}\n").unwrap()[0]
+            .to_json()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("keys.yaml: cannot be read as JSON"),
+            "{e}"
+        );
     }
 
     #[test]
     fn directories_are_read_in_name_order() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("b.yaml"), "kind: Trigger\nmetadata: {name: b}\n").unwrap();
-        std::fs::write(dir.path().join("a.yml"), "kind: Trigger\nmetadata: {name: a}\n").unwrap();
-        std::fs::write(dir.path().join("c.json"), "{\"kind\": \"Trigger\", \"metadata\": {\"name\": \"c\"}}").unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            "kind: Trigger\nmetadata: {name: b}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("a.yml"),
+            "kind: Trigger\nmetadata: {name: a}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("c.json"),
+            "{\"kind\": \"Trigger\", \"metadata\": {\"name\": \"c\"}}",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
         std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
-        let names = |docs: &[Document]| docs.iter().map(|d| d.name().unwrap().to_string()).collect::<Vec<_>>();
+        let names = |docs: &[Document]| {
+            docs.iter()
+                .map(|d| d.name().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&load(dir.path()).unwrap()), ["a", "b", "c"]);
-        assert_eq!(load(&dir.path().join("b.yaml")).unwrap()[0].file, dir.path().join("b.yaml").display().to_string());
+        assert_eq!(
+            load(&dir.path().join("b.yaml")).unwrap()[0].file,
+            dir.path().join("b.yaml").display().to_string()
+        );
 
         // A broken file: `load` stops and names it; `load_each` keeps the others.
         let broken = dir.path().join("b2.yaml");
         std::fs::write(&broken, "kind: [\n").unwrap();
         let e = load(dir.path()).unwrap_err();
-        assert!(e.to_string().starts_with(&format!("{}: invalid YAML", broken.display())), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: invalid YAML", broken.display())),
+            "{e}"
+        );
         let (docs, errors) = load_each(dir.path());
         assert_eq!(names(&docs), ["a", "b", "c"]);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].source_label(), broken.display().to_string());
 
         let empty = tempfile::tempdir().unwrap();
-        assert!(load(empty.path()).unwrap_err().to_string().starts_with("no .yaml"));
-        assert_eq!(load_each(empty.path()).0.len() + load_each(empty.path()).1.len(), 0);
+        assert!(load(empty.path())
+            .unwrap_err()
+            .to_string()
+            .starts_with("no .yaml"));
+        assert_eq!(
+            load_each(empty.path()).0.len() + load_each(empty.path()).1.len(),
+            0
+        );
         let missing = dir.path().join("nope.yaml");
         let e = load(&missing).unwrap_err();
-        assert!(e.to_string().starts_with(&format!("cannot read {}", missing.display())), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot read {}", missing.display())),
+            "{e}"
+        );
     }
 }

@@ -23,7 +23,10 @@ fn a_job_gets_the_contract_and_the_allow_list_and_no_credentials() {
     ] {
         std::env::set_var(k, v);
     }
-    let context: BTreeMap<String, String> = [("repo_full_name", "acme/api"), ("pr_number", "3")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let context: BTreeMap<String, String> = [("repo_full_name", "acme/api"), ("pr_number", "3")]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     let job = Job {
         event: "pull_request",
         delivery_id: "d-1",
@@ -39,17 +42,37 @@ fn a_job_gets_the_contract_and_the_allow_list_and_no_credentials() {
         traceparent: "",
         context: &context,
     };
-    let policy = EnvPolicy::new(&["SSL_CERT_FILE", "MY_APP_TOKEN"]).unwrap().deny(["MY_APP_TOKEN"]);
-    let spec = Spec::new(vec!["env".into()], policy.environment(&job), Vec::new(), Duration::from_secs(30));
+    let policy = EnvPolicy::new(&["SSL_CERT_FILE", "MY_APP_TOKEN"])
+        .unwrap()
+        .deny(["MY_APP_TOKEN"]);
+    let spec = Spec::new(
+        vec!["env".into()],
+        policy.environment(&job),
+        Vec::new(),
+        Duration::from_secs(30),
+    );
     let f = process::run(&spec, &Killer::new()).unwrap();
     assert!(f.success(), "{f:?}");
     let out = f.result_text();
     let env: BTreeMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
-    for never in ["GITHUB_TOKEN", "GH_TOKEN", "GITHUB_WEBHOOK_SECRET", "AOF_ADMIN_TOKEN", "AOF_WORKER_TOKEN", "MY_APP_TOKEN"] {
+    for never in [
+        "GITHUB_TOKEN",
+        "GH_TOKEN",
+        "GITHUB_WEBHOOK_SECRET",
+        "AOF_ADMIN_TOKEN",
+        "AOF_WORKER_TOKEN",
+        "MY_APP_TOKEN",
+    ] {
         assert!(!env.contains_key(never), "{never} reached the job: {out}");
     }
-    assert!(!out.contains("_from_the_runner") && !out.contains("named_by_the_runner"), "{out}");
-    assert_eq!(env.get("PATH").copied(), std::env::var("PATH").ok().as_deref());
+    assert!(
+        !out.contains("_from_the_runner") && !out.contains("named_by_the_runner"),
+        "{out}"
+    );
+    assert_eq!(
+        env.get("PATH").copied(),
+        std::env::var("PATH").ok().as_deref()
+    );
     assert_eq!(env.get("LC_ALL"), Some(&"C"));
     assert_eq!(env.get("TZ"), Some(&"UTC"));
     assert_eq!(env.get("SSL_CERT_FILE"), Some(&"/etc/ssl/cert.pem"));

@@ -10,18 +10,28 @@ use std::time::{Duration, Instant};
 use aof_contract::process::{self, Ended, Killer, Spec, MAX_RESULT_BYTES, STDERR_TAIL_BYTES};
 
 fn sh(script: &str, env: Vec<(OsString, OsString)>, stdin: &[u8], timeout: Duration) -> Spec {
-    Spec::new(vec!["sh".into(), "-c".into(), script.into()], env, stdin.to_vec(), timeout)
+    Spec::new(
+        vec!["sh".into(), "-c".into(), script.into()],
+        env,
+        stdin.to_vec(),
+        timeout,
+    )
 }
 
 fn path_only() -> Vec<(OsString, OsString)> {
-    vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))]
+    vec![(
+        "PATH".into(),
+        std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+    )]
 }
 
 /// Whether `pid` is gone (or a zombie nobody reaped yet: it runs no more).
 fn dead(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
     }
 }
 
@@ -38,8 +48,17 @@ fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 fn read_pid(file: &Path) -> u32 {
-    assert!(eventually(10, || std::fs::read_to_string(file).is_ok_and(|s| s.ends_with('\n'))), "no pid in {}", file.display());
-    std::fs::read_to_string(file).unwrap().trim().parse().unwrap()
+    assert!(
+        eventually(10, || std::fs::read_to_string(file)
+            .is_ok_and(|s| s.ends_with('\n'))),
+        "no pid in {}",
+        file.display()
+    );
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 struct Unpark(std::thread::Thread);
@@ -59,7 +78,10 @@ fn block_on<F: Future>(f: F) -> F::Output {
         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
             return v;
         }
-        assert!(Instant::now() < deadline, "the future did not finish in 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "the future did not finish in 60 s"
+        );
         std::thread::park_timeout(Duration::from_secs(1));
     }
 }
@@ -68,24 +90,56 @@ fn block_on<F: Future>(f: F) -> F::Output {
 fn payload_on_stdin_exactly_the_given_environment_and_stdout() {
     let mut env = path_only();
     env.push(("AOF_JOB_ID".into(), "7-0".into()));
-    let f = process::run(&sh("cat; echo; env", env, b"{\"hello\":1}", Duration::from_secs(30)), &Killer::new()).unwrap();
+    let f = process::run(
+        &sh(
+            "cat; echo; env",
+            env,
+            b"{\"hello\":1}",
+            Duration::from_secs(30),
+        ),
+        &Killer::new(),
+    )
+    .unwrap();
     assert!(f.success(), "{f:?}");
     let out = f.result_text();
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("{\"hello\":1}"));
-    let vars: Vec<&str> = lines.filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
-    assert!(vars.contains(&"AOF_JOB_ID") && vars.contains(&"PATH"), "{vars:?}");
+    let vars: Vec<&str> = lines
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert!(
+        vars.contains(&"AOF_JOB_ID") && vars.contains(&"PATH"),
+        "{vars:?}"
+    );
     // cargo runs tests with CARGO_* variables set: the command must not see them.
     assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
-    assert!(!vars.iter().any(|v| v.starts_with("CARGO")), "the runner's environment leaked: {vars:?}");
+    assert!(
+        !vars.iter().any(|v| v.starts_with("CARGO")),
+        "the runner's environment leaked: {vars:?}"
+    );
 }
 
 #[test]
 fn exit_status_and_the_stderr_tail() {
-    let f = process::run(&sh("echo boom >&2; exit 3", path_only(), b"", Duration::from_secs(30)), &Killer::new()).unwrap();
-    assert_eq!(f.ended, Ended::Exited(std::os::unix::process::ExitStatusExt::from_raw(3 << 8)));
+    let f = process::run(
+        &sh(
+            "echo boom >&2; exit 3",
+            path_only(),
+            b"",
+            Duration::from_secs(30),
+        ),
+        &Killer::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        f.ended,
+        Ended::Exited(std::os::unix::process::ExitStatusExt::from_raw(3 << 8))
+    );
     assert!(!f.success());
-    assert_eq!(process::failure_message("exit status 3", &f.stderr), "exit status 3; stderr: boom");
+    assert_eq!(
+        process::failure_message("exit status 3", &f.stderr),
+        "exit status 3; stderr: boom"
+    );
 }
 
 #[test]
@@ -94,17 +148,28 @@ fn a_timeout_kills_the_whole_process_group() {
     let pidfile = dir.path().join("grandchild");
     // The command starts a grandchild in its group, then waits for it.
     let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
-    let f = process::run(&sh(&script, path_only(), b"", Duration::from_millis(500)), &Killer::new()).unwrap();
+    let f = process::run(
+        &sh(&script, path_only(), b"", Duration::from_millis(500)),
+        &Killer::new(),
+    )
+    .unwrap();
     assert_eq!(f.ended, Ended::TimedOut);
     let grandchild = read_pid(&pidfile);
-    assert!(eventually(10, || dead(grandchild)), "the grandchild {grandchild} survived the timeout");
+    assert!(
+        eventually(10, || dead(grandchild)),
+        "the grandchild {grandchild} survived the timeout"
+    );
 }
 
 #[test]
 fn ten_mib_of_stderr_and_stdout_are_counted_not_kept() {
     const TEN_MIB: u64 = 10 << 20;
     let script = format!("head -c {TEN_MIB} /dev/zero | tr '\\0' e >&2; head -c {TEN_MIB} /dev/zero | tr '\\0' o; echo >&2 last");
-    let f = process::run(&sh(&script, path_only(), b"", Duration::from_secs(120)), &Killer::new()).unwrap();
+    let f = process::run(
+        &sh(&script, path_only(), b"", Duration::from_secs(120)),
+        &Killer::new(),
+    )
+    .unwrap();
     assert!(f.success(), "{:?}", f.ended);
     assert_eq!(f.stderr.total, TEN_MIB + 5);
     assert_eq!(f.stderr.bytes.len(), STDERR_TAIL_BYTES);
@@ -117,9 +182,17 @@ fn ten_mib_of_stderr_and_stdout_are_counted_not_kept() {
 #[test]
 fn a_command_that_ignores_a_large_stdin_is_fine() {
     let payload = vec![b'x'; 4 << 20];
-    let f = process::run(&sh("echo ok", path_only(), &payload, Duration::from_secs(30)), &Killer::new()).unwrap();
+    let f = process::run(
+        &sh("echo ok", path_only(), &payload, Duration::from_secs(30)),
+        &Killer::new(),
+    )
+    .unwrap();
     assert!(f.success() && f.result_text() == "ok\n", "{f:?}");
-    let f = process::run(&sh("wc -c", path_only(), &payload, Duration::from_secs(30)), &Killer::new()).unwrap();
+    let f = process::run(
+        &sh("wc -c", path_only(), &payload, Duration::from_secs(30)),
+        &Killer::new(),
+    )
+    .unwrap();
     assert_eq!(f.result_text().trim(), (4 << 20).to_string());
 }
 
@@ -134,27 +207,55 @@ fn the_killer_and_dropping_the_future_kill_the_group() {
     killer.kill();
     let f = block_on(running).unwrap();
     assert_eq!(f.ended, Ended::Killed);
-    assert!(eventually(10, || dead(grandchild)), "{grandchild} survived the killer");
+    assert!(
+        eventually(10, || dead(grandchild)),
+        "{grandchild} survived the killer"
+    );
 
     let pidfile = dir.path().join("dropped");
     let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
     let running = process::start(sh(&script, path_only(), b"", Duration::from_secs(300))).unwrap();
     let grandchild = read_pid(&pidfile);
     drop(running);
-    assert!(eventually(10, || dead(grandchild)), "{grandchild} survived dropping the run");
+    assert!(
+        eventually(10, || dead(grandchild)),
+        "{grandchild} survived dropping the run"
+    );
 
     // Killed before it started: it never starts.
     let k = Killer::new();
     k.kill();
-    let f = process::run(&sh(&format!("touch {}", dir.path().join("started").display()), path_only(), b"", Duration::from_secs(5)), &k).unwrap();
+    let f = process::run(
+        &sh(
+            &format!("touch {}", dir.path().join("started").display()),
+            path_only(),
+            b"",
+            Duration::from_secs(5),
+        ),
+        &k,
+    )
+    .unwrap();
     assert_eq!(f.ended, Ended::Killed);
     assert!(!dir.path().join("started").exists());
 }
 
 #[test]
 fn commands_that_cannot_start_are_errors() {
-    let e = process::run(&Spec::new(vec!["/nonexistent/prog".into()], path_only(), vec![], Duration::from_secs(1)), &Killer::new()).unwrap_err();
+    let e = process::run(
+        &Spec::new(
+            vec!["/nonexistent/prog".into()],
+            path_only(),
+            vec![],
+            Duration::from_secs(1),
+        ),
+        &Killer::new(),
+    )
+    .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
-    let e = process::run(&Spec::new(vec![], path_only(), vec![], Duration::from_secs(1)), &Killer::new()).unwrap_err();
+    let e = process::run(
+        &Spec::new(vec![], path_only(), vec![], Duration::from_secs(1)),
+        &Killer::new(),
+    )
+    .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }

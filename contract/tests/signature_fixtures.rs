@@ -12,8 +12,14 @@ use aof_contract::signature::{sign, verify, SignatureError};
 /// A fixture body from `shared/fixtures/github-webhooks` beside the repository.
 fn fixture(path: &str) -> Vec<u8> {
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bases = ["../../shared/fixtures/github-webhooks", "../shared/fixtures/github-webhooks"];
-    bases.iter().find_map(|b| std::fs::read(here.join(b).join(path)).ok()).unwrap_or_else(|| panic!("fixture {path} not found beside the repository"))
+    let bases = [
+        "../../shared/fixtures/github-webhooks",
+        "../shared/fixtures/github-webhooks",
+    ];
+    bases
+        .iter()
+        .find_map(|b| std::fs::read(here.join(b).join(path)).ok())
+        .unwrap_or_else(|| panic!("fixture {path} not found beside the repository"))
 }
 
 /// The secrets each fixture is signed with, in the order of [`GOLDEN`]'s columns.
@@ -35,22 +41,36 @@ fn fixture_bodies_sign_as_before_and_round_trip() {
         for (secret, expected) in SECRETS.iter().zip(signatures) {
             let sig = sign(secret.as_bytes(), &body);
             assert_eq!(&sig, expected, "{path} under {secret:?}");
-            assert_eq!(verify(&[b"other", secret.as_bytes()], &body, Some(&sig)), Ok(1), "{path}");
+            assert_eq!(
+                verify(&[b"other", secret.as_bytes()], &body, Some(&sig)),
+                Ok(1),
+                "{path}"
+            );
             // One byte more, and it no longer verifies.
             let mut changed = body.clone();
             changed.push(b'\n');
-            assert_eq!(verify(&[secret.as_bytes()], &changed, Some(&sig)), Err(SignatureError::Mismatch), "{path}");
+            assert_eq!(
+                verify(&[secret.as_bytes()], &changed, Some(&sig)),
+                Err(SignatureError::Mismatch),
+                "{path}"
+            );
         }
     }
 }
 
 #[test]
 fn empty_bodies_and_keys_longer_than_a_block() {
-    assert_eq!(sign(b"s3cret", b""), "sha256=91dfac70c5348b04e1babb8b421ac92cec08b565b49ca16130dccb72503647b7");
+    assert_eq!(
+        sign(b"s3cret", b""),
+        "sha256=91dfac70c5348b04e1babb8b421ac92cec08b565b49ca16130dccb72503647b7"
+    );
     // HMAC hashes keys longer than SHA-256's 64-byte block first.
     let long = "k".repeat(100);
     let body = fixture("push/00-none.json");
     let sig = sign(long.as_bytes(), &body);
-    assert_eq!(sig, "sha256=cff9484ba06fd0460d99108cd00ad6bfcd9becaa5f0055ea2fa970cd698f3ea3");
+    assert_eq!(
+        sig,
+        "sha256=cff9484ba06fd0460d99108cd00ad6bfcd9becaa5f0055ea2fa970cd698f3ea3"
+    );
     assert_eq!(verify(&[long.as_bytes()], &body, Some(&sig)), Ok(0));
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aof_contract::jobenv::EnvPolicy;
 use aof_proto::v1 as pb;
 use aof_proto::v1::work_queue_client::WorkQueueClient;
 use tokio::sync::watch;
@@ -19,8 +20,6 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::config::{DaemonConfig, ExecutorConfig};
-use aof_contract::jobenv::EnvPolicy;
-
 use crate::executor::github::{GithubActions, GithubExecutor, TriggerLookup};
 use crate::executor::{command, ExecError, JobInput};
 use crate::network::MAX_MESSAGE_BYTES;
