@@ -608,7 +608,7 @@ mod tests {
             ),
             "{text}"
         );
-        let sig = crate::webhook::signature(b"s3cret", crate::webhook::SAMPLE_PUSH.as_bytes());
+        let sig = aof_contract::signature::sign(b"s3cret", crate::webhook::SAMPLE_PUSH.as_bytes());
         assert!(
             text.contains("curl -s -X POST http://127.0.0.1:3001/webhook/github \\\n"),
             "{text}"

@@ -9,12 +9,12 @@
 
 use std::fmt;
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use aof_client::{ClientError, TriggerItem, TriggerList};
+use aof_contract::yamldir;
 use clap::{Args, Subcommand};
-use serde::Deserialize as _;
 
 use crate::output::{age_since_ms, join_list, now_ms, print_structured, OutputFormat, Table};
 use crate::{ConsistencyArg, GlobalArgs};
@@ -90,107 +90,51 @@ impl fmt::Display for Doc {
     }
 }
 
-/// The files to read for `-f path`: the file itself, or the YAML/JSON files of
-/// a directory in name order.
-fn files_of(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if path.as_os_str() == "-" {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(path)
-        .with_context(|| format!("cannot read directory {}", path.display()))?
-    {
-        let p = entry?.path();
-        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if p.is_file() && matches!(ext, "yaml" | "yml" | "json") {
-            files.push(p);
-        }
-    }
-    files.sort();
-    if files.is_empty() {
-        bail!("no .yaml, .yml or .json files in {}", path.display());
-    }
-    Ok(files)
-}
-
-/// Parses every document of `text` (from `file`). Empty documents are ignored.
-pub fn parse_docs(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
-    let mut docs = Vec::new();
-    let mut count = 0;
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let mut value = serde_yaml::Value::deserialize(de).map_err(|e| yaml_error(file, &e))?;
-        count = i + 1;
-        if value.is_null() {
-            continue;
-        }
-        value.apply_merge().map_err(|e| yaml_error(file, &e))?;
-        docs.push((i, value));
-    }
-    let numbered = count > 1;
+/// Checks the documents of one file (read by the shared loader,
+/// [`aof_contract::yamldir`]): each needs `kind` and `metadata.name`.
+fn checked(docs: Vec<yamldir::Document>) -> anyhow::Result<Vec<Doc>> {
     docs.into_iter()
-        .map(|(i, value)| {
-            let source = if numbered {
-                format!("{file} (document {})", i + 1)
-            } else {
-                file.to_string()
-            };
-            let Some(map) = value.as_mapping() else {
+        .map(|d| {
+            let source = d.source();
+            if !d.value.is_mapping() {
                 bail!("{source}: expected a mapping with apiVersion, kind and metadata");
-            };
-            let kind = match map.get("kind") {
-                Some(serde_yaml::Value::String(k)) if !k.is_empty() => k.clone(),
+            }
+            let kind = match d.kind() {
+                Some(k) if !k.is_empty() => k.to_string(),
                 _ => bail!("{source}: missing `kind` (e.g. `kind: Trigger`)"),
             };
-            let name = match map.get("metadata").and_then(|m| m.get("name")) {
-                Some(serde_yaml::Value::String(n)) if !n.is_empty() => n.clone(),
+            let name = match d.name() {
+                Some(n) if !n.is_empty() => n.to_string(),
                 _ => bail!("{source}: {kind} has no `metadata.name`"),
             };
             Ok(Doc {
                 source,
                 kind,
                 name,
-                value,
+                value: d.value,
             })
         })
         .collect()
 }
 
-fn yaml_error(file: &str, e: &serde_yaml::Error) -> anyhow::Error {
-    // serde_yaml's message usually ends with "at line L column C" already.
-    match e.location() {
-        Some(loc) if !e.to_string().contains(" line ") => {
-            anyhow::anyhow!(
-                "{file}: invalid YAML at line {} column {}: {e}",
-                loc.line(),
-                loc.column()
-            )
-        }
-        _ => anyhow::anyhow!("{file}: invalid YAML: {e}"),
-    }
+/// Parses every document of `text` (from `file`). Empty documents are ignored.
+pub fn parse_docs(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
+    checked(yamldir::parse(file, text)?)
 }
 
-/// Reads and checks all documents of all `paths` (nothing is sent yet).
+/// Reads and checks all documents of all `paths` (`-` is stdin; a directory
+/// means its YAML/JSON files in name order). Nothing is sent yet.
 pub fn load_docs(paths: &[PathBuf]) -> anyhow::Result<Vec<Doc>> {
     let mut docs = Vec::new();
     for path in paths {
-        for file in files_of(path)? {
-            let (label, text) = if file.as_os_str() == "-" {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("reading stdin")?;
-                ("<stdin>".to_string(), text)
-            } else {
-                let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                (file.display().to_string(), text)
-            };
-            docs.extend(parse_docs(&label, &text)?);
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading stdin")?;
+            docs.extend(parse_docs("<stdin>", &text)?);
+        } else {
+            docs.extend(checked(yamldir::load(path)?)?);
         }
     }
     let mut seen = std::collections::HashMap::new();
@@ -353,39 +297,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const TWO: &str = "\
-apiVersion: aof.dev/v1
-kind: Trigger
-metadata:
-  name: pr-bot
-spec:
-  type: GitHub
-  config:
-    github_events: [pull_request, issue_comment]
-    repositories: [\"myorg/api\"]
----
-# only a comment
----
-apiVersion: aof.dev/v1
-kind: Agent
-metadata:
-  name: reviewer
-";
-
     #[test]
-    fn multi_document_files_are_split_and_named() {
-        let docs = parse_docs("t.yaml", TWO).unwrap();
-        assert_eq!(docs.len(), 2);
-        assert_eq!(docs[0].to_string(), "trigger/pr-bot");
-        assert!(docs[0].is_trigger());
-        assert_eq!(docs[0].source, "t.yaml (document 1)");
-        assert_eq!(docs[1].to_string(), "agent/reviewer");
-        assert_eq!(docs[1].source, "t.yaml (document 3)");
-        let json = serde_json::to_value(&docs[0].value).unwrap();
+    fn documents_are_named_by_kind_and_source() {
+        let text = "kind: Trigger\nmetadata: {name: pr-bot, labels: {team: a}}\n---\n---\nkind: Agent\nmetadata: {name: reviewer}\n";
+        let docs = parse_docs("t.yaml", text).unwrap();
+        let shown: Vec<(String, &str, bool)> = docs
+            .iter()
+            .map(|d| (d.to_string(), d.source.as_str(), d.is_trigger()))
+            .collect();
         assert_eq!(
-            json.pointer("/spec/config/github_events/1"),
-            Some(&json!("issue_comment"))
+            shown,
+            [
+                ("trigger/pr-bot".to_string(), "t.yaml (document 1)", true),
+                ("agent/reviewer".to_string(), "t.yaml (document 3)", false)
+            ]
         );
+        let json = serde_json::to_value(&docs[0].value).unwrap();
+        assert_eq!(json.pointer("/metadata/labels/team"), Some(&json!("a")));
     }
 
     #[test]
@@ -413,43 +341,33 @@ metadata:
     }
 
     #[test]
-    fn directories_are_read_in_name_order_and_duplicates_rejected() {
+    fn a_trigger_defined_twice_is_refused_and_load_errors_pass_through() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("b.yaml"),
-            "kind: Trigger\nmetadata: {name: b}\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("a.yml"),
-            "kind: Trigger\nmetadata: {name: a}\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
-        let docs = load_docs(&[dir.path().to_path_buf()]).unwrap();
-        let names: Vec<_> = docs.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["a", "b"]);
-
-        std::fs::write(
-            dir.path().join("c.yaml"),
-            "kind: Trigger\nmetadata: {name: a}\n",
-        )
-        .unwrap();
+        for (file, name) in [("one.yaml", "same"), ("two.yml", "same")] {
+            std::fs::write(
+                dir.path().join(file),
+                format!("{{kind: Trigger, metadata: {{name: {name}}}}}"),
+            )
+            .unwrap();
+        }
         let err = load_docs(&[dir.path().to_path_buf()])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("defined twice"), "{err}");
-
+        assert!(
+            err.contains("\"same\" is defined twice")
+                && err.contains("one.yaml")
+                && err.contains("two.yml"),
+            "{err}"
+        );
         let empty = tempfile::tempdir().unwrap();
-        assert!(load_docs(&[empty.path().to_path_buf()])
+        let err = load_docs(&[empty.path().to_path_buf()])
             .unwrap_err()
-            .to_string()
-            .contains("no .yaml"));
-        let missing = dir.path().join("nope.yaml");
-        assert!(load_docs(&[missing])
+            .to_string();
+        assert!(err.starts_with("no .yaml"), "{err}");
+        let err = load_docs(&[dir.path().join("nope.yaml")])
             .unwrap_err()
-            .to_string()
-            .starts_with("cannot read"));
+            .to_string();
+        assert!(err.starts_with("cannot read"), "{err}");
     }
 
     #[test]

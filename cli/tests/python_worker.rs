@@ -177,7 +177,7 @@ async fn python_worker_claims_heartbeats_and_completes_signed_webhooks() {
             .header("content-type", "application/json")
             .header("x-github-event", event.as_str())
             .header("x-github-delivery", delivery.as_str())
-            .header("x-hub-signature-256", sign(SECRET, body))
+            .header("x-hub-signature-256", sign(SECRET.as_bytes(), body))
             .body(body.clone())
             .send()
             .await

@@ -19,6 +19,8 @@ mod common;
 use common::{sign, start_three, Node, Proc, BIN};
 
 const SECRET: &str = "worker-e2e-secret";
+/// Set in the worker's environment under credential names; no job may see it.
+const LEAK_CANARY: &str = "worker-e2e-credential-canary";
 /// The catch-all trigger routes every event to this agent.
 const TARGET: &str = "worker";
 const LEASE_TIMEOUT_MS: u64 = 2000;
@@ -112,7 +114,9 @@ impl Cluster {
         self.fail(format!("timed out after {secs}s waiting for: {what}"));
     }
 
-    /// Starts `aofctl worker ARGS -- COMMAND...` with `OUTDIR` set; returns its index.
+    /// Starts `aofctl worker ARGS -- COMMAND...` with `OUTDIR` set and passed to
+    /// the commands (`--pass-env`), and credentials set that commands must never
+    /// see; returns its index.
     fn start_worker(
         &mut self,
         name: &str,
@@ -125,10 +129,14 @@ impl Cluster {
         let mut cmd = Command::new(BIN);
         cmd.arg("worker")
             .args(["--endpoint", &endpoints.join(","), "--worker-id", name])
+            .args(["--pass-env", "OUTDIR"])
             .args(extra)
             .arg("--")
             .args(command)
             .env("OUTDIR", outdir)
+            .env("GITHUB_TOKEN", LEAK_CANARY)
+            .env("AOF_ADMIN_TOKEN", LEAK_CANARY)
+            .env("GITHUB_WEBHOOK_SECRET", LEAK_CANARY)
             .env("RUST_LOG", "info")
             .env_remove("AOF_GRPC_ENDPOINT");
         self.workers.push(Proc::spawn(
@@ -150,7 +158,7 @@ impl Cluster {
                 .header("content-type", "application/json")
                 .header("x-github-event", event)
                 .header("x-github-delivery", delivery)
-                .header("x-hub-signature-256", sign(SECRET, body))
+                .header("x-hub-signature-256", sign(SECRET.as_bytes(), body))
                 .body(body.to_vec())
                 .send()
                 .await;
@@ -296,7 +304,7 @@ async fn each_job_runs_once_with_the_payload_on_stdin_and_sigterm_drains() {
     let out = c.path("out");
     let endpoints: Vec<String> = c.nodes.iter().map(Node::grpc_url).collect();
     // Records a second run of a job instead of hiding it.
-    let script = r#"f="$OUTDIR/$AOF_JOB_ID"; [ -e "$f" ] && echo "$AOF_JOB_ID" >> "$OUTDIR/duplicates"; env | grep '^AOF_' | sort > "$f.env"; cat > "$f"; echo "done $AOF_JOB_ID""#;
+    let script = r#"f="$OUTDIR/$AOF_JOB_ID"; [ -e "$f" ] && echo "$AOF_JOB_ID" >> "$OUTDIR/duplicates"; env | sort > "$f.env"; cat > "$f"; echo "done $AOF_JOB_ID""#;
     let w = c.start_worker(
         "w-a",
         &endpoints[1..],
@@ -373,6 +381,14 @@ async fn each_job_runs_once_with_the_payload_on_stdin_and_sigterm_drains() {
             Some("catch-all")
         );
         assert!(env.contains_key("AOF_PARAMS"), "{env:?}");
+        assert_eq!(env.get("AOF_WORKER_ID").map(String::as_str), Some("w-a"));
+        assert!(env.contains_key("AOF_FENCING_TOKEN"), "{env:?}");
+        // A cleared environment: the allow-list and --pass-env, never credentials.
+        assert!(env.contains_key("PATH") && env.contains_key("OUTDIR"), "{env:?}");
+        for never in ["GITHUB_TOKEN", "AOF_ADMIN_TOKEN", "GITHUB_WEBHOOK_SECRET", "RUST_LOG"] {
+            assert!(!env.contains_key(never), "{never} reached the job: {env:?}");
+        }
+        assert!(!env.values().any(|v| v.contains(LEAK_CANARY)), "{env:?}");
         // The history names the worker.
         let hist = v["jobs"][0]["history"].to_string();
         assert!(hist.contains("completed by w-a"), "{hist}");

@@ -311,7 +311,7 @@ pub async fn run_with_listeners(
             concurrency: cfg.spec.runtime.max_concurrent_tasks.clamp(1, 1024) as u32,
             lease_timeout: Duration::from_millis(cfg.spec.queue.lease_timeout_ms),
             drain_timeout,
-            executors: crate::workers::from_config(&cfg),
+            executors: crate::workers::from_config(&cfg, trigger_lookup(&node)),
             metrics: node.metrics.clone(),
         },
         stop_workers_rx,
@@ -371,6 +371,24 @@ pub async fn run_with_listeners(
     }
     tracing::info!(node_id = id, "stopped");
     Ok(())
+}
+
+/// The registry as the `github` executor reads it: this node's applied state (it
+/// has applied the grant of every lease it runs, so the trigger as of then). Holds
+/// the node weakly, so a job still running at shutdown keeps no store handle.
+fn trigger_lookup(node: &Arc<Node>) -> crate::executor::github::TriggerLookup {
+    let node = Arc::downgrade(node);
+    Arc::new(move |name: &str| {
+        let (node, name) = (node.clone(), name.to_string());
+        Box::pin(async move {
+            let node = node.upgrade().ok_or("the node is stopping")?;
+            node.read(crate::node::Consistency::Stale, |kv| {
+                crate::sm::triggers::compiled(kv).into_iter().find(|t| t.name == name)
+            })
+            .await
+            .map_err(|e| e.to_string())
+        })
+    })
 }
 
 /// How long shutdown waits for background tasks (ticks, snapshot trigger, trigger

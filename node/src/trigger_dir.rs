@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
+use aof_contract::yamldir;
 use tokio::sync::watch;
 
 use crate::node::Node;
@@ -25,49 +25,30 @@ pub struct FileTrigger {
     pub origin: String,
 }
 
-/// Read every `*.yaml` / `*.yml` / `*.json` file of `dir` (sorted), split multi-document
-/// YAML, keep `kind: Trigger` documents and validate them. Errors name the file, the
-/// document and the field.
+/// Read every `*.yaml` / `*.yml` / `*.json` file of `dir` (sorted, multi-document;
+/// the shared loader of [`aof_contract::yamldir`]), keep `kind: Trigger` documents
+/// and validate them. Errors name the file, the document and the field; a file
+/// that is not valid YAML is left out whole.
 pub fn read_dir(dir: &Path) -> (Vec<FileTrigger>, Vec<String>) {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x, "yaml" | "yml" | "json")))
-            .collect(),
-        Err(e) => return (vec![], vec![format!("{}: cannot read the triggers directory: {e}", dir.display())]),
-    };
-    files.sort();
-    let (mut out, mut errors) = (Vec::new(), Vec::new());
-    for f in files {
-        let text = match std::fs::read_to_string(&f) {
-            Ok(t) => t,
+    let (docs, load_errors) = yamldir::load_each(dir);
+    let mut errors: Vec<String> = load_errors.iter().map(ToString::to_string).collect();
+    let mut out = Vec::new();
+    for doc in docs.iter().filter(|d| d.kind() == Some("Trigger")) {
+        let origin = doc.source();
+        let Some(name) = doc.name().map(str::to_string) else {
+            errors.push(format!("{origin}: metadata.name: required"));
+            continue;
+        };
+        let body = match doc.to_json() {
+            Ok(v) => serde_json::to_vec(&v).expect("JSON value serializes"),
             Err(e) => {
-                errors.push(format!("{}: {e}", f.display()));
+                errors.push(e.to_string());
                 continue;
             }
         };
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let origin = format!("{} (document {})", f.display(), i + 1);
-            let value = match serde_json::Value::deserialize(doc) {
-                Ok(v) if v.is_null() => continue,
-                Ok(v) => v,
-                Err(e) => {
-                    errors.push(format!("{origin}: invalid YAML: {e}"));
-                    continue;
-                }
-            };
-            if value.get("kind").and_then(|k| k.as_str()) != Some("Trigger") {
-                continue;
-            }
-            let Some(name) = value.pointer("/metadata/name").and_then(|n| n.as_str()).map(str::to_string) else {
-                errors.push(format!("{origin}: metadata.name: required"));
-                continue;
-            };
-            let body = serde_json::to_vec(&value).expect("JSON value serializes");
-            match crate::registry::canonical_trigger(&name, &body) {
-                Ok(doc_json) => out.push(FileTrigger { name, doc_json, origin }),
-                Err(e) => errors.push(format!("{origin}: trigger {name:?}: {e}")),
-            }
+        match crate::registry::canonical_trigger(&name, &body) {
+            Ok(doc_json) => out.push(FileTrigger { name, doc_json, origin }),
+            Err(e) => errors.push(format!("{origin}: trigger {name:?}: {e}")),
         }
     }
     (out, errors)
@@ -133,5 +114,31 @@ pub async fn run(node: Arc<Node>, dir: PathBuf, watch_changes: bool, mut stop: w
             tracing::info!("{} changed; re-applying triggers", dir.display());
             apply_once(&node, &dir).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRIGGER: &str = "apiVersion: aof.dev/v1\nkind: Trigger\nmetadata:\n  name: NAME\nspec:\n  type: GitHub\n  config: {github_events: [push]}\n  default_agent: bot\n";
+
+    #[test]
+    fn triggers_of_a_directory_with_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let two = format!("{}---\nkind: Agent\nmetadata: {{name: skipped}}\n", TRIGGER.replace("NAME", "b"));
+        std::fs::write(dir.path().join("b.yaml"), two).unwrap();
+        std::fs::write(dir.path().join("a.yml"), TRIGGER.replace("NAME", "a")).unwrap();
+        std::fs::write(dir.path().join("bad.yaml"), "kind: [Trigger\n").unwrap();
+        std::fs::write(dir.path().join("noname.yaml"), "kind: Trigger\nspec: {}\n").unwrap();
+        let (triggers, errors) = read_dir(dir.path());
+        let names: Vec<(&str, &str)> = triggers.iter().map(|t| (t.name.as_str(), t.origin.as_str())).collect();
+        let b = format!("{} (document 1)", dir.path().join("b.yaml").display());
+        assert_eq!(names, [("a", dir.path().join("a.yml").display().to_string().as_str()), ("b", b.as_str())]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with(&format!("{}: invalid YAML", dir.path().join("bad.yaml").display())), "{errors:?}");
+        assert_eq!(errors[1], format!("{}: metadata.name: required", dir.path().join("noname.yaml").display()));
+        let (none, errors) = read_dir(&dir.path().join("missing"));
+        assert!(none.is_empty() && errors[0].starts_with("cannot read"), "{errors:?}");
     }
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aof_contract::jobenv::EnvPolicy;
 use aof_proto::v1 as pb;
 use aof_proto::v1::work_queue_client::WorkQueueClient;
 use tokio::sync::watch;
@@ -19,21 +20,21 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::config::{DaemonConfig, ExecutorConfig};
-use crate::executor::github::{GithubActions, GithubExecutor};
+use crate::executor::github::{GithubActions, GithubExecutor, TriggerLookup};
 use crate::executor::{command, ExecError, JobInput};
 use crate::network::MAX_MESSAGE_BYTES;
 
 /// How a target's jobs are run on this node.
 #[derive(Clone)]
 pub enum Executor {
-    Command { argv: Vec<String>, timeout: Duration },
+    Command { argv: Vec<String>, timeout: Duration, env: Arc<EnvPolicy> },
     Github { actions: GithubActions, client: Result<GithubExecutor, String> },
 }
 
 impl Executor {
     async fn run(&self, job: &JobInput) -> Result<String, ExecError> {
         match self {
-            Executor::Command { argv, timeout } => command::run(argv, job, *timeout).await,
+            Executor::Command { argv, timeout, env } => command::run(argv, job, *timeout, env).await,
             Executor::Github { actions, client } => match client {
                 Ok(c) => c.run(actions, job).await,
                 Err(e) => Err(ExecError::retryable(e.clone())),
@@ -42,9 +43,23 @@ impl Executor {
     }
 }
 
-/// The executors configured for this node, by target name.
-pub fn from_config(cfg: &DaemonConfig) -> BTreeMap<String, Executor> {
+/// The environment policy of command jobs: the shared allow-list plus
+/// `spec.runtime.pass_env`, never the variables this node reads its GitHub
+/// tokens and webhook secrets from.
+pub fn env_policy(cfg: &DaemonConfig) -> EnvPolicy {
+    let policy = EnvPolicy::new(&cfg.spec.runtime.pass_env).unwrap_or_else(|e| {
+        // Validation refuses such configs; keep to the default list if one gets here.
+        tracing::error!("spec.runtime.pass_env: {e}; passing only the default variables to jobs");
+        EnvPolicy::default()
+    });
+    policy.deny(cfg.secret_env_names())
+}
+
+/// The executors configured for this node, by target name. `triggers` looks up
+/// the registry for the `github` executor's scope check.
+pub fn from_config(cfg: &DaemonConfig, triggers: TriggerLookup) -> BTreeMap<String, Executor> {
     let rt = &cfg.spec.runtime;
+    let env = Arc::new(env_policy(cfg));
     let github_client = || -> Result<GithubExecutor, String> {
         let gh = cfg.github().ok_or("a github executor needs spec.platforms.github")?;
         let token = match (&gh.token, &gh.token_env) {
@@ -52,7 +67,7 @@ pub fn from_config(cfg: &DaemonConfig) -> BTreeMap<String, Executor> {
             (None, Some(env)) => std::env::var(env).map_err(|_| format!("environment variable {env} (spec.platforms.github.token_env) is not set"))?,
             (None, None) => return Err("a github executor needs spec.platforms.github.token_env".into()),
         };
-        GithubExecutor::new(&gh.api_url, &token)
+        GithubExecutor::new(&gh.api_url, &token, triggers.clone())
     };
     rt.executors
         .iter()
@@ -61,6 +76,7 @@ pub fn from_config(cfg: &DaemonConfig) -> BTreeMap<String, Executor> {
                 ExecutorConfig::Command { command, timeout_secs } => Executor::Command {
                     argv: command.clone(),
                     timeout: Duration::from_secs(timeout_secs.unwrap_or(rt.task_timeout_secs)),
+                    env: env.clone(),
                 },
                 ExecutorConfig::Github { comment, labels, check_run } => {
                     let client = github_client();
@@ -76,6 +92,11 @@ pub fn from_config(cfg: &DaemonConfig) -> BTreeMap<String, Executor> {
             (target.clone(), ex)
         })
         .collect()
+}
+
+/// The built-in workers' id in claims, job histories and `AOF_WORKER_ID`.
+fn worker_id(node_id: u64) -> String {
+    format!("node{node_id}-builtin")
 }
 
 /// Settings of the built-in worker pool.
@@ -105,7 +126,7 @@ pub async fn run(pool: Pool, mut stop: watch::Receiver<bool>) {
     'outer: loop {
         let channel = pool.channel.clone();
         let mut client = WorkQueueClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let req = pb::ClaimRequest { worker_id: format!("node{}-builtin", pool.node_id), targets: targets.clone(), max_in_flight: pool.concurrency };
+        let req = pb::ClaimRequest { worker_id: worker_id(pool.node_id), targets: targets.clone(), max_in_flight: pool.concurrency };
         let stream = tokio::select! {
             r = client.claim(req) => r,
             _ = stop.wait_for(|s| *s) => break 'outer,
@@ -164,7 +185,8 @@ async fn handle(pool: Arc<Pool>, client: WorkQueueClient<Channel>, lease: pb::Le
 }
 
 async fn run_lease(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease: pb::Lease) {
-    let job = JobInput::from(&lease);
+    let mut job = JobInput::from(&lease);
+    job.worker_id = worker_id(pool.node_id);
     let Some(executor) = pool.executors.get(&job.target).cloned() else {
         return; // not ours (cannot happen: we claim our targets only); the lease expires
     };

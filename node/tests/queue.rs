@@ -262,3 +262,55 @@ async fn stopping_a_node_drains_its_running_jobs() {
     assert!(probe.await.unwrap(), "a draining node reports not-ready before it exits");
     assert!(marker.exists(), "the running job finished before the node exited");
 }
+
+/// The `github` executor acts on the delivery's own repository only, when the
+/// trigger's patterns allow it; payload text never reaches an API path, and a
+/// repository name that could steer the path sends the job to the dead-letter
+/// queue without any API call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_github_executor_touches_only_the_deliverys_checked_repository() {
+    let (api, seen) = fake_github().await;
+    let c = TestCluster::start_with(3, 10_000, move |cfg: &mut DaemonConfig| {
+        let gh: GithubConfig = serde_yaml::from_str(&format!("enabled: true\nwebhook_secret: {SECRET}\ntoken: test-token\napi_url: {api}\n")).unwrap();
+        cfg.spec.platforms.github = Some(gh);
+        cfg.spec.runtime.executors.insert(
+            "echo".into(),
+            ExecutorConfig::Github { comment: Some("{{ metadata.comment_body }}".into()), labels: vec!["{{ comment_body }}".into()], check_run: None },
+        );
+    })
+    .await;
+    c.wait_ready(30).await;
+    put_trigger(&c, "comments", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {github_events: [issue_comment], repositories: [\"myorg/*\"]}\n  default_agent: echo\n").await;
+    put_trigger(&c, "issues", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {github_events: [issues]}\n  default_agent: echo\n").await;
+
+    let with_repo = |path: &str, full_name: &str, comment: Option<&str>| -> Vec<u8> {
+        let mut p: Value = serde_json::from_slice(&fixture(path)).unwrap();
+        let (owner, name) = full_name.split_once('/').unwrap();
+        p["repository"]["full_name"] = full_name.into();
+        p["repository"]["name"] = name.into();
+        p["repository"]["owner"]["login"] = owner.into();
+        if let Some(body) = comment {
+            p["comment"]["body"] = body.into();
+            p["issue"]["body"] = body.into();
+        }
+        serde_json::to_vec(&p).unwrap()
+    };
+    let steer = "/repos/victim/secret/issues/1/comments ../../../orgs/victim %2F..%2F";
+    let good = with_repo("issue_comment/00-created.json", "myorg/api", Some(steer));
+    let number = serde_json::from_slice::<Value>(&good).unwrap()["issue"]["number"].as_u64().unwrap();
+    post(&c, 0, "issue_comment", "scope-good", &good).await;
+    post(&c, 0, "issues", "scope-dots", &with_repo("issues/16-opened.json", "myorg/../victim", None)).await;
+    post(&c, 0, "issues", "scope-encoded", &with_repo("issues/16-opened.json", "myorg/api%2F..%2F..%2Fvictim", None)).await;
+
+    wait_status(&c, "scope-good", "completed", 30).await;
+    for delivery in ["scope-dots", "scope-encoded"] {
+        let v = wait_status(&c, delivery, "failed", 30).await;
+        assert_eq!(v["jobs"][0]["state"], "dead", "{v}");
+        assert!(v.to_string().contains("refusing to act"), "{v}");
+    }
+    let calls = seen.lock().unwrap().clone();
+    let paths: Vec<&str> = calls.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(paths, [format!("/repos/myorg/api/issues/{number}/comments"), format!("/repos/myorg/api/issues/{number}/labels")], "{calls:?}");
+    assert_eq!(calls[0].2["body"], steer, "payload text is a JSON value");
+    assert_eq!(calls[1].2["labels"][0], steer);
+}

@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 pub const BIN: &str = env!("CARGO_BIN_EXE_aofctl");
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -17,12 +14,10 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `X-Hub-Signature-256` of `body` under `secret`.
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+/// `X-Hub-Signature-256` of `body` under `secret`: the one signer of the
+/// workspace, as `aofctl dev` and the node's verifier use it.
+#[allow(unused_imports)]
+pub use aof_contract::signature::sign;
 
 /// Write `node<id>.yaml` in `dir`: a DaemonConfig for node `id` of a loopback cluster
 /// with fast Raft timings and a small cache, without tokens or TLS (`auth.insecure`).

@@ -149,6 +149,13 @@ impl Trigger {
         true
     }
 
+    /// Whether repository `full_name` passes this trigger's `repositories` filter,
+    /// the same test [`Trigger::matches`] applies; `None` when the trigger has no
+    /// such filter. Executors check it again before acting on a repository.
+    pub fn allows_repository(&self, full_name: &str) -> Option<bool> {
+        self.filters.repositories.as_ref().map(|repos| repos.is_match(full_name))
+    }
+
     /// The route for `facts` and the command key that chose it (`None` for the
     /// default), per the routing rules in the module docs. Does not check filters.
     pub fn route(&self, facts: &EventFacts) -> Option<(Route, Option<String>)> {
@@ -281,6 +288,10 @@ mod tests {
         let all_org = cfg(json!({"repositories": ["myorg/*"]}));
         assert!(all_org.matches(&repo("myorg/anything")) && !all_org.matches(&repo("myorgx/a")));
         assert!(cfg(json!({"repositories": ["*"]})).matches(&repo("a/b")));
+        assert_eq!(all_org.allows_repository("MyOrg/api"), Some(true));
+        assert_eq!(all_org.allows_repository("victim/api"), Some(false));
+        assert_eq!(all_org.allows_repository("myorg/../victim/api"), Some(false));
+        assert_eq!(cfg(json!({"github_events": ["push"]})).allows_repository("any/repo"), None);
     }
 
     #[test]

@@ -27,13 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
+use aof_contract::signature::sign;
 use aof_proto::v1 as pb;
 use aof_proto::v1::work_queue_client::WorkQueueClient;
-use hmac::{Hmac, Mac};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{status, Ctx};
@@ -112,11 +111,6 @@ pub fn channel(dialer: &Dialer, addr: SocketAddr) -> Channel {
         })
 }
 
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
 
 pub struct Queue {
     ctx: Ctx,
@@ -250,7 +244,7 @@ impl Queue {
             ("x-github-delivery", delivery.to_string()),
             (
                 "x-hub-signature-256",
-                sign(&self.ctx.db.opts.secret, body.as_bytes()),
+                sign(self.ctx.db.opts.secret.as_bytes(), body.as_bytes()),
             ),
         ];
         let node = self.ctx.db.name(slot);

@@ -416,6 +416,15 @@ impl DaemonConfig {
         }
     }
 
+    /// The environment variables this node reads credentials from: GitHub token
+    /// and webhook secret variables, globally and per organisation. Jobs never
+    /// see them.
+    pub fn secret_env_names(&self) -> Vec<String> {
+        let Some(g) = &self.spec.platforms.github else { return Vec::new() };
+        let orgs = g.orgs.values().flat_map(|o| o.webhook_secret_env.iter().chain(o.token_env.iter()));
+        g.token_env.iter().chain(g.webhook_secret_env.iter()).chain(g.webhook_secret_envs.iter()).chain(orgs).cloned().collect()
+    }
+
     /// The GitHub platform, if configured and enabled.
     pub fn github(&self) -> Option<&GithubConfig> {
         self.spec.platforms.github.as_ref().filter(|g| g.enabled)

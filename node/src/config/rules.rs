@@ -391,6 +391,17 @@ pub(crate) fn validate(cfg: &DaemonConfig) -> Vec<Problem> {
     if s.runtime.task_timeout_secs == 0 {
         bad("spec.runtime.task_timeout_secs".into(), "must be >= 1".into());
     }
+    let secret_names = cfg.secret_env_names();
+    for (i, name) in s.runtime.pass_env.iter().enumerate() {
+        if let Err(e) = aof_contract::jobenv::check_entry(name) {
+            bad(format!("spec.runtime.pass_env[{i}]"), e.to_string());
+        } else if secret_names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            bad(
+                format!("spec.runtime.pass_env[{i}]"),
+                format!("`{name}` holds one of this node's credentials (spec.platforms.github); jobs never get it"),
+            );
+        }
+    }
     if s.server.timeout_secs == 0 {
         bad("spec.server.timeout_secs".into(), "must be >= 1".into());
     }

@@ -58,6 +58,12 @@ pub struct RuntimeConfig {
     /// AOF's default model for agents that name none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_model: Option<String>,
+    /// Variables of the node's environment that `command` jobs may see, beyond
+    /// the shared allow-list (`PATH`, `HOME`, `LANG`, `LC_*`, `TZ`, `TMPDIR`, …):
+    /// names, or prefixes ending in `*`. Credentials (GitHub tokens, webhook
+    /// secrets, `AOF_*`) are refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
     /// Built-in executors, by target name (agent / fleet / flow). This node runs
     /// `max_concurrent_tasks` local workers that claim jobs for these targets only;
     /// other targets are left to external workers (`aofctl worker`).
@@ -119,6 +125,7 @@ impl Default for RuntimeConfig {
             max_tasks_per_user: 3,
             default_agent: None,
             default_model: None,
+            pass_env: Vec::new(),
             executors: BTreeMap::new(),
         }
     }

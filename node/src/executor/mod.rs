@@ -24,10 +24,36 @@ pub struct JobInput {
     pub target: String,
     pub params_json: String,
     pub attempt: u32,
+    pub fencing_token: u64,
+    /// W3C traceparent of the delivery (empty when unknown).
+    pub traceparent: String,
+    /// The worker running the job (set by the pool; not part of the lease).
+    pub worker_id: String,
     /// AOF context variables, as text.
     pub context: BTreeMap<String, String>,
     /// The webhook body as GitHub sent it.
     pub payload: Vec<u8>,
+}
+
+impl JobInput {
+    /// The job as the `AOF_*` environment contract sees it.
+    pub fn env_job(&self) -> aof_contract::jobenv::Job<'_> {
+        aof_contract::jobenv::Job {
+            event: &self.event,
+            delivery_id: &self.delivery_id,
+            event_id: self.event_id,
+            job_id: &self.job_id,
+            attempt: self.attempt,
+            target: &self.target,
+            target_kind: &self.target_kind,
+            trigger: &self.trigger,
+            params_json: &self.params_json,
+            worker_id: &self.worker_id,
+            fencing_token: self.fencing_token,
+            traceparent: &self.traceparent,
+            context: &self.context,
+        }
+    }
 }
 
 impl From<&pb::Lease> for JobInput {
@@ -43,6 +69,9 @@ impl From<&pb::Lease> for JobInput {
             target: target.name,
             params_json: l.params_json.clone(),
             attempt: l.attempt,
+            fencing_token: l.fencing_token,
+            traceparent: l.traceparent.clone(),
+            worker_id: String::new(),
             context: l.context.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             payload: l.payload.clone(),
         }
