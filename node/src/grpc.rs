@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use aof_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use aof_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
-use aof_proto::v1::{NodeInfoReply, NodeInfoRequest, RaftPayload};
+use aof_proto::v1::{JoinReply, JoinRequest, NodeInfoReply, NodeInfoRequest, RaftPayload};
 use tonic::{Request, Response, Status};
 
 use crate::codec;
@@ -13,30 +13,33 @@ use crate::network::MAX_MESSAGE_BYTES;
 use crate::node::{LeaderOp, Node};
 use crate::types::NodeId;
 
-/// Who may call the peer listener: with peer TLS, a caller whose certificate (signed
-/// by the cluster CA — the TLS handshake checked that) names a node that is a member
-/// of this node's cluster. A node that belongs to no cluster yet (waiting to be
-/// bootstrapped or joined) accepts any node of the cluster CA, and its
-/// `initial_members`. Without peer TLS (`spec.auth.insecure`) everyone may call.
+/// Who may call the peer listener. With peer TLS every caller presents a
+/// certificate of the cluster CA naming a node (the TLS handshake checks that); a
+/// `members_only` gate (Raft) further requires that node to be a member of this
+/// node's cluster — or, on a node that belongs to no cluster yet, any node of the CA
+/// and its `initial_members`. The cluster service is behind an open gate (node info
+/// and join are for non-members too), and its `Forward` checks membership itself.
+/// Without peer TLS (`spec.auth.insecure`) everyone may call.
 #[derive(Clone)]
 pub struct PeerGate {
     pub node: Arc<Node>,
     pub initial: Vec<NodeId>,
     pub tls: bool,
+    pub members_only: bool,
 }
 
-impl PeerGate {
-    fn allows(&self, caller: NodeId) -> bool {
-        let m = self.node.raft.metrics().borrow().membership_config.clone();
-        let membership = m.membership();
-        membership.get_node(&caller).is_some() || membership.nodes().next().is_none() || self.initial.contains(&caller)
-    }
+/// Whether `caller` may use this node's Raft and forwarding.
+fn is_member_or_pending(node: &Node, initial: &[NodeId], caller: NodeId) -> bool {
+    let m = node.raft.metrics().borrow().membership_config.clone();
+    let membership = m.membership();
+    membership.get_node(&caller).is_some() || membership.nodes().next().is_none() || initial.contains(&caller)
 }
 
 impl tonic::service::Interceptor for PeerGate {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         if self.tls {
-            crate::tls::require_peer(&req, |id| self.allows(id))?;
+            let members_only = self.members_only;
+            crate::tls::require_peer(&req, |id| !members_only || is_member_or_pending(&self.node, &self.initial, id))?;
         }
         Ok(req)
     }
@@ -95,6 +98,11 @@ impl RaftService for Services {
 #[tonic::async_trait]
 impl ClusterService for Services {
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        if let Some(caller) = crate::tls::peer_node_id(&req) {
+            if !is_member_or_pending(&self.node, &[], caller) {
+                return Err(Status::permission_denied(format!("node {caller} is not a member of this cluster")));
+            }
+        }
         let op: LeaderOp = decode(req.get_ref())?;
         let op = op.revalidate().map_err(|e| Status::invalid_argument(format!("forwarded operation refused: {e}")))?;
         reply(&self.node.run_on_leader(op).await)
@@ -114,6 +122,36 @@ impl ClusterService for Services {
             last_applied_index: m.last_applied.map_or(0, |l| l.index),
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
+            peer_addr: self.node.advertised.peer_addr.clone(),
+            grpc_addr: self.node.advertised.grpc_addr.clone(),
+            api_addr: self.node.advertised.api_addr.clone(),
+            http_addr: self.node.advertised.http_addr.clone(),
+        }))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        // With peer TLS, a node may only ask for itself.
+        if let Some(caller) = crate::tls::peer_node_id(&req) {
+            if caller != req.get_ref().node_id {
+                return Err(Status::permission_denied(format!(
+                    "node {caller} may not ask to join as node {}",
+                    req.get_ref().node_id
+                )));
+            }
+        }
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must be 1 or more"));
+        }
+        let member = crate::types::Member { peer_addr: r.peer_addr, grpc_addr: r.grpc_addr, api_addr: r.api_addr, http_addr: r.http_addr };
+        let role = self.node.join(r.node_id, member, r.max_voters.max(1)).await.map_err(|e| match e {
+            crate::node::NodeError::Invalid(m) | crate::node::NodeError::NotFound(m) => Status::failed_precondition(m),
+            other => Status::unavailable(other.to_string()),
+        })?;
+        Ok(Response::new(JoinReply {
+            role: role.as_str().into(),
+            leader_id: self.node.current_leader().unwrap_or(0),
+            message: String::new(),
         }))
     }
 }

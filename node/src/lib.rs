@@ -10,6 +10,7 @@ pub mod executor;
 pub mod github;
 pub mod grpc;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod node;

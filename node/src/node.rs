@@ -54,6 +54,8 @@ pub enum LeaderOp {
     Promote { id: NodeId },
     Remove { id: NodeId },
     ClusterStatus,
+    /// A node asks to become (or stay) a member; see [`Node::join`].
+    Join { id: NodeId, member: Member, max_voters: u32 },
 }
 
 impl LeaderOp {
@@ -96,6 +98,28 @@ pub enum LeaderReply {
     ReadIndex { index: u64 },
     Membership { log_index: u64 },
     ClusterStatus(ClusterStatus),
+    Joined { role: JoinRole },
+}
+
+/// Where a node stands after asking to join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinRole {
+    Voter,
+    /// A learner, and it stays one: the cluster has `max_voters` voters.
+    Learner,
+    /// A learner not yet close enough to the leader's log to be promoted.
+    CatchingUp,
+}
+
+impl JoinRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Voter => "voter",
+            JoinRole::Learner => "learner",
+            JoinRole::CatchingUp => "catching_up",
+        }
+    }
 }
 
 /// Errors of node operations. They cross the forwarding RPC, so they are plain data.
@@ -167,7 +191,13 @@ pub struct Node {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Group commit of the hot-path writes while this node leads.
     pub proposer: crate::proposer::Proposer,
+    /// The addresses this node advertises for its four listeners.
+    pub advertised: Member,
 }
+
+/// A learner within this many entries of the leader's log counts as caught up and
+/// may be promoted to voter.
+pub const CAUGHT_UP_ENTRIES: u64 = 64;
 
 /// Milliseconds since the Unix epoch, by this node's wall clock.
 ///
@@ -375,12 +405,63 @@ impl Node {
                     .map_err(|_| membership_timeout(t))?;
                 res.map(|r| LeaderReply::Membership { log_index: r.log_id.index }).map_err(write_error)
             }
+            LeaderOp::Join { id, member, max_voters } => self.join_on_leader(id, member, max_voters).await,
             LeaderOp::ClusterStatus => {
                 // Confirm leadership with a quorum so the answer is not from a deposed leader.
                 self.leader_read_index().await?;
                 Ok(LeaderReply::ClusterStatus(self.local_status().await))
             }
         }
+    }
+
+    /// Ask the leader to make node `id` a member (automatic membership, see
+    /// `crate::membership`). Idempotent: call it until it answers [`JoinRole::Voter`]
+    /// or [`JoinRole::Learner`].
+    pub async fn join(&self, id: NodeId, member: Member, max_voters: u32) -> Result<JoinRole, NodeError> {
+        match self.on_leader(LeaderOp::Join { id, member, max_voters }).await? {
+            LeaderReply::Joined { role } => Ok(role),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// On the leader: a node that is not a member is checked (mutual TLS, its id)
+    /// and added as a learner; a member whose addresses changed gets them updated; a
+    /// caught-up learner is promoted while the cluster has fewer than `max_voters`.
+    async fn join_on_leader(&self, id: NodeId, member: Member, max_voters: u32) -> Result<LeaderReply, NodeError> {
+        let t = self.timeouts.request;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let Some(current) = membership.get_node(&id).cloned() else {
+            self.check_joining_peer(id, &member).await?;
+            let res = tokio::time::timeout(t, self.raft.add_learner(id, member, false)).await.map_err(|_| membership_timeout(t))?;
+            res.map_err(write_error)?;
+            tracing::info!(node = id, "added as a learner (automatic membership)");
+            return Ok(LeaderReply::Joined { role: JoinRole::CatchingUp });
+        };
+        if current != member {
+            self.check_joining_peer(id, &member).await?;
+            let change = ChangeMembers::SetNodes(std::collections::BTreeMap::from([(id, member.clone())]));
+            let res = tokio::time::timeout(t, self.raft.change_membership(change, false)).await.map_err(|_| membership_timeout(t))?;
+            res.map_err(write_error)?;
+            tracing::info!(node = id, %member, "member's addresses updated");
+        }
+        if voters.contains(&id) {
+            return Ok(LeaderReply::Joined { role: JoinRole::Voter });
+        }
+        if voters.len() >= max_voters as usize {
+            return Ok(LeaderReply::Joined { role: JoinRole::Learner });
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map_or(0, |l| l.index);
+        if matched + CAUGHT_UP_ENTRIES < last {
+            return Ok(LeaderReply::Joined { role: JoinRole::CatchingUp });
+        }
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        let res = tokio::time::timeout(t, self.raft.change_membership(change, false)).await.map_err(|_| membership_timeout(t))?;
+        res.map_err(write_error)?;
+        tracing::info!(node = id, voters = voters.len() + 1, max_voters, "promoted to voter (automatic membership)");
+        Ok(LeaderReply::Joined { role: JoinRole::Voter })
     }
 
     /// Before a learner is added (and so receives the whole state), make sure it is

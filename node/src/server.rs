@@ -220,6 +220,7 @@ pub async fn run_with_listeners(
         draining: Default::default(),
         metrics: metrics.clone(),
         proposer: crate::proposer::Proposer::spawn(raft.clone(), c.raft.request_timeout(), metrics.clone()),
+        advertised: Member::from(advertised.clone()),
     });
     tracing::info!(
         node_id = id,
@@ -241,14 +242,16 @@ pub async fn run_with_listeners(
     let services = Services::new(node.clone());
     let peer_task = {
         let initial: Vec<NodeId> = c.initial_members.iter().map(|m| m.id).collect();
-        let gate = PeerGate { node: node.clone(), initial, tls: security.peer.is_some() };
+        let gate = PeerGate { node: node.clone(), initial, tls: security.peer.is_some(), members_only: true };
+        // Non-members may ask to join and for node info; `Forward` checks membership itself.
+        let open_gate = PeerGate { members_only: false, ..gate.clone() };
         let mut builder = tonic::transport::Server::builder().timeout(c.raft.request_timeout().max(Duration::from_secs(30)));
         if let Some(tls) = &security.peer {
             builder = builder.tls_config(tls.server_config()).map_err(|e| ServerError::Tls(e.to_string()))?;
         }
         let router = builder
             .add_service(tonic::service::interceptor::InterceptedService::new(services.raft(), gate.clone()))
-            .add_service(tonic::service::interceptor::InterceptedService::new(services.cluster(), gate));
+            .add_service(tonic::service::interceptor::InterceptedService::new(services.cluster(), open_gate));
         tokio::spawn(router.serve_with_incoming_shutdown(no_delay(TcpListenerStream::new(listeners.peer)), stopped(stop_rx.clone())))
     };
 
@@ -291,8 +294,15 @@ pub async fn run_with_listeners(
     // Tasks that hold the node (and so the store) until `stop_rx` fires; awaited at
     // shutdown so the data dir is free once this function returns.
     let mut background = tokio::task::JoinSet::new();
-    if pristine {
-        background.spawn(crate::bootstrap::run(node.clone(), c.initial_members.clone(), stop_rx.clone()));
+    match &c.discovery {
+        Some(discovery) => {
+            let d = crate::membership::Discovery { config: discovery.clone(), hostname: cfg.hostname(), tls: security.peer.clone() };
+            background.spawn(crate::membership::run(node.clone(), d, stop_rx.clone()));
+        }
+        None if pristine => {
+            background.spawn(crate::bootstrap::run(node.clone(), c.initial_members.clone(), stop_rx.clone()));
+        }
+        None => {}
     }
     background.spawn(learn_startup_index(node.clone(), stop_rx.clone()));
     background.spawn(propose_ticks(node.clone(), stop_rx.clone()));
@@ -328,7 +338,9 @@ pub async fn run_with_listeners(
     if tokio::time::timeout(drain_timeout + Duration::from_secs(1), workers_task).await.is_err() {
         tracing::warn!("built-in workers did not stop in time");
     }
-    if node.current_leader() == Some(id) {
+    if c.leave_on_shutdown {
+        leave(&node).await;
+    } else if node.current_leader() == Some(id) {
         // openraft 0.9 has no leadership transfer: the other voters elect a new
         // leader within the election timeout after this node stops.
         tracing::info!(node_id = id, "this node is the leader; the remaining voters will elect a new one");
@@ -389,6 +401,30 @@ fn trigger_lookup(node: &Arc<Node>) -> crate::executor::github::TriggerLookup {
             .map_err(|e| e.to_string())
         })
     })
+}
+
+/// `spec.cluster.leave_on_shutdown`: remove this node from the membership (through
+/// the leader, which may be this node) before it stops; bounded, and logged either way.
+async fn leave(node: &Node) {
+    let id = node.id;
+    let member = node.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+    if !member {
+        return;
+    }
+    tracing::info!(node_id = id, "leaving the cluster (spec.cluster.leave_on_shutdown)");
+    for attempt in 1..=5 {
+        match node.remove(id).await {
+            Ok(index) => {
+                tracing::info!(node_id = id, log_index = index, "left the cluster");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(node_id = id, attempt, "could not leave the cluster yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    tracing::error!(node_id = id, "did not leave the cluster; remove it with `aofctl cluster leave --node-id {id}`");
 }
 
 /// How long shutdown waits for background tasks (ticks, snapshot trigger, trigger

@@ -414,6 +414,105 @@ impl PeerTls {
     }
 }
 
+/// Verifies a server certificate against the cluster CA for whichever node it names
+/// (discovery: the address is known, the id not yet), and records that id.
+#[derive(Debug)]
+struct AnyNodeVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    seen: Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyNodeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let id = node_id_of_cert(end_entity)
+            .ok_or_else(|| rustls::Error::General("the certificate names no single aof-node-<id>".into()))?;
+        let name = ServerName::try_from(node_server_name(id)).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp, now)?;
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+impl PeerTls {
+    /// A channel to whichever node answers at `addr`, for discovery, when only the
+    /// address is known: the server must present a certificate of the cluster CA
+    /// naming one node (`aof-node-<id>`), and that id is stored in the returned
+    /// slot once the handshake succeeded. This node presents its own certificate.
+    pub fn any_node_channel(
+        &self,
+        addr: &str,
+        connect_timeout: Duration,
+    ) -> Result<(tonic::transport::Channel, Arc<std::sync::Mutex<Option<u64>>>), TlsError> {
+        let hint = CERTS_HINT;
+        let ca = parse_certs("CA certificate", &self.cert_file, &self.ca_pem, hint)?;
+        let chain = parse_certs("node certificate", &self.cert_file, &self.cert_pem, hint)?;
+        let key = parse_key(&self.cert_file, &self.key_pem, hint)?;
+        let roots = Arc::new(root_store(&ca).map_err(|e| TlsError::Config { cert: self.cert_file.clone(), reason: e.to_string() })?);
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, crypto_provider())
+            .build()
+            .map_err(|e| TlsError::Config { cert: self.cert_file.clone(), reason: e.to_string() })?;
+        let seen: Arc<std::sync::Mutex<Option<u64>>> = Arc::default();
+        let verifier = Arc::new(AnyNodeVerifier { inner, seen: seen.clone() });
+        let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config { cert: self.cert_file.clone(), reason: e.to_string() })?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| TlsError::Config { cert: self.cert_file.clone(), reason: e.to_string() })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let target = addr.to_string();
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| TlsError::Config { cert: self.cert_file.clone(), reason: format!("bad address {addr:?}: {e}") })?
+            .connect_timeout(connect_timeout)
+            .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+                let (connector, target) = (connector.clone(), target.clone());
+                async move {
+                    let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&target))
+                        .await
+                        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+                    tcp.set_nodelay(true)?;
+                    let sni = ServerName::try_from("aof-node-discovery").expect("a valid DNS name");
+                    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(sni, tcp))
+                        .await
+                        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            }));
+        Ok((channel, seen))
+    }
+}
+
 /// A server certificate and key for a listener without client authentication
 /// (the worker gRPC listener, the HTTP listeners).
 #[derive(Clone)]

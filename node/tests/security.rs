@@ -147,12 +147,22 @@ async fn the_peer_port_needs_a_cluster_certificate_of_a_member() {
             Ok(ch) => assert!(node_info(ch).await.is_err(), "a foreign certificate got an answer"),
         }
     }
-    // A cluster certificate of a node that is not a member (7): PermissionDenied,
-    // so it cannot forward anything — not even an `IngestWebhook` that skipped the HMAC.
+    // A cluster certificate of a node that is not a member (7) may ask who a node is
+    // (discovery) and to join (as itself), but Raft and forwarding are refused, so it
+    // cannot forward anything — not even an `IngestWebhook` that skipped the HMAC.
     let node7 = aof_node::tls::PeerTls::load(dir.join("ca.crt"), dir.join("node7.crt"), dir.join("node7.key")).unwrap();
     let ch = node7.endpoint(1, &peer.to_string()).unwrap().connect_timeout(short).connect().await.unwrap();
-    let e = node_info(ch.clone()).await.unwrap_err();
+    assert_eq!(node_info(ch.clone()).await.unwrap().node_id, 1);
+    let e = aof_proto::v1::raft_service_client::RaftServiceClient::new(ch.clone())
+        .vote(pb::RaftPayload { data: vec![1] })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = ClusterServiceClient::new(ch.clone())
+        .join(pb::JoinRequest { node_id: 2, peer_addr: "x:1".into(), grpc_addr: "x:2".into(), api_addr: "x:3".into(), http_addr: "x:4".into(), max_voters: 5 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "node 7 asked to join as node 2: {e:?}");
     let forged = aof_node::node::LeaderOp::Write(aof_node::types::Command::Purge { job_id: None });
     let e = ClusterServiceClient::new(ch)
         .forward(pb::RaftPayload { data: aof_node::codec::encode(&forged) })

@@ -55,6 +55,11 @@ pub struct ClusterConfig {
     /// `initial_members`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryConfig>,
+    /// On a graceful stop (SIGTERM/SIGINT), after draining, remove this node from the
+    /// cluster's membership before exiting — for scaling in. A killed node (SIGKILL,
+    /// crash, no preStop hook) never leaves. `aofctl serve --leave-on-shutdown` sets it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leave_on_shutdown: bool,
     #[serde(default)]
     pub raft: RaftTuning,
     #[serde(default)]

@@ -325,6 +325,7 @@ impl DaemonConfig {
                     data_dir: data_dir.into(),
                     initial_members: Vec::new(),
                     discovery: None,
+                    leave_on_shutdown: false,
                     raft: RaftTuning::default(),
                     storage: StorageTuning::default(),
                 },

@@ -189,6 +189,49 @@ impl TestCluster {
         c
     }
 
+    /// Start `n` nodes with automatic membership (`spec.cluster.discovery.seeds`:
+    /// every node's peer address) instead of `initial_members`, in the order `order`
+    /// (indexes, each started `gap` after the previous), secured like
+    /// [`TestCluster::start_secure`]. `hook` adjusts each node's config.
+    pub async fn start_discovery(
+        n: u64,
+        max_voters: u32,
+        order: &[usize],
+        gap: Duration,
+        hook: impl Fn(&mut DaemonConfig),
+    ) -> TestCluster {
+        let certs = tempfile::tempdir().unwrap();
+        let mut opts = aof_node::tls::CertsInit::new(certs.path());
+        opts.nodes = n.max(5);
+        aof_node::tls::init_certs(&opts).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut bound = Vec::new();
+        for _ in 0..n {
+            bound.push(bind().await);
+        }
+        let seeds: Vec<String> = bound.iter().map(|(_, a)| a.peer_addr.to_string()).collect();
+        let mut c = TestCluster { nodes: Vec::new(), dir, http: client_with_token(ADMIN_TOKEN), certs: None };
+        let mut listeners = Vec::new();
+        for (i, (l, a)) in bound.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut cfg = DaemonConfig::with_addrs(id, &a, c.dir.path().join(format!("node{id}")));
+            tune(&mut cfg, 10_000);
+            secure(&mut cfg, certs.path());
+            cfg.spec.cluster.discovery =
+                Some(aof_node::config::DiscoveryConfig { seeds: seeds.clone(), dns: None, max_voters });
+            hook(&mut cfg);
+            c.nodes.push(node_of(id, &a, cfg));
+            listeners.push(Some(l));
+        }
+        for &i in order {
+            let l = listeners[i].take().expect("each node starts once");
+            spawn(&mut c.nodes[i], l);
+            tokio::time::sleep(gap).await;
+        }
+        c.certs = Some(certs);
+        c
+    }
+
     /// Start an extra node with no initial members (to be joined).
     pub async fn add_unjoined_node(&mut self, snapshot_every: u64) -> usize {
         self.add_unjoined_node_with(snapshot_every, |_| {}).await
