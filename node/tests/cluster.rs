@@ -145,11 +145,15 @@ async fn joined_node_catches_up_by_snapshot_then_leaves() {
     })
     .await;
     let n4 = c.add_unjoined_node(SNAPSHOT_EVERY).await;
-    // Not a member: it must not be ready or form its own cluster.
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    assert_eq!(c.get_json(n4, "/ready").await.0, 503);
-    let (s, _) = c.get_json(n4, "/v1/cluster?consistency=stale").await;
+    // Not a member: it is up, not ready, and belongs to no cluster (it has no
+    // initial_members, so nothing makes it form one; joining below shows it ends up
+    // in this cluster, with this cluster's leader).
+    c.eventually("node 4 answers", 10, || async { c.get_json(n4, "/health").await.0 == 200 }).await;
+    let (s, v) = c.get_json(n4, "/ready").await;
+    assert_eq!(s, 503, "{v}");
+    let (s, v) = c.get_json(n4, "/v1/cluster?consistency=stale").await;
     assert_eq!(s, 200);
+    assert!(v["members"].as_array().is_none_or(|m| m.is_empty()) && v["leader_id"].is_null(), "an unjoined node is in a cluster: {v}");
 
     // Join via a follower (forwarded to the leader).
     let f = follower_indices(&c, leader)[0];
