@@ -1,6 +1,11 @@
 //! An aof-cluster of real `aofctl serve` processes on loopback (three nodes, or one),
 //! each with its own data dir, from generated DaemonConfig files. fsync stays on (it
 //! is not configurable: every log append is flushed before it is acknowledged).
+//!
+//! The nodes run as in production: four listeners (public, API, workers' gRPC,
+//! peers), bearer tokens generated for the run (the API calls here send the admin
+//! token, the workers the worker token: one SHA-256 per request or call) and
+//! mutual TLS between peers with certificates from `aofctl certs init`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 
-use crate::load::{http_call, HttpClient};
+use crate::load::{http_call, HttpClient, REQUEST_TIMEOUT};
 use crate::sys::free_port;
 
 /// Environment variable the nodes read the webhook secret from.
@@ -31,8 +37,14 @@ pub struct NodeTuning {
 
 pub struct NodeProc {
     pub id: u64,
+    /// Public listener (webhooks, /ready).
     pub http: u16,
+    /// Workers' gRPC listener.
     pub grpc: u16,
+    /// API listener (/v1/*, /metrics).
+    pub api: u16,
+    /// Peer listener (mutual TLS).
+    pub peer: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -47,10 +59,25 @@ impl NodeProc {
 pub struct AofCluster {
     pub nodes: Vec<NodeProc>,
     pub dir: PathBuf,
+    /// Sent by every API call of the benchmark.
+    pub admin_token: String,
+    /// Sent by the workers.
+    pub worker_token: String,
     client: HttpClient,
 }
 
-fn node_config(n: &NodeProc, members: &[(u64, u16, u16)], t: &NodeTuning) -> String {
+/// A random token (16 bytes from the kernel, hex).
+fn random_token(role: &str) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(format!("bench-{role}-{}", hex::encode(b)))
+}
+
+/// The (id, http, grpc, api, peer) of each member.
+type Members = [(u64, u16, u16, u16, u16)];
+
+fn node_config(n: &NodeProc, members: &Members, certs: &Path, t: &NodeTuning) -> String {
     let mut y = format!(
         "apiVersion: aof.dev/v1
 kind: DaemonConfig
@@ -74,35 +101,57 @@ spec:
     if let Some(r) = t.retention_secs {
         y.push_str(&format!("  queue:\n    retention_secs: {r}\n"));
     }
-    // No tokens or TLS on a benchmark cluster. The API and peer addresses only need
-    // to be distinct (127.0.0.2) until those listeners are served on their own
-    // sockets: the API answers on the HTTP port and peers on the gRPC port.
-    y.push_str("  auth:\n    insecure: true\n");
+    // The default tokens (from the environment the node is started with) and
+    // mutual TLS between peers, as in production.
     y.push_str(&format!(
-        "  cluster:
+        "  auth:
+    tokens:
+      - {{ name: admin, role: admin, env: AOF_ADMIN_TOKEN }}
+      - {{ name: worker, role: worker, env: AOF_WORKER_TOKEN }}
+  cluster:
     node_id: {id}
-    api_addr: 127.0.0.2:{http}
+    api_addr: 127.0.0.1:{api}
     grpc_addr: 127.0.0.1:{grpc}
-    peer_addr: 127.0.0.2:{grpc}
+    peer_addr: 127.0.0.1:{peer}
+    peer_tls:
+      ca_file: {certs}/ca.crt
+      cert_file: \"{certs}/node{{node_id}}.crt\"
+      key_file: \"{certs}/node{{node_id}}.key\"
     data_dir: {data}
     raft:
       request_timeout_ms: 5000
 ",
         id = n.id,
-        http = n.http,
+        api = n.api,
         grpc = n.grpc,
+        peer = n.peer,
+        certs = certs.display(),
         data = n.data_dir.display()
     ));
     if let Some(s) = t.snapshot_every {
         y.push_str(&format!("      snapshot_every: {s}\n"));
     }
     y.push_str("    storage:\n      cache_capacity_mb: 64\n    initial_members:\n");
-    for (id, http, grpc) in members {
+    for (id, http, grpc, api, peer) in members {
         y.push_str(&format!(
-            "      - {{ id: {id}, peer_addr: 127.0.0.2:{grpc}, grpc_addr: 127.0.0.1:{grpc}, api_addr: 127.0.0.2:{http}, http_addr: 127.0.0.1:{http} }}\n"
+            "      - {{ id: {id}, peer_addr: 127.0.0.1:{peer}, grpc_addr: 127.0.0.1:{grpc}, api_addr: 127.0.0.1:{api}, http_addr: 127.0.0.1:{http} }}\n"
         ));
     }
     y
+}
+
+/// The cluster CA and certificates of nodes `1..=n` in `dir`, by `aofctl certs init`.
+fn make_certs(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .args(["certs", "init", "--force", "--dir"])
+        .arg(dir)
+        .args(["--nodes", &n.to_string()])
+        .output()
+        .with_context(|| format!("running {} certs init", bin.display()))?;
+    if !out.status.success() {
+        bail!("aofctl certs init --dir {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 impl AofCluster {
@@ -110,22 +159,33 @@ impl AofCluster {
     /// trigger is stored.
     pub async fn start(bin: &Path, n: usize, dir: &Path, secret: &str, tuning: &NodeTuning) -> anyhow::Result<AofCluster> {
         std::fs::create_dir_all(dir)?;
-        let members: Vec<(u64, u16, u16)> = (1..=n as u64).map(|id| (id, free_port(), free_port())).collect();
+        let certs = dir.join("certs");
+        make_certs(bin, &certs, n)?;
+        let members: Vec<(u64, u16, u16, u16, u16)> =
+            (1..=n as u64).map(|id| (id, free_port(), free_port(), free_port(), free_port())).collect();
         let mut nodes = Vec::new();
-        for &(id, http, grpc) in &members {
+        for &(id, http, grpc, api, peer) in &members {
             let node = NodeProc {
                 id,
                 http,
                 grpc,
+                api,
+                peer,
                 data_dir: dir.join(format!("data{id}")),
                 log: dir.join(format!("node{id}.log")),
                 child: None,
             };
             let cfg = dir.join(format!("node{id}.yaml"));
-            std::fs::write(&cfg, node_config(&node, &members, tuning))?;
+            std::fs::write(&cfg, node_config(&node, &members, &certs, tuning))?;
             nodes.push((node, cfg));
         }
-        let mut cluster = AofCluster { nodes: Vec::new(), dir: dir.to_path_buf(), client: crate::load::http_client() };
+        let mut cluster = AofCluster {
+            nodes: Vec::new(),
+            dir: dir.to_path_buf(),
+            admin_token: random_token("admin")?,
+            worker_token: random_token("worker")?,
+            client: crate::load::http_client(),
+        };
         for (mut node, cfg) in nodes {
             let log = std::fs::File::create(&node.log)?;
             let mut cmd = Command::new(bin);
@@ -134,6 +194,8 @@ impl AofCluster {
                 .args(["serve", "--config"])
                 .arg(&cfg)
                 .env(SECRET_ENV, secret)
+                .env("AOF_ADMIN_TOKEN", &cluster.admin_token)
+                .env("AOF_WORKER_TOKEN", &cluster.worker_token)
                 .env("RUST_LOG", &tuning.log_level)
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log.try_clone()?))
@@ -148,8 +210,30 @@ impl AofCluster {
         Ok(cluster)
     }
 
+    /// The public listeners (webhooks).
     pub fn http_urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| format!("http://127.0.0.1:{}", n.http)).collect()
+    }
+
+    /// The API listeners.
+    pub fn api_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("http://127.0.0.1:{}", n.api)).collect()
+    }
+
+    /// One call to an API listener with the admin token: (status, body).
+    async fn api_call(&self, method: &str, url: &str, content_type: Option<&str>, body: Bytes) -> anyhow::Result<(u16, String)> {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("authorization", format!("Bearer {}", self.admin_token));
+        if let Some(ct) = content_type {
+            b = b.header("content-type", ct);
+        }
+        let req = b.body(Full::new(body))?;
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req)).await.context("timed out")??;
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(REQUEST_TIMEOUT, resp.into_body().collect()).await.context("timed out")??.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     pub fn grpc_urls(&self) -> Vec<String> {
@@ -198,10 +282,10 @@ impl AofCluster {
     }
 
     async fn put_trigger(&self) -> anyhow::Result<()> {
-        let url = format!("{}/v1/triggers/all", self.http_urls()[0]);
+        let url = format!("{}/v1/triggers/all", self.api_urls()[0]);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match http_call(&self.client, "PUT", &url, Some("application/yaml"), Bytes::from_static(TRIGGER_YAML.as_bytes())).await {
+            match self.api_call("PUT", &url, Some("application/yaml"), Bytes::from_static(TRIGGER_YAML.as_bytes())).await {
                 Ok((s, _)) if (200..300).contains(&s) => return Ok(()),
                 other if Instant::now() >= deadline => bail!("PUT /v1/triggers/all failed: {other:?}"),
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -212,8 +296,8 @@ impl AofCluster {
     /// Sum of each Prometheus sample of the named metrics, per node (missing = NaN).
     pub async fn metrics(&self, names: &[&str]) -> Vec<Vec<f64>> {
         let mut out = Vec::new();
-        for u in self.http_urls() {
-            let text = match http_call(&self.client, "GET", &format!("{u}/metrics"), None, Bytes::new()).await {
+        for u in self.api_urls() {
+            let text = match self.api_call("GET", &format!("{u}/metrics"), None, Bytes::new()).await {
                 Ok((200, t)) => t,
                 _ => String::new(),
             };
@@ -224,8 +308,8 @@ impl AofCluster {
 
     /// The node the cluster says leads, as an index into `nodes`.
     pub async fn leader_index(&self) -> Option<usize> {
-        let url = format!("{}/v1/cluster?consistency=stale", self.http_urls()[0]);
-        let (_, body) = http_call(&self.client, "GET", &url, None, Bytes::new()).await.ok()?;
+        let url = format!("{}/v1/cluster?consistency=stale", self.api_urls()[0]);
+        let (_, body) = self.api_call("GET", &url, None, Bytes::new()).await.ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         let id = v.get("leader_id")?.as_u64()?;
         self.nodes.iter().position(|n| n.id == id)
@@ -272,6 +356,23 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_configs_have_four_listeners_tokens_and_peer_tls() {
+        let n = NodeProc { id: 2, http: 3002, grpc: 4002, api: 5002, peer: 6002, data_dir: "/d/data2".into(), log: "/d/n2.log".into(), child: None };
+        let members = [(1, 3001, 4001, 5001, 6001), (2, 3002, 4002, 5002, 6002)];
+        let t = NodeTuning { log_level: "warn".into(), snapshot_every: None, retention_secs: None };
+        let y = node_config(&n, &members, Path::new("/d/certs"), &t);
+        let v: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+        let c = &v["spec"]["cluster"];
+        assert_eq!((c["api_addr"].as_str(), c["grpc_addr"].as_str(), c["peer_addr"].as_str()), (Some("127.0.0.1:5002"), Some("127.0.0.1:4002"), Some("127.0.0.1:6002")));
+        assert_eq!(v["spec"]["server"]["port"].as_u64(), Some(3002));
+        assert_eq!(c["peer_tls"]["cert_file"].as_str(), Some("/d/certs/node{node_id}.crt"));
+        assert_eq!(v["spec"]["auth"]["tokens"][0]["env"].as_str(), Some("AOF_ADMIN_TOKEN"));
+        assert!(v["spec"]["auth"]["insecure"].is_null());
+        assert_eq!(c["initial_members"][1]["api_addr"].as_str(), Some("127.0.0.1:5002"));
+        assert_eq!(c["initial_members"][0]["peer_addr"].as_str(), Some("127.0.0.1:6001"));
+    }
 
     #[test]
     fn sums_metric_samples() {

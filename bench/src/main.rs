@@ -298,7 +298,7 @@ impl Bench {
         let dir = self.work_dir.join(system.short());
         eprintln!("aof-bench: starting {} ({})", system.label(), dir.display());
         let mut c = cluster::AofCluster::start(aofctl, n, &dir, SECRET, &tuning).await?;
-        let workers = workers::start_aof(&c.grpc_urls(), self.args.workers, self.args.max_in_flight, self.phases.clone());
+        let workers = workers::start_aof(&c.grpc_urls(), &c.worker_token, self.args.workers, self.args.max_in_flight, self.phases.clone());
         let sender = Sender::Http(Arc::new(load::HttpSender {
             client: load::http_client(),
             uris: c.http_urls().iter().map(|u| format!("{u}/webhook/github").parse().expect("valid uri")).collect(),

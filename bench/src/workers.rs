@@ -18,6 +18,7 @@ use aof_proto::v1 as pb;
 use aof_proto::v1::work_queue_client::WorkQueueClient;
 use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
+use tonic::metadata::{Ascii, MetadataValue};
 use tokio::task::JoinHandle;
 
 use crate::load::Phases;
@@ -45,20 +46,30 @@ impl Workers {
     }
 }
 
-/// `n` gRPC workers; worker i talks to `grpc_urls[i % len]`.
-pub fn start_aof(grpc_urls: &[String], n: usize, max_in_flight: u32, phases: Arc<Phases>) -> Workers {
+/// `n` gRPC workers; worker i talks to `grpc_urls[i % len]`, sending `token`
+/// (`authorization: Bearer` metadata) with every call.
+pub fn start_aof(grpc_urls: &[String], token: &str, n: usize, max_in_flight: u32, phases: Arc<Phases>) -> Workers {
     let (stop, stop_rx) = watch::channel(false);
     let stats = Arc::new(WorkerStats::default());
+    let auth: MetadataValue<Ascii> = format!("Bearer {token}").parse().expect("a hex token is valid metadata");
     let tasks = (0..n)
         .map(|i| {
             let url = grpc_urls[i % grpc_urls.len()].clone();
-            tokio::spawn(aof_worker(i, url, max_in_flight, phases.clone(), stats.clone(), stop_rx.clone()))
+            tokio::spawn(aof_worker(i, url, auth.clone(), max_in_flight, phases.clone(), stats.clone(), stop_rx.clone()))
         })
         .collect();
     Workers { stats, stop, tasks }
 }
 
-async fn aof_worker(i: usize, url: String, max_in_flight: u32, phases: Arc<Phases>, stats: Arc<WorkerStats>, mut stop: watch::Receiver<bool>) {
+async fn aof_worker(
+    i: usize,
+    url: String,
+    auth: MetadataValue<Ascii>,
+    max_in_flight: u32,
+    phases: Arc<Phases>,
+    stats: Arc<WorkerStats>,
+    mut stop: watch::Receiver<bool>,
+) {
     // Reconnects (bounded by `stop`) when the stream or the connection breaks.
     while !*stop.borrow() {
         let channel = match tonic::transport::Endpoint::from_shared(url.clone()).expect("valid url").tcp_nodelay(true).connect().await {
@@ -69,7 +80,12 @@ async fn aof_worker(i: usize, url: String, max_in_flight: u32, phases: Arc<Phase
                 continue;
             }
         };
-        let mut client = WorkQueueClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+        let token = auth.clone();
+        let with_token = move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", token.clone());
+            Ok(req)
+        };
+        let mut client = WorkQueueClient::with_interceptor(channel, with_token).max_decoding_message_size(64 * 1024 * 1024);
         let req = pb::ClaimRequest { worker_id: format!("aof-bench-{i}"), targets: vec![], max_in_flight };
         let mut stream = match client.claim(req).await {
             Ok(s) => s.into_inner(),

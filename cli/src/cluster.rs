@@ -2,12 +2,15 @@
 //!
 //! `join` is the safe way to grow the cluster: the node is added as a learner
 //! first, and promoted to voter only once it has caught up with the log, so the
-//! quorum never waits on a node that is still copying history.
+//! quorum never waits on a node that is still copying history. The new member is
+//! known by its four advertised addresses (peer, workers' gRPC, API, public); the
+//! leader adds it only if it answers on its peer address with a certificate of the
+//! cluster CA that names its id.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use aof_client::{Client, ClusterStatus, Consistency, NodeId, Role};
+use aof_client::{Client, ClusterStatus, Consistency, MemberAddrs, NodeId, Role};
 use clap::{Args, Subcommand};
 
 use crate::output::{print_structured, OutputFormat, Table};
@@ -18,8 +21,10 @@ pub enum ClusterCommand {
     /// Show members, roles, the leader and replication progress.
     Status(StatusArgs),
     /// Add a running node: as a learner, then as a voter once it has caught up.
+    #[command(after_help = "Example (node 4 of the local configs):\n  aofctl cluster join --endpoint http://127.0.0.1:5001 --node-id 4 --peer-addr 127.0.0.1:6004 \\\n      --grpc-addr 127.0.0.1:4004 --api-addr 127.0.0.1:5004 --http-addr 127.0.0.1:3004")]
     Join(JoinArgs),
     /// Remove a node (voter or learner, the leader too) from the cluster.
+    #[command(after_help = "Example:\n  aofctl cluster leave --endpoint http://127.0.0.1:5001 --node-id 4")]
     Leave(LeaveArgs),
 }
 
@@ -37,10 +42,18 @@ pub struct JoinArgs {
     /// The new node's id (its `spec.cluster.node_id`).
     #[arg(long)]
     pub node_id: NodeId,
-    /// The new node's gRPC address, host:port (Raft traffic).
+    /// The new node's peer address, host:port (its spec.cluster.peer_addr, as the
+    /// other nodes reach it: Raft and snapshots, over mutual TLS).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer_addr: String,
+    /// The new node's workers' gRPC address, host:port (spec.cluster.grpc_addr).
     #[arg(long, value_name = "HOST:PORT")]
     pub grpc_addr: String,
-    /// The new node's HTTP address, host:port.
+    /// The new node's API address, host:port (spec.cluster.api_addr).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub api_addr: String,
+    /// The new node's public address, host:port (spec.server host and port:
+    /// webhooks, /health).
     #[arg(long, value_name = "HOST:PORT")]
     pub http_addr: String,
     /// Give up if the node has not caught up and been promoted by then.
@@ -62,16 +75,17 @@ pub async fn run(cmd: ClusterCommand, global: &GlobalArgs) -> anyhow::Result<()>
     let client = global.client();
     match cmd {
         ClusterCommand::Status(args) => {
-            let status =
-                status_via_leader(&client, args.consistency.into(), global.request_timeout)
-                    .await
-                    .context("reading cluster status")?;
+            let status = status_via_leader(&client, args.consistency.into(), &|eps| {
+                global.client_for(eps, global.request_timeout)
+            })
+            .await
+            .context("reading cluster status")?;
             if !print_structured(args.output, &status)? {
                 print!("{}", render_status(&status));
             }
             Ok(())
         }
-        ClusterCommand::Join(args) => join(&client, args, global.request_timeout).await,
+        ClusterCommand::Join(args) => join(&client, args, global).await,
         ClusterCommand::Leave(args) => {
             let r = client
                 .remove_member(args.node_id)
@@ -86,16 +100,19 @@ pub async fn run(cmd: ClusterCommand, global: &GlobalArgs) -> anyhow::Result<()>
     }
 }
 
+/// Builds a client of some API endpoints (with the command's token, CA, timeout).
+pub type MakeClient<'a> = dyn Fn(Vec<String>) -> Client + 'a;
+
 /// Reads the cluster status; if the answering node is not the leader and
-/// reports no replication progress, asks the leader (who knows it) directly,
-/// keeping the first answer if the leader cannot be reached.
+/// reports no replication progress, asks the leader (who knows it) directly at
+/// its API address, keeping the first answer if the leader cannot be reached.
 pub async fn status_via_leader(
     client: &Client,
     consistency: Consistency,
-    request_timeout: Duration,
+    make: &MakeClient<'_>,
 ) -> Result<ClusterStatus, aof_client::ClientError> {
     let status = client.cluster_status(consistency).await?;
-    if let Some(leader) = leader_client(&status, request_timeout, &[]) {
+    if let Some(leader) = leader_client(&status, &client.endpoints(), make, &[]) {
         if let Ok(from_leader) = leader.cluster_status(consistency).await {
             return Ok(from_leader);
         }
@@ -103,26 +120,24 @@ pub async fn status_via_leader(
     Ok(status)
 }
 
-/// A client of the leader (then of `fallback`), when `status` came from another
-/// node and lacks the leader-only `matched_index` values.
+/// A client of the leader's API address (then of `fallback`), when `status` came
+/// from another node and lacks the leader-only `matched_index` values. `configured`
+/// are the endpoints in use (their scheme is kept).
 fn leader_client(
     status: &ClusterStatus,
-    request_timeout: Duration,
+    configured: &[String],
+    make: &MakeClient<'_>,
     fallback: &[String],
 ) -> Option<Client> {
     let leader = status.leader()?;
     let no_progress = status.members.iter().all(|m| m.matched_index.is_none());
-    if leader.id == status.node_id || !no_progress || leader.http_addr.is_empty() {
+    if leader.id == status.node_id || !no_progress || leader.api_addr.is_empty() {
         return None;
     }
-    let endpoints = std::iter::once(leader.http_addr.clone())
+    let endpoints = std::iter::once(crate::api_url(configured, &leader.api_addr))
         .chain(fallback.iter().cloned())
         .collect();
-    Some(
-        Client::builder(endpoints)
-            .request_timeout(request_timeout)
-            .build(),
-    )
+    Some(make(endpoints))
 }
 
 /// The `cluster status` table, with a summary line above it.
@@ -135,13 +150,16 @@ pub fn render_status(s: &ClusterStatus) -> String {
         "Leader: {leader}   Term: {}   Commit index: {}   Applied: {}   (answered by node {})\n\n",
         s.term, s.commit_index, s.last_applied, s.node_id
     );
-    let mut t = Table::new(["ID", "GRPC", "HTTP", "ROLE", "LEADER", "MATCHED", "LAG"]);
+    let mut t = Table::new(["ID", "API", "GRPC", "PUBLIC", "PEER", "ROLE", "LEADER", "MATCHED", "LAG"]);
+    let or_dash = |a: &String| if a.is_empty() { "-".to_string() } else { a.clone() };
     for m in &s.members {
         let is_leader = m.is_leader || s.leader_id == Some(m.id);
         t.row([
             m.id.to_string(),
-            m.grpc_addr.clone(),
-            m.http_addr.clone(),
+            or_dash(&m.api_addr),
+            or_dash(&m.grpc_addr),
+            or_dash(&m.http_addr),
+            or_dash(&m.peer_addr),
             m.role.to_string(),
             if is_leader { "*".into() } else { String::new() },
             m.matched_index.map_or("-".into(), |i| i.to_string()),
@@ -187,8 +205,15 @@ fn judge(status: &ClusterStatus, id: NodeId, max_lag: u64, prev_commit: Option<u
     }
 }
 
-async fn join(client: &Client, args: JoinArgs, request_timeout: Duration) -> anyhow::Result<()> {
+async fn join(client: &Client, args: JoinArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let id = args.node_id;
+    let make = |eps: Vec<String>| global.client_for(eps, global.request_timeout);
+    let addrs = MemberAddrs {
+        peer_addr: args.peer_addr.clone(),
+        grpc_addr: args.grpc_addr.clone(),
+        api_addr: args.api_addr.clone(),
+        http_addr: args.http_addr.clone(),
+    };
     let deadline = Instant::now() + args.timeout;
     let timeout_msg = |what: &str| {
         format!(
@@ -197,10 +222,9 @@ async fn join(client: &Client, args: JoinArgs, request_timeout: Duration) -> any
         )
     };
 
-    // The node should be up, and be the node we think it is.
-    let target = Client::builder(vec![args.http_addr.clone()])
-        .request_timeout(Duration::from_secs(3))
-        .build();
+    // The node should be up, and be the node we think it is (its public
+    // listener's /health says which).
+    let target = global.public_client(vec![args.http_addr.clone()], Duration::from_secs(3));
     match target.health().await {
         Ok(h) if h.node_id != id => bail!(
             "the node at {} reports node_id {}, not {id}; check --node-id and --http-addr",
@@ -225,21 +249,25 @@ async fn join(client: &Client, args: JoinArgs, request_timeout: Duration) -> any
             return Ok(());
         }
         Some(m) => {
-            if m.grpc_addr != args.grpc_addr || m.http_addr != args.http_addr {
+            let same = |have: &str, want: &str| have.is_empty() || have == want;
+            if !(same(&m.peer_addr, &args.peer_addr)
+                && same(&m.grpc_addr, &args.grpc_addr)
+                && same(&m.api_addr, &args.api_addr)
+                && same(&m.http_addr, &args.http_addr))
+            {
                 bail!(
-                    "node {id} is already a learner with grpc {} and http {}; remove it first with \
+                    "node {id} is already a learner with peer {} grpc {} api {} http {}; remove it first with \
                      `aofctl cluster leave --node-id {id}`",
+                    m.peer_addr,
                     m.grpc_addr,
+                    m.api_addr,
                     m.http_addr
                 );
             }
             eprintln!("node {id} is already a learner; waiting for it to catch up");
         }
         None => {
-            let r = bounded(
-                deadline,
-                client.add_learner(id, &args.grpc_addr, &args.http_addr),
-            )
+            let r = bounded(deadline, client.add_learner(id, &addrs))
             .await
             .ok_or_else(|| anyhow::anyhow!(timeout_msg("adding the learner")))?
             .with_context(|| format!("adding node {id} as a learner"))?;
@@ -268,7 +296,7 @@ async fn join(client: &Client, args: JoinArgs, request_timeout: Duration) -> any
             }
             Some(Ok(status)) => {
                 last_error = None;
-                if let Some(leader) = leader_client(&status, request_timeout, &client.endpoints()) {
+                if let Some(leader) = leader_client(&status, &client.endpoints(), &make, &client.endpoints()) {
                     // Only the leader knows how far the learner got: ask it from now on.
                     poller = leader;
                 }
@@ -314,11 +342,11 @@ async fn join(client: &Client, args: JoinArgs, request_timeout: Duration) -> any
             .map(|e| format!("; last error: {e}"))
             .unwrap_or_default();
         bail!(
-            "node {id} did not catch up within {}{progress}{cause}. Is it running and reachable at {} (gRPC)? \
-             Check its log. It stays a learner: re-run this command to keep waiting, or remove it with \
-             `aofctl cluster leave --node-id {id}`.",
+            "node {id} did not catch up within {}{progress}{cause}. Is it running and reachable from the leader at {} \
+             (its peer address, mutual TLS with a certificate of the cluster CA)? Check its log. It stays a learner: \
+             re-run this command to keep waiting, or remove it with `aofctl cluster leave --node-id {id}`.",
             crate::output::human_age(args.timeout),
-            args.grpc_addr
+            args.peer_addr
         );
     }
 
@@ -343,7 +371,9 @@ mod tests {
     fn member(id: u64, role: Role, matched: Option<u64>, leader: bool) -> MemberStatus {
         MemberStatus {
             id,
+            peer_addr: format!("127.0.0.1:600{id}"),
             grpc_addr: format!("127.0.0.1:400{id}"),
+            api_addr: format!("127.0.0.1:500{id}"),
             http_addr: format!("127.0.0.1:300{id}"),
             role,
             is_leader: leader,
@@ -372,10 +402,10 @@ mod tests {
         assert_eq!(
             out,
             "Leader: node 1   Term: 3   Commit index: 42   Applied: 42   (answered by node 1)\n\n\
-             ID   GRPC             HTTP             ROLE      LEADER   MATCHED   LAG\n\
-             1    127.0.0.1:4001   127.0.0.1:3001   voter     *        42        0\n\
-             2    127.0.0.1:4002   127.0.0.1:3002   voter              41        1\n\
-             4    127.0.0.1:4004   127.0.0.1:3004   learner            -         -\n"
+             ID   API              GRPC             PUBLIC           PEER             ROLE      LEADER   MATCHED   LAG\n\
+             1    127.0.0.1:5001   127.0.0.1:4001   127.0.0.1:3001   127.0.0.1:6001   voter     *        42        0\n\
+             2    127.0.0.1:5002   127.0.0.1:4002   127.0.0.1:3002   127.0.0.1:6002   voter              41        1\n\
+             4    127.0.0.1:5004   127.0.0.1:4004   127.0.0.1:3004   127.0.0.1:6004   learner            -         -\n"
         );
         let mut s = status(0, None);
         s.leader_id = None;
@@ -416,22 +446,20 @@ mod tests {
     }
 
     #[test]
-    fn asks_the_leader_only_when_progress_is_missing() {
+    fn asks_the_leader_at_its_api_address_only_when_progress_is_missing() {
+        let make = |eps: Vec<String>| Client::new(eps);
+        let http = ["http://127.0.0.1:5002".to_string()];
         let mut s = status(42, Some(40));
-        assert!(
-            leader_client(&s, Duration::from_secs(1), &[]).is_none(),
-            "answered by the leader"
-        );
+        assert!(leader_client(&s, &http, &make, &[]).is_none(), "answered by the leader");
         s.node_id = 2;
-        assert!(
-            leader_client(&s, Duration::from_secs(1), &[]).is_none(),
-            "progress is known"
-        );
+        assert!(leader_client(&s, &http, &make, &[]).is_none(), "progress is known");
         for m in &mut s.members {
             m.matched_index = None;
         }
-        let c = leader_client(&s, Duration::from_secs(1), &["http://n2".into()])
-            .expect("asks the leader");
-        assert_eq!(c.endpoints(), vec!["http://127.0.0.1:3001", "http://n2"]);
+        let c = leader_client(&s, &http, &make, &["http://n2".into()]).expect("asks the leader");
+        assert_eq!(c.endpoints(), vec!["http://127.0.0.1:5001", "http://n2"]);
+        // The scheme of the configured endpoints is kept.
+        let c = leader_client(&s, &["https://n2:5002".into()], &make, &[]).unwrap();
+        assert_eq!(c.endpoints(), vec!["https://127.0.0.1:5001"]);
     }
 }

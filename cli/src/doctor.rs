@@ -2,13 +2,14 @@
 //!
 //! Prints one `OK` / `WARN` / `FAIL` line per check with the next step, and exits
 //! non-zero when any check FAILs. Checks: quorum and leader, each member's
-//! reachability and replication lag, webhook freshness (a silent webhook usually
-//! means a broken GitHub hook), the dead-letter queue's size and growth, the
-//! expired-lease ratio, and free disk space on each node.
+//! public listener (`/health`, where GitHub delivers) and API listener
+//! (`/metrics`, with the token), replication lag, webhook freshness (a silent
+//! webhook usually means a broken GitHub hook), the dead-letter queue's size and
+//! growth, the expired-lease ratio, and free disk space on each node.
 
 use std::time::Duration;
 
-use aof_client::{Client, Consistency};
+use aof_client::Consistency;
 use clap::Args;
 
 use crate::GlobalArgs;
@@ -78,7 +79,7 @@ fn ago(ms: u64) -> String {
 /// Run the checks; `Ok(true)` when nothing FAILed.
 pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> anyhow::Result<bool> {
     let mut r = Report { worst: Level::Ok };
-    let client = Client::builder(global.endpoint.clone()).request_timeout(Duration::from_secs(5)).build();
+    let client = global.client_for(global.conn.api.clone(), Duration::from_secs(5));
 
     // Quorum and leader: a linearizable status needs the leader to confirm with a majority.
     let status = match client.cluster_status(Consistency::Linearizable).await {
@@ -86,8 +87,8 @@ pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> anyhow::Result<bool> 
         Err(e) => {
             r.line(Level::Fail, "quorum", format!("no leader can confirm a majority ({e}); check that most nodes are running and can reach each other (`aofctl cluster status --consistency stale` shows each node's own view)"));
             // Still report what each reachable endpoint says about itself.
-            for ep in &global.endpoint {
-                match Client::new(vec![ep.clone()]).health().await {
+            for ep in &global.conn.api {
+                match global.client_for(vec![ep.clone()], Duration::from_secs(3)).health().await {
                     Ok(_) => r.line(Level::Warn, "node", format!("{ep} is up but cannot reach a quorum")),
                     Err(_) => r.line(Level::Fail, "node", format!("{ep} is unreachable; start it or check its log")),
                 }
@@ -98,15 +99,23 @@ pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> anyhow::Result<bool> 
     let leader = status.leader_id.unwrap_or(0);
     r.line(Level::Ok, "quorum", format!("leader is node {leader}, term {}, commit index {}", status.term, status.commit_index));
 
-    // Members: reachable? lagging?
+    // Members: reachable on their public and API listeners? lagging?
     let mut metrics_texts = Vec::new();
     for m in &status.members {
-        let ep = format!("http://{}", m.http_addr);
-        let one = Client::builder(vec![ep.clone()]).request_timeout(Duration::from_secs(3)).build();
-        match one.metrics_text().await {
+        let public = format!("http://{}", m.http_addr);
+        match global.public_client(vec![public.clone()], Duration::from_secs(3)).health().await {
+            Ok(h) if h.node_id == m.id => {}
+            Ok(h) => r.line(Level::Warn, "public", format!("{public} answers as node {}, not node {}; check spec.server of both and the members' advertised addresses", h.node_id, m.id)),
+            Err(e) => r.line(Level::Warn, "public", format!("node {}'s public listener {public} does not answer /health ({e}); GitHub's deliveries sent there fail", m.id)),
+        }
+        let api = global.api_url(&m.api_addr);
+        match global.client_for(vec![api.clone()], Duration::from_secs(3)).metrics_text().await {
             Ok(t) => metrics_texts.push((m.id, t)),
+            Err(e) if e.is_unauthenticated() || e.is_forbidden() => {
+                r.line(Level::Warn, "metrics", format!("cannot read node {}'s /metrics at {api}: {e}", m.id));
+            }
             Err(e) => {
-                r.line(Level::Warn, "member", format!("node {} ({ep}) is unreachable ({e}); the cluster runs without it but tolerates one failure less", m.id));
+                r.line(Level::Warn, "member", format!("node {}'s API {api} is unreachable ({e}); the cluster runs without it but tolerates one failure less", m.id));
                 continue;
             }
         }

@@ -6,13 +6,15 @@
 //! [`events`] (get events, describe event), [`queue`] (queue stats, dlq),
 //! [`worker`] (run a command per job), [`webhook`] (signing sample deliveries),
 //! [`output`] (tables, JSON/YAML), [`signals`] (SIGINT/SIGTERM), [`certs`] (cluster CA
-//! and node certificates).
+//! and node certificates), [`context`] (contexts in aofctl's config file, and the
+//! precedence of flags, environment, context and defaults).
 //!
 //! Errors are printed as `error: <message>` (with a hint when the cluster
 //! cannot be reached) and exit with code 1; usage errors exit with code 2.
 
 mod certs;
 mod cluster;
+mod context;
 mod dev;
 mod doctor;
 mod events;
@@ -31,6 +33,7 @@ mod worker;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -57,17 +60,33 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Node HTTP endpoints (comma-separated); a request goes to the next one when
-    /// a node cannot be reached.
+    /// The nodes' API endpoints (their spec.cluster.api_addr), comma-separated; a
+    /// request goes to the next one when a node cannot be reached. Default: the
+    /// context's, else http://127.0.0.1:5001,5002,5003 (the local configs).
     #[arg(
         long,
         global = true,
         env = "AOF_ENDPOINT",
         value_delimiter = ',',
-        value_name = "URL[,URL...]",
-        default_value = "http://127.0.0.1:3001"
+        value_name = "URL[,URL...]"
     )]
     pub endpoint: Vec<String>,
+
+    /// Bearer token for the API (admin for changes, read for reads); for `worker`,
+    /// the worker token. Default: $AOF_TOKEN ($AOF_WORKER_TOKEN for `worker`), else
+    /// the context's.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// Use this context of aofctl's config file (`aofctl config get-contexts`)
+    /// instead of the current one.
+    #[arg(long, global = true, env = "AOF_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// PEM CA to verify https:// and grpcs:// endpoints with (default:
+    /// $AOF_CA_FILE, else the context's, else the system's roots).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 
     /// Log filter (e.g. `debug`, `aof_node=debug,info`); RUST_LOG overrides it.
     /// Default: `info` for `serve`, `warn` otherwise.
@@ -79,18 +98,102 @@ pub struct GlobalArgs {
     pub request_timeout: Duration,
 
     /// Whether `--endpoint` was given on the command line (not taken from
-    /// AOF_ENDPOINT or the default): `worker` then uses it as its gRPC endpoints.
+    /// AOF_ENDPOINT): `worker` then uses it as its gRPC endpoints.
     #[arg(skip)]
     pub endpoint_given: bool,
+
+    /// The connection settings, chosen by [`context::resolve`] before a command
+    /// that talks to the cluster runs.
+    #[arg(skip)]
+    pub conn: context::Settings,
 }
 
 impl GlobalArgs {
-    /// A client of `--endpoint`.
+    /// A client of the API endpoints, with the token and CA.
     pub fn client(&self) -> Client {
-        Client::builder(self.endpoint.clone())
-            .request_timeout(self.request_timeout)
-            .build()
+        self.client_for(self.conn.api.clone(), self.request_timeout)
     }
+
+    /// A client of other API endpoints (e.g. one member's), with the same token and CA.
+    pub fn client_for(&self, endpoints: Vec<String>, timeout: Duration) -> Client {
+        let mut b = Client::builder(endpoints)
+            .request_timeout(timeout)
+            .token_opt(self.conn.token.clone());
+        if let Some(ca) = &self.conn.ca_file {
+            b = b.ca_file(ca);
+        }
+        b.build()
+    }
+
+    /// A client of public listeners (`/health`, `/ready`): the CA, never the token
+    /// (the public listener may face the internet and needs none).
+    pub fn public_client(&self, endpoints: Vec<String>, timeout: Duration) -> Client {
+        let mut b = Client::builder(endpoints).request_timeout(timeout);
+        if let Some(ca) = &self.conn.ca_file {
+            b = b.ca_file(ca);
+        }
+        b.build()
+    }
+
+    /// The URL of a member's advertised API address (`host:port`), with the
+    /// scheme of the configured endpoints (https when they use it).
+    pub fn api_url(&self, addr: &str) -> String {
+        api_url(&self.conn.api, addr)
+    }
+
+    /// What the command line said about the connection (for [`context::resolve`]).
+    fn flags(&self, command: &Command) -> context::Flags {
+        let mut flags = context::Flags {
+            endpoint: self.endpoint_given.then(|| self.endpoint.clone()),
+            grpc_endpoint: None,
+            token: self.token.clone(),
+            ca_file: self.ca_file.clone(),
+            context: self.context.clone(),
+            worker: matches!(command, Command::Worker(_)),
+        };
+        if let Command::Worker(w) = command {
+            // `aofctl worker --endpoint URL` names gRPC endpoints.
+            flags.endpoint = None;
+            flags.grpc_endpoint = if w.grpc_endpoint_given {
+                Some(w.grpc_endpoint.clone())
+            } else if self.endpoint_given {
+                Some(self.endpoint.clone())
+            } else {
+                None
+            };
+        }
+        flags
+    }
+
+    /// Chooses the connection settings (flags, environment, context, defaults)
+    /// and checks that a client can be built from them.
+    fn resolve(&mut self, command: &Command) -> anyhow::Result<()> {
+        let path = context::config_path();
+        let file = match &path {
+            Ok(p) => context::ConfigFile::load(p)?,
+            Err(_) => context::ConfigFile::default(),
+        };
+        self.conn = context::resolve(&self.flags(command), &|k| std::env::var(k).ok(), &file)?;
+        if !matches!(command, Command::Worker(_)) {
+            Client::builder(self.conn.api.clone())
+                .token_opt(self.conn.token.clone())
+                .try_build()?;
+            if let Some(ca) = &self.conn.ca_file {
+                Client::builder(vec![]).ca_file(ca).try_build()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` → `http://host:port` (or `https://` when the first of `endpoints`
+/// is https); a URL is kept.
+pub fn api_url(endpoints: &[String], addr: &str) -> String {
+    if addr.contains("://") {
+        return addr.to_string();
+    }
+    let https = endpoints.first().is_some_and(|e| e.trim().starts_with("https://"));
+    format!("{}://{addr}", if https { "https" } else { "http" })
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +229,18 @@ pub enum Command {
     /// Create the cluster CA and node certificates (mutual TLS between nodes).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Contexts: named endpoints, tokens and CA in aofctl's config file
+    /// ($AOF_CONFIG or ~/.config/aofctl/config.yaml).
+    #[command(subcommand)]
+    Config(context::ConfigCommand),
+}
+
+impl Command {
+    /// Whether the command talks to a running cluster (and needs its endpoints,
+    /// token and CA).
+    fn connects(&self) -> bool {
+        !matches!(self, Command::Serve(_) | Command::Dev(_) | Command::Certs(_) | Command::Config(_))
+    }
 }
 
 /// `--consistency` of read commands.
@@ -182,7 +297,10 @@ pub fn init_logging(level: &str, json: bool) -> aof_node::telemetry::Telemetry {
     aof_node::telemetry::init(level, json, otlp.as_deref())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.command.connects() {
+        cli.global.resolve(&cli.command)?;
+    }
     let level = cli.global.log_level.as_deref();
     let _telemetry = match &cli.command {
         Command::Serve(args) => init_logging(level.unwrap_or("info"), args.log_format == serve::LogFormat::Json),
@@ -218,6 +336,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) }),
         Command::Certs(cmd) => certs::run(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Config(cmd) => context::run(cmd, cli.global.token.clone(), cli.global.ca_file.clone())
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -233,8 +353,9 @@ pub fn error_message(err: &anyhow::Error) -> String {
     });
     if unreachable {
         msg.push_str(
-            "\nhint: is the cluster running? Point aofctl at a node with --endpoint URL[,URL...] or AOF_ENDPOINT \
-             (`aofctl dev` starts a local cluster).",
+            "\nhint: is the cluster running? Point aofctl at the nodes' API listeners (spec.cluster.api_addr) \
+             with --endpoint URL[,URL...], AOF_ENDPOINT or a context (`aofctl config get-contexts`); \
+             `aofctl dev` starts a local cluster and records its context.",
         );
     }
     msg
@@ -287,17 +408,29 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_defaults_and_splits_on_commas() {
-        // The default applies unless AOF_ENDPOINT is set in the test environment.
-        if std::env::var_os("AOF_ENDPOINT").is_none() {
-            let cli = parse(&["get", "triggers"]).unwrap();
-            assert_eq!(cli.global.endpoint, vec!["http://127.0.0.1:3001"]);
-        }
+    fn endpoint_flags_split_on_commas_and_count_only_from_the_command_line() {
         let cli = parse(&["get", "triggers", "--endpoint", "http://a:1,http://b:2"]).unwrap();
         assert_eq!(cli.global.endpoint, vec!["http://a:1", "http://b:2"]);
+        let flags = cli.global.flags(&cli.command);
+        assert_eq!(flags.endpoint, Some(vec!["http://a:1".to_string(), "http://b:2".to_string()]));
+        assert_eq!(flags.grpc_endpoint, None);
         // Global options go before or after the subcommand.
-        let cli = parse(&["--endpoint", "http://c:3", "cluster", "status"]).unwrap();
-        assert_eq!(cli.global.endpoint, vec!["http://c:3"]);
+        let cli = parse(&["--endpoint", "http://c:3", "--token", "t", "cluster", "status", "--ca-file", "ca.crt"]).unwrap();
+        let flags = cli.global.flags(&cli.command);
+        assert_eq!(flags.endpoint, Some(vec!["http://c:3".to_string()]));
+        assert_eq!((flags.token.as_deref(), flags.ca_file), (Some("t"), Some(PathBuf::from("ca.crt"))));
+        // Not given on the command line: left to the environment, context and defaults.
+        let cli = parse(&["get", "triggers", "--context", "dev"]).unwrap();
+        let flags = cli.global.flags(&cli.command);
+        assert_eq!((flags.endpoint, flags.context.as_deref()), (None, Some("dev")));
+    }
+
+    #[test]
+    fn member_urls_take_the_scheme_of_the_endpoints() {
+        assert_eq!(api_url(&["http://a:5001".into()], "10.0.0.2:5000"), "http://10.0.0.2:5000");
+        assert_eq!(api_url(&["https://a:5001".into()], "aof-1.aof:5000"), "https://aof-1.aof:5000");
+        assert_eq!(api_url(&[], "b:1"), "http://b:1");
+        assert_eq!(api_url(&["https://a:1".into()], "http://b:1"), "http://b:1");
     }
 
     #[test]
@@ -328,14 +461,20 @@ mod tests {
     }
 
     #[test]
-    fn cluster_join_requires_its_addresses() {
+    fn cluster_join_requires_its_four_addresses() {
         let cli = parse(&[
             "cluster",
             "join",
+            "--endpoint",
+            "http://127.0.0.1:5001",
             "--node-id",
             "4",
+            "--peer-addr",
+            "127.0.0.1:6004",
             "--grpc-addr",
             "127.0.0.1:4004",
+            "--api-addr",
+            "127.0.0.1:5004",
             "--http-addr",
             "127.0.0.1:3004",
             "--timeout",
@@ -346,18 +485,14 @@ mod tests {
             panic!()
         };
         assert_eq!(j.node_id, 4);
-        assert_eq!(j.grpc_addr, "127.0.0.1:4004");
-        assert_eq!(j.http_addr, "127.0.0.1:3004");
+        assert_eq!(
+            (j.peer_addr.as_str(), j.grpc_addr.as_str(), j.api_addr.as_str(), j.http_addr.as_str()),
+            ("127.0.0.1:6004", "127.0.0.1:4004", "127.0.0.1:5004", "127.0.0.1:3004")
+        );
         assert_eq!(j.timeout, Duration::from_secs(90));
         let cli = parse(&[
-            "cluster",
-            "join",
-            "--node-id",
-            "4",
-            "--grpc-addr",
-            "a:1",
-            "--http-addr",
-            "a:2",
+            "cluster", "join", "--node-id", "4", "--peer-addr", "a:0", "--grpc-addr", "a:1", "--api-addr", "a:3",
+            "--http-addr", "a:2",
         ])
         .unwrap();
         let Command::Cluster(cluster::ClusterCommand::Join(j)) = cli.command else {
@@ -365,6 +500,7 @@ mod tests {
         };
         assert_eq!(j.timeout, Duration::from_secs(120));
         assert!(parse(&["cluster", "join", "--node-id", "4"]).is_err());
+        assert!(parse(&["cluster", "join", "--node-id", "4", "--grpc-addr", "a:1", "--http-addr", "a:2"]).is_err());
         assert!(parse(&["cluster", "leave"]).is_err());
         assert!(parse(&["cluster", "leave", "--node-id", "x"]).is_err());
     }
@@ -415,14 +551,12 @@ mod tests {
 
     #[test]
     fn worker_has_its_own_grpc_endpoint_and_a_command_after_dashes() {
-        let no_env = std::env::var_os("AOF_GRPC_ENDPOINT").is_none();
         let cli = parse(&["worker", "--", "cat"]).unwrap();
         let Command::Worker(w) = &cli.command else {
             panic!()
         };
-        if no_env {
-            assert_eq!(w.endpoints(&cli.global), vec!["grpc://127.0.0.1:4001"]);
-        }
+        // Nothing on the command line: left to $AOF_GRPC_ENDPOINT, the context, the defaults.
+        assert_eq!(cli.global.flags(&cli.command).grpc_endpoint, None);
         assert_eq!(w.command, vec!["cat"]);
         assert_eq!((w.concurrency, w.worker_id.as_deref()), (1, None));
         assert_eq!(w.task_timeout, Duration::from_secs(300));
@@ -455,7 +589,9 @@ mod tests {
         let Command::Worker(w) = &cli.command else {
             panic!()
         };
-        assert_eq!(w.endpoints(&cli.global), vec!["grpc://a:1", "grpc://b:2"]);
+        let flags = cli.global.flags(&cli.command);
+        assert_eq!(flags.grpc_endpoint, Some(vec!["grpc://a:1".to_string(), "grpc://b:2".to_string()]));
+        assert_eq!(flags.endpoint, None);
         assert_eq!(w.targets, vec!["x", "y"]);
         assert_eq!((w.concurrency, w.worker_id.as_deref()), (4, Some("w-9")));
         assert_eq!(
@@ -476,10 +612,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.global.endpoint, vec!["http://x:3001"]);
-        let Command::Worker(w) = &cli.command else {
-            panic!()
-        };
-        assert_eq!(w.endpoints(&cli.global), vec!["grpc://y:4001"]);
+        assert_eq!(cli.global.flags(&cli.command).grpc_endpoint, Some(vec!["grpc://y:4001".to_string()]));
+        // `--token` after `worker` is the worker token.
+        let cli = parse(&["worker", "--token", "w", "--", "cat"]).unwrap();
+        assert_eq!(cli.global.flags(&cli.command).token.as_deref(), Some("w"));
 
         assert!(parse(&["worker"]).is_err());
         assert!(parse(&["worker", "cat"]).is_err());

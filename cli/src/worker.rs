@@ -1,8 +1,10 @@
 //! `aofctl worker -- COMMAND [ARGS...]`: run a command for each job of the
 //! cluster's work queue.
 //!
-//! The worker opens a claim stream to a node's gRPC endpoint (`--endpoint`,
-//! `AOF_GRPC_ENDPOINT`; not the HTTP endpoint of the other commands) and runs
+//! The worker opens a claim stream to a node's workers' gRPC listener
+//! (`--grpc-endpoint`, `AOF_GRPC_ENDPOINT` or the context's; not the API endpoint of
+//! the other commands), sending its worker token (`--token`, `AOF_WORKER_TOKEN` or
+//! the context's), and runs
 //! COMMAND once per leased job, at most `--concurrency` at once. Each run gets the
 //! webhook payload on stdin and the job in `AOF_*` environment variables, in an
 //! environment cleared but for a short allow-list (`--pass-env` adds names): the
@@ -50,9 +52,12 @@ const UNREACHABLE_HINT_AFTER: Duration = Duration::from_secs(10);
 #[derive(Debug, Args)]
 #[command(
     after_help = "Endpoints: the worker talks gRPC to the nodes' spec.cluster.grpc_addr \
-(grpc://127.0.0.1:4001 for `aofctl dev`), not to their HTTP port. It takes the first of: \
---grpc-endpoint; --endpoint given on the command line (for this subcommand it names gRPC \
-endpoints); $AOF_GRPC_ENDPOINT; grpc://127.0.0.1:4001. $AOF_ENDPOINT (HTTP) is not used."
+(grpc://127.0.0.1:4001-4003 for `aofctl dev`; grpcs:// for TLS, verified with --ca-file), \
+not to their API. It takes the first of: --grpc-endpoint; --endpoint given on the command \
+line (for this subcommand it names gRPC endpoints); $AOF_GRPC_ENDPOINT; the context's gRPC \
+endpoints; grpc://127.0.0.1:4001,4002,4003. $AOF_ENDPOINT (the API) is not used.\n\n\
+Token: a worker (or admin) token of the cluster: --token, else $AOF_WORKER_TOKEN, else the \
+context's worker token (or its API token). $AOF_TOKEN is not used."
 )]
 pub struct WorkerArgs {
     /// Node gRPC endpoints (comma-separated). `--endpoint URL[,URL...]` works too
@@ -103,25 +108,6 @@ pub struct WorkerArgs {
     /// on stdin and the job in AOF_* environment variables.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
-}
-
-/// The gRPC endpoints when none is given.
-pub const DEFAULT_GRPC_ENDPOINT: &str = "grpc://127.0.0.1:4001";
-
-impl WorkerArgs {
-    /// The gRPC endpoints to use: `--grpc-endpoint`, else an explicit
-    /// `--endpoint`, else `$AOF_GRPC_ENDPOINT`, else [`DEFAULT_GRPC_ENDPOINT`].
-    pub fn endpoints(&self, global: &GlobalArgs) -> Vec<String> {
-        if self.grpc_endpoint_given {
-            self.grpc_endpoint.clone()
-        } else if global.endpoint_given {
-            global.endpoint.clone()
-        } else if !self.grpc_endpoint.is_empty() {
-            self.grpc_endpoint.clone()
-        } else {
-            vec![DEFAULT_GRPC_ENDPOINT.to_string()]
-        }
-    }
 }
 
 /// Where the worker is in its life; commands watch it.
@@ -340,15 +326,19 @@ async fn give_back(lease: Lease, worker_id: &str) {
 pub async fn run(args: WorkerArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let env = EnvPolicy::new(&args.pass_env).context("--pass-env")?;
     let mut signals = Shutdown::new().context("installing SIGINT/SIGTERM handlers")?;
-    let endpoints = args.endpoints(global);
+    let endpoints = global.conn.grpc.clone();
     let mut builder = Worker::builder(endpoints.clone())
+        .token(global.conn.worker_token.clone().unwrap_or_default())
         .targets(args.targets.clone())
         .max_in_flight(args.concurrency);
+    if let Some(ca) = &global.conn.ca_file {
+        builder = builder.ca_file(ca);
+    }
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id.clone());
     }
     let mut worker = builder.start().context(
-        "cannot start the worker (check --endpoint / --grpc-endpoint / AOF_GRPC_ENDPOINT)",
+        "cannot start the worker (check --grpc-endpoint / AOF_GRPC_ENDPOINT / the context, and --ca-file)",
     )?;
     let ctx = Arc::new(Ctx {
         command: args.command.clone(),
@@ -369,6 +359,7 @@ pub async fn run(args: WorkerArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
     let mut jobs = JoinSet::new();
     let started = Instant::now();
     let mut hinted = false;
+    let mut refused: Option<WorkerError> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let name = loop {
         tokio::select! {
@@ -377,7 +368,14 @@ pub async fn run(args: WorkerArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
                 Some(lease) => {
                     jobs.spawn(run_job(lease, ctx.clone(), phase_rx.clone()));
                 }
-                None => break "the end of the lease stream",
+                None => match worker.error() {
+                    // Every node refused the token: nothing to drain but the jobs in hand.
+                    Some(e) => {
+                        refused = Some(e);
+                        break "a refused token";
+                    }
+                    None => break "the end of the lease stream",
+                },
             },
             Some(done) = jobs.join_next(), if !jobs.is_empty() => {
                 if let Err(e) = done {
@@ -391,7 +389,7 @@ pub async fn run(args: WorkerArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
                     hinted = true;
                     tracing::warn!(
                         "no node reachable at {} yet (still trying); is the cluster running? Point the worker at the nodes' gRPC addresses \
-                         (spec.cluster.grpc_addr) with --endpoint or AOF_GRPC_ENDPOINT",
+                         (spec.cluster.grpc_addr) with --grpc-endpoint, AOF_GRPC_ENDPOINT or a context",
                         endpoints.join(",")
                     );
                 }
@@ -432,6 +430,9 @@ pub async fn run(args: WorkerArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
             while jobs.join_next().await.is_some() {}
         })
         .await;
+    }
+    if let Some(e) = refused {
+        return Err(anyhow::Error::new(e).context("the cluster refused the worker"));
     }
     tracing::info!("worker stopped");
     Ok(ExitCode::SUCCESS)

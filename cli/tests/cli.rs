@@ -1,29 +1,52 @@
 //! End-to-end tests of the `aofctl` binary that need no real cluster: usage,
-//! error reporting, and the commands against a fake node API served by axum.
+//! error reporting, contexts, and the commands against a fake node API served by
+//! axum (which, like a node's API listener, wants a bearer token).
 
+use std::path::PathBuf;
 use std::process::Output;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-fn aofctl_blocking(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_aofctl"))
-        .args(args)
-        .env_remove("AOF_ENDPOINT")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run aofctl")
+mod common;
+
+/// The token the fake node accepts.
+const TOKEN: &str = "t0k-fake-admin";
+
+/// A directory for aofctl's config file, shared by the tests of this process
+/// (none of them writes contexts there).
+fn config_dir() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path().to_path_buf()
 }
 
+/// `aofctl ARGS` with `env`, aofctl's config file in `dir`, and nothing from the
+/// caller's environment.
+fn aofctl_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = common::aofctl_cmd(dir);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run aofctl")
+}
+
+fn aofctl_blocking(args: &[&str]) -> Output {
+    aofctl_in(&config_dir(), args, &[])
+}
+
+/// `aofctl ARGS` with the fake node's token in `AOF_TOKEN`.
 async fn aofctl(args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        aofctl_blocking(&args)
+        aofctl_in(&config_dir(), &args, &[("AOF_TOKEN", TOKEN)])
     })
     .await
     .unwrap()
@@ -128,7 +151,7 @@ struct Fake {
     /// name -> (revision, document)
     triggers: std::collections::BTreeMap<String, (u64, Value)>,
     index: u64,
-    learner: Option<(u64, String, String, u64)>, // id, grpc, http, matched
+    learner: Option<(u64, Value, u64)>, // id, the POSTed body, matched
     promoted: bool,
     /// How far a learner gets per poll of /v1/cluster (0 = never catches up).
     catch_up_step: u64,
@@ -137,8 +160,25 @@ struct Fake {
 type Shared = Arc<Mutex<Fake>>;
 
 fn member(id: u64, role: &str, matched: Option<u64>, leader: bool) -> Value {
-    json!({"id":id,"grpc_addr":format!("127.0.0.1:400{id}"),"http_addr":format!("127.0.0.1:300{id}"),
+    json!({"id":id,"peer_addr":format!("127.0.0.1:600{id}"),"grpc_addr":format!("127.0.0.1:400{id}"),
+           "api_addr":format!("127.0.0.1:500{id}"),"http_addr":format!("127.0.0.1:300{id}"),
            "role":role,"is_leader":leader,"matched_index":matched})
+}
+
+/// Like a node's API listener: 401 without the token, 415 for a change without a
+/// JSON or YAML content type.
+async fn require_token(req: Request, next: Next) -> Response {
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if auth != format!("Bearer {TOKEN}") {
+        let msg = if auth.is_empty() { "no Authorization header" } else { "the bearer token is not one this node accepts" };
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error":"unauthenticated","message":msg}))).into_response();
+    }
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mutating = !matches!(req.method().as_str(), "GET" | "DELETE");
+    if mutating && !(ct.starts_with("application/json") || ct.starts_with("application/yaml")) {
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Json(json!({"error":"unsupported_media_type","message":"changes must be JSON or YAML"}))).into_response();
+    }
+    next.run(req).await
 }
 
 fn fake_node(state: Shared) -> Router {
@@ -155,11 +195,15 @@ fn fake_node(state: Shared) -> Router {
                     member(2, "voter", Some(COMMIT), false),
                     member(3, "voter", Some(COMMIT - 2), false),
                 ];
-                if let Some((id, grpc, http, matched)) = s.learner.as_mut() {
+                if let Some((id, body, matched)) = s.learner.as_mut() {
                     *matched = (*matched + step).min(COMMIT);
                     let role = if promoted { "voter" } else { "learner" };
-                    members.push(json!({"id":*id,"grpc_addr":grpc,"http_addr":http,"role":role,
-                        "is_leader":false,"matched_index":*matched}));
+                    let mut m = body.clone();
+                    m["id"] = json!(*id);
+                    m["role"] = json!(role);
+                    m["is_leader"] = json!(false);
+                    m["matched_index"] = json!(*matched);
+                    members.push(m);
                 }
                 Json(json!({"node_id":1,"leader_id":1,"term":3,"commit_index":COMMIT,"last_applied":COMMIT,"members":members}))
             }),
@@ -169,7 +213,7 @@ fn fake_node(state: Shared) -> Router {
             post(|State(s): State<Shared>, Json(b): Json<Value>| async move {
                 let mut s = s.lock().unwrap();
                 let id = b["node_id"].as_u64().unwrap();
-                s.learner = Some((id, b["grpc_addr"].as_str().unwrap().into(), b["http_addr"].as_str().unwrap().into(), 0));
+                s.learner = Some((id, b.clone(), 0));
                 Json(json!({"node_id":id,"log_index":1501}))
             }),
         )
@@ -224,6 +268,7 @@ fn fake_node(state: Shared) -> Router {
                 }
             }),
         )
+        .layer(axum::middleware::from_fn(require_token))
         .with_state(state)
 }
 
@@ -318,11 +363,11 @@ async fn cluster_status_table_and_json() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("ID   GRPC             HTTP             ROLE    LEADER   MATCHED   LAG\n"),
+        stdout.contains("ID   API              GRPC             PUBLIC           PEER             ROLE    LEADER   MATCHED   LAG\n"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("3    127.0.0.1:4003   127.0.0.1:3003   voter            1498      2\n"),
+        stdout.contains("3    127.0.0.1:5003   127.0.0.1:4003   127.0.0.1:3003   127.0.0.1:6003   voter            1498      2\n"),
         "{stdout}"
     );
 
@@ -352,8 +397,12 @@ async fn join_adds_a_learner_waits_for_catch_up_and_promotes() {
         "join",
         "--node-id",
         "4",
+        "--peer-addr",
+        "127.0.0.1:6004",
         "--grpc-addr",
         "127.0.0.1:4004",
+        "--api-addr",
+        "127.0.0.1:5004",
         "--http-addr",
         &http4,
         "--timeout",
@@ -374,6 +423,12 @@ async fn join_adds_a_learner_waits_for_catch_up_and_promotes() {
     );
     assert!(stderr.contains("catching up: matched 500/1500"), "{stderr}");
     assert!(state.lock().unwrap().promoted);
+    // The learner was added with its four addresses.
+    let (_, body, _) = state.lock().unwrap().learner.clone().unwrap();
+    assert_eq!(
+        body,
+        json!({"node_id":4,"peer_addr":"127.0.0.1:6004","grpc_addr":"127.0.0.1:4004","api_addr":"127.0.0.1:5004","http_addr":http4})
+    );
 
     // Joining again is a no-op.
     let out = aofctl(&[
@@ -381,8 +436,12 @@ async fn join_adds_a_learner_waits_for_catch_up_and_promotes() {
         "join",
         "--node-id",
         "4",
+        "--peer-addr",
+        "127.0.0.1:6004",
         "--grpc-addr",
         "127.0.0.1:4004",
+        "--api-addr",
+        "127.0.0.1:5004",
         "--http-addr",
         &http4,
         "--endpoint",
@@ -402,8 +461,12 @@ async fn join_gives_up_with_a_hint_when_the_node_never_catches_up() {
         "join",
         "--node-id",
         "5",
+        "--peer-addr",
+        "127.0.0.1:6005",
         "--grpc-addr",
         "127.0.0.1:4005",
+        "--api-addr",
+        "127.0.0.1:5005",
         "--http-addr",
         "127.0.0.1:1",
         "--timeout",
@@ -435,8 +498,12 @@ async fn join_refuses_a_node_that_reports_another_id() {
         "join",
         "--node-id",
         "4",
+        "--peer-addr",
+        "127.0.0.1:6004",
         "--grpc-addr",
         "127.0.0.1:4004",
+        "--api-addr",
+        "127.0.0.1:5004",
         "--http-addr",
         &http,
         "--endpoint",
@@ -459,4 +526,90 @@ fn dev_without_configs_explains_what_is_missing() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("node1.yaml"), "{stderr}");
     assert!(stderr.contains("--configs"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_without_the_token_are_refused_with_what_to_set() {
+    let endpoint = serve(fake_node(Shared::default())).await;
+    let out = tokio::task::spawn_blocking(move || aofctl_blocking(&["cluster", "status", "--endpoint", &endpoint]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("error: reading cluster status: no Authorization header"), "{stderr}");
+    assert!(stderr.contains("--token, $AOF_TOKEN or a context"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contexts_round_trip_and_follow_the_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let good = serve(fake_node(Shared::default())).await;
+    let run = move |args: Vec<String>, env: Vec<(String, String)>| {
+        let d = d.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                aofctl_in(&d, &args, &env)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ok = |o: &Output| {
+        assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+        text(&o.stdout)
+    };
+
+    // No context yet.
+    let o = run(args(&["config", "current-context"]), vec![]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("no current context"), "{}", text(&o.stderr));
+
+    // The first context becomes current; the token is stored, never shown.
+    let o = run(args(&["config", "set-context", "local", "--api", &good, "--grpc", "grpc://127.0.0.1:4001", "--token", TOKEN]), vec![]).await;
+    assert_eq!(ok(&o).trim_end(), format!("context \"local\" created (current) in {}", dir.path().join("aofctl-config.yaml").display()));
+    let o = run(args(&["config", "set-context", "broken", "--api", "http://127.0.0.1:1", "--token-env", "BROKEN_TOKEN"]), vec![]).await;
+    assert!(ok(&o).starts_with("context \"broken\" created in"));
+    assert_eq!(ok(&run(args(&["config", "current-context"]), vec![]).await), "local\n");
+    let o = run(args(&["config", "get-contexts", "-o", "json"]), vec![]).await;
+    let v: Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(v["current_context"], "local");
+    assert_eq!(v["contexts"][0], json!({"name":"local","api":[good],"grpc":["grpc://127.0.0.1:4001"],"token":"(stored)"}));
+    assert_eq!(v["contexts"][1], json!({"name":"broken","api":["http://127.0.0.1:1"],"token_env":"BROKEN_TOKEN"}));
+    let table = ok(&run(args(&["config", "get-contexts"]), vec![]).await);
+    assert!(!table.contains(TOKEN) && table.contains("$BROKEN_TOKEN"), "{table}");
+    let file = std::fs::read_to_string(dir.path().join("aofctl-config.yaml")).unwrap();
+    assert!(file.contains(TOKEN), "the file keeps the token: {file}");
+
+    // The current context serves a command with no flags (the fake wants its token).
+    let o = run(args(&["cluster", "status", "-o", "json"]), vec![]).await;
+    let s: Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(s["leader_id"], 1);
+
+    // Switch; the other context's token variable is unset: a clear error.
+    ok(&run(args(&["config", "use-context", "broken"]), vec![]).await);
+    let o = run(args(&["cluster", "status"]), vec![]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("takes its token from $BROKEN_TOKEN, which is not set"), "{}", text(&o.stderr));
+    // With the variable, its (dead) endpoint is used and named.
+    let o = run(args(&["cluster", "status"]), vec![("BROKEN_TOKEN".into(), "x".into())]).await;
+    assert!(text(&o.stderr).contains("http://127.0.0.1:1"), "{}", text(&o.stderr));
+    // --context and $AOF_CONTEXT pick another context for one command.
+    ok(&run(args(&["cluster", "status", "--context", "local"]), vec![]).await);
+    ok(&run(args(&["cluster", "status"]), vec![("AOF_CONTEXT".into(), "local".into())]).await);
+    // Flags and variables beat the context: the endpoint, then the token.
+    ok(&run(args(&["cluster", "status", "--endpoint", &good, "--token", TOKEN]), vec![("BROKEN_TOKEN".into(), "x".into())]).await);
+    ok(&run(args(&["cluster", "status"]), vec![("AOF_ENDPOINT".into(), good.clone()), ("AOF_TOKEN".into(), TOKEN.into())]).await);
+    let o = run(args(&["cluster", "status", "--context", "local", "--token", "wrong"]), vec![]).await;
+    assert!(text(&o.stderr).contains("the token was refused"), "{}", text(&o.stderr));
+
+    // delete-context forgets it (and the current context with it).
+    ok(&run(args(&["config", "delete-context", "broken"]), vec![]).await);
+    let o = run(args(&["config", "current-context"]), vec![]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(args(&["config", "use-context", "broken"]), vec![]).await;
+    assert!(text(&o.stderr).contains("no context named \"broken\" (contexts: local)"), "{}", text(&o.stderr));
 }

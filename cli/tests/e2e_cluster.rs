@@ -1,35 +1,39 @@
-//! End to end with real processes: three `aofctl serve` nodes on loopback, SIGKILL
-//! of the leader, restart with data, and `aofctl cluster join/leave/status`,
-//! `aofctl apply/get/delete` as a user runs them.
+//! End to end with real processes: three `aofctl serve` nodes on loopback with real
+//! tokens and peer certificates made for this run, SIGKILL of the leader, restart
+//! with data, and `aofctl config set-context`, `cluster join/leave/status`,
+//! `apply/get/delete` and `doctor` as a user runs them — against the API listeners,
+//! with the tokens a user would have.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
 use aof_client::{Client, Consistency};
 
 mod common;
-use common::{free_port, write_config, BIN};
+use common::{aofctl_cmd, write_config, Auth, Creds, Ports};
 
 struct Proc {
     id: u64,
-    http: u16,
-    grpc: u16,
+    ports: Ports,
     config: PathBuf,
     log: PathBuf,
+    creds: Creds,
     child: Option<Child>,
 }
 
 impl Proc {
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
+    fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.api)
+    }
+    fn public(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.http)
     }
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info,openraft=warn")
+        let mut cmd = common::serve(&self.config);
+        self.creds.node_env(&mut cmd);
+        let child = cmd
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -43,6 +47,20 @@ impl Proc {
             c.wait().unwrap();
         }
     }
+    /// `--peer-addr ... --http-addr ...` of `cluster join`.
+    fn join_args(&self) -> Vec<String> {
+        let a = |p: u16| format!("127.0.0.1:{p}");
+        [
+            ("--node-id", self.id.to_string()),
+            ("--peer-addr", a(self.ports.peer)),
+            ("--grpc-addr", a(self.ports.grpc)),
+            ("--api-addr", a(self.ports.api)),
+            ("--http-addr", a(self.ports.http)),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect()
+    }
 }
 
 impl Drop for Proc {
@@ -51,8 +69,10 @@ impl Drop for Proc {
     }
 }
 
-fn aofctl(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run aofctl")
+/// `aofctl ARGS` with aofctl's config file in `dir` (its contexts) and nothing
+/// from the caller's environment.
+fn aofctl(dir: &Path, args: &[&str]) -> Output {
+    aofctl_cmd(dir).args(args).output().expect("run aofctl")
 }
 
 fn text(o: &Output) -> String {
@@ -73,7 +93,7 @@ where
 }
 
 async fn all_ready(procs: &[Proc]) -> bool {
-    common::all_ready(procs.iter().filter(|p| p.child.is_some()).map(Proc::endpoint)).await
+    common::all_ready(procs.iter().filter(|p| p.child.is_some()).map(Proc::public)).await
 }
 
 fn trigger_yaml(name: &str) -> String {
@@ -83,13 +103,25 @@ fn trigger_yaml(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_survive_sigkill_of_the_leader_and_cli_manages_membership() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u64, u16, u16)> = (1..=4).map(|id| (id, free_port(), free_port())).collect();
+    let d = dir.path();
+    let creds = Creds::new(d);
+    // Node 5 has a certificate of another CA: the cluster must refuse it.
+    let rogue = Creds { certs: Creds::new(&d.join("rogue")).certs, ..creds.clone() };
+    let ports: Vec<(u64, Ports)> = (1..=5).map(|id| (id, Ports::free())).collect();
     let initial = &ports[..3];
     let mut procs: Vec<Proc> = ports
         .iter()
-        .map(|&(id, http, grpc)| {
+        .map(|&(id, p)| {
             let members = if id <= 3 { initial } else { &[][..] };
-            Proc { id, http, grpc, config: write_config(dir.path(), "e2e", id, http, grpc, members, ""), log: dir.path().join(format!("node{id}.log")), child: None }
+            let c = if id == 5 { &rogue } else { &creds };
+            Proc {
+                id,
+                ports: p,
+                config: write_config(d, "e2e", id, p, members, "", Auth::Secure(c)),
+                log: d.join(format!("node{id}.log")),
+                creds: c.clone(),
+                child: None,
+            }
         })
         .collect();
     // Start 1-3 in reverse order: formation must not depend on who comes first.
@@ -98,25 +130,55 @@ async fn processes_survive_sigkill_of_the_leader_and_cli_manages_membership() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     wait_until("three nodes ready", 60, &procs, || all_ready(&procs[..3])).await;
-    let all: Vec<String> = procs[..3].iter().map(Proc::endpoint).collect();
-    let client = Client::new(all.clone());
+    let all: Vec<String> = procs[..3].iter().map(Proc::api).collect();
+    let client = creds.admin_client(all.clone());
 
-    // `aofctl cluster status` prints a table naming every member.
-    let o = aofctl(&["cluster", "status", "--endpoint", &all[1]]);
+    // A context, as a user records one: afterwards no command needs flags.
+    let o = aofctl(d, &["config", "set-context", "e2e", "--api", &all.join(","), "--token", &creds.admin]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("context \"e2e\" created (current)"), "{}", text(&o));
+    let o = aofctl(d, &["config", "get-contexts"]);
+    assert!(text(&o).contains("*         e2e") && !text(&o).contains(&creds.admin), "{}", text(&o));
+
+    // `aofctl cluster status` prints a table naming every member's listeners.
+    let o = aofctl(d, &["cluster", "status"]);
     assert!(o.status.success(), "{}", text(&o));
     let table = text(&o);
     for p in &procs[..3] {
-        assert!(table.contains(&format!("127.0.0.1:{}", p.grpc)), "status table lacks node {}: {table}", p.id);
+        for port in [p.ports.api, p.ports.grpc, p.ports.http, p.ports.peer] {
+            assert!(table.contains(&format!("127.0.0.1:{port}")), "status table lacks node {}'s {port}: {table}", p.id);
+        }
     }
 
-    // `aofctl apply -f` a directory of triggers via a follower.
-    let tdir = dir.path().join("triggers");
+    // The tokens decide: none → 401 saying what to set; read → reads only; the
+    // public listener is not the API.
+    let o = aofctl(d, &["get", "triggers", "--context", "none-such"]);
+    assert!(!o.status.success() && text(&o).contains("no context named \"none-such\""), "{}", text(&o));
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = aofctl(&empty, &["get", "triggers", "--endpoint", &all[0]]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("no token was sent") && text(&o).contains("AOF_TOKEN"), "{}", text(&o));
+    let o = aofctl(&empty, &["get", "triggers", "--endpoint", &all[0], "--token", &creds.read]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = aofctl(&empty, &["get", "triggers", "--endpoint", &procs[0].public(), "--token", &creds.read]);
+    assert!(!o.status.success() && text(&o).contains("does not serve the API"), "{}", text(&o));
+
+    // `aofctl apply -f` a directory of triggers via a follower (context token).
+    let tdir = d.join("triggers");
     std::fs::create_dir(&tdir).unwrap();
     std::fs::write(tdir.join("a.yaml"), format!("{}---\n{}", trigger_yaml("alpha"), trigger_yaml("beta"))).unwrap();
-    let o = aofctl(&["apply", "-f", tdir.to_str().unwrap(), "--endpoint", &all[2]]);
+    let o = aofctl_cmd(d)
+        .args(["apply", "-f", tdir.to_str().unwrap()])
+        .env("AOF_TOKEN", &creds.read)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a read token cannot apply: {}", text(&o));
+    assert!(text(&o).contains("changes need an admin token"), "{}", text(&o));
+    let o = aofctl(d, &["apply", "-f", tdir.to_str().unwrap(), "--endpoint", &all[2]]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("trigger/alpha created") && text(&o).contains("trigger/beta created"), "{}", text(&o));
-    let o = aofctl(&["apply", "-f", tdir.to_str().unwrap(), "--endpoint", &all[0]]);
+    let o = aofctl(d, &["apply", "-f", tdir.to_str().unwrap(), "--endpoint", &all[0]]);
     assert!(text(&o).contains("trigger/alpha unchanged"), "{}", text(&o));
     let alpha_rev = client.get_trigger("alpha", Consistency::Linearizable).await.unwrap().revision;
 
@@ -125,61 +187,93 @@ async fn processes_survive_sigkill_of_the_leader_and_cli_manages_membership() {
     let leader = status.leader_id.expect("a leader");
     let li = procs.iter().position(|p| p.id == leader).unwrap();
     procs[li].kill9();
-    let survivors: Vec<String> = procs[..3].iter().filter(|p| p.child.is_some()).map(Proc::endpoint).collect();
-    let sclient = Client::new(survivors.clone());
+    let survivors: Vec<String> = procs[..3].iter().filter(|p| p.child.is_some()).map(Proc::api).collect();
+    let sclient = creds.admin_client(survivors.clone());
     wait_until("a new leader after SIGKILL", 30, &procs, || async {
         matches!(sclient.cluster_status(Consistency::Linearizable).await, Ok(s) if s.leader_id.is_some_and(|l| l != leader))
     })
     .await;
-    let o = aofctl(&["apply", "-f", tdir.to_str().unwrap(), "--endpoint", &survivors[0]]);
+    let o = aofctl(d, &["apply", "-f", tdir.to_str().unwrap(), "--endpoint", &survivors[0]]);
     assert!(o.status.success(), "write after failover: {}", text(&o));
-    let o = aofctl(&["delete", "trigger", "beta", "--endpoint", &survivors[1]]);
+    let o = aofctl(d, &["delete", "trigger", "beta", "--endpoint", &survivors[1]]);
     assert!(o.status.success(), "{}", text(&o));
 
     // The killed node restarts from its data: same revisions, and it catches up.
     procs[li].start();
     wait_until("restarted node ready", 60, &procs, || all_ready(&procs[..3])).await;
-    let only_restarted = Client::new(vec![procs[li].endpoint()]);
+    let only_restarted = creds.admin_client(vec![procs[li].api()]);
     assert_eq!(only_restarted.get_trigger("alpha", Consistency::Linearizable).await.unwrap().revision, alpha_rev);
     let err = only_restarted.get_trigger("beta", Consistency::Linearizable).await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
 
+    // Node 5 presents a certificate of another CA: the leader refuses to add it
+    // (it would receive the whole log otherwise).
+    procs[4].start();
+    wait_until("node 5 answers /health", 30, &procs, || {
+        let c = Client::new(vec![procs[4].public()]);
+        async move { c.health().await.is_ok() }
+    })
+    .await;
+    let args5 = procs[4].join_args();
+    let mut a: Vec<&str> = vec!["cluster", "join", "--timeout", "20s"];
+    a.extend(args5.iter().map(String::as_str));
+    let o = aofctl(d, &a);
+    assert!(!o.status.success(), "a node of another CA must not join: {}", text(&o));
+    assert!(text(&o).contains("did not answer over the peer listener"), "{}", text(&o));
+    assert!(client.cluster_status(Consistency::Linearizable).await.unwrap().member(5).is_none());
+    procs[4].kill9();
+
     // Node 4 starts with no initial members: it waits; `aofctl cluster join` adds it.
     procs[3].start();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (n4, g4, h4) = (procs[3].id.to_string(), format!("127.0.0.1:{}", procs[3].grpc), format!("127.0.0.1:{}", procs[3].http));
-    let o = aofctl(&["cluster", "join", "--endpoint", &all.join(","), "--node-id", &n4, "--grpc-addr", &g4, "--http-addr", &h4]);
+    wait_until("node 4 answers /health", 30, &procs, || {
+        let c = Client::new(vec![procs[3].public()]);
+        async move { c.health().await.is_ok() }
+    })
+    .await;
+    let args4 = procs[3].join_args();
+    let joined = all.join(",");
+    let mut a: Vec<&str> = vec!["cluster", "join", "--endpoint", &joined];
+    a.extend(args4.iter().map(String::as_str));
+    let o = aofctl(d, &a);
     assert!(o.status.success(), "join: {}", text(&o));
     let s = client.cluster_status(Consistency::Linearizable).await.unwrap();
     assert_eq!(s.members.len(), 4);
     let m4 = s.member(4).expect("node 4 is a member");
-    assert_eq!(serde_json::to_value(&m4.role).unwrap(), "voter");
-    wait_until("node 4 ready", 30, &procs, || all_ready(&procs)).await;
-    let c4 = Client::new(vec![procs[3].endpoint()]);
+    assert_eq!(serde_json::to_value(m4.role).unwrap(), "voter");
+    assert_eq!(
+        (m4.peer_addr.clone(), m4.api_addr.clone()),
+        (format!("127.0.0.1:{}", procs[3].ports.peer), format!("127.0.0.1:{}", procs[3].ports.api))
+    );
+    wait_until("node 4 ready", 30, &procs, || all_ready(&procs[..4])).await;
+    let c4 = creds.admin_client(vec![procs[3].api()]);
     assert_eq!(c4.get_trigger("alpha", Consistency::Linearizable).await.unwrap().revision, alpha_rev);
 
     // `aofctl cluster leave` removes it again.
-    let o = aofctl(&["cluster", "leave", "--endpoint", &all.join(","), "--node-id", "4"]);
+    let o = aofctl(d, &["cluster", "leave", "--endpoint", &all.join(","), "--node-id", "4"]);
     assert!(o.status.success(), "leave: {}", text(&o));
-    let o = aofctl(&["cluster", "status", "-o", "json", "--endpoint", &all.join(",")]);
+    let o = aofctl(d, &["cluster", "status", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
     assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
 
-    // `aofctl doctor`: healthy cluster → exit 0 with an OK quorum line.
-    let o = aofctl(&["doctor", "--endpoint", &all.join(",")]);
+    // `aofctl doctor`: healthy cluster → exit 0 with an OK quorum line, and each
+    // member's public and API listeners answered (no WARN about them).
+    let o = aofctl(d, &["doctor"]);
     assert!(o.status.success(), "doctor on a healthy cluster: {}", text(&o));
     assert!(text(&o).contains("OK   quorum"), "{}", text(&o));
+    for bad in ["WARN public", "WARN metrics", "WARN member"] {
+        assert!(!text(&o).contains(bad), "{}", text(&o));
+    }
     // A majority down → FAIL and a non-zero exit.
     let down: Vec<usize> = (0..3).filter(|&i| i != li).take(2).collect();
     for &i in &down {
         procs[i].kill9();
     }
-    let o = aofctl(&["doctor", "--endpoint", &all.join(","), "--request-timeout", "3s"]);
+    let o = aofctl(d, &["doctor", "--request-timeout", "3s"]);
     assert!(!o.status.success(), "doctor with a majority down must fail: {}", text(&o));
     assert!(text(&o).contains("FAIL quorum"), "{}", text(&o));
 
-    // A write against a dead endpoint list fails with a clear message naming it.
-    let o = aofctl(&["get", "triggers", "--endpoint", "http://127.0.0.1:1"]);
+    // A command against a dead endpoint list fails with a clear message naming it.
+    let o = aofctl(d, &["get", "triggers", "--endpoint", "http://127.0.0.1:1"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("127.0.0.1:1"), "{}", text(&o));
 }

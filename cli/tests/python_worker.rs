@@ -2,7 +2,8 @@
 //! three-node cluster: `aofctl serve` processes on loopback, signed GitHub webhooks
 //! from the fixture corpus posted to different nodes, and the worker claiming,
 //! heart-beating, and completing the jobs over gRPC (`aof.v1.WorkQueue`) through a
-//! follower.
+//! follower, with the cluster's worker token (`AOF_WORKER_TOKEN`); without a token
+//! it is refused and exits 2 saying what to set.
 //!
 //! Needs `python3` with `grpcio` and `grpcio-tools` (`bash .ci/python-deps.sh`).
 //! Without them the test is skipped with a loud message — except under CI (`CI` set),
@@ -14,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aof_client::{Client, Consistency};
+use aof_client::Consistency;
 use serde_json::Value;
 
 mod common;
-use common::{all_ready, sign, start_three, wait_until, Node, Proc};
+use common::{all_ready, sign, start_three, wait_until, Creds, Node, Proc};
 
 const SECRET: &str = "python-worker-test-secret";
 const TARGET: &str = "py-worker";
@@ -122,16 +123,24 @@ async fn python_worker_claims_heartbeats_and_completes_signed_webhooks() {
     // Three nodes.
     let dir = tempfile::tempdir().unwrap();
     let spec = format!("  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{SECRET}\"\n  queue:\n    lease_timeout_ms: {LEASE_TIMEOUT_MS}\n");
-    let nodes = start_three(dir.path(), "py", &spec);
-    wait_until("three nodes ready", 60, || dump_all(&nodes, None), || all_ready(nodes.iter().map(Node::url))).await;
-    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
-    let status = Client::new(urls.clone()).cluster_status(Consistency::Linearizable).await.unwrap();
+    let creds = Creds::new(dir.path());
+    let nodes = start_three(dir.path(), "py", &spec, &creds);
+    wait_until("three nodes ready", 60, || dump_all(&nodes, None), || all_ready(nodes.iter().map(Node::public_url))).await;
+    let urls: Vec<String> = nodes.iter().map(Node::api_url).collect();
+    let status = creds.admin_client(urls.clone()).cluster_status(Consistency::Linearizable).await.unwrap();
     let leader = status.leader_id.expect("a leader");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
 
     // The trigger: every GitHub event goes to the agent the worker serves.
     let trigger = format!("apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {{}}\n  default_agent: {TARGET}\n");
-    let r = http.put(format!("{}/v1/triggers/python-worker", urls[1])).body(trigger).send().await.unwrap();
+    let r = http
+        .put(format!("{}/v1/triggers/python-worker", urls[1]))
+        .bearer_auth(&creds.admin)
+        .header("content-type", "application/yaml")
+        .body(trigger)
+        .send()
+        .await
+        .unwrap();
     let code = r.status();
     assert!(code.is_success(), "PUT trigger: {code} {}", r.text().await.unwrap_or_default());
 
@@ -149,15 +158,39 @@ async fn python_worker_claims_heartbeats_and_completes_signed_webhooks() {
     assert!(o.status.success(), "protoc: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(gen.join("aof/v1/queue_pb2_grpc.py").is_file());
 
-    // The worker, on a follower's gRPC port: its calls are forwarded to the leader.
+    // Without a token every node refuses the worker: it exits 2 at once, saying
+    // what to set, and claims nothing.
     let via = nodes.iter().find(|n| n.id != leader).unwrap();
+    let all_grpc: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.ports.grpc)).collect();
+    let mut refused = Proc::spawn(
+        "python worker without a token",
+        dir.path().join("refused.log"),
+        Command::new(python())
+            .arg(repo_root().join("client/examples/python/worker.py"))
+            .args(["--endpoint", &all_grpc.join(","), "--target", TARGET])
+            .env_remove("AOF_WORKER_TOKEN")
+            .env("PYTHONPATH", &gen)
+            .env("PYTHONUNBUFFERED", "1"),
+    );
+    match refused.wait_exit(30).await {
+        Some(s) if s.code() == Some(2) => {}
+        other => {
+            dump_all(&nodes, Some(&refused));
+            panic!("the Python worker without a token: {other:?}");
+        }
+    }
+    let log = refused.log_text();
+    assert!(log.contains("UNAUTHENTICATED") && log.contains("AOF_WORKER_TOKEN"), "{log}");
+
+    // The worker, on a follower's gRPC port: its calls are forwarded to the leader.
     let out = dir.path().join("out");
     let mut worker = Proc::spawn(
         "python worker",
         dir.path().join("worker.log"),
         Command::new(python())
             .arg(repo_root().join("client/examples/python/worker.py"))
-            .args(["--endpoint", &format!("127.0.0.1:{}", via.grpc)])
+            .args(["--endpoint", &format!("grpc://127.0.0.1:{}", via.ports.grpc)])
+            .env("AOF_WORKER_TOKEN", &creds.worker)
             .args(["--target", TARGET, "--worker-id", "python-e2e"])
             .args(["--max-in-flight", &MAX_IN_FLIGHT.to_string(), "--max-jobs", &JOBS.to_string()])
             .args(["--work-ms", &WORK_MS.to_string()])
@@ -173,7 +206,7 @@ async fn python_worker_claims_heartbeats_and_completes_signed_webhooks() {
         let delivery = format!("py-worker-{}-{i}-{event}", std::process::id());
         let node = &nodes[i % nodes.len()];
         let r = http
-            .post(format!("{}/webhook/github", node.url()))
+            .post(format!("{}/webhook/github", node.public_url()))
             .header("content-type", "application/json")
             .header("x-github-event", event.as_str())
             .header("x-github-delivery", delivery.as_str())
@@ -218,7 +251,7 @@ async fn python_worker_claims_heartbeats_and_completes_signed_webhooks() {
     assert_eq!(files.len(), JOBS, "output files: {files:?}");
     for (i, (delivery, body)) in deliveries.iter().enumerate() {
         let url = format!("{}/v1/deliveries/{delivery}", urls[(i + 1) % urls.len()]);
-        let v: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        let v: Value = http.get(&url).bearer_auth(&creds.read).send().await.unwrap().json().await.unwrap();
         let jobs = v["jobs"].as_array().unwrap_or_else(|| panic!("{url}: {v}"));
         let ok = v["status"] == "completed" && jobs.len() == 1 && jobs[0]["state"] == "completed";
         if !ok {

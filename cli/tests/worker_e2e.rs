@@ -4,19 +4,21 @@
 //! the dead-letter queue and `aofctl dlq redrive`, a worker SIGKILLed mid-job, a
 //! worker whose node is SIGKILLed, and a graceful drain on SIGTERM.
 //!
-//! Every wait is bounded; everything listens on 127.0.0.1. `AOF_TEST_SHOW_LOGS=1`
-//! prints the workers' logs even on success.
+//! The nodes run with real tokens and peer certificates; workers present the
+//! worker token (`AOF_WORKER_TOKEN`), API calls the admin token. Every wait is
+//! bounded; everything listens on 127.0.0.1. `AOF_TEST_SHOW_LOGS=1` prints the
+//! workers' logs even on success.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use aof_client::{Client, Consistency};
 use serde_json::Value;
 
 mod common;
-use common::{sign, start_three, Node, Proc, BIN};
+use common::{aofctl_cmd, sign, start_three, Creds, Node, Proc};
 
 const SECRET: &str = "worker-e2e-secret";
 /// Set in the worker's environment under credential names; no job may see it.
@@ -28,6 +30,7 @@ const LEASE_TIMEOUT_MS: u64 = 2000;
 /// Three nodes, a catch-all trigger, and helpers to drive them.
 struct Cluster {
     dir: tempfile::TempDir,
+    creds: Creds,
     nodes: Vec<Node>,
     workers: Vec<Proc>,
     http: reqwest::Client,
@@ -37,9 +40,11 @@ impl Cluster {
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let spec = format!("  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{SECRET}\"\n  queue:\n    lease_timeout_ms: {LEASE_TIMEOUT_MS}\n    retry_delay_ms: 200\n    max_retries: 1\n");
-        let nodes = start_three(dir.path(), "worker-e2e", &spec);
+        let creds = Creds::new(dir.path());
+        let nodes = start_three(dir.path(), "worker-e2e", &spec, &creds);
         let c = Cluster {
             dir,
+            creds,
             nodes,
             workers: Vec::new(),
             http: reqwest::Client::builder()
@@ -49,7 +54,7 @@ impl Cluster {
         };
         c.wait_until("three nodes ready", 60, || async {
             for n in &c.nodes {
-                if Client::new(vec![n.url()]).ready().await.is_err() {
+                if Client::new(vec![n.public_url()]).ready().await.is_err() {
                     return false;
                 }
             }
@@ -59,7 +64,9 @@ impl Cluster {
         let trigger = format!("apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {{}}\n  default_agent: {TARGET}\n");
         let r = c
             .http
-            .put(format!("{}/v1/triggers/catch-all", c.nodes[1].url()))
+            .put(format!("{}/v1/triggers/catch-all", c.nodes[1].api_url()))
+            .bearer_auth(&c.creds.admin)
+            .header("content-type", "application/yaml")
             .body(trigger)
             .send()
             .await
@@ -77,11 +84,12 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
+    /// The API listeners of the live nodes.
     fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
             .filter(|n| n.proc.child.is_some())
-            .map(Node::url)
+            .map(Node::api_url)
             .collect()
     }
 
@@ -115,8 +123,8 @@ impl Cluster {
     }
 
     /// Starts `aofctl worker ARGS -- COMMAND...` with `OUTDIR` set and passed to
-    /// the commands (`--pass-env`), and credentials set that commands must never
-    /// see; returns its index.
+    /// the commands (`--pass-env`), the worker token in `AOF_WORKER_TOKEN`, and
+    /// credentials set that commands must never see; returns its index.
     fn start_worker(
         &mut self,
         name: &str,
@@ -125,8 +133,22 @@ impl Cluster {
         command: &[&str],
         outdir: &Path,
     ) -> usize {
+        let token = self.creds.worker.clone();
+        self.start_worker_with(name, endpoints, Some(&token), extra, command, outdir)
+    }
+
+    /// [`Cluster::start_worker`] with this token (`None`: no token at all).
+    fn start_worker_with(
+        &mut self,
+        name: &str,
+        endpoints: &[String],
+        token: Option<&str>,
+        extra: &[&str],
+        command: &[&str],
+        outdir: &Path,
+    ) -> usize {
         std::fs::create_dir_all(outdir).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = aofctl_cmd(self.dir.path());
         cmd.arg("worker")
             .args(["--endpoint", &endpoints.join(","), "--worker-id", name])
             .args(["--pass-env", "OUTDIR"])
@@ -139,6 +161,9 @@ impl Cluster {
             .env("GITHUB_WEBHOOK_SECRET", LEAK_CANARY)
             .env("RUST_LOG", "info")
             .env_remove("AOF_GRPC_ENDPOINT");
+        if let Some(t) = token {
+            cmd.env("AOF_WORKER_TOKEN", t);
+        }
         self.workers.push(Proc::spawn(
             format!("worker {name}"),
             self.path(&format!("{name}.log")),
@@ -154,7 +179,7 @@ impl Cluster {
         loop {
             let r = self
                 .http
-                .post(format!("{}/webhook/github", self.nodes[i].url()))
+                .post(format!("{}/webhook/github", self.nodes[i].public_url()))
                 .header("content-type", "application/json")
                 .header("x-github-event", event)
                 .header("x-github-delivery", delivery)
@@ -188,6 +213,7 @@ impl Cluster {
             if let Ok(r) = self
                 .http
                 .get(format!("{url}/v1/deliveries/{delivery}"))
+                .bearer_auth(&self.creds.read)
                 .send()
                 .await
             {
@@ -233,13 +259,13 @@ impl Cluster {
         ));
     }
 
-    /// Runs `aofctl ARGS --endpoint <live nodes>` (HTTP).
+    /// Runs `aofctl ARGS --endpoint <live nodes' API>` with the admin token in
+    /// `AOF_TOKEN`.
     fn aofctl(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        aofctl_cmd(self.dir.path())
             .args(args)
             .args(["--endpoint", &self.urls().join(",")])
-            .env_remove("AOF_ENDPOINT")
-            .env_remove("RUST_LOG")
+            .env("AOF_TOKEN", &self.creds.admin)
             .output()
             .expect("run aofctl")
     }
@@ -303,6 +329,27 @@ async fn each_job_runs_once_with_the_payload_on_stdin_and_sigterm_drains() {
     let mut c = Cluster::start().await;
     let out = c.path("out");
     let endpoints: Vec<String> = c.nodes.iter().map(Node::grpc_url).collect();
+
+    // Without a token, or with the read token, every node refuses the worker: it
+    // exits 1 at once, saying what to set.
+    let read = c.creds.read.clone();
+    for (name, token, want) in [
+        ("w-none", None, "no token was sent"),
+        ("w-read", Some(read.as_str()), "PermissionDenied"),
+    ] {
+        let refused = c.path(name);
+        let i = c.start_worker_with(name, &endpoints, token, &[], &["cat"], &refused);
+        match c.workers[i].wait_exit(30).await {
+            Some(s) if s.code() == Some(1) => {}
+            other => c.fail(format!("worker {name} with a refused token: {other:?}")),
+        }
+        let log = c.workers[i].log_text();
+        assert!(log.contains("the cluster refused the worker") && log.contains(want), "{log}");
+        if token.is_none() {
+            assert!(log.contains("AOF_WORKER_TOKEN"), "{log}");
+        }
+    }
+
     // Records a second run of a job instead of hiding it.
     let script = r#"f="$OUTDIR/$AOF_JOB_ID"; [ -e "$f" ] && echo "$AOF_JOB_ID" >> "$OUTDIR/duplicates"; env | sort > "$f.env"; cat > "$f"; echo "done $AOF_JOB_ID""#;
     let w = c.start_worker(
@@ -627,7 +674,7 @@ async fn a_job_of_a_sigkilled_worker_is_completed_once_by_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_keeps_working_after_its_node_is_sigkilled() {
     let mut c = Cluster::start().await;
-    let status = Client::new(c.urls())
+    let status = c.creds.admin_client(c.urls())
         .cluster_status(Consistency::Linearizable)
         .await
         .unwrap();

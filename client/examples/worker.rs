@@ -6,8 +6,10 @@
 //!
 //! The first argument is a comma-separated list of node gRPC endpoints (default
 //! `grpc://127.0.0.1:4001`, the local cluster of `aofctl dev`); the optional second
-//! one restricts the worker to one target (agent, fleet or flow name). Ctrl-C stops
-//! it. Set `RUST_LOG=aof_client=debug` to watch reconnects and heartbeats.
+//! one restricts the worker to one target (agent, fleet or flow name). The worker
+//! token comes from `$AOF_WORKER_TOKEN` (the nodes accept a worker or admin token);
+//! `$AOF_CA_FILE` names the CA of `grpcs://` endpoints. Ctrl-C stops it. Set
+//! `RUST_LOG=aof_client=debug` to watch reconnects and heartbeats.
 
 use aof_client::Worker;
 
@@ -28,7 +30,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let targets: Vec<String> = args.next().into_iter().collect();
 
-    let mut worker = Worker::builder(endpoints)
+    let mut builder = Worker::builder(endpoints)
+        .token(std::env::var("AOF_WORKER_TOKEN").unwrap_or_default());
+    if let Some(ca) = std::env::var_os("AOF_CA_FILE") {
+        builder = builder.ca_file(ca);
+    }
+    let mut worker = builder
         .worker_id(format!("example-worker-{}", std::process::id()))
         .targets(targets)
         .max_in_flight(4)
@@ -68,6 +75,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(()) => println!("job {job} completed"),
             Err(e) => eprintln!("job {job}: {e}"),
         }
+    }
+    // The worker ends by itself only when every node refused its token.
+    if let Some(e) = worker.error() {
+        return Err(e.into());
     }
     Ok(())
 }

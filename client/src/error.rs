@@ -1,12 +1,18 @@
 //! [`ClientError`]: what can go wrong when talking to the cluster.
 //!
-//! Three cases, kept apart because callers react to them differently:
+//! Four cases, kept apart because callers react to them differently:
 //! - [`ClientError::Api`]: a node answered with an error status (4xx/5xx). Its
 //!   `Display` is the server's own `message`, which already says what to do.
 //! - [`ClientError::Unreachable`]: no endpoint gave an HTTP answer (connection
 //!   refused, timeout, ...).
 //! - [`ClientError::Decode`]: a node answered with success but the body did not
 //!   match the API contract (version skew, or not an aof-cluster node at all).
+//! - [`ClientError::Config`]: the client's own configuration cannot work (an
+//!   unreadable CA file, ...); nothing was sent.
+//!
+//! A refused token is an [`ClientError::Api`] error with status 401
+//! ([`ClientError::is_unauthenticated`]) or 403 ([`ClientError::is_forbidden`]);
+//! its message is the node's, followed by what to change on the client side.
 //!
 //! [`WorkerError`] is the same for the gRPC work queue ([`crate::Worker`] and
 //! [`crate::Lease`]); its [`WorkerError::StaleLease`] is the one a worker must
@@ -48,6 +54,20 @@ pub enum ClientError {
         /// What was wrong with the body.
         message: String,
     },
+    /// The client's configuration cannot work (an unreadable CA file, a token
+    /// that cannot be sent); nothing was sent.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What the client knows about a failed request, to explain auth errors.
+pub(crate) struct Hints<'a> {
+    /// Whether the request carried a bearer token.
+    pub token_sent: bool,
+    /// Whether the path is one of the API listener's (`/v1/*`, `/metrics`).
+    pub api_path: bool,
+    /// The endpoint that answered.
+    pub endpoint: &'a str,
 }
 
 fn unreachable_message(endpoints: &[String], last_error: &str) -> String {
@@ -103,6 +123,55 @@ impl ClientError {
             message,
             body,
         }
+    }
+
+    /// Appends what to do on the client side to the message of a 401 / 403 / 415,
+    /// and of a 404 that did not come from the API (the public listener answers
+    /// every `/v1/*` path with a bare 404).
+    pub(crate) fn with_hint(self, h: &Hints<'_>) -> Self {
+        let ClientError::Api { status, code, message, body } = self else {
+            return self;
+        };
+        let hint = match status {
+            401 if !h.token_sent => Some(
+                "no token was sent: give the client a token of the cluster (ClientBuilder::token; \
+                 aofctl: --token, $AOF_TOKEN or a context with `aofctl config set-context`)"
+                    .to_string(),
+            ),
+            401 => Some(
+                "the token was refused: it must be one of the nodes' spec.auth.tokens (e.g. the \
+                 value of AOF_ADMIN_TOKEN or AOF_READ_TOKEN on the nodes)"
+                    .to_string(),
+            ),
+            403 => Some(
+                "use a token whose role allows this: admin for changes, read or admin for reads \
+                 (aofctl: --token, $AOF_TOKEN or the context's token)"
+                    .to_string(),
+            ),
+            415 => Some("changes must be sent as application/json or application/yaml".to_string()),
+            404 if h.api_path && code == "http_404" => Some(format!(
+                "{} does not serve the API: point the client at a node's API listener \
+                 (spec.cluster.api_addr, e.g. http://127.0.0.1:5001), not at its public \
+                 listener (spec.server, webhooks and health only)",
+                h.endpoint
+            )),
+            _ => None,
+        };
+        let message = match hint {
+            Some(hint) if !message.contains(&hint) => format!("{message}; {hint}"),
+            _ => message,
+        };
+        ClientError::Api { status, code, message, body }
+    }
+
+    /// True for a 401: no token, or one the node does not accept.
+    pub fn is_unauthenticated(&self) -> bool {
+        self.status() == Some(401)
+    }
+
+    /// True for a 403: the token's role does not allow the request.
+    pub fn is_forbidden(&self) -> bool {
+        self.status() == Some(403)
     }
 
     /// The HTTP status of an [`ClientError::Api`] error.
@@ -182,6 +251,26 @@ pub enum WorkerError {
     /// The worker's configuration is unusable (no endpoint, a bad URL, ...).
     #[error("{0}")]
     Config(String),
+    /// The node did not accept the worker's token (gRPC `UNAUTHENTICATED`): none
+    /// was sent, or it is not one of the cluster's tokens.
+    #[error("{message} (gRPC Unauthenticated); {}", if *token_sent {
+        "the token was refused: give the worker one of the cluster's worker or admin tokens (the value of AOF_WORKER_TOKEN on the nodes)"
+    } else {
+        "no token was sent: give the worker a worker or admin token (WorkerBuilder::token; aofctl worker: --token or $AOF_WORKER_TOKEN)"
+    })]
+    Unauthenticated {
+        /// The node's message.
+        message: String,
+        /// Whether the worker sent a token.
+        token_sent: bool,
+    },
+    /// The token is valid but may not do this (gRPC `PERMISSION_DENIED`): a
+    /// `read` token, or a worker token limited to other targets.
+    #[error("{message} (gRPC PermissionDenied); use a worker token allowed to serve these targets, or an admin token")]
+    PermissionDenied {
+        /// The node's message.
+        message: String,
+    },
 }
 
 impl WorkerError {
@@ -195,12 +284,24 @@ impl WorkerError {
         )
     }
 
+    /// True when the cluster refused the worker's credentials
+    /// ([`WorkerError::Unauthenticated`], [`WorkerError::PermissionDenied`]).
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::Unauthenticated { .. } | WorkerError::PermissionDenied { .. }
+        )
+    }
+
     /// Maps a definitive gRPC status (one not worth retrying elsewhere).
-    pub(crate) fn from_status(status: &tonic::Status) -> Self {
+    /// `token_sent`: whether the call carried a token.
+    pub(crate) fn from_status(status: &tonic::Status, token_sent: bool) -> Self {
         let message = status.message().to_string();
         match status.code() {
             tonic::Code::FailedPrecondition => WorkerError::StaleLease { reason: message },
             tonic::Code::NotFound => WorkerError::JobNotFound { message },
+            tonic::Code::Unauthenticated => WorkerError::Unauthenticated { message, token_sent },
+            tonic::Code::PermissionDenied => WorkerError::PermissionDenied { message },
             code => WorkerError::Rejected {
                 code: format!("{code:?}"),
                 message: if message.is_empty() {
@@ -221,7 +322,7 @@ mod tests {
     fn grpc_statuses_map_to_worker_errors() {
         let e = WorkerError::from_status(&tonic::Status::failed_precondition(
             "stale fencing token for job 7-0: the job is completed and holds no lease",
-        ));
+        ), true);
         assert_eq!(
             e,
             WorkerError::StaleLease {
@@ -233,9 +334,9 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("lease no longer valid: stale fencing token"));
-        let e = WorkerError::from_status(&tonic::Status::not_found("no job 7-0"));
+        let e = WorkerError::from_status(&tonic::Status::not_found("no job 7-0"), true);
         assert!(e.is_lease_lost());
-        let e = WorkerError::from_status(&tonic::Status::invalid_argument("worker_id: too long"));
+        let e = WorkerError::from_status(&tonic::Status::invalid_argument("worker_id: too long"), true);
         assert_eq!(e.to_string(), "worker_id: too long (gRPC InvalidArgument)");
         assert!(!e.is_lease_lost());
         let e = WorkerError::Unavailable {

@@ -6,11 +6,31 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), aof_client::ClientError> {
 //! use aof_client::{Client, Consistency};
-//! let client = Client::new(vec!["http://127.0.0.1:3001".into(), "http://127.0.0.1:3002".into()]);
+//! let client = Client::builder(vec!["http://127.0.0.1:5001".into(), "http://127.0.0.1:5002".into()])
+//!     .token(std::env::var("AOF_TOKEN").unwrap_or_default())
+//!     .try_build()?;
 //! let status = client.cluster_status(Consistency::Linearizable).await?;
 //! println!("leader: {:?}", status.leader_id);
 //! # Ok(()) }
 //! ```
+//!
+//! **Endpoints** are the nodes' API listeners (`spec.cluster.api_addr`; 5001-5003
+//! in the local configs), which serve `/v1/*` and `/metrics` behind bearer tokens.
+//! [`Client::health`] and [`Client::ready`] also work against the public listener
+//! (`spec.server`), which serves nothing else.
+//!
+//! **Authentication.** With [`ClientBuilder::token`] every request carries
+//! `Authorization: Bearer <token>`: a `read` token for reads and `/metrics`, an
+//! `admin` token for changes. A refused token is a 401/403 [`ClientError::Api`]
+//! whose message says what to do ([`ClientError::is_unauthenticated`],
+//! [`ClientError::is_forbidden`]). Every mutating request (`PUT`, `POST`,
+//! `DELETE`) carries a JSON or YAML `Content-Type`, even without a body, as the
+//! API requires.
+//!
+//! **TLS.** `https://` endpoints are verified against the system's root
+//! certificates, or only against the CA given with [`ClientBuilder::ca_file`] /
+//! [`ClientBuilder::ca_pem`] (e.g. the cluster CA when the API listener has a
+//! node certificate, `spec.cluster.api_tls`). rustls, no OpenSSL.
 //!
 //! **Failover.** A [`Client`] holds several endpoints (base URLs of nodes). Each
 //! request goes to the endpoint that last answered; if it cannot be reached
@@ -24,8 +44,7 @@
 //! idempotent operations of this API but can make an `If-Match` write report a
 //! `revision_mismatch` for its own earlier success.
 //!
-//! Plain `http://` only (the cluster API listens on loopback/private addresses);
-//! proxies from the environment are not used.
+//! Proxies from the environment are not used.
 
 mod error;
 mod events;
@@ -35,14 +54,17 @@ mod queue;
 mod types;
 pub mod worker;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 
 pub use error::{ClientError, WorkerError};
+use error::Hints;
 pub use events::*;
 pub use lease::{FailOutcome, Lease, Target};
 pub use queue::*;
@@ -62,10 +84,14 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    http: reqwest::Client,
+    /// `Err`: the configuration was unusable (e.g. an unreadable CA file); every
+    /// request reports it (see [`ClientBuilder::try_build`] to learn it at once).
+    http: Result<reqwest::Client, String>,
     endpoints: Vec<Endpoint>,
     /// Index of the endpoint that answered last; requests start there.
     preferred: AtomicUsize,
+    /// Whether requests carry a bearer token (for the hints of 401 errors).
+    has_token: bool,
 }
 
 #[derive(Debug)]
@@ -75,12 +101,33 @@ struct Endpoint {
     url: Result<Url, String>,
 }
 
-/// Configures a [`Client`]; see [`Client::builder`].
+/// Where the CA certificates of `https://` endpoints come from.
 #[derive(Clone, Debug)]
+enum Ca {
+    File(PathBuf),
+    Pem(Vec<u8>),
+}
+
+/// Configures a [`Client`]; see [`Client::builder`].
+#[derive(Clone)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    token: Option<String>,
+    ca: Option<Ca>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 impl ClientBuilder {
@@ -96,15 +143,40 @@ impl ClientBuilder {
         self
     }
 
+    /// The bearer token sent with every request (`Authorization: Bearer <token>`):
+    /// one of the nodes' `spec.auth.tokens` (role `read` for reads, `admin` for
+    /// changes). An empty string means no token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        let t: String = token.into();
+        self.token = Some(t.trim().to_string()).filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Like [`ClientBuilder::token`], for an optional token.
+    pub fn token_opt(self, token: Option<impl Into<String>>) -> Self {
+        match token {
+            Some(t) => self.token(t),
+            None => ClientBuilder { token: None, ..self },
+        }
+    }
+
+    /// Verify `https://` endpoints against the CA certificate(s) in this PEM file
+    /// only (instead of the system's roots).
+    pub fn ca_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.ca = Some(Ca::File(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Like [`ClientBuilder::ca_file`], with the PEM text itself.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(Ca::Pem(pem.into()));
+        self
+    }
+
+    /// Builds the client. A configuration that cannot work (an unreadable CA
+    /// file, a token that is not a valid header value) is reported by every
+    /// request; use [`ClientBuilder::try_build`] to learn it at once.
     pub fn build(self) -> Client {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.request_timeout)
-            .user_agent(concat!("aof-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            // Only fails when a TLS backend cannot be initialised; this crate uses none.
-            .unwrap_or_else(|_| reqwest::Client::new());
         let endpoints = self
             .endpoints
             .iter()
@@ -114,10 +186,10 @@ impl ClientBuilder {
                     .map_err(|err| err.to_string())
                     .and_then(|u| {
                         if u.cannot_be_a_base() || u.host().is_none() {
-                            Err("not a base URL like http://127.0.0.1:3001".to_string())
-                        } else if u.scheme() != "http" {
+                            Err("not a base URL like http://127.0.0.1:5001".to_string())
+                        } else if u.scheme() != "http" && u.scheme() != "https" {
                             Err(format!(
-                                "unsupported scheme {:?}: only http:// is supported",
+                                "unsupported scheme {:?}: use http:// or https://",
                                 u.scheme()
                             ))
                         } else {
@@ -127,14 +199,76 @@ impl ClientBuilder {
                 Endpoint { display, url }
             })
             .collect();
+        let has_token = self.token.is_some();
         Client {
             inner: Arc::new(Inner {
-                http,
+                http: self.http_client(),
                 endpoints,
                 preferred: AtomicUsize::new(0),
+                has_token,
             }),
         }
     }
+
+    /// Builds the client, or says why its configuration cannot work
+    /// ([`ClientError::Config`]). Endpoints are checked when used.
+    pub fn try_build(self) -> Result<Client, ClientError> {
+        let client = self.build();
+        if let Err(e) = &client.inner.http {
+            return Err(ClientError::Config(e.clone()));
+        }
+        Ok(client)
+    }
+
+    fn http_client(&self) -> Result<reqwest::Client, String> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &self.token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                "the API token contains characters that cannot be sent in an HTTP header;                  check the value of the token (--token, $AOF_TOKEN or the context's token)"
+                    .to_string()
+            })?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .no_proxy()
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .user_agent(concat!("aof-client/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers);
+        if let Some(ca) = &self.ca {
+            let (pem, from) = match ca {
+                Ca::File(path) => (
+                    std::fs::read(path).map_err(|e| {
+                        format!("cannot read the CA file {}: {e}", path.display())
+                    })?,
+                    path.display().to_string(),
+                ),
+                Ca::Pem(pem) => (pem.clone(), "the CA PEM".to_string()),
+            };
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("{from} holds no usable PEM certificate: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("{from} holds no PEM certificate"));
+            }
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        b.build()
+            .map_err(|e| format!("cannot set up the HTTP client: {}", root_cause(&e)))
+    }
+}
+
+/// The innermost cause of an error, as text.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(inner) = source.source() {
+        source = inner;
+    }
+    source.to_string()
 }
 
 /// `127.0.0.1:3001` → `http://127.0.0.1:3001`; trailing `/` removed.
@@ -196,19 +330,22 @@ struct Answer {
 }
 
 impl Client {
-    /// A client of the nodes at `endpoints` (base URLs such as
-    /// `http://127.0.0.1:3001`; a missing `http://` is added). Invalid URLs are
-    /// reported when a request is made (as unreachable endpoints).
+    /// A client of the nodes at `endpoints` (base URLs of their API listeners,
+    /// such as `http://127.0.0.1:5001`; a missing `http://` is added), without a
+    /// token. Invalid URLs are reported when a request is made (as unreachable
+    /// endpoints).
     pub fn new(endpoints: Vec<String>) -> Self {
         Self::builder(endpoints).build()
     }
 
-    /// A builder, to change timeouts.
+    /// A builder, to set a token, a CA or timeouts.
     pub fn builder(endpoints: Vec<String>) -> ClientBuilder {
         ClientBuilder {
             endpoints,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            token: None,
+            ca: None,
         }
     }
 
@@ -257,18 +394,21 @@ impl Client {
         .await
     }
 
-    /// `POST /v1/cluster/learners`: add a learner; returns once the membership
-    /// change is committed (replication to it continues in the background).
+    /// `POST /v1/cluster/learners`: add a learner with the four addresses it
+    /// advertises; returns once the membership change is committed (replication
+    /// to it continues in the background). The leader first checks that the node
+    /// answers on `peer_addr` with a cluster certificate naming `node_id`.
     pub async fn add_learner(
         &self,
         node_id: NodeId,
-        grpc_addr: &str,
-        http_addr: &str,
+        addrs: &MemberAddrs,
     ) -> Result<MembershipResult, ClientError> {
         let body = AddLearnerRequest {
             node_id,
-            grpc_addr: grpc_addr.to_string(),
-            http_addr: http_addr.to_string(),
+            peer_addr: addrs.peer_addr.clone(),
+            grpc_addr: addrs.grpc_addr.clone(),
+            api_addr: addrs.api_addr.clone(),
+            http_addr: addrs.http_addr.clone(),
         };
         let body = serde_json::to_vec(&body).expect("a struct of strings and numbers serializes");
         self.json(Request {
@@ -368,6 +508,11 @@ impl Client {
 
     /// Sends `req`, failing over as described in the crate docs.
     async fn send(&self, req: Request<'_>) -> Result<Answer, ClientError> {
+        let http = self
+            .inner
+            .http
+            .as_ref()
+            .map_err(|e| ClientError::Config(e.clone()))?;
         let endpoints = &self.inner.endpoints;
         let n = endpoints.len();
         if n == 0 {
@@ -402,11 +547,13 @@ impl Client {
             for (k, v) in &req.query {
                 url.query_pairs_mut().append_pair(k, v);
             }
-            let mut rb = self.inner.http.request(req.method.clone(), url);
+            let mut rb = http.request(req.method.clone(), url);
             if let Some((body, content_type)) = &req.body {
-                rb = rb
-                    .header(reqwest::header::CONTENT_TYPE, *content_type)
-                    .body(body.clone());
+                rb = rb.header(CONTENT_TYPE, *content_type).body(body.clone());
+            } else if req.method != Method::GET && req.method != Method::HEAD {
+                // The API refuses changes without a JSON/YAML content type (so no
+                // cross-site form can make one), bodiless ones included.
+                rb = rb.header(CONTENT_TYPE, "application/json");
             }
             if let Some(rev) = req.if_match {
                 rb = rb.header(reqwest::header::IF_MATCH, rev.to_string());
@@ -438,7 +585,12 @@ impl Client {
                 status.canonical_reason(),
                 &ep.display,
                 body,
-            );
+            )
+            .with_hint(&Hints {
+                token_sent: self.inner.has_token,
+                api_path: matches!(req.path.first(), Some(&"v1") | Some(&"metrics")),
+                endpoint: &ep.display,
+            });
             let unavailable = matches!(status.as_u16(), 502..=504);
             if unavailable && req.failover == Failover::TransportAndUnavailable {
                 tracing::debug!(endpoint = %ep.display, error = %err, "node cannot serve the read; trying the next one");
@@ -467,13 +619,18 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
             "timed out waiting for the answer".into()
         };
     }
-    let mut source: &dyn std::error::Error = e;
-    while let Some(inner) = source.source() {
-        source = inner;
-    }
-    let root = source.to_string();
+    let root = root_cause(e);
     if e.is_connect() {
-        format!("connection failed: {root}")
+        let hint = if root.contains("certificate") || root.contains("UnknownIssuer") {
+            "; the node's certificate is not trusted: give the client the CA that signed it \
+             (ClientBuilder::ca_file; aofctl: --ca-file or the context's ca_file)"
+        } else if root.contains("InvalidContentType") || root.contains("corrupt message") {
+            "; the node does not speak TLS there: use http:// for a listener without a \
+             certificate (spec.cluster.api_tls unset)"
+        } else {
+            ""
+        };
+        format!("connection failed: {root}{hint}")
     } else if e.is_body() || e.is_decode() {
         format!("error reading the answer: {root}")
     } else if e.is_builder() {
@@ -483,5 +640,7 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
     }
 }
 
+#[cfg(test)]
+mod test_pki;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,8 @@
 //! The gRPC endpoints of the work queue, shared by a [`crate::Worker`] and its
-//! [`crate::Lease`]s: parsing (`grpc://host:port`), lazily connected channels,
-//! unary calls with failover, and the bounded backoff between attempts.
+//! [`crate::Lease`]s: parsing (`grpc://host:port`, `grpcs://host:port` for TLS),
+//! lazily connected channels, the worker's token on every call
+//! (`authorization: Bearer` metadata), unary calls with failover, and the bounded
+//! backoff between attempts.
 //!
 //! **Failover.** A unary call (Extend, Complete, Fail) goes to the endpoint that
 //! answered last; on a transport error, `UNAVAILABLE`, a timeout or another
@@ -16,7 +18,9 @@ use std::time::Duration;
 
 use aof_proto::v1::work_queue_client::WorkQueueClient;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::WorkerError;
 
@@ -91,39 +95,101 @@ impl Rotation {
     }
 }
 
-/// `grpc://h:p`, `http://h:p` or `h:p` → (as shown in messages, URI for tonic).
-pub(crate) fn parse_endpoint(e: &str) -> Result<(String, String), String> {
+/// A parsed gRPC endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ParsedEndpoint {
+    /// As shown in messages (`grpc://h:p`, `grpcs://h:p`, or as given).
+    pub display: String,
+    /// The URI tonic dials (`http://h:p`, or `https://h:p` for TLS).
+    pub uri: String,
+    pub tls: bool,
+}
+
+/// `grpc://h:p`, `http://h:p` or `h:p` (plain text); `grpcs://h:p` or
+/// `https://h:p` (TLS).
+pub(crate) fn parse_endpoint(e: &str) -> Result<ParsedEndpoint, String> {
     let e = e.trim().trim_end_matches('/');
     if e.is_empty() {
         return Err("empty endpoint".into());
     }
-    let (display, rest) = match e.split_once("://") {
-        Some(("grpc" | "http", rest)) => (e.to_string(), rest),
+    let (display, rest, tls) = match e.split_once("://") {
+        Some(("grpc" | "http", rest)) => (e.to_string(), rest, false),
+        Some(("grpcs" | "https", rest)) => (e.to_string(), rest, true),
         Some((scheme, _)) => {
             return Err(format!(
-                "{e:?}: unsupported scheme {scheme:?}; use grpc://HOST:PORT (plain-text gRPC, e.g. grpc://127.0.0.1:4001)"
+                "{e:?}: unsupported scheme {scheme:?}; use grpc://HOST:PORT (plain-text gRPC, e.g. \
+                 grpc://127.0.0.1:4001) or grpcs://HOST:PORT (TLS)"
             ))
         }
-        None => (format!("grpc://{e}"), e),
+        None => (format!("grpc://{e}"), e, false),
     };
     if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
         return Err(format!(
             "{e:?} is not a gRPC endpoint like grpc://127.0.0.1:4001 (host and port of a node's spec.cluster.grpc_addr)"
         ));
     }
-    let uri = format!("http://{rest}");
+    let uri = format!("{}://{rest}", if tls { "https" } else { "http" });
     Endpoint::from_shared(uri.clone()).map_err(|err| format!("{e:?}: {err}"))?;
-    Ok((display, uri))
+    Ok(ParsedEndpoint { display, uri, tls })
 }
 
+/// Adds the worker's `authorization: Bearer <token>` metadata to every call.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.header.is_some() { "Auth(<token>)" } else { "Auth(none)" })
+    }
+}
+
+impl Auth {
+    /// `None` or an empty token: no metadata.
+    pub(crate) fn new(token: Option<&str>) -> Result<Auth, WorkerError> {
+        let header = match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) => Some(format!("Bearer {t}").parse::<MetadataValue<Ascii>>().map_err(|_| {
+                WorkerError::Config(
+                    "the worker token contains characters that cannot be sent as gRPC metadata; \
+                     check its value (--token / $AOF_WORKER_TOKEN)"
+                        .into(),
+                )
+            })?),
+        };
+        Ok(Auth { header })
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.header.is_some()
+    }
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A work-queue client that sends the worker's token.
+pub(crate) type QueueClient = WorkQueueClient<InterceptedService<Channel, Auth>>;
+
 /// Options of a [`Pool`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct PoolOptions {
     pub connect_timeout: Duration,
     /// Bound of one call to one endpoint (opening a claim stream included).
     pub call_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Sent with every call.
+    pub auth: Auth,
+    /// PEM CA certificate(s) for `grpcs://` endpoints; `None` = the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -186,9 +252,19 @@ impl Pool {
         }
         let mut out = Vec::with_capacity(endpoints.len());
         for e in endpoints {
-            let (display, uri) = parse_endpoint(e).map_err(WorkerError::Config)?;
-            let channel = Endpoint::from_shared(uri)
-                .map_err(|err| WorkerError::Config(format!("{e:?}: {err}")))?
+            let ParsedEndpoint { display, uri, tls } = parse_endpoint(e).map_err(WorkerError::Config)?;
+            let mut endpoint = Endpoint::from_shared(uri)
+                .map_err(|err| WorkerError::Config(format!("{e:?}: {err}")))?;
+            if tls {
+                let cfg = match &opts.ca_pem {
+                    Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                    None => ClientTlsConfig::new().with_native_roots(),
+                };
+                endpoint = endpoint
+                    .tls_config(cfg)
+                    .map_err(|err| WorkerError::Config(format!("{e:?}: TLS: {err}")))?;
+            }
+            let channel = endpoint
                 .connect_timeout(opts.connect_timeout)
                 .tcp_nodelay(true)
                 // Notice a dead peer on an idle claim stream within seconds.
@@ -217,11 +293,17 @@ impl Pool {
         self.endpoints.iter().map(|e| e.display.clone()).collect()
     }
 
-    /// A client of endpoint `i`.
-    pub(crate) fn client(&self, i: usize) -> WorkQueueClient<Channel> {
-        WorkQueueClient::new(self.endpoints[i % self.endpoints.len()].channel.clone())
+    /// A client of endpoint `i`, sending the worker's token.
+    pub(crate) fn client(&self, i: usize) -> QueueClient {
+        let channel = self.endpoints[i % self.endpoints.len()].channel.clone();
+        WorkQueueClient::with_interceptor(channel, self.opts.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Whether calls carry a token.
+    pub(crate) fn token_sent(&self) -> bool {
+        self.opts.auth.is_set()
     }
 
     /// Runs a unary call with failover (see the module docs), retrying transient
@@ -233,7 +315,7 @@ impl Pool {
         mut f: F,
     ) -> Result<T, WorkerError>
     where
-        F: FnMut(WorkQueueClient<Channel>) -> Fut,
+        F: FnMut(QueueClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let n = self.endpoints.len();
@@ -254,7 +336,7 @@ impl Pool {
                     }
                     Ok(Err(status)) => {
                         self.preferred.store(i, Ordering::Relaxed);
-                        return Err(WorkerError::from_status(&status));
+                        return Err(WorkerError::from_status(&status, self.token_sent()));
                     }
                     Err(_) => {
                         last_error = format!(
@@ -282,25 +364,34 @@ impl Pool {
 mod tests {
     use super::*;
 
+    fn parsed(display: &str, uri: &str, tls: bool) -> ParsedEndpoint {
+        ParsedEndpoint { display: display.into(), uri: uri.into(), tls }
+    }
+
     #[test]
-    fn endpoints_accept_grpc_http_and_bare_addresses() {
+    fn endpoints_accept_grpc_http_grpcs_https_and_bare_addresses() {
         assert_eq!(
             parse_endpoint("grpc://127.0.0.1:4001/").unwrap(),
-            (
-                "grpc://127.0.0.1:4001".into(),
-                "http://127.0.0.1:4001".into()
-            )
+            parsed("grpc://127.0.0.1:4001", "http://127.0.0.1:4001", false)
         );
         assert_eq!(
             parse_endpoint("http://node-2:4002").unwrap(),
-            ("http://node-2:4002".into(), "http://node-2:4002".into())
+            parsed("http://node-2:4002", "http://node-2:4002", false)
         );
         assert_eq!(
             parse_endpoint(" 10.0.0.3:4003 ").unwrap(),
-            ("grpc://10.0.0.3:4003".into(), "http://10.0.0.3:4003".into())
+            parsed("grpc://10.0.0.3:4003", "http://10.0.0.3:4003", false)
         );
-        let e = parse_endpoint("https://a:1").unwrap_err();
-        assert!(e.contains("unsupported scheme \"https\""), "{e}");
+        assert_eq!(
+            parse_endpoint("grpcs://aof-0.aof:4000").unwrap(),
+            parsed("grpcs://aof-0.aof:4000", "https://aof-0.aof:4000", true)
+        );
+        assert_eq!(
+            parse_endpoint("https://127.0.0.1:4001").unwrap(),
+            parsed("https://127.0.0.1:4001", "https://127.0.0.1:4001", true)
+        );
+        let e = parse_endpoint("ftp://a:1").unwrap_err();
+        assert!(e.contains("unsupported scheme \"ftp\""), "{e}");
         let e = parse_endpoint("grpc://a").unwrap_err();
         assert!(
             e.contains("not a gRPC endpoint like grpc://127.0.0.1:4001"),
@@ -354,6 +445,20 @@ mod tests {
         assert_eq!(one.current(), 0);
     }
 
+    #[test]
+    fn tokens_become_bearer_metadata_and_bad_ones_are_refused() {
+        use tonic::service::Interceptor as _;
+        let mut auth = Auth::new(Some(" s3cret ")).unwrap();
+        assert!(auth.is_set());
+        assert!(!format!("{auth:?}").contains("s3cret"));
+        let req = auth.call(tonic::Request::new(())).unwrap();
+        assert_eq!(req.metadata().get("authorization").unwrap(), "Bearer s3cret");
+        let mut none = Auth::new(Some("  ")).unwrap();
+        assert!(!none.is_set());
+        assert!(none.call(tonic::Request::new(())).unwrap().metadata().get("authorization").is_none());
+        assert!(matches!(Auth::new(Some("a\nb")), Err(WorkerError::Config(_))));
+    }
+
     #[tokio::test]
     async fn pool_rejects_empty_and_bad_lists() {
         let opts = PoolOptions {
@@ -361,10 +466,12 @@ mod tests {
             call_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(10),
+            auth: Auth::new(None).unwrap(),
+            ca_pem: None,
         };
-        assert!(matches!(Pool::new(&[], opts), Err(WorkerError::Config(_))));
+        assert!(matches!(Pool::new(&[], opts.clone()), Err(WorkerError::Config(_))));
         assert!(matches!(
-            Pool::new(&["grpc://a:1".into(), "ftp://b:2".into()], opts),
+            Pool::new(&["grpc://a:1".into(), "ftp://b:2".into()], opts.clone()),
             Err(WorkerError::Config(m)) if m.contains("ftp")
         ));
         let p = Pool::new(&["127.0.0.1:1".into()], opts).unwrap();

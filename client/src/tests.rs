@@ -120,9 +120,9 @@ async fn invalid_endpoint_is_skipped_with_a_reason() {
     let client = Client::new(vec!["http://[::1".into(), live]);
     assert_eq!(client.health().await.unwrap().node_id, 3);
 
-    let client = Client::new(vec!["https://127.0.0.1:1".into()]);
+    let client = Client::new(vec!["ftp://127.0.0.1:1".into()]);
     let err = client.health().await.unwrap_err();
-    assert!(err.to_string().contains("only http://"), "{err}");
+    assert!(err.to_string().contains("use http:// or https://"), "{err}");
 
     let err = Client::new(vec![]).health().await.unwrap_err();
     assert_eq!(err.to_string(), "no endpoint configured");
@@ -362,8 +362,8 @@ async fn membership_calls_hit_the_contract_paths() {
             "/v1/cluster/learners",
             post(move |Json(b): Json<AddLearnerRequest>| {
                 s1.lock().unwrap().push(format!(
-                    "learner {} {} {}",
-                    b.node_id, b.grpc_addr, b.http_addr
+                    "learner {} {} {} {} {}",
+                    b.node_id, b.peer_addr, b.grpc_addr, b.api_addr, b.http_addr
                 ));
                 async move { Json(json!({"node_id":b.node_id,"log_index":50})) }
             }),
@@ -383,11 +383,14 @@ async fn membership_calls_hit_the_contract_paths() {
             }),
         );
     let client = Client::new(vec![serve(app).await]);
+    let addrs = MemberAddrs {
+        peer_addr: "127.0.0.1:6004".into(),
+        grpc_addr: "127.0.0.1:4004".into(),
+        api_addr: "127.0.0.1:5004".into(),
+        http_addr: "127.0.0.1:3004".into(),
+    };
     assert_eq!(
-        client
-            .add_learner(4, "127.0.0.1:4004", "127.0.0.1:3004")
-            .await
-            .unwrap(),
+        client.add_learner(4, &addrs).await.unwrap(),
         MembershipResult {
             node_id: 4,
             log_index: 50
@@ -398,7 +401,7 @@ async fn membership_calls_hit_the_contract_paths() {
     assert_eq!(
         *seen.lock().unwrap(),
         vec![
-            "learner 4 127.0.0.1:4004 127.0.0.1:3004".to_string(),
+            "learner 4 127.0.0.1:6004 127.0.0.1:4004 127.0.0.1:5004 127.0.0.1:3004".to_string(),
             "voter 4".into(),
             "remove 4".into()
         ]
@@ -554,4 +557,203 @@ async fn status_calls_hit_the_contract_paths_with_their_queries_and_bodies() {
             r#"purge {"job_id":"12-0"}"#.into(),
         ]
     );
+}
+
+/// What a node saw of each request: "METHOD path auth=<Authorization> ct=<Content-Type>".
+type Requests = Arc<Mutex<Vec<String>>>;
+
+/// Records every request (any path) and answers 200 `{"node_id":1,...}`-ish JSON
+/// fitting the call.
+fn recording_node(seen: Requests) -> Router {
+    Router::new().fallback(move |req: axum::extract::Request| {
+        let seen = seen.clone();
+        async move {
+            let h = |k: &str| {
+                req.headers()
+                    .get(k)
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            seen.lock().unwrap().push(format!(
+                "{} {} auth={} ct={}",
+                req.method(),
+                req.uri().path(),
+                h("authorization"),
+                h("content-type")
+            ));
+            Json(json!({"node_id":4,"log_index":9,"name":"t","revision":3,"result":"created",
+                        "status":"ok","jobs":[],"items":[]}))
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_token_goes_with_every_request_and_changes_carry_a_json_content_type() {
+    let seen: Requests = Arc::default();
+    let node = serve(recording_node(seen.clone())).await;
+    let client = Client::builder(vec![node.clone()]).token("s3cret-token").try_build().unwrap();
+    client.health().await.unwrap();
+    client.list_triggers(Consistency::Linearizable).await.unwrap();
+    client.put_trigger("t", "kind: Trigger\n", "application/yaml", None).await.unwrap();
+    client.promote_voter(4).await.unwrap();
+    client.remove_member(4).await.unwrap();
+    client.delete_trigger("t", None).await.unwrap();
+    client.redrive_dlq(&DlqSelector::All).await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            "GET /health auth=Bearer s3cret-token ct=-".to_string(),
+            "GET /v1/triggers auth=Bearer s3cret-token ct=-".into(),
+            "PUT /v1/triggers/t auth=Bearer s3cret-token ct=application/yaml".into(),
+            // Bodiless changes carry a JSON content type too: the API refuses any
+            // change without one (415).
+            "POST /v1/cluster/voters/4 auth=Bearer s3cret-token ct=application/json".into(),
+            "DELETE /v1/cluster/members/4 auth=Bearer s3cret-token ct=application/json".into(),
+            "DELETE /v1/triggers/t auth=Bearer s3cret-token ct=application/json".into(),
+            "POST /v1/dlq/redrive auth=Bearer s3cret-token ct=application/json".into(),
+        ]
+    );
+    // No token: no header (and an empty token is no token).
+    seen.lock().unwrap().clear();
+    Client::builder(vec![node]).token("  ").build().health().await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec!["GET /health auth=- ct=-".to_string()]);
+    // The token never shows in debug output.
+    let b = Client::builder(vec![]).token("s3cret-token");
+    assert!(!format!("{b:?}").contains("s3cret"), "{b:?}");
+}
+
+/// Answers like the API listener's auth layer: 401 without the right token, 403
+/// for the read token on a change, else 200.
+fn guarded_node() -> Router {
+    Router::new().fallback(|req: axum::extract::Request| async move {
+        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let (code, body) = match auth {
+            "" => (StatusCode::UNAUTHORIZED, json!({"error":"unauthenticated","message":"no Authorization header: send `Authorization: Bearer <token>`"})),
+            "Bearer read" if req.method() != axum::http::Method::GET => (
+                StatusCode::FORBIDDEN,
+                json!({"error":"forbidden","message":"token \"read\" has role read; changes need an admin token"}),
+            ),
+            "Bearer read" | "Bearer admin" => (StatusCode::OK, json!({"items":[],"node_id":1,"log_index":2})),
+            _ => (StatusCode::UNAUTHORIZED, json!({"error":"unauthenticated","message":"the bearer token is not one this node accepts"})),
+        };
+        (code, Json(body))
+    })
+}
+
+#[tokio::test]
+async fn refused_tokens_are_errors_that_say_what_to_set() {
+    let node = serve(guarded_node()).await;
+    let none = Client::new(vec![node.clone()]);
+    let err = none.list_triggers(Consistency::Linearizable).await.unwrap_err();
+    assert!(err.is_unauthenticated() && !err.is_forbidden(), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.starts_with("no Authorization header"), "{msg}");
+    assert!(msg.contains("no token was sent") && msg.contains("$AOF_TOKEN"), "{msg}");
+
+    let wrong = Client::builder(vec![node.clone()]).token("nope").build();
+    let msg = wrong.list_triggers(Consistency::Linearizable).await.unwrap_err().to_string();
+    assert!(msg.contains("the token was refused") && msg.contains("AOF_ADMIN_TOKEN"), "{msg}");
+
+    let read = Client::builder(vec![node.clone()]).token("read").build();
+    read.list_triggers(Consistency::Linearizable).await.unwrap();
+    let err = read.promote_voter(2).await.unwrap_err();
+    assert!(err.is_forbidden(), "{err:?}");
+    assert!(err.to_string().contains("admin for changes"), "{err}");
+
+    let admin = Client::builder(vec![node]).token("admin").build();
+    admin.promote_voter(2).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_public_listener_is_named_as_the_wrong_endpoint() {
+    // The public listener answers /v1/* with a bare 404.
+    let public = serve(Router::new().route("/health", get(|| async { Json(json!({"status":"ok","node_id":1})) }))).await;
+    let client = Client::new(vec![public.clone()]);
+    client.health().await.unwrap();
+    let err = client.cluster_status(Consistency::Linearizable).await.unwrap_err();
+    assert!(err.is_not_found());
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("{public} does not serve the API")), "{msg}");
+    assert!(msg.contains("spec.cluster.api_addr"), "{msg}");
+}
+
+/// Serves `app` over TLS (rustls, the given certificate) on 127.0.0.1:0; its
+/// `https://` base URL.
+async fn serve_tls(app: Router, cert_pem: &str, key_pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject as _;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(tls),
+                        hyper_util::service::TowerToHyperService::new(app),
+                    )
+                    .await;
+            });
+        }
+    });
+    format!("https://{addr}")
+}
+
+#[tokio::test]
+async fn https_endpoints_are_verified_against_the_given_ca() {
+    let pki = crate::test_pki::pki();
+    let seen: Requests = Arc::default();
+    let node = serve_tls(recording_node(seen.clone()), &pki.cert_pem, &pki.key_pem).await;
+
+    // The CA that signed the node's certificate: the request goes through, token included.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let client = Client::builder(vec![node.clone()]).token("t0k").ca_file(&ca_file).try_build().unwrap();
+    assert_eq!(client.health().await.unwrap().node_id, 4);
+    assert_eq!(seen.lock().unwrap().as_slice(), ["GET /health auth=Bearer t0k ct=-"]);
+    let client = Client::builder(vec![node.clone()]).ca_pem(pki.ca_pem.clone()).build();
+    assert_eq!(client.health().await.unwrap().status, "ok");
+
+    // Another CA (or only the system's roots): the handshake fails, nothing is sent,
+    // and the error says what to give the client.
+    for client in [
+        Client::builder(vec![node.clone()]).ca_pem(crate::test_pki::other_ca_pem()).build(),
+        Client::new(vec![node.clone()]),
+    ] {
+        let err = client.health().await.unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+        assert!(err.to_string().contains("give the client the CA that signed it"), "{err}");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // A CA file that cannot be used is a configuration error, before anything is sent.
+    let err = Client::builder(vec![node.clone()]).ca_file(dir.join("missing.crt")).try_build().unwrap_err();
+    assert!(matches!(&err, ClientError::Config(m) if m.contains("cannot read the CA file")), "{err:?}");
+    let err = Client::builder(vec![node.clone()]).ca_file(dir.join("missing.crt")).build().health().await.unwrap_err();
+    assert!(matches!(err, ClientError::Config(_)), "{err:?}");
+    std::fs::write(dir.join("junk.crt"), "not a certificate").unwrap();
+    let err = Client::builder(vec![node]).ca_file(dir.join("junk.crt")).try_build().unwrap_err();
+    assert!(err.to_string().contains("no PEM certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn a_token_that_cannot_be_a_header_is_a_configuration_error() {
+    let err = Client::builder(vec!["http://127.0.0.1:1".into()]).token("a\nb").try_build().unwrap_err();
+    assert!(matches!(&err, ClientError::Config(m) if m.contains("token")), "{err:?}");
 }

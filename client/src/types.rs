@@ -92,7 +92,15 @@ impl ClusterStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub id: NodeId,
+    /// The peer listener (Raft, forwarding; mutual TLS between nodes).
+    #[serde(default)]
+    pub peer_addr: String,
+    /// The workers' gRPC listener (`aof.v1.WorkQueue`).
     pub grpc_addr: String,
+    /// The API listener (`/v1/*`, `/metrics`).
+    #[serde(default)]
+    pub api_addr: String,
+    /// The public listener (webhooks, `/health`, `/ready`).
     pub http_addr: String,
     pub role: Role,
     #[serde(default)]
@@ -130,11 +138,28 @@ impl fmt::Display for Role {
     }
 }
 
-/// Body of `POST /v1/cluster/learners`.
+/// Body of `POST /v1/cluster/learners`: the new member's id and the four
+/// addresses it advertises (`host:port`, an IP or a DNS name).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddLearnerRequest {
     pub node_id: NodeId,
+    /// Its peer listener (`spec.cluster.peer_addr`): the leader replicates to it
+    /// there, over mutual TLS.
+    pub peer_addr: String,
+    /// Its workers' gRPC listener (`spec.cluster.grpc_addr`).
     pub grpc_addr: String,
+    /// Its API listener (`spec.cluster.api_addr`).
+    pub api_addr: String,
+    /// Its public listener (`spec.server.host:port`).
+    pub http_addr: String,
+}
+
+/// The four addresses of a member, for [`crate::Client::add_learner`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddrs {
+    pub peer_addr: String,
+    pub grpc_addr: String,
+    pub api_addr: String,
     pub http_addr: String,
 }
 

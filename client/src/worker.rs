@@ -32,6 +32,14 @@
 //! concurrent work (like `aofctl worker`) also bound it themselves; leases
 //! waiting for their turn keep being extended.
 //!
+//! **Credentials.** [`WorkerBuilder::token`] sends `authorization: Bearer
+//! <token>` with every call: a `worker` token of the cluster (possibly limited to
+//! some targets) or an `admin` token. `grpcs://` endpoints use TLS, verified
+//! against the system's roots or the CA of [`WorkerBuilder::ca_file`]. When every
+//! endpoint in turn refuses the token (`UNAUTHENTICATED` / `PERMISSION_DENIED`),
+//! retrying cannot help: the worker stops, [`Worker::next`] returns `None` and
+//! [`Worker::error`] says why.
+//!
 //! **Stopping.** [`Worker::stop`] closes the stream; leases already received
 //! are still returned by [`Worker::next`], which then returns `None`. Leases in
 //! hand stay valid (their calls do not need the stream). Dropping the `Worker`
@@ -49,7 +57,7 @@ use tokio::time::Instant;
 
 use crate::error::WorkerError;
 use crate::lease::{Held, Lease, LeaseOptions};
-use crate::pool::{describe_status, Backoff, Pool, PoolOptions, Rotation};
+use crate::pool::{describe_status, Auth, Backoff, Pool, PoolOptions, Rotation};
 
 /// Most leases one claim stream may hold (the nodes' limit).
 pub const MAX_IN_FLIGHT: u32 = 1024;
@@ -59,9 +67,11 @@ pub const MAX_WORKER_ID_BYTES: usize = 256;
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Configures a [`Worker`]; see [`Worker::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerBuilder {
     endpoints: Vec<String>,
+    token: Option<String>,
+    ca: Option<CaSource>,
     worker_id: Option<String>,
     targets: Vec<String>,
     max_in_flight: u32,
@@ -71,6 +81,26 @@ pub struct WorkerBuilder {
     backoff_max: Duration,
     extend_by: Duration,
     finish_retry_for: Duration,
+}
+
+/// Where the CA of `grpcs://` endpoints comes from.
+#[derive(Clone, Debug)]
+enum CaSource {
+    File(std::path::PathBuf),
+    Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca)
+            .field("worker_id", &self.worker_id)
+            .field("targets", &self.targets)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The default worker id: `<hostname>-<pid>`.
@@ -85,6 +115,28 @@ pub fn default_worker_id() -> String {
 }
 
 impl WorkerBuilder {
+    /// The token sent with every call (`authorization: Bearer <token>` metadata):
+    /// a `worker` token of the cluster (the nodes' `AOF_WORKER_TOKEN` in the local
+    /// configs) or an `admin` token. An empty string means no token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        let t: String = token.into();
+        self.token = Some(t.trim().to_string()).filter(|t| !t.is_empty());
+        self
+    }
+
+    /// Verify `grpcs://` endpoints against the CA certificate(s) in this PEM file
+    /// (instead of the system's roots).
+    pub fn ca_file(mut self, path: impl AsRef<std::path::Path>) -> Self {
+        self.ca = Some(CaSource::File(path.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Like [`WorkerBuilder::ca_file`], with the PEM text itself.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(CaSource::Pem(pem.into()));
+        self
+    }
+
     /// Shown in each job's history (`leased to ...`). Default `<hostname>-<pid>`.
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
         self.worker_id = Some(id.into());
@@ -161,6 +213,13 @@ impl WorkerBuilder {
                 worker_id.len()
             )));
         }
+        let ca_pem = match self.ca {
+            None => None,
+            Some(CaSource::Pem(pem)) => Some(pem),
+            Some(CaSource::File(path)) => Some(std::fs::read(&path).map_err(|e| {
+                WorkerError::Config(format!("cannot read the CA file {}: {e}", path.display()))
+            })?),
+        };
         let pool = Arc::new(Pool::new(
             &self.endpoints,
             PoolOptions {
@@ -168,11 +227,14 @@ impl WorkerBuilder {
                 call_timeout: self.call_timeout,
                 backoff_min: self.backoff_min,
                 backoff_max: self.backoff_max,
+                auth: Auth::new(self.token.as_deref())?,
+                ca_pem,
             },
         )?);
         let (tx, rx) = mpsc::channel(self.max_in_flight as usize);
         let (stop_tx, stop_rx) = watch::channel(false);
         let (connected_tx, connected) = watch::channel(None);
+        let (error_tx, error) = watch::channel(None);
         let claim = Claim {
             pool,
             request: pb::ClaimRequest {
@@ -188,6 +250,7 @@ impl WorkerBuilder {
             tx,
             stop: stop_rx,
             connected: connected_tx,
+            error: error_tx,
         };
         let task = tokio::spawn(claim.run());
         Ok(Worker {
@@ -195,6 +258,7 @@ impl WorkerBuilder {
             stop: stop_tx,
             task,
             connected,
+            error,
             worker_id,
         })
     }
@@ -208,6 +272,7 @@ pub struct Worker {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     connected: watch::Receiver<Option<String>>,
+    error: watch::Receiver<Option<WorkerError>>,
     worker_id: String,
 }
 
@@ -221,6 +286,8 @@ impl Worker {
     {
         WorkerBuilder {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
+            token: None,
+            ca: None,
             worker_id: None,
             targets: Vec::new(),
             max_in_flight: 1,
@@ -252,6 +319,13 @@ impl Worker {
     pub fn connected_endpoint(&self) -> Option<String> {
         self.connected.borrow().clone()
     }
+
+    /// Why the worker stopped by itself: every endpoint refused its token
+    /// ([`WorkerError::Unauthenticated`] / [`WorkerError::PermissionDenied`]).
+    /// `None` while it runs or after [`Worker::stop`].
+    pub fn error(&self) -> Option<WorkerError> {
+        self.error.borrow().clone()
+    }
 }
 
 impl Drop for Worker {
@@ -277,6 +351,8 @@ struct Claim {
     tx: mpsc::Sender<Lease>,
     stop: watch::Receiver<bool>,
     connected: watch::Sender<Option<String>>,
+    /// Set when the worker gives up (credentials refused everywhere).
+    error: watch::Sender<Option<WorkerError>>,
 }
 
 /// Why the claim loop paused.
@@ -285,6 +361,8 @@ enum Lost {
     Stopped,
     /// The stream could not be opened or broke; the reason.
     Connection(String),
+    /// The node refused the worker's credentials.
+    Refused(WorkerError),
 }
 
 impl Claim {
@@ -297,6 +375,8 @@ impl Claim {
             self.pool.len(),
             Backoff::new(self.pool.opts.backoff_min, self.pool.opts.backoff_max),
         );
+        // Consecutive endpoints that refused the credentials.
+        let mut refused = 0;
         loop {
             if !self.wait_for_room().await {
                 return;
@@ -305,7 +385,19 @@ impl Claim {
             let opened_at = Instant::now();
             let why = match self.stream_from(i, &mut rotation).await {
                 Lost::Stopped => return,
-                Lost::Connection(why) => why,
+                Lost::Connection(why) => {
+                    refused = 0;
+                    why
+                }
+                Lost::Refused(e) => {
+                    refused += 1;
+                    if refused >= self.pool.len() {
+                        tracing::error!("every endpoint refused the worker's credentials; stopping: {e}");
+                        self.error.send_replace(Some(e));
+                        return;
+                    }
+                    e.to_string()
+                }
             };
             self.connected.send_replace(None);
             if opened_at.elapsed() >= STABLE_AFTER {
@@ -356,6 +448,14 @@ impl Claim {
         };
         let mut stream = match opened {
             Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                return Lost::Refused(WorkerError::from_status(&status, self.pool.token_sent()))
+            }
             Ok(Err(status)) => return Lost::Connection(describe_status(&status)),
             Err(_) => {
                 return Lost::Connection(format!(

@@ -2,18 +2,20 @@
 """Smoke test of the aof-cluster image: a three-node cluster in containers.
 
 What it proves about the image (not about cluster features, which have their own
-tests): `aofctl` runs in it as the non-root user; `aofctl serve` with a config file
+tests): `aofctl` runs in it as the non-root user; `aofctl certs init` in it makes the
+cluster's peer certificates; `aofctl serve` with a config file and the certificates
 mounted in runs a node that answers /health (and the image's HEALTHCHECK turns
-"healthy"); three containers on a private network form ONE cluster; a signed webhook
-posted to one node's published port is readable from another; SIGTERM (docker stop)
-makes the node exit cleanly through tini, and a restarted container keeps its data
-and identity (named volume); an `aofctl worker` container reaching the nodes by
-container name completes a job.
+"healthy"); three containers on a private network form ONE cluster over mutual TLS;
+the public listener serves no API and the API wants its token; a signed webhook
+posted to one node's public port is readable from another's API; SIGTERM (docker
+stop) makes the node exit cleanly through tini, and a restarted container keeps its
+data and identity (named volume); an `aofctl worker` container reaching the nodes by
+container name with the worker token completes a job.
 
-Uses the node's current config layout (one HTTP listener at spec.server.host:port,
-spec.cluster.grpc_addr, initial_members {id, grpc_addr, http_addr}, literal IPs), so
-the containers get fixed IPs on a network of their own. When the environment-only
-configuration of issue 12 lands, `node_config` below is what changes.
+Uses the node's config layout with its four listeners (public spec.server 3000,
+workers' gRPC 4000, API 5000, peers 6000, each bound to the container's fixed IP),
+initial_members with the four addresses, tokens from AOF_ADMIN_TOKEN /
+AOF_WORKER_TOKEN and peer certificates under /etc/aof/certs.
 
   deploy/tests/smoke.py [--image aof-cluster:dev]
 
@@ -35,6 +37,8 @@ import urllib.request
 import uuid
 
 SECRET = "smoke-" + uuid.uuid4().hex
+ADMIN_TOKEN = "smoke-admin-" + uuid.uuid4().hex
+WORKER_TOKEN = "smoke-worker-" + uuid.uuid4().hex
 NODES = (1, 2, 3)
 HEALTHY_WITHIN_S = 120
 READY_WITHIN_S = 60
@@ -79,9 +83,11 @@ def wait_for(what, fn, within_s, every_s=0.5):
 
 
 def node_config(node_id, ips):
-    """The DaemonConfig of one node, in today's layout."""
+    """The DaemonConfig of one node: four listeners, default tokens, peer TLS."""
     members = "\n".join(
-        f"      - {{ id: {n}, grpc_addr: \"{ips[n]}:4000\", http_addr: \"{ips[n]}:3000\" }}" for n in NODES
+        f"      - {{ id: {n}, peer_addr: \"{ips[n]}:6000\", grpc_addr: \"{ips[n]}:4000\", "
+        f"api_addr: \"{ips[n]}:5000\", http_addr: \"{ips[n]}:3000\" }}"
+        for n in NODES
     )
     return f"""apiVersion: aof.dev/v1
 kind: DaemonConfig
@@ -97,7 +103,13 @@ spec:
       webhook_secret_env: GITHUB_WEBHOOK_SECRET
   cluster:
     node_id: {node_id}
+    api_addr: "{ips[node_id]}:5000"
     grpc_addr: "{ips[node_id]}:4000"
+    peer_addr: "{ips[node_id]}:6000"
+    peer_tls:
+      ca_file: /etc/aof/certs/ca.crt
+      cert_file: "/etc/aof/certs/node{{node_id}}.crt"
+      key_file: "/etc/aof/certs/node{{node_id}}.key"
     data_dir: /var/lib/aof/data
     initial_members:
 {members}
@@ -110,8 +122,10 @@ class Smoke:
         self.run_id = f"aofsmoke-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.net = self.run_id
         self.ips = {}
-        self.ports = {}
+        self.ports = {}  # node -> published public port
+        self.api_ports = {}  # node -> published API port
         self.cfgdir = None
+        self.certdir = None
         self.passed = 0
         self.failed = 0
 
@@ -119,7 +133,15 @@ class Smoke:
         return f"{self.run_id}-n{n}"
 
     def url(self, n, path):
+        """On node n's public listener."""
         return f"http://127.0.0.1:{self.ports[n]}{path}"
+
+    def api(self, method, n, path, body=None, headers=None, token=ADMIN_TOKEN):
+        """A call to node n's API listener, with the admin token."""
+        h = dict(headers or {})
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        return http(method, f"http://127.0.0.1:{self.api_ports[n]}{path}", body, h)
 
     # -- set-up / tear-down ----------------------------------------------------------
     def create_network(self):
@@ -134,6 +156,16 @@ class Smoke:
             errors.append(r.stderr.strip())
         raise RuntimeError(f"could not create a docker network with a free 172.31.2xx.0/24 subnet: {errors[-1]}")
 
+    def make_certs(self):
+        """The cluster CA and node certificates, made by the image's own aofctl (as
+        uid 10001, so the nodes can read their keys) into a directory of ours."""
+        self.certdir = tempfile.mkdtemp(prefix="aof-smoke-certs-")
+        os.chmod(self.certdir, 0o777)
+        sh("docker", "run", "--rm", "-v", f"{self.certdir}:/certs", self.image,
+           "certs", "init", "--dir", "/certs", "--nodes", str(len(NODES)))
+        for n in NODES:
+            assert os.path.exists(os.path.join(self.certdir, f"node{n}.crt")), f"no certificate for node {n}"
+
     def write_configs(self):
         self.cfgdir = tempfile.mkdtemp(prefix="aof-smoke-")
         os.chmod(self.cfgdir, 0o755)
@@ -147,10 +179,13 @@ class Smoke:
         sh(
             "docker", "run", "-d", "--name", self.name(n), "--hostname", f"aof-{n}",
             "--network", self.net, "--ip", self.ips[n],
-            "-p", "127.0.0.1::3000",
+            "-p", "127.0.0.1::3000", "-p", "127.0.0.1::5000",
             "-v", f"{self.name(n)}-data:/var/lib/aof",
             "-v", f"{self.cfgdir}/node{n}.yaml:/etc/aof/node.yaml:ro",
+            "-v", f"{self.certdir}:/etc/aof/certs:ro",
             "-e", f"GITHUB_WEBHOOK_SECRET={SECRET}",
+            "-e", f"AOF_ADMIN_TOKEN={ADMIN_TOKEN}",
+            "-e", f"AOF_WORKER_TOKEN={WORKER_TOKEN}",
             # Today's node binds its HTTP listener to its own IP, not 0.0.0.0.
             "-e", f"AOF_HEALTH_ADDR={self.ips[n]}:3000",
             self.image, "serve", "--config", "/etc/aof/node.yaml",
@@ -158,8 +193,11 @@ class Smoke:
         self.refresh_port(n)
 
     def refresh_port(self, n):
-        out = sh("docker", "port", self.name(n), "3000/tcp").stdout.strip().splitlines()[0]
-        self.ports[n] = int(out.rsplit(":", 1)[1])
+        def published(port):
+            out = sh("docker", "port", self.name(n), f"{port}/tcp").stdout.strip().splitlines()[0]
+            return int(out.rsplit(":", 1)[1])
+        self.ports[n] = published(3000)
+        self.api_ports[n] = published(5000)
 
     def cleanup(self):
         sh("docker", "rm", "-f", self.worker_name(), check=False)
@@ -173,6 +211,14 @@ class Smoke:
                 if os.path.exists(p):
                     os.unlink(p)
             os.rmdir(self.cfgdir)
+        if self.certdir:
+            # Only what `certs init` writes: ca.* and node<N>.* (owned by uid 10001).
+            names = ["ca.crt", "ca.key"] + [f"node{n}.{ext}" for n in NODES for ext in ("crt", "key")]
+            for name in names:
+                p = os.path.join(self.certdir, name)
+                if os.path.exists(p):
+                    os.unlink(p)
+            os.rmdir(self.certdir)
 
     def dump_logs(self):
         for c in [self.name(n) for n in NODES] + [self.worker_name()]:
@@ -197,6 +243,7 @@ class Smoke:
 
     def t_start(self):
         self.create_network()
+        self.make_certs()
         self.write_configs()
         for n in NODES:
             self.start(n)
@@ -221,7 +268,7 @@ class Smoke:
         leaders = {n: wait_for(f"node {n} /ready", lambda n=n: self.ready_leader(n), READY_WITHIN_S) for n in NODES}
         assert len(set(leaders.values())) == 1, f"nodes see different leaders: {leaders}"
         for n in NODES:
-            status, body = http("GET", self.url(n, "/v1/cluster"))
+            status, body = self.api("GET", n, "/v1/cluster")
             assert status == 200, f"node {n} /v1/cluster: {status} {body}"
             voters = sorted(m["id"] for m in body["members"] if m["role"] == "voter")
             assert voters == list(NODES), f"node {n} sees voters {voters}"
@@ -244,11 +291,19 @@ class Smoke:
             "X-Hub-Signature-256": sig,
         })
 
+    def t_listeners(self):
+        status, body = http("GET", self.url(1, "/v1/cluster"))
+        assert status == 404, f"the public listener serves /v1/cluster: {status} {body}"
+        status, body = self.api("GET", 1, "/v1/cluster", token=None)
+        assert status == 401, f"the API without a token: {status} {body}"
+        status, body = self.api("GET", 1, "/v1/cluster", token=WORKER_TOKEN)
+        assert status == 403, f"the API with the worker token: {status} {body}"
+
     def t_webhook_across_nodes(self):
         self.delivery = str(uuid.uuid4())
         status, body = self.post_webhook(2, self.delivery)
         assert status == 202, f"signed webhook on node 2: {status} {body}"
-        status, body = http("GET", self.url(3, f"/v1/deliveries/{self.delivery}"))
+        status, body = self.api("GET", 3, f"/v1/deliveries/{self.delivery}")
         assert status == 200 and self.delivery in json.dumps(body), f"delivery on node 3: {status} {body}"
         status, body = self.post_webhook(1, str(uuid.uuid4()), secret="wrong-" + SECRET)
         assert status == 401, f"badly signed webhook: {status} {body}"
@@ -258,19 +313,19 @@ class Smoke:
             "apiVersion: aof.dev/v1\nkind: Trigger\nmetadata:\n  name: smoke-push\nspec:\n  type: GitHub\n"
             "  config:\n    github_events: [push]\n  commands:\n    push:\n      agent: smoke-agent\n"
         )
-        status, body = http("PUT", self.url(1, "/v1/triggers/smoke-push"), trigger.encode(), {"Content-Type": "application/yaml"})
+        status, body = self.api("PUT", 1, "/v1/triggers/smoke-push", trigger.encode(), {"Content-Type": "application/yaml"})
         assert status in (200, 201), f"PUT trigger: {status} {body}"
         # The worker reaches the nodes by container name, as the compose worker does.
         endpoints = ",".join(f"grpc://{self.name(n)}:4000" for n in NODES)
         sh("docker", "run", "-d", "--name", self.worker_name(), "--network", self.net,
-           "-e", f"AOF_GRPC_ENDPOINT={endpoints}", self.image,
+           "-e", f"AOF_GRPC_ENDPOINT={endpoints}", "-e", f"AOF_WORKER_TOKEN={WORKER_TOKEN}", self.image,
            "worker", "--", "/bin/sh", "-c", "cat >/dev/null; echo $AOF_JOB_ID")
         delivery = str(uuid.uuid4())
         status, body = self.post_webhook(3, delivery)
         assert status == 202 and body.get("jobs"), f"webhook with a matching trigger: {status} {body}"
 
         def jobs_completed():
-            status, body = http("GET", self.url(2, f"/v1/deliveries/{delivery}"))
+            status, body = self.api("GET", 2, f"/v1/deliveries/{delivery}")
             jobs = body.get("jobs") if status == 200 else None
             return jobs and all(j.get("state") == "completed" for j in jobs) and body
         body = wait_for("job completed by the worker container", jobs_completed, READY_WITHIN_S)
@@ -292,7 +347,7 @@ class Smoke:
         self.refresh_port(n)
         wait_for("restarted node /health", lambda: http("GET", self.url(n, "/health"))[1].get("node_id") == n, HEALTHY_WITHIN_S)
         wait_for("restarted node /ready", lambda: self.ready_leader(n), READY_WITHIN_S)
-        status, body = http("GET", self.url(n, f"/v1/deliveries/{self.delivery}?consistency=stale"))
+        status, body = self.api("GET", n, f"/v1/deliveries/{self.delivery}?consistency=stale")
         assert status == 200 and self.delivery in json.dumps(body), f"delivery on restarted node: {status} {body}"
 
     def run(self):
@@ -300,9 +355,10 @@ class Smoke:
             ("image runs aofctl as uid 10001", self.t_help),
             ("3 node containers start on a network of their own", self.t_start),
             ("3 nodes from mounted config files: HEALTHCHECK healthy, /health answers", self.t_healthy),
-            ("one cluster: all ready, same leader, 3 voters", self.t_one_cluster),
+            ("one cluster over mutual TLS: all ready, same leader, 3 voters", self.t_one_cluster),
+            ("public port serves no API; the API wants the admin token", self.t_listeners),
             ("signed webhook via node 2 is read on node 3; bad signature 401", self.t_webhook_across_nodes),
-            ("worker container, nodes addressed by name, completes a job", self.t_worker),
+            ("worker container, nodes addressed by name, worker token, completes a job", self.t_worker),
             ("SIGTERM exits 0; restarted container keeps data and node id", self.t_sigterm_and_restart),
         ]
         try:

@@ -6,6 +6,15 @@
 //! A *slot* is a machine: its namespace, address, data directory and log. The
 //! node id in a slot changes when the membership nemesis removes it and joins it
 //! back (a removed node's id is never reused, as the node docs require).
+//!
+//! The nodes run as in production: four listeners each (public, API, workers'
+//! gRPC, peers), bearer tokens generated for the run (`AOF_ADMIN_TOKEN`,
+//! `AOF_WORKER_TOKEN`), and mutual TLS between peers with a cluster CA and node
+//! certificates made by `aofctl certs init` (more are issued, from the same CA,
+//! when the membership nemesis brings up a node with a new id). [`Db::http`] sends
+//! webhooks and health probes to a node's public listener and everything else to
+//! its API listener with the admin token; workers send the worker token
+//! ([`Db::queue_client`]).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -16,26 +25,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use aof_proto::v1::work_queue_client::WorkQueueClient;
 use serde_json::{json, Value};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::cleanup;
 use crate::http::{self, Response};
 use crate::net::{self, Dialer, Net};
 
-/// The API or peer address that goes with a node's HTTP or gRPC address: distinct
-/// from every other address of the cluster, as the config requires (127.0.0.2 on
-/// loopback; the port + 2000 on a slot's own IP). Until those listeners are served
-/// on their own sockets, the API answers on the HTTP port and peers on the gRPC port.
-fn sibling(a: SocketAddr) -> SocketAddr {
-    if a.ip().is_loopback() {
-        SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), a.port())
-    } else {
-        SocketAddr::new(a.ip(), a.port().wrapping_add(2000))
-    }
-}
-
+/// The ports of the four listeners on a slot's own IP (namespaces mode).
 pub const HTTP_PORT: u16 = 3000;
 pub const GRPC_PORT: u16 = 4000;
+pub const API_PORT: u16 = 5000;
+pub const PEER_PORT: u16 = 6000;
 /// The catch-all trigger the queue workload needs (sorts after every other name).
 pub const CATCH_ALL: &str = "zz-jepsen-catch-all";
 /// The target of the catch-all's jobs.
@@ -55,6 +59,16 @@ pub struct DbOpts {
     pub election_max_ms: u64,
     pub request_timeout_ms: u64,
     pub ack_timeout_ms: u64,
+    /// The admin token of the run (every API call of the harness).
+    pub admin_token: String,
+    /// The worker token of the run (the queue workload's workers).
+    pub worker_token: String,
+}
+
+/// A random token (16 bytes, hex).
+fn random_token(role: &str) -> String {
+    let b: [u8; 16] = rand::random();
+    format!("jepsen-{role}-{}", hex::encode(b))
 }
 
 impl DbOpts {
@@ -70,9 +84,25 @@ impl DbOpts {
             election_max_ms: 1000,
             request_timeout_ms: 2000,
             ack_timeout_ms: 3000,
+            admin_token: random_token("admin"),
+            worker_token: random_token("worker"),
         }
     }
 }
+
+/// Adds the run's worker token (`authorization: Bearer`) to every work-queue call.
+#[derive(Clone)]
+pub struct WorkerToken(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for WorkerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A work-queue client that sends the worker token.
+pub type QueueClient = WorkQueueClient<InterceptedService<Channel, WorkerToken>>;
 
 pub struct Slot {
     pub slot: usize,
@@ -80,8 +110,14 @@ pub struct Slot {
     pub name: String,
     /// The Raft node id living in this slot now.
     pub id: u64,
+    /// Public listener: webhooks, /health, /ready.
     pub http: SocketAddr,
+    /// Workers' gRPC listener.
     pub grpc: SocketAddr,
+    /// API listener: /v1/*, /metrics.
+    pub api: SocketAddr,
+    /// Peer listener: Raft, forwarding (mutual TLS).
+    pub peer: SocketAddr,
     pub ns: Option<String>,
     pub dir: PathBuf,
     pub log: PathBuf,
@@ -105,6 +141,10 @@ impl Slot {
 pub struct Db {
     pub run: String,
     pub opts: DbOpts,
+    /// The cluster CA and node certificates (`aofctl certs init --dir`).
+    certs: PathBuf,
+    /// Node ids `1..=certified` have certificates.
+    certified: Mutex<u64>,
     pub net: Option<Arc<Net>>,
     pub dialer: Dialer,
     slots: Mutex<Vec<Slot>>,
@@ -124,18 +164,20 @@ impl Db {
     pub fn new(run: &str, opts: DbOpts, dir: &Path, net: Option<Arc<Net>>) -> Result<Arc<Db>> {
         let mut slots = Vec::new();
         for i in 0..opts.nodes {
-            let (http, grpc, ns) = match &net {
+            let (ip, ports, ns) = match &net {
                 Some(n) => (
-                    SocketAddr::new(net::slot_ip(i).into(), HTTP_PORT),
-                    SocketAddr::new(net::slot_ip(i).into(), GRPC_PORT),
+                    net::slot_ip(i),
+                    [HTTP_PORT, GRPC_PORT, API_PORT, PEER_PORT],
                     Some(n.nodes[i].clone()),
                 ),
                 None => (
-                    SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port()),
-                    SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port()),
+                    Ipv4Addr::LOCALHOST,
+                    [free_port(), free_port(), free_port(), free_port()],
                     None,
                 ),
             };
+            let addr = |port| SocketAddr::new(ip.into(), port);
+            let [http, grpc, api, peer] = ports.map(addr);
             let sdir = dir.join(format!("n{}", i + 1));
             std::fs::create_dir_all(&sdir)?;
             slots.push(Slot {
@@ -144,6 +186,8 @@ impl Db {
                 id: i as u64 + 1,
                 http,
                 grpc,
+                api,
+                peer,
                 ns,
                 log: dir.join(format!("n{}.log", i + 1)),
                 dir: sdir,
@@ -159,34 +203,53 @@ impl Db {
         let db = Db {
             run: run.to_string(),
             next_id: Mutex::new(opts.nodes as u64 + 1),
+            certs: dir.join("certs"),
+            certified: Mutex::new(0),
             opts,
             net,
             dialer,
             slots: Mutex::new(slots),
         };
-        let members: Vec<(u64, SocketAddr, SocketAddr)> = db
-            .slots
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|s| (s.id, s.grpc, s.http))
-            .collect();
+        db.certify(db.opts.nodes as u64)?;
+        let members: Vec<Member> = db.slots.lock().unwrap().iter().map(Member::of).collect();
         for s in db.slots.lock().unwrap().iter() {
             db.write_config(s, Some(&members))?;
         }
         Ok(Arc::new(db))
     }
 
-    /// Writes a node's DaemonConfig: no tokens or TLS (`auth.insecure`); the API and
-    /// peer addresses are [`sibling`]s of the HTTP and gRPC ones.
-    fn write_config(
-        &self,
-        s: &Slot,
-        members: Option<&[(u64, SocketAddr, SocketAddr)]>,
-    ) -> Result<()> {
+    /// Issues node certificates (from the run's CA, created first) for ids up to
+    /// `up_to`, with `aofctl certs init` as an operator would.
+    fn certify(&self, up_to: u64) -> Result<()> {
+        let mut done = self.certified.lock().unwrap();
+        if up_to <= *done {
+            return Ok(());
+        }
+        let out = Command::new(&self.opts.bin)
+            .args(["certs", "init", "--dir"])
+            .arg(&self.certs)
+            .args(["--nodes", &up_to.to_string()])
+            .env_remove("AOF_PLANTED_BUG")
+            .output()
+            .with_context(|| format!("running {} certs init", self.opts.bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "aofctl certs init --dir {} --nodes {up_to}: {}",
+                self.certs.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        *done = up_to;
+        Ok(())
+    }
+
+    /// Writes a node's DaemonConfig: its four listeners, the default tokens (read
+    /// from the environment [`Db::start`] gives it) and peer TLS with the run's
+    /// certificates.
+    fn write_config(&self, s: &Slot, members: Option<&[Member]>) -> Result<()> {
         let o = &self.opts;
         let mut y = format!(
-            "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: jepsen-{name}-{id}\nspec:\n  server:\n    host: {host}\n    port: {port}\n  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{secret}\"\n  gateway:\n    ack_timeout_ms: {ack}\n  queue:\n    lease_timeout_ms: {lease}\n    max_retries: 1000\n    retry_delay_ms: 100\n    max_retry_delay_ms: 500\n  auth:\n    insecure: true\n  cluster:\n    node_id: {id}\n    api_addr: \"{api}\"\n    grpc_addr: {grpc}\n    peer_addr: \"{peer}\"\n    data_dir: {data}\n    raft:\n      heartbeat_interval_ms: {hb}\n      election_timeout_min_ms: {emin}\n      election_timeout_max_ms: {emax}\n      request_timeout_ms: {rt}\n    storage:\n      cache_capacity_mb: 8\n",
+            "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: jepsen-{name}-{id}\nspec:\n  server:\n    host: {host}\n    port: {port}\n  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{secret}\"\n  gateway:\n    ack_timeout_ms: {ack}\n  queue:\n    lease_timeout_ms: {lease}\n    max_retries: 1000\n    retry_delay_ms: 100\n    max_retry_delay_ms: 500\n  auth:\n    tokens:\n      - {{ name: admin, role: admin, env: AOF_ADMIN_TOKEN }}\n      - {{ name: worker, role: worker, env: AOF_WORKER_TOKEN }}\n  cluster:\n    node_id: {id}\n    api_addr: \"{api}\"\n    grpc_addr: \"{grpc}\"\n    peer_addr: \"{peer}\"\n    peer_tls:\n      ca_file: \"{certs}/ca.crt\"\n      cert_file: \"{certs}/node{{node_id}}.crt\"\n      key_file: \"{certs}/node{{node_id}}.key\"\n    data_dir: {data}\n    raft:\n      heartbeat_interval_ms: {hb}\n      election_timeout_min_ms: {emin}\n      election_timeout_max_ms: {emax}\n      request_timeout_ms: {rt}\n    storage:\n      cache_capacity_mb: 8\n",
             name = s.name,
             id = s.id,
             host = s.http.ip(),
@@ -195,8 +258,9 @@ impl Db {
             ack = o.ack_timeout_ms,
             lease = o.lease_timeout_ms,
             grpc = s.grpc,
-            api = sibling(s.http),
-            peer = sibling(s.grpc),
+            api = s.api,
+            peer = s.peer,
+            certs = self.certs.display(),
             data = s.data_dir().display(),
             hb = o.heartbeat_ms,
             emin = o.election_min_ms,
@@ -205,11 +269,10 @@ impl Db {
         );
         if let Some(members) = members {
             y.push_str("    initial_members:\n");
-            for (id, g, h) in members {
+            for m in members {
                 y.push_str(&format!(
-                    "      - {{ id: {id}, peer_addr: \"{}\", grpc_addr: \"{g}\", api_addr: \"{}\", http_addr: \"{h}\" }}\n",
-                    sibling(*g),
-                    sibling(*h)
+                    "      - {{ id: {}, peer_addr: \"{}\", grpc_addr: \"{}\", api_addr: \"{}\", http_addr: \"{}\" }}\n",
+                    m.id, m.peer, m.grpc, m.api, m.http
                 ));
             }
         }
@@ -235,6 +298,18 @@ impl Db {
 
     pub fn grpc_addr(&self, slot: usize) -> SocketAddr {
         self.slots.lock().unwrap()[slot].grpc
+    }
+
+    pub fn api_addr(&self, slot: usize) -> SocketAddr {
+        self.slots.lock().unwrap()[slot].api
+    }
+
+    /// A work-queue client over `channel` that sends the run's worker token.
+    pub fn queue_client(&self, channel: Channel) -> QueueClient {
+        let token = format!("Bearer {}", self.opts.worker_token)
+            .parse()
+            .expect("a hex token is valid metadata");
+        WorkQueueClient::with_interceptor(channel, WorkerToken(token))
     }
 
     pub fn node_id(&self, slot: usize) -> u64 {
@@ -300,6 +375,9 @@ impl Db {
             .arg(s.config_path())
             .current_dir(&s.dir)
             .env("RUST_LOG", "info,openraft=warn")
+            .env("AOF_ADMIN_TOKEN", &self.opts.admin_token)
+            .env("AOF_WORKER_TOKEN", &self.opts.worker_token)
+            .env_remove("AOF_READ_TOKEN")
             .env_remove("AOF_PLANTED_BUG")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
@@ -395,7 +473,10 @@ impl Db {
         }
     }
 
-    /// One HTTP request to the node of `slot`.
+    /// One HTTP request to the node of `slot`, on the listener that serves `path`:
+    /// the public one for webhooks and health probes, else the API one, with the
+    /// admin token (and, for a change without a body type, `Content-Type:
+    /// application/json`, which the API requires).
     pub async fn http(
         &self,
         slot: usize,
@@ -405,8 +486,20 @@ impl Db {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Response, http::Error> {
-        let addr = self.http_addr(slot);
-        http::request(&self.dialer, addr, method, path, headers, body, timeout).await
+        if is_public_path(path) {
+            let addr = self.http_addr(slot);
+            return http::request(&self.dialer, addr, method, path, headers, body, timeout).await;
+        }
+        let mut h: Vec<(&str, String)> = headers.to_vec();
+        let has = |h: &[(&str, String)], k: &str| h.iter().any(|(n, _)| n.eq_ignore_ascii_case(k));
+        if !has(&h, "authorization") {
+            h.push(("authorization", format!("Bearer {}", self.opts.admin_token)));
+        }
+        if !matches!(method, "GET" | "HEAD" | "DELETE") && !has(&h, "content-type") {
+            h.push(("content-type", "application/json".into()));
+        }
+        let addr = self.api_addr(slot);
+        http::request(&self.dialer, addr, method, path, &h, body, timeout).await
     }
 
     async fn get_json(&self, slot: usize, path: &str, timeout: Duration) -> Option<Value> {
@@ -575,6 +668,7 @@ impl Db {
             *n += 1;
             v
         };
+        self.certify(new)?;
         {
             let mut g = self.slots.lock().unwrap();
             let s = &mut g[slot];
@@ -596,14 +690,17 @@ impl Db {
     /// Membership: add the node of `slot` as a learner, wait until it has caught
     /// up, promote it to voter.
     pub async fn join(&self, slot: usize, timeout: Duration) -> Result<()> {
-        let (id, grpc, http) = {
-            let g = self.slots.lock().unwrap();
-            (g[slot].id, g[slot].grpc, g[slot].http)
-        };
+        let m = Member::of(&self.slots.lock().unwrap()[slot]);
+        let id = m.id;
         let start = Instant::now();
-        let body =
-            json!({ "node_id": id, "grpc_addr": grpc.to_string(), "http_addr": http.to_string() })
-                .to_string();
+        let body = json!({
+            "node_id": id,
+            "peer_addr": m.peer.to_string(),
+            "grpc_addr": m.grpc.to_string(),
+            "api_addr": m.api.to_string(),
+            "http_addr": m.http.to_string(),
+        })
+        .to_string();
         let mut step = 0;
         let mut last = String::new();
         let mut k = slot + 1;
@@ -698,8 +795,54 @@ impl Db {
     }
 }
 
+/// A node's id and its four addresses, as in `initial_members` and the join body.
+#[derive(Clone, Copy, Debug)]
+pub struct Member {
+    pub id: u64,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub api: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl Member {
+    fn of(s: &Slot) -> Member {
+        Member { id: s.id, http: s.http, grpc: s.grpc, api: s.api, peer: s.peer }
+    }
+}
+
+/// Paths served by a node's public listener (everything else is the API's).
+fn is_public_path(path: &str) -> bool {
+    let p = path.split('?').next().unwrap_or(path);
+    p.starts_with("/webhook/") || p == "/health" || p == "/ready"
+}
+
 impl Drop for Db {
     fn drop(&mut self) {
         self.kill_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhooks_and_probes_go_to_the_public_listener_the_rest_to_the_api() {
+        assert!(is_public_path("/webhook/github"));
+        assert!(is_public_path("/ready"));
+        assert!(is_public_path("/health?x=1"));
+        assert!(!is_public_path("/v1/cluster?consistency=stale"));
+        assert!(!is_public_path("/v1/triggers/ready"));
+        assert!(!is_public_path("/metrics"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_valid_metadata() {
+        let (a, b) = (DbOpts::new(3, "x".into()), DbOpts::new(3, "x".into()));
+        assert_ne!(a.admin_token, b.admin_token);
+        assert_ne!(a.admin_token, a.worker_token);
+        let v: Result<MetadataValue<Ascii>, _> = format!("Bearer {}", a.worker_token).parse();
+        assert!(v.is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! Shared harness of the process-level tests: free loopback ports, `aofctl serve`
-//! configs, child processes that are killed on drop, signed webhooks, bounded waits.
-//! Everything listens on 127.0.0.1.
+//! configs with the four listeners, the test run's certificates and tokens, child
+//! processes that are killed on drop, signed webhooks, bounded waits. Everything
+//! listens on 127.0.0.1.
 #![allow(dead_code)] // each test file uses a part
 
 use std::path::{Path, PathBuf};
@@ -19,29 +20,128 @@ pub fn free_port() -> u16 {
 #[allow(unused_imports)]
 pub use aof_contract::signature::sign;
 
-/// Write `node<id>.yaml` in `dir`: a DaemonConfig for node `id` of a loopback cluster
-/// with fast Raft timings and a small cache, without tokens or TLS (`auth.insecure`).
-/// The API and peer addresses (127.0.0.2, the HTTP and gRPC ports) are distinct
-/// from the others, as the config requires; until those listeners are served on
-/// their own sockets, the API answers on the HTTP port and peers on the gRPC port. `spec_extra` is YAML inserted under
-/// `spec:` (indented two spaces: platforms, queue, ...). `members` are
-/// `(id, http port, grpc port)`; empty = no `initial_members` (a node to be joined).
-pub fn write_config(dir: &Path, name: &str, id: u64, http: u16, grpc: u16, members: &[(u64, u16, u16)], spec_extra: &str) -> PathBuf {
+/// The four listeners of a node, on 127.0.0.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    /// Public: webhooks, /health, /ready.
+    pub http: u16,
+    /// Workers' gRPC.
+    pub grpc: u16,
+    /// API: /v1/*, /metrics.
+    pub api: u16,
+    /// Peers: Raft, forwarding (mutual TLS with [`Creds`]).
+    pub peer: u16,
+}
+
+impl Ports {
+    pub fn free() -> Ports {
+        Ports { http: free_port(), grpc: free_port(), api: free_port(), peer: free_port() }
+    }
+}
+
+/// 16 random bytes from the kernel, hex.
+pub fn random_hex() -> String {
+    use std::io::Read as _;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut b).unwrap();
+    hex::encode(b)
+}
+
+/// What a secured test cluster's nodes and clients share: the cluster CA and node
+/// certificates (made for this test run by `aof_node::tls::init_certs`, as
+/// `aofctl certs init` does) and the three tokens the nodes read from
+/// `AOF_ADMIN_TOKEN`, `AOF_READ_TOKEN` and `AOF_WORKER_TOKEN`.
+#[derive(Clone, Debug)]
+pub struct Creds {
+    pub certs: PathBuf,
+    pub admin: String,
+    pub read: String,
+    pub worker: String,
+}
+
+impl Creds {
+    /// Certificates for nodes 1-5 in `dir/certs`, and fresh random tokens.
+    pub fn new(dir: &Path) -> Creds {
+        let certs = dir.join("certs");
+        aof_node::tls::init_certs(&aof_node::tls::CertsInit::new(&certs)).expect("test certificates");
+        Creds {
+            certs,
+            admin: format!("admin-{}", random_hex()),
+            read: format!("read-{}", random_hex()),
+            worker: format!("worker-{}", random_hex()),
+        }
+    }
+
+    /// Gives a node process its tokens.
+    pub fn node_env(&self, cmd: &mut Command) {
+        cmd.env("AOF_ADMIN_TOKEN", &self.admin)
+            .env("AOF_READ_TOKEN", &self.read)
+            .env("AOF_WORKER_TOKEN", &self.worker);
+    }
+
+    /// An API client with the admin token.
+    pub fn admin_client(&self, endpoints: Vec<String>) -> aof_client::Client {
+        aof_client::Client::builder(endpoints).token(self.admin.clone()).build()
+    }
+}
+
+/// How a test node authenticates callers.
+#[derive(Clone, Copy, Debug)]
+pub enum Auth<'a> {
+    /// `spec.auth.insecure: true` without tokens or peer TLS: for tests about
+    /// something else.
+    Insecure,
+    /// The default tokens (from the environment, see [`Creds::node_env`]) and
+    /// mutual TLS between peers with the test run's certificates.
+    Secure(&'a Creds),
+}
+
+/// Write `node<id>.yaml` in `dir`: a DaemonConfig for node `id` of a loopback
+/// cluster with its four listeners, fast Raft timings and a small cache. `auth`
+/// decides between real tokens + peer TLS and `auth.insecure`. `spec_extra` is
+/// YAML inserted under `spec:` (indented two spaces: platforms, queue, ...).
+/// `members` are `(id, ports)`; empty = no `initial_members` (a node to be joined).
+pub fn write_config(dir: &Path, name: &str, id: u64, ports: Ports, members: &[(u64, Ports)], spec_extra: &str, auth: Auth<'_>) -> PathBuf {
+    let (auth_yaml, peer_tls) = match auth {
+        Auth::Insecure => ("  auth:\n    insecure: true\n".to_string(), String::new()),
+        Auth::Secure(c) => (
+            // The default tokens, spelled out.
+            "  auth:\n    tokens:\n      - { name: admin, role: admin, env: AOF_ADMIN_TOKEN }\n      - { name: read, role: read, env: AOF_READ_TOKEN }\n      - { name: worker, role: worker, env: AOF_WORKER_TOKEN }\n".to_string(),
+            format!(
+                "    peer_tls:\n      ca_file: {d}/ca.crt\n      cert_file: \"{d}/node{{node_id}}.crt\"\n      key_file: \"{d}/node{{node_id}}.key\"\n",
+                d = c.certs.display()
+            ),
+        ),
+    };
+    let Ports { http, grpc, api, peer } = ports;
     let mut yaml = format!(
-        "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: {name}-node{id}\nspec:\n  server:\n    host: 127.0.0.1\n    port: {http}\n  auth:\n    insecure: true\n{spec_extra}  cluster:\n    node_id: {id}\n    api_addr: 127.0.0.2:{http}\n    grpc_addr: 127.0.0.1:{grpc}\n    peer_addr: 127.0.0.2:{grpc}\n    data_dir: {}\n    raft:\n      heartbeat_interval_ms: 100\n      election_timeout_min_ms: 500\n      election_timeout_max_ms: 1000\n      request_timeout_ms: 3000\n    storage:\n      cache_capacity_mb: 8\n",
+        "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: {name}-node{id}\nspec:\n  server:\n    host: 127.0.0.1\n    port: {http}\n{auth_yaml}{spec_extra}  cluster:\n    node_id: {id}\n    api_addr: 127.0.0.1:{api}\n    grpc_addr: 127.0.0.1:{grpc}\n    peer_addr: 127.0.0.1:{peer}\n{peer_tls}    data_dir: {}\n    raft:\n      heartbeat_interval_ms: 100\n      election_timeout_min_ms: 500\n      election_timeout_max_ms: 1000\n      request_timeout_ms: 3000\n    storage:\n      cache_capacity_mb: 8\n",
         dir.join(format!("data{id}")).display()
     );
     if !members.is_empty() {
         yaml.push_str("    initial_members:\n");
-        for (mid, mh, mg) in members {
+        for (mid, p) in members {
             yaml.push_str(&format!(
-                "      - {{ id: {mid}, peer_addr: 127.0.0.2:{mg}, grpc_addr: 127.0.0.1:{mg}, api_addr: 127.0.0.2:{mh}, http_addr: 127.0.0.1:{mh} }}\n"
+                "      - {{ id: {mid}, peer_addr: 127.0.0.1:{}, grpc_addr: 127.0.0.1:{}, api_addr: 127.0.0.1:{}, http_addr: 127.0.0.1:{} }}\n",
+                p.peer, p.grpc, p.api, p.http
             ));
         }
     }
     let path = dir.join(format!("node{id}.yaml"));
     std::fs::write(&path, yaml).unwrap();
     path
+}
+
+/// An `aofctl` command that talks to a cluster: its own (empty) context file, so
+/// the user's `~/.config/aofctl` never changes what a test does, and none of the
+/// caller's connection variables.
+pub fn aofctl_cmd(config_dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env("AOF_CONFIG", config_dir.join("aofctl-config.yaml"));
+    for v in ["AOF_ENDPOINT", "AOF_GRPC_ENDPOINT", "AOF_TOKEN", "AOF_WORKER_TOKEN", "AOF_CA_FILE", "AOF_CONTEXT", "RUST_LOG"] {
+        cmd.env_remove(v);
+    }
+    cmd
 }
 
 /// `aofctl serve --config <config>`, ready to spawn.
@@ -115,29 +215,37 @@ impl Drop for Proc {
 /// A node process and its ports.
 pub struct Node {
     pub id: u64,
-    pub http: u16,
-    pub grpc: u16,
+    pub ports: Ports,
     pub proc: Proc,
 }
 
 impl Node {
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
+    /// The public listener: webhooks, /health, /ready.
+    pub fn public_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.http)
     }
+    /// The API listener: /v1/*, /metrics.
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.api)
+    }
+    /// The workers' gRPC listener.
     pub fn grpc_url(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.grpc)
+        format!("grpc://127.0.0.1:{}", self.ports.grpc)
     }
 }
 
-/// Start a three-node cluster in `dir` (configs by [`write_config`] with `spec_extra`).
-pub fn start_three(dir: &Path, name: &str, spec_extra: &str) -> Vec<Node> {
-    let ports: Vec<(u64, u16, u16)> = (1..=3).map(|id| (id, free_port(), free_port())).collect();
+/// Start a three-node cluster in `dir` (configs by [`write_config`] with
+/// `spec_extra`), with real tokens and peer certificates (`creds`).
+pub fn start_three(dir: &Path, name: &str, spec_extra: &str, creds: &Creds) -> Vec<Node> {
+    let ports: Vec<(u64, Ports)> = (1..=3).map(|id| (id, Ports::free())).collect();
     ports
         .iter()
-        .map(|&(id, http, grpc)| {
-            let config = write_config(dir, name, id, http, grpc, &ports, spec_extra);
-            let proc = Proc::spawn(format!("node {id}"), dir.join(format!("node{id}.log")), &mut serve(&config));
-            Node { id, http, grpc, proc }
+        .map(|&(id, p)| {
+            let config = write_config(dir, name, id, p, &ports, spec_extra, Auth::Secure(creds));
+            let mut cmd = serve(&config);
+            creds.node_env(&mut cmd);
+            let proc = Proc::spawn(format!("node {id}"), dir.join(format!("node{id}.log")), &mut cmd);
+            Node { id, ports: p, proc }
         })
         .collect()
 }
@@ -160,7 +268,7 @@ where
     panic!("timed out after {secs}s waiting for: {what}");
 }
 
-/// Every given node answers `/ready`.
+/// Every given node answers `/ready` (public or API listener URLs).
 pub async fn all_ready(urls: impl IntoIterator<Item = String>) -> bool {
     for u in urls {
         if aof_client::Client::new(vec![u]).ready().await.is_err() {

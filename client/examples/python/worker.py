@@ -25,14 +25,24 @@ Every call may go to any node (followers forward to the Raft leader), and every 
 answer means the change is committed on a quorum. So on ``UNAVAILABLE`` the worker
 simply moves on to the next endpoint of ``--endpoint`` with a bounded backoff.
 
+Credentials: every call carries the metadata ``authorization: Bearer <token>``
+with a worker token of the cluster (``--token``, default ``$AOF_WORKER_TOKEN``; an
+admin token works too). A node answers ``UNAUTHENTICATED`` to a missing or unknown
+token and ``PERMISSION_DENIED`` to a token that may not serve the requested
+targets; when every node refuses, retrying cannot help and the worker exits 2.
+``grpcs://HOST:PORT`` endpoints use TLS, verified with ``--ca-file`` (default
+``$AOF_CA_FILE``) or the system's roots.
+
 Generated code: the worker imports ``aof.v1.queue_pb2`` / ``queue_pb2_grpc`` if
 they are on ``sys.path`` (``PYTHONPATH``; see ``generate.sh``); otherwise it
 generates them at start-up from the .proto into a temporary directory with
 ``grpcio-tools``. Dependencies: ``pip install -r requirements.txt``.
 
-Usage (a local cluster from cluster-configs/local serves gRPC on 4001-4003)::
+Usage (a local cluster from cluster-configs/local serves gRPC on 4001-4003; its
+nodes read the worker token from ``AOF_WORKER_TOKEN``)::
 
-    python3 worker.py --endpoint 127.0.0.1:4001,127.0.0.1:4002,127.0.0.1:4003 \\
+    AOF_WORKER_TOKEN=... python3 worker.py \\
+        --endpoint 127.0.0.1:4001,127.0.0.1:4002,127.0.0.1:4003 \\
         --target py-worker --max-in-flight 4
 
 SIGTERM / SIGINT stop claiming, let the jobs in hand finish (and complete them),
@@ -69,6 +79,10 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 # Codes after which another node may succeed.
 RETRY_ELSEWHERE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Codes that say the token was refused: only another token helps.
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+# Exit code when every node refused the token.
+EXIT_REFUSED = 2
 
 
 # ---------------------------------------------------------------------------
@@ -118,11 +132,24 @@ pb_grpc = None  # aof.v1.queue_pb2_grpc
 # Connections
 # ---------------------------------------------------------------------------
 
-class Cluster:
-    """The node list: one channel per node, a 'current' node, fail-over in order."""
+def split_endpoint(endpoint: str) -> tuple[str, bool]:
+    """``grpc://h:p``, ``http://h:p`` or ``h:p`` -> (``h:p``, plain text);
+    ``grpcs://h:p`` or ``https://h:p`` -> (``h:p``, TLS)."""
+    for prefix, tls in (("grpcs://", True), ("https://", True), ("grpc://", False), ("http://", False)):
+        if endpoint.startswith(prefix):
+            return endpoint[len(prefix):], tls
+    return endpoint, False
 
-    def __init__(self, endpoints: list[str]):
+
+class Cluster:
+    """The node list: one channel per node, a 'current' node, fail-over in order.
+    Every call carries the worker token as ``authorization`` metadata."""
+
+    def __init__(self, endpoints: list[str], token: str = "", ca_pem: bytes | None = None):
         self.endpoints = endpoints
+        # Per-call metadata: works on plain-text and TLS channels alike.
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._ca_pem = ca_pem
         self._current = 0
         self._stubs: dict[str, object] = {}
         self._channels: list[grpc.Channel] = []
@@ -132,13 +159,19 @@ class Cluster:
         with self._lock:
             stub = self._stubs.get(endpoint)
             if stub is None:
-                channel = grpc.insecure_channel(endpoint, options=[
+                target, tls = split_endpoint(endpoint)
+                options = [
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                     # Notice a dead node under an idle Claim stream.
                     ("grpc.keepalive_time_ms", 10_000),
                     ("grpc.keepalive_timeout_ms", 5_000),
-                ])
+                ]
+                if tls:
+                    creds = grpc.ssl_channel_credentials(root_certificates=self._ca_pem)
+                    channel = grpc.secure_channel(target, creds, options=options)
+                else:
+                    channel = grpc.insecure_channel(target, options=options)
                 self._channels.append(channel)
                 stub = self._stubs[endpoint] = pb_grpc.WorkQueueStub(channel)
             return stub
@@ -165,7 +198,7 @@ class Cluster:
         for _ in range(len(self.endpoints)):
             endpoint, stub = self.current()
             try:
-                return getattr(stub, method)(request, timeout=CALL_TIMEOUT_S)
+                return getattr(stub, method)(request, timeout=CALL_TIMEOUT_S, metadata=self.metadata)
             except grpc.RpcError as e:
                 if e.code() not in RETRY_ELSEWHERE:
                     raise
@@ -255,9 +288,12 @@ def process(lease, args, lost: threading.Event) -> str:
 class Worker:
     def __init__(self, args):
         self.args = args
-        self.cluster = Cluster(args.endpoint)
+        ca_pem = Path(args.ca_file).read_bytes() if args.ca_file else None
+        self.cluster = Cluster(args.endpoint, args.token, ca_pem)
         self.stopping = threading.Event()
         self.completed = 0
+        # Set when every node refused the token (the process then exits EXIT_REFUSED).
+        self.refused: str | None = None
         self._lock = threading.Lock()
         self._claim_call = None
         self._jobs: set[threading.Thread] = set()
@@ -275,13 +311,15 @@ class Worker:
 
     def run(self) -> None:
         backoff = BACKOFF_MIN_S
+        refused_in_a_row = 0
         request = pb.ClaimRequest(worker_id=self.args.worker_id, targets=self.args.target,
                                   max_in_flight=self.args.max_in_flight)
         while not self.stopping.is_set():
             endpoint, stub = self.cluster.current()
             opened = time.monotonic()
             got_lease = False
-            call = stub.Claim(request)  # no deadline: the stream lives as long as we do
+            # No deadline: the stream lives as long as we do.
+            call = stub.Claim(request, metadata=self.cluster.metadata)
             with self._lock:
                 self._claim_call = call
             if self.stopping.is_set():  # stop() ran before _claim_call was set
@@ -293,10 +331,26 @@ class Worker:
                     got_lease = True
                     self._start_job(lease)
                 log.warning("claim stream on %s ended by the server", endpoint)
+                refused_in_a_row = 0
             except grpc.RpcError as e:
                 if self.stopping.is_set():
                     break
                 log.warning("claim stream on %s failed: %s: %s", endpoint, e.code().name, e.details())
+                if e.code() in REFUSED:
+                    refused_in_a_row += 1
+                    if refused_in_a_row >= len(self.cluster.endpoints):
+                        if self.args.token:
+                            hint = ("the token was refused: use a worker token of the cluster (the nodes' "
+                                    "AOF_WORKER_TOKEN) allowed to serve these targets, or an admin token")
+                        else:
+                            hint = ("no token was sent: pass --token or set AOF_WORKER_TOKEN to a worker "
+                                    "(or admin) token of the cluster")
+                        self.refused = f"every node refused the worker: {e.code().name}: {e.details()}; {hint}"
+                        log.error("%s", self.refused)
+                        self.stopping.set()
+                        break
+                else:
+                    refused_in_a_row = 0
             finally:
                 with self._lock:
                     self._claim_call = None
@@ -387,7 +441,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Example aof-cluster worker: claim, heartbeat, complete.")
     p.add_argument("--endpoint", default="127.0.0.1:4001",
                    help="gRPC address(es) of cluster nodes (spec.cluster.grpc_addr), comma-separated; "
-                        "the next one is tried when a node fails (default %(default)s)")
+                        "grpcs://HOST:PORT for TLS; the next one is tried when a node fails (default %(default)s)")
+    p.add_argument("--token", default=os.environ.get("AOF_WORKER_TOKEN", ""),
+                   help="worker (or admin) token of the cluster, sent as 'authorization: Bearer' metadata "
+                        "(default $AOF_WORKER_TOKEN)")
+    p.add_argument("--ca-file", default=os.environ.get("AOF_CA_FILE") or None,
+                   help="PEM CA to verify grpcs:// endpoints with (default $AOF_CA_FILE, else the system's roots)")
     p.add_argument("--target", action="append", default=[],
                    help="target name (agent / fleet / flow) to serve; repeatable; none = all")
     p.add_argument("--worker-id", default=f"{socket.gethostname()}/{os.getpid()}",
@@ -400,8 +459,8 @@ def parse_args(argv=None):
                    help="directory holding aof/v1/queue.proto, used if the generated code is not importable")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (every heartbeat)")
     args = p.parse_args(argv)
-    args.endpoint = [e.strip().removeprefix("http://").removeprefix("grpc://")
-                     for e in args.endpoint.split(",") if e.strip()]
+    args.endpoint = [e.strip().rstrip("/") for e in args.endpoint.split(",") if e.strip()]
+    args.token = args.token.strip()
     if not args.endpoint:
         p.error("--endpoint: at least one address")
     if not 1 <= args.max_in_flight <= 1024:
@@ -428,6 +487,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker.run()
+    if worker.refused:
+        print(f"worker: {worker.refused}", file=sys.stderr)
+        return EXIT_REFUSED
     return 0
 
 

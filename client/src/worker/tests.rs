@@ -26,6 +26,8 @@ struct Fake {
     lease_ms: u64,
     /// Status returned by Extend / Complete / Fail instead of OK.
     unary_error: Option<tonic::Code>,
+    /// Status returned by Claim instead of a stream.
+    claim_error: Option<tonic::Code>,
     log: Arc<Mutex<Vec<String>>>,
     streams: Arc<AtomicUsize>,
 }
@@ -38,6 +40,7 @@ impl Fake {
             end_stream: true,
             lease_ms: 30_000,
             unary_error: None,
+            claim_error: None,
             log: Arc::default(),
             streams: Arc::default(),
         }
@@ -54,6 +57,15 @@ impl Fake {
             .cloned()
             .collect()
     }
+    /// Records the call's `authorization` metadata as "auth <call> <value>".
+    fn record_auth<T>(&self, call: &str, req: &Request<T>) {
+        let v = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_else(|| "-".into());
+        self.record(format!("auth {call} {v}"));
+    }
     fn check(&self) -> Result<(), Status> {
         match self.unary_error {
             Some(code) => Err(Status::new(code, format!("{} says no", self.name))),
@@ -69,6 +81,10 @@ impl WorkQueue for Fake {
     type ClaimStream = LeaseStream;
 
     async fn claim(&self, req: Request<pb::ClaimRequest>) -> Result<Response<LeaseStream>, Status> {
+        self.record_auth("claim", &req);
+        if let Some(code) = self.claim_error {
+            return Err(Status::new(code, format!("{} refuses the token", self.name)));
+        }
         let r = req.into_inner();
         let n = self.streams.fetch_add(1, Ordering::SeqCst);
         self.record(format!(
@@ -127,6 +143,7 @@ impl WorkQueue for Fake {
         &self,
         req: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteReply>, Status> {
+        self.record_auth("complete", &req);
         let r = req.into_inner();
         self.record(format!(
             "complete {} {} {}",
@@ -158,16 +175,28 @@ impl WorkQueue for Fake {
 }
 
 async fn serve(fake: Fake) -> String {
+    serve_with(fake, None).await
+}
+
+/// Serves `fake`, over TLS with `(cert, key)` PEMs when given (`grpcs://` URL).
+async fn serve_with(fake: Fake, tls: Option<(&str, &str)>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))
+            .unwrap();
+    }
     tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .add_service(WorkQueueServer::new(fake))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
             .unwrap();
     });
-    format!("grpc://{addr}")
+    format!("{}://{addr}", if tls.is_some() { "grpcs" } else { "grpc" })
 }
 
 /// An address nothing listens on.
@@ -397,6 +426,8 @@ async fn unreachable_everywhere_is_reported_after_the_retry_window() {
             call_timeout: Duration::from_millis(500),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(50),
+            auth: crate::pool::Auth::new(None).unwrap(),
+            ca_pem: None,
         },
     )
     .unwrap();
@@ -453,4 +484,101 @@ async fn bad_configuration_is_refused_before_starting() {
         .start()
         .unwrap_err();
     assert!(err.to_string().contains("at most 256"), "{err}");
+}
+
+#[tokio::test]
+async fn the_token_goes_with_the_claim_and_every_lease_call() {
+    let a = Fake { end_stream: false, ..Fake::new("a") };
+    let mut w = fast(Worker::builder([serve(a.clone()).await])).token("w0rker").start().unwrap();
+    let l = next(&mut w).await;
+    l.complete("ok").await.unwrap();
+    assert_eq!(
+        a.calls("auth"),
+        vec!["auth claim Bearer w0rker".to_string(), "auth complete Bearer w0rker".into()]
+    );
+    assert!(!format!("{:?}", Worker::builder(["grpc://a:1"]).token("w0rker")).contains("w0rker"));
+    // Without a token: no metadata.
+    let b = Fake { end_stream: false, ..Fake::new("b") };
+    let mut w = fast(Worker::builder([serve(b.clone()).await])).start().unwrap();
+    next(&mut w).await;
+    assert_eq!(b.calls("auth"), vec!["auth claim -".to_string()]);
+}
+
+#[tokio::test]
+async fn a_token_refused_by_every_node_stops_the_worker_with_a_clear_error() {
+    let refuse = |name, code| Fake { claim_error: Some(code), ..Fake::new(name) };
+    let a = refuse("a", tonic::Code::Unauthenticated);
+    let b = refuse("b", tonic::Code::Unauthenticated);
+    let mut w = fast(Worker::builder([serve(a.clone()).await, serve(b.clone()).await])).start().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("the worker gives up");
+    assert!(end.is_none());
+    let err = w.error().expect("the reason");
+    assert!(matches!(err, WorkerError::Unauthenticated { token_sent: false, .. }), "{err:?}");
+    assert!(err.is_auth());
+    let msg = err.to_string();
+    assert!(msg.contains("refuses the token") && msg.contains("no token was sent") && msg.contains("$AOF_WORKER_TOKEN"), "{msg}");
+    // Each node was asked once: giving up is not a retry loop.
+    assert_eq!((a.calls("auth").len(), b.calls("auth").len()), (1, 1));
+
+    let c = refuse("c", tonic::Code::PermissionDenied);
+    let mut w = fast(Worker::builder([serve(c).await])).token("scoped").targets(["other"]).start().unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().is_none());
+    let err = w.error().unwrap();
+    assert!(matches!(err, WorkerError::PermissionDenied { .. }), "{err:?}");
+    assert!(err.to_string().contains("worker token allowed to serve these targets"), "{err}");
+}
+
+#[tokio::test]
+async fn one_refusing_node_among_good_ones_does_not_stop_the_worker() {
+    let bad = Fake { claim_error: Some(tonic::Code::Unauthenticated), ..Fake::new("bad") };
+    let good = Fake::new("good");
+    let mut w = fast(Worker::builder([serve(bad).await, serve(good).await])).token("t").max_in_flight(8).start().unwrap();
+    for _ in 0..3 {
+        assert!(next(&mut w).await.job_id().starts_with("good-"));
+    }
+    assert!(w.error().is_none());
+}
+
+#[tokio::test]
+async fn grpcs_endpoints_are_verified_against_the_given_ca() {
+    let pki = crate::test_pki::pki();
+    let a = Fake { end_stream: false, ..Fake::new("a") };
+    let ep = serve_with(a.clone(), Some((&pki.cert_pem, &pki.key_pem))).await;
+    assert!(ep.starts_with("grpcs://127.0.0.1:"), "{ep}");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let mut w = fast(Worker::builder([ep.clone()])).token("tls-token").ca_file(&ca).start().unwrap();
+    let l = next(&mut w).await;
+    l.complete("over tls").await.unwrap();
+    assert_eq!(a.calls("auth"), vec!["auth claim Bearer tls-token".to_string(), "auth complete Bearer tls-token".into()]);
+
+    // A CA that did not sign the node's certificate: the handshake fails, no call
+    // reaches the node, and the error names the certificate problem.
+    let b = Fake { end_stream: false, ..Fake::new("b") };
+    let ep = serve_with(b.clone(), Some((&pki.cert_pem, &pki.key_pem))).await;
+    let pool = Pool::new(
+        &[ep],
+        PoolOptions {
+            connect_timeout: Duration::from_millis(500),
+            call_timeout: Duration::from_millis(500),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            auth: crate::pool::Auth::new(Some("tls-token")).unwrap(),
+            ca_pem: Some(crate::test_pki::other_ca_pem().into_bytes()),
+        },
+    )
+    .unwrap();
+    let err = pool
+        .call("Complete", Duration::from_millis(200), |mut c| async move {
+            c.complete(pb::CompleteRequest::default()).await
+        })
+        .await
+        .unwrap_err();
+    let WorkerError::Unavailable { last_error, .. } = &err else { panic!("{err:?}") };
+    assert!(last_error.contains("certificate") || last_error.contains("UnknownIssuer"), "{last_error}");
+    assert!(b.calls("auth").is_empty());
+
+    let err = Worker::builder(["grpcs://127.0.0.1:1"]).ca_file(dir.path().join("missing.crt")).start().unwrap_err();
+    assert!(err.to_string().contains("cannot read the CA file"), "{err}");
 }

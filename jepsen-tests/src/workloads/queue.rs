@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use aof_contract::signature::sign;
 use aof_proto::v1 as pb;
-use aof_proto::v1::work_queue_client::WorkQueueClient;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -37,7 +36,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{status, Ctx};
 use crate::checkers::queue::{FinalEvent, FinalState};
-use crate::cluster::TARGET;
+use crate::cluster::{QueueClient, TARGET};
 use crate::history::Kind;
 use crate::net::Dialer;
 
@@ -313,7 +312,7 @@ impl Queue {
         let idle = Duration::from_millis(self.opts.lease_timeout_ms.max(1000) * 2);
         while !self.workers_stopped() {
             let slot = rng.random_range(0..n);
-            let mut client = WorkQueueClient::new(self.channels[slot].clone());
+            let mut client = self.ctx.db.queue_client(self.channels[slot].clone());
             let worker_id = format!("{}-w{idx}.{incarnation}", self.ctx.run);
             incarnation += 1;
             let req = pb::ClaimRequest {
@@ -382,9 +381,9 @@ impl Queue {
         self.ctx.rec.complete(&inv, Kind::Ok, v, None);
     }
 
-    fn client(&self, rng: &mut ChaCha8Rng) -> (usize, WorkQueueClient<Channel>) {
+    fn client(&self, rng: &mut ChaCha8Rng) -> (usize, QueueClient) {
         let slot = rng.random_range(0..self.channels.len());
-        (slot, WorkQueueClient::new(self.channels[slot].clone()))
+        (slot, self.ctx.db.queue_client(self.channels[slot].clone()))
     }
 
     /// A recorded Extend. Returns the outcome.
