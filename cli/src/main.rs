@@ -22,6 +22,7 @@ mod output;
 mod queue;
 mod serve;
 mod signals;
+mod snapshot;
 mod triggers;
 mod webhook;
 mod worker;
@@ -233,13 +234,23 @@ pub enum Command {
     /// ($AOF_CONFIG or ~/.config/aofctl/config.yaml).
     #[command(subcommand)]
     Config(context::ConfigCommand),
+    /// Backups: save the whole cluster state, restore it into a new cluster.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }
 
 impl Command {
     /// Whether the command talks to a running cluster (and needs its endpoints,
     /// token and CA).
     fn connects(&self) -> bool {
-        !matches!(self, Command::Serve(_) | Command::Dev(_) | Command::Certs(_) | Command::Config(_))
+        !matches!(
+            self,
+            Command::Serve(_)
+                | Command::Dev(_)
+                | Command::Certs(_)
+                | Command::Config(_)
+                | Command::Snapshot(snapshot::SnapshotCommand::Restore(_) | snapshot::SnapshotCommand::Status(_))
+        )
     }
 }
 
@@ -337,6 +348,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
             .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) }),
         Command::Certs(cmd) => certs::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Config(cmd) => context::run(cmd, cli.global.token.clone(), cli.global.ca_file.clone())
+            .map(|()| ExitCode::SUCCESS),
+        Command::Snapshot(cmd) => snapshot::run(cmd, &cli.global)
+            .await
             .map(|()| ExitCode::SUCCESS),
     }
 }

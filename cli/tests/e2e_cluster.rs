@@ -182,6 +182,26 @@ async fn processes_survive_sigkill_of_the_leader_and_cli_manages_membership() {
     assert!(text(&o).contains("trigger/alpha unchanged"), "{}", text(&o));
     let alpha_rev = client.get_trigger("alpha", Consistency::Linearizable).await.unwrap().revision;
 
+    // A backup: only an admin token may take one (it holds every secret); the file
+    // checks out and names the state's last index.
+    let snap = d.join("backup.aofsnap");
+    let o = aofctl(&empty, &["snapshot", "save", snap.to_str().unwrap(), "--endpoint", &all[0], "--token", &creds.read]);
+    assert!(!o.status.success() && text(&o).contains("needs an admin token"), "{}", text(&o));
+    assert!(!snap.exists());
+    let o = aofctl(d, &["snapshot", "save", snap.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("sha256 "), "{}", text(&o));
+    let o = aofctl(d, &["snapshot", "status", snap.to_str().unwrap(), "-o", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(st["last_log_index"].as_u64().unwrap() >= alpha_rev, "{st}");
+    assert_eq!(st["members"].as_array().unwrap().len(), 3, "{st}");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&snap, &bytes).unwrap();
+    let o = aofctl(d, &["snapshot", "status", snap.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("corrupt"), "{}", text(&o));
+
     // SIGKILL the leader: a new leader is elected and writes continue.
     let status = client.cluster_status(Consistency::Linearizable).await.unwrap();
     let leader = status.leader_id.expect("a leader");

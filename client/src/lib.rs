@@ -326,7 +326,7 @@ impl<'a> Request<'a> {
 /// A successful answer.
 struct Answer {
     endpoint: String,
-    body: String,
+    body: Vec<u8>,
 }
 
 impl Client {
@@ -358,6 +358,13 @@ impl Client {
             .collect()
     }
 
+    /// `GET /v1/snapshot` (admin token): a backup file of the whole replicated state,
+    /// including every write acknowledged before the call (see `aofctl snapshot
+    /// save`). Verify it with the SHA-256 it ends with.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, ClientError> {
+        Ok(self.send(Request { failover: Failover::TransportAndUnavailable, ..Request::get(&["v1", "snapshot"]) }).await?.body)
+    }
+
     /// `GET /health`: the answering node is up.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.json(Request {
@@ -369,7 +376,8 @@ impl Client {
 
     /// `GET /metrics`: the answering node's Prometheus exposition, as text.
     pub async fn metrics_text(&self) -> Result<String, ClientError> {
-        Ok(self.send(Request { failover: Failover::Transport, ..Request::get(&["metrics"]) }).await?.body)
+        let body = self.send(Request { failover: Failover::Transport, ..Request::get(&["metrics"]) }).await?.body;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     /// `GET /ready`: the answering node is part of a cluster with a leader.
@@ -500,7 +508,7 @@ impl Client {
 
     async fn json<T: DeserializeOwned>(&self, req: Request<'_>) -> Result<T, ClientError> {
         let answer = self.send(req).await?;
-        serde_json::from_str(&answer.body).map_err(|e| ClientError::Decode {
+        serde_json::from_slice(&answer.body).map_err(|e| ClientError::Decode {
             endpoint: answer.endpoint,
             message: e.to_string(),
         })
@@ -561,7 +569,7 @@ impl Client {
             let result = match rb.send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    resp.text().await.map(|text| (status, text))
+                    resp.bytes().await.map(|body| (status, body.to_vec()))
                 }
                 Err(e) => Err(e),
             };
@@ -584,7 +592,7 @@ impl Client {
                 status.as_u16(),
                 status.canonical_reason(),
                 &ep.display,
-                body,
+                String::from_utf8_lossy(&body).into_owned(),
             )
             .with_hint(&Hints {
                 token_sent: self.inner.has_token,

@@ -109,6 +109,10 @@ fn needed(method: &Method, path: &str) -> Option<Needs> {
     if path == "/metrics" {
         return Some(Needs::Metrics);
     }
+    // A backup holds everything, trigger documents' secrets included.
+    if path == "/v1/snapshot" {
+        return Some(Needs::Admin);
+    }
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         Some(Needs::Read)
     } else {
@@ -121,6 +125,8 @@ enum Needs {
     Metrics,
     Read,
     Write,
+    /// A read only an admin may make.
+    Admin,
 }
 
 /// Media types a mutating request may carry.
@@ -150,11 +156,15 @@ pub async fn require_api(State(tokens): State<Arc<Tokens>>, mut req: Request, ne
         }
     };
     let allowed = match (needs, principal.role) {
-        (Needs::Write, role) => role.allows(Role::Admin),
+        (Needs::Write | Needs::Admin, role) => role.allows(Role::Admin),
         (Needs::Read | Needs::Metrics, role) => role.allows(Role::Read),
     };
     if !allowed {
-        let what = if needs == Needs::Write { "changes need an admin token" } else { "reads need a read or admin token" };
+        let what = match needs {
+            Needs::Write => "changes need an admin token",
+            Needs::Admin => "a snapshot holds every secret of the cluster and needs an admin token",
+            Needs::Read | Needs::Metrics => "reads need a read or admin token",
+        };
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -41,7 +41,46 @@ impl tonic::service::Interceptor for PeerGate {
             let members_only = self.members_only;
             crate::tls::require_peer(&req, |id| !members_only || is_member_or_pending(&self.node, &self.initial, id))?;
         }
+        if self.members_only {
+            let theirs = req.metadata().get(crate::network::CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok());
+            let (ours, applied) = (self.node.sm.read(|kv| aof_core::sm::cluster_id(kv)), self.node.sm.last_applied());
+            same_cluster(ours.as_deref(), theirs, applied.is_some()).map_err(Status::failed_precondition)?;
+        }
         Ok(req)
+    }
+}
+
+/// Whether a Raft RPC from a node of cluster `theirs` may reach this node of cluster
+/// `ours` (ids exist only on restored clusters, see [`crate::backup`]). A node with
+/// state but no id belongs to a cluster that was never restored: it refuses a
+/// restored cluster's traffic, as a restored node refuses the old cluster's. A node
+/// that has applied nothing yet is joining and takes the id from its first snapshot.
+fn same_cluster(ours: Option<&str>, theirs: Option<&str>, has_state: bool) -> Result<(), String> {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (None, None) => Ok(()),
+        (None, Some(_)) if !has_state => Ok(()),
+        (a, b) => Err(format!(
+            "the caller belongs to cluster {} and this node to cluster {}: a restored cluster and the cluster it was saved from never exchange Raft traffic; \
+             check the member addresses (aofctl cluster status)",
+            b.unwrap_or("(not restored)"),
+            a.unwrap_or("(not restored)")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_cluster;
+
+    #[test]
+    fn restored_and_old_clusters_refuse_each_other() {
+        assert!(same_cluster(None, None, true).is_ok());
+        assert!(same_cluster(Some("a"), Some("a"), true).is_ok());
+        assert!(same_cluster(None, Some("a"), false).is_ok(), "a joining node takes the id it is sent");
+        assert!(same_cluster(Some("a"), Some("b"), true).is_err());
+        assert!(same_cluster(Some("a"), None, true).is_err(), "the old cluster cannot reach a restored node");
+        assert!(same_cluster(None, Some("a"), true).is_err(), "a restored node cannot reach an old one");
     }
 }
 

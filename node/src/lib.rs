@@ -4,6 +4,7 @@
 pub use aof_core::{codec, sm};
 
 pub mod auth;
+pub mod backup;
 pub mod bootstrap;
 pub mod config;
 pub mod executor;

@@ -69,17 +69,24 @@ impl Channels {
     }
 }
 
+/// gRPC metadata key of the sender's cluster id on Raft RPCs (see
+/// [`crate::backup`]): a node of a restored cluster and a node of the cluster it was
+/// saved from refuse each other's Raft traffic.
+pub const CLUSTER_ID_HEADER: &str = "aof-cluster-id";
+
 /// Creates a [`PeerClient`] per replication target. `Default`: no peer TLS.
 #[derive(Clone, Default)]
 pub struct Network {
     pub channels: Channels,
+    /// This node's state, to send its cluster id with each RPC.
+    pub state: Option<crate::store::StateMachineStore>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
-        PeerClient { target, addr: node.peer_addr.clone(), channels: self.channels.clone() }
+        PeerClient { target, addr: node.peer_addr.clone(), channels: self.channels.clone(), state: self.state.clone() }
     }
 }
 
@@ -88,6 +95,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     channels: Channels,
+    state: Option<crate::store::StateMachineStore>,
 }
 
 impl PeerClient {
@@ -106,7 +114,12 @@ impl PeerClient {
         let mut client = RaftServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let payload = RaftPayload { data: codec::encode(req) };
+        let mut payload = tonic::Request::new(RaftPayload { data: codec::encode(req) });
+        if let Some(id) = self.state.as_ref().and_then(|s| s.read(|kv| aof_core::sm::cluster_id(kv))) {
+            if let Ok(v) = id.parse() {
+                payload.metadata_mut().insert(CLUSTER_ID_HEADER, v);
+            }
+        }
         let fut = async {
             match method {
                 Method::Append => client.append_entries(payload).await,

@@ -200,7 +200,7 @@ pub async fn run_with_listeners(
     let pristine = store.is_pristine()?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let raft_cfg = c.raft.openraft_config("aof-cluster").map_err(|e| ServerError::RaftConfig(e.to_string()))?;
-    let network = Network { channels: Channels::new(security.peer.clone()) };
+    let network = Network { channels: Channels::new(security.peer.clone()), state: Some(store.state_machine()) };
     let raft = Raft::new(id, Arc::new(raft_cfg), network.clone(), store.log_store(), store.state_machine())
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;

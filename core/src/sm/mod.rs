@@ -106,9 +106,39 @@ pub fn read_clock(state: &dyn KvRead) -> u64 {
         .unwrap_or(0)
 }
 
+/// Key of the cluster's identity. Set only by a restore (`aofctl snapshot restore`
+/// writes it into the snapshot the new cluster starts from); no command changes it,
+/// so every member and every later joiner (which starts from a snapshot) agrees.
+const CLUSTER_ID_KEY: &[u8] = b"m/cluster_id";
+
+/// The cluster's id, if it was ever given one (see [`with_cluster_id`]).
+pub fn cluster_id(state: &dyn KvRead) -> Option<String> {
+    state.get(CLUSTER_ID_KEY).and_then(|v| String::from_utf8(v).ok())
+}
+
+/// Snapshot data (the encoded key/value pairs of the whole state) with the cluster id
+/// set to `id`: the seed of a restored cluster.
+pub fn with_cluster_id(snapshot_data: &[u8], id: &str) -> Result<Vec<u8>, crate::codec::CodecError> {
+    let mut pairs: Vec<(kv::Key, kv::Value)> = crate::codec::decode(snapshot_data)?;
+    pairs.retain(|(k, _)| k.as_slice() != CLUSTER_ID_KEY);
+    pairs.push((CLUSTER_ID_KEY.to_vec(), id.as_bytes().to_vec()));
+    pairs.sort();
+    Ok(crate::codec::encode(&pairs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restored_snapshot_carries_its_new_cluster_id() {
+        let pairs: Vec<(kv::Key, kv::Value)> = vec![(b"a".to_vec(), b"1".to_vec()), (CLUSTER_ID_KEY.to_vec(), b"old".to_vec())];
+        let data = with_cluster_id(&crate::codec::encode(&pairs), "new").unwrap();
+        let back: Vec<(kv::Key, kv::Value)> = crate::codec::decode(&data).unwrap();
+        let kv = MemKv(back.iter().cloned().collect());
+        assert_eq!(cluster_id(&kv), Some("new".to_string()));
+        assert_eq!(back.len(), 2, "the old id is replaced, the rest kept: {back:?}");
+    }
 
     #[test]
     fn clock_never_steps_back() {

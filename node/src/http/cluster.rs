@@ -92,3 +92,28 @@ pub async fn remove_member(State(node): State<Arc<Node>>, Path(id): Path<NodeId>
     Ok(Json(json!({ "node_id": id, "log_index": log_index })))
 }
 
+
+/// `GET /v1/snapshot` (admin): a backup file of the whole replicated state including
+/// every write acknowledged before the request (see [`crate::backup`]). Its SHA-256
+/// (also the file's last 32 bytes) is in `X-Aof-Snapshot-Sha256`.
+pub async fn snapshot(State(node): State<Arc<Node>>) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let file = crate::backup::save(&node, wall_clock_ms()).await.map_err(|e| match e {
+        crate::backup::BackupError::Node(n) => ApiError::from(n),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "snapshot_failed", other.to_string()),
+    })?;
+    let sum = crate::backup::checksum(&file).unwrap_or_default();
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (axum::http::HeaderName::from_static("x-aof-snapshot-sha256"), sum),
+        ],
+        file,
+    )
+        .into_response())
+}
+
+/// This node's wall clock, for the informational `created_at_ms` of a backup file.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -41,6 +41,7 @@ pub fn api(state: AppState) -> Router {
         .route("/v1/dlq/redrive", post(queue::redrive))
         .route("/v1/dlq/purge", post(queue::purge))
         .route("/v1/cluster", get(cluster::cluster_status))
+        .route("/v1/snapshot", get(cluster::snapshot))
         .route("/v1/cluster/learners", post(cluster::add_learner))
         .route("/v1/cluster/voters/{id}", post(cluster::promote))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))

@@ -50,6 +50,7 @@ pub use disk::DiskPolicy;
 pub use kv::SledKv;
 pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
+pub(crate) use state_machine::read_snapshot_data;
 
 /// Tree names.
 pub(crate) mod trees {
@@ -348,6 +349,12 @@ impl Store {
                 source,
             }),
         }
+    }
+
+    /// Make everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.io_err(e))?;
+        Ok(())
     }
 
     /// Pins this data dir to a node id: first open records it; a different id later is an error
