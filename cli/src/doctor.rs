@@ -128,7 +128,8 @@ pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> anyhow::Result<bool> 
     }
 
     // Webhook freshness.
-    let last = metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_last_webhook_unix_ms")).fold(0.0f64, f64::max) as u64;
+    let last = metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_last_webhook_timestamp_seconds")).fold(0.0f64, f64::max);
+    let last = (last * 1000.0) as u64;
     if last == 0 {
         r.line(Level::Warn, "webhooks", "no webhook accepted since the nodes started; check the GitHub hook's Recent Deliveries (URL, secret, content type application/json)");
     } else {
