@@ -51,6 +51,13 @@ impl Report {
 }
 
 /// A metric's value summed over the lines of one exposition (all label sets).
+/// When any node last accepted a webhook, Unix ms (0 = none): the newest
+/// `aof_last_webhook_timestamp_seconds` (seconds, float) of the nodes' metrics.
+fn last_webhook_ms<'a>(texts: impl Iterator<Item = &'a str>) -> u64 {
+    let secs = texts.filter_map(|t| metric(t, "aof_last_webhook_timestamp_seconds")).fold(0.0f64, f64::max);
+    (secs * 1000.0).round() as u64
+}
+
 fn metric(text: &str, name: &str) -> Option<f64> {
     let mut sum = None;
     for l in text.lines().filter(|l| !l.starts_with('#')) {
@@ -128,7 +135,7 @@ pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> anyhow::Result<bool> 
     }
 
     // Webhook freshness.
-    let last = metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_last_webhook_unix_ms")).fold(0.0f64, f64::max) as u64;
+    let last = last_webhook_ms(metrics_texts.iter().map(|(_, t)| t.as_str()));
     if last == 0 {
         r.line(Level::Warn, "webhooks", "no webhook accepted since the nodes started; check the GitHub hook's Recent Deliveries (URL, secret, content type application/json)");
     } else {
@@ -189,5 +196,14 @@ mod tests {
         assert_eq!(metric(text, "aof_lease_grants_total"), Some(3.0));
         assert_eq!(metric(text, "aof_queue_jobs"), Some(7.0));
         assert_eq!(metric(text, "missing"), None);
+    }
+
+    #[test]
+    fn last_webhook_is_the_newest_node_timestamp_in_ms() {
+        let a = "aof_last_webhook_timestamp_seconds 1764770000.25\n";
+        let b = "aof_last_webhook_timestamp_seconds 1764770001.5\n";
+        let none = "aof_last_webhook_timestamp_seconds 0\n";
+        assert_eq!(last_webhook_ms([a, b, none].into_iter()), 1_764_770_001_500);
+        assert_eq!(last_webhook_ms([none].into_iter()), 0);
     }
 }

@@ -97,7 +97,9 @@ pub async fn get(args: GetEventsArgs, global: &GlobalArgs) -> anyhow::Result<()>
     if print_structured(args.output, &page)? {
         return Ok(());
     }
-    if page.items.is_empty() {
+    if page.items.is_empty() && page.next_after.is_some() {
+        eprintln!("No matching events in this part of the log (one request scans a bounded number of events).");
+    } else if page.items.is_empty() {
         eprintln!("No events found.");
     } else {
         print!(

@@ -14,9 +14,12 @@ objects fit together and keep the deployment's rules:
   hook, claims its data volume, and its pods' env names the headless Service and the
   StatefulSet it really has;
 - the KEDA ScaledObject targets the worker Deployment and queries metrics the node
-  really exports (names read from node/src/metrics.rs).
+  really exports (names read from node/src/metrics.rs);
+- the PrometheusRule carries exactly the rules of deploy/prometheus/alerts.yaml, and
+  they query metrics the node exports.
 
-  check_refs.py RENDERED.yaml [--metrics-rs node/src/metrics.rs] [--allow-policy NAME]...
+  check_refs.py RENDERED.yaml [--metrics-rs node/src/metrics.rs]
+                [--alerts deploy/prometheus/alerts.yaml] [--allow-policy NAME]...
 
 Exit 0 when every check passes; otherwise each problem is printed and the exit is 1.
 """
@@ -32,9 +35,10 @@ PEER_PORT = 6000
 
 
 class Checker:
-    def __init__(self, docs, metrics, allowed_policies):
+    def __init__(self, docs, metrics, allowed_policies, alert_groups=None):
         self.docs = [d for d in docs if d]
         self.metrics = metrics
+        self.alert_groups = alert_groups
         self.allowed_policies = set(allowed_policies)
         self.problems = []
 
@@ -303,6 +307,21 @@ class Checker:
                 if "threshold" not in t["metadata"]:
                     self.fail(f"ScaledObject/{n}: prometheus trigger without threshold")
 
+    def check_prometheusrule(self):
+        rules = self.of_kind("PrometheusRule")
+        if not rules:
+            self.fail("no PrometheusRule with the alert rules (deploy/k8s/base/prometheusrule.yaml)")
+        for pr in rules:
+            n = pr["metadata"]["name"]
+            groups = pr["spec"].get("groups", [])
+            if self.alert_groups is not None and groups != self.alert_groups:
+                self.fail(f"PrometheusRule/{n}: groups differ from deploy/prometheus/alerts.yaml (copy them over)")
+            for g in groups:
+                for r in g.get("rules", []):
+                    for m in re.findall(r"\baof_[a-z0-9_]+", str(r.get("expr", ""))):
+                        if not self.metric_exists(m):
+                            self.fail(f"PrometheusRule/{n}: rule {r.get('alert')} uses {m}, which the node does not export (see node/src/metrics.rs)")
+
     def metric_exists(self, name):
         for base in self.metrics:
             full = "aof_" + base
@@ -319,6 +338,7 @@ class Checker:
         self.check_network_policies()
         self.check_servicemonitor()
         self.check_scaledobject()
+        self.check_prometheusrule()
         return self.problems
 
 
@@ -330,15 +350,21 @@ def registered_metrics(path):
     return names
 
 
+def alert_groups(path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)["groups"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rendered")
     ap.add_argument("--metrics-rs", default="node/src/metrics.rs")
+    ap.add_argument("--alerts", default="deploy/prometheus/alerts.yaml")
     ap.add_argument("--allow-policy", action="append", default=[])
     args = ap.parse_args()
     with open(args.rendered, encoding="utf-8") as f:
         docs = list(yaml.safe_load_all(f))
-    problems = Checker(docs, registered_metrics(args.metrics_rs), args.allow_policy).run()
+    problems = Checker(docs, registered_metrics(args.metrics_rs), args.allow_policy, alert_groups(args.alerts)).run()
     for p in problems:
         print(f"check_refs: {args.rendered}: {p}", file=sys.stderr)
     kinds = sorted({d.get("kind") for d in docs if d})

@@ -2,7 +2,7 @@
 """Proves check_refs.py catches what it is meant to: each case breaks one rule in a copy
 of a rendered overlay (which must pass unchanged) and expects a problem naming it.
 
-  test_check_refs.py RENDERED.yaml [--metrics-rs node/src/metrics.rs]
+  test_check_refs.py RENDERED.yaml [--metrics-rs node/src/metrics.rs] [--alerts deploy/prometheus/alerts.yaml]
 """
 
 import argparse
@@ -13,7 +13,7 @@ import sys
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_refs import Checker, registered_metrics  # noqa: E402
+from check_refs import Checker, alert_groups, registered_metrics  # noqa: E402
 
 
 def find(docs, kind, name):
@@ -64,6 +64,9 @@ CASES = [
     ("discovery names another Service", lambda d: set_env(d, "AOF__CLUSTER__DISCOVERY__DNS", "aof-peers.$(POD_NAMESPACE).svc:6000"), "names Service aof-peers"),
     ("advertised name of another Service", lambda d: set_env(d, "AOF__CLUSTER__ADVERTISE__PEER_ADDR", "$(POD_NAME).aof.$(POD_NAMESPACE).svc:6000"), "names Service aof,"),
     ("image without tag", lambda d: node_container(d).update(image="aof-cluster"), "has no tag"),
+    ("alert rule changed in the PrometheusRule only", lambda d: find(d, "PrometheusRule", "aof")["spec"]["groups"][0]["rules"][0].update(expr="aof_raft_is_leader < 1"), "differ from deploy/prometheus/alerts.yaml"),
+    ("unknown metric in an alert rule", lambda d: find(d, "PrometheusRule", "aof")["spec"]["groups"][0]["rules"][0].update(expr="aof_raft_leader == 0"), "uses aof_raft_leader,"),
+    ("no PrometheusRule", lambda d: d.remove(find(d, "PrometheusRule", "aof")), "no PrometheusRule"),
     ("root pod", lambda d: find(d, "Deployment", "aof-worker")["spec"]["template"]["spec"]["securityContext"].update(runAsNonRoot=False), "runAsNonRoot"),
 ]
 
@@ -72,12 +75,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("rendered")
     ap.add_argument("--metrics-rs", default="node/src/metrics.rs")
+    ap.add_argument("--alerts", default="deploy/prometheus/alerts.yaml")
     args = ap.parse_args()
     metrics = registered_metrics(args.metrics_rs)
+    groups = alert_groups(args.alerts)
     with open(args.rendered, encoding="utf-8") as f:
         original = [d for d in yaml.safe_load_all(f) if d]
     passed = failed = 0
-    base = Checker(copy.deepcopy(original), metrics, ["aof-metrics-scrape"]).run()
+    base = Checker(copy.deepcopy(original), metrics, ["aof-metrics-scrape"], groups).run()
     if base:
         print(f"FAIL unchanged manifests: {base}")
         failed += 1
@@ -86,7 +91,7 @@ def main():
     for name, mutate, expect in CASES:
         docs = copy.deepcopy(original)
         mutate(docs)
-        problems = Checker(docs, metrics, ["aof-metrics-scrape"]).run()
+        problems = Checker(docs, metrics, ["aof-metrics-scrape"], groups).run()
         if any(expect in p for p in problems):
             passed += 1
         else:

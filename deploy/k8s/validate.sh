@@ -7,9 +7,9 @@
 #   3. check_refs.py checks that the overlays' objects fit together (Secrets, ports,
 #      selectors, Ingress/NetworkPolicy exposure, StatefulSet rules, KEDA metric names),
 #      and test_check_refs.py that it catches each of those rules broken on purpose.
-# The CRDs (ServiceMonitor, ScaledObject) have no bundled schema: kubernetes-validate
-# reports them as unknown (allowed for exactly these two kinds) and check_refs.py checks
-# their fields and references instead.
+# The CRDs (ServiceMonitor, ScaledObject, PrometheusRule) have no bundled schema:
+# kubernetes-validate reports them as unknown (allowed for exactly these kinds) and
+# check_refs.py checks their fields and references instead.
 #
 #   deploy/k8s/validate.sh [--out DIR]     # DIR keeps the rendered YAML
 #
@@ -22,7 +22,7 @@ source "$(dirname "$0")/../lib.sh"
 
 K8S_VERSIONS="${AOF_K8S_VERSIONS:-1.29.0 1.37.0}"
 KV_VERSION="${AOF_KUBERNETES_VALIDATE_VERSION:-1.37.0}"
-CRD_KINDS="ScaledObject|ServiceMonitor"
+CRD_KINDS="ScaledObject|ServiceMonitor|PrometheusRule"
 OUT=""
 case "${1:-}" in
   --out) OUT="${2:?--out needs a directory}"; mkdir -p "$OUT" ;;

@@ -55,6 +55,12 @@ pub struct TargetLabels {
     pub priority: String,
 }
 
+/// The target (route name) of a job.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobTargetLabels {
+    pub target: String,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -76,17 +82,24 @@ pub struct Metrics {
     pub queue_oldest_ready_seconds: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     pub lease_grants: Counter,
     pub lease_expiries: Counter,
-    pub job_retries: Counter,
-    pub job_dead_letters: Counter,
+    /// Failed attempts scheduled for retry, by target.
+    pub job_retries: Family<JobTargetLabels, Counter>,
+    /// Jobs dead-lettered after a failed attempt, by target.
+    pub job_dead_letters: Family<JobTargetLabels, Counter>,
     pub event_to_claim_seconds: Histogram,
     pub job_duration_seconds: Histogram,
     pub disk_bytes: Gauge,
+    /// Size of the data dir's file system.
+    pub disk_size_bytes: Gauge,
     /// Free space on the data dir's file system.
     pub disk_free_bytes: Gauge,
     /// 1 while the storage alarm is raised (full disk; see `store::disk`).
     pub storage_alarm: Gauge,
-    /// Unix ms of the last accepted webhook on this node (0 = none yet).
-    pub last_webhook_unix_ms: Gauge,
+    /// Seconds since the Unix epoch of the last accepted webhook on this node (0 = none yet).
+    pub last_webhook_timestamp_seconds: Gauge<f64, AtomicU64>,
+    /// Seconds of each Raft log append on this node: write and `fdatasync` of the WAL
+    /// (shared with the store, which observes it).
+    pub log_flush_seconds: Histogram,
     // Totals last copied from the store's append counters.
     flushes_seen: AtomicU64,
     entries_seen: AtomicU64,
@@ -97,8 +110,25 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.0005, 2.0, 18)
 }
 
+/// Buckets of [`Metrics::log_flush_seconds`] (100 µs to ~3 s).
+pub fn log_flush_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::with_log_flush(log_flush_histogram())
+    }
+}
+
+impl Metrics {
+    /// The node's metrics, with the store's log append histogram
+    /// ([`crate::store::AppendStats::flush_seconds`]).
+    pub fn for_store(store: &crate::store::Store) -> Self {
+        Metrics::with_log_flush(store.append_stats().flush_seconds.clone())
+    }
+
+    fn with_log_flush(log_flush_seconds: Histogram) -> Self {
         let mut r = Registry::with_prefix("aof");
         let webhook_requests = Family::<OutcomeLabels, Counter>::default();
         r.register("webhook_requests", "GitHub webhook requests by outcome", webhook_requests.clone());
@@ -136,16 +166,18 @@ impl Default for Metrics {
         r.register("lease_grants", "Leases granted to workers through this node", lease_grants.clone());
         let lease_expiries = Counter::default();
         r.register("lease_expiries", "Leases expired (proposed by this node as leader)", lease_expiries.clone());
-        let job_retries = Counter::default();
-        r.register("job_retries", "Failed attempts scheduled for retry through this node", job_retries.clone());
-        let job_dead_letters = Counter::default();
-        r.register("job_dead_letters", "Jobs dead-lettered through this node", job_dead_letters.clone());
+        let job_retries = Family::<JobTargetLabels, Counter>::default();
+        r.register("job_retries", "Failed attempts scheduled for retry through this node, by target", job_retries.clone());
+        let job_dead_letters = Family::<JobTargetLabels, Counter>::default();
+        r.register("job_dead_letters", "Jobs dead-lettered after a failed attempt reported through this node, by target", job_dead_letters.clone());
         let event_to_claim_seconds = Histogram::new(latency_buckets());
         r.register("event_to_claim_seconds", "Time from an event's acceptance to its job's lease", event_to_claim_seconds.clone());
         let job_duration_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 20));
         r.register("job_duration_seconds", "Run time of jobs executed by this node's built-in workers", job_duration_seconds.clone());
         let disk_bytes = Gauge::default();
         r.register("disk_bytes", "Size of this node's data dir", disk_bytes.clone());
+        let disk_size_bytes = Gauge::default();
+        r.register("disk_size_bytes", "Size of the file system of this node's data dir", disk_size_bytes.clone());
         let disk_free_bytes = Gauge::default();
         r.register("disk_free_bytes", "Free space on the file system of this node's data dir", disk_free_bytes.clone());
         let storage_alarm = Gauge::default();
@@ -154,8 +186,13 @@ impl Default for Metrics {
             "1 while this node's storage alarm is raised (disk full: it stores and acknowledges nothing until space is freed; /ready says why)",
             storage_alarm.clone(),
         );
-        let last_webhook_unix_ms = Gauge::default();
-        r.register("last_webhook_unix_ms", "When this node last accepted a webhook (Unix ms)", last_webhook_unix_ms.clone());
+        let last_webhook_timestamp_seconds = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "last_webhook_timestamp_seconds",
+            "When this node last accepted a webhook (seconds since the Unix epoch; 0 = none since it started)",
+            last_webhook_timestamp_seconds.clone(),
+        );
+        r.register("log_flush_seconds", "Time of one Raft log append on this node: WAL write and fdatasync", log_flush_seconds.clone());
         Metrics {
             registry: r,
             webhook_requests,
@@ -179,9 +216,11 @@ impl Default for Metrics {
             event_to_claim_seconds,
             job_duration_seconds,
             disk_bytes,
+            disk_size_bytes,
             disk_free_bytes,
             storage_alarm,
-            last_webhook_unix_ms,
+            last_webhook_timestamp_seconds,
+            log_flush_seconds,
             flushes_seen: AtomicU64::new(0),
             entries_seen: AtomicU64::new(0),
             last_leader: AtomicI64::new(-1),
@@ -192,6 +231,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn count(&self, outcome: WebhookOutcome) {
         self.webhook_requests.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Count a failed attempt of a job of `target`: retried, or dead-lettered.
+    pub fn count_failure(&self, target: &str, dead: bool) {
+        let family = if dead { &self.job_dead_letters } else { &self.job_retries };
+        family.get_or_create(&JobTargetLabels { target: target.to_string() }).inc();
     }
 
     pub fn webhook_count(&self, outcome: WebhookOutcome) -> u64 {
@@ -211,8 +256,9 @@ impl Metrics {
     pub async fn refresh(&self, node: &crate::node::Node, store: &crate::store::Store) {
         let store_stats = store.append_stats();
         self.disk_bytes.set(store.size_on_disk() as i64);
-        if let Some(free) = free_space(store.dir()) {
-            self.disk_free_bytes.set(free as i64);
+        if let Some(fs) = file_system(store.dir()) {
+            self.disk_free_bytes.set(fs.free as i64);
+            self.disk_size_bytes.set(fs.size as i64);
         }
         self.storage_alarm.set(i64::from(store.disk_alarm().is_some()));
         let status = node.local_status().await;
@@ -256,12 +302,20 @@ impl Metrics {
     }
 }
 
-/// Free bytes for unprivileged users on the file system holding `path`.
-fn free_space(path: &std::path::Path) -> Option<u64> {
+/// Space of a file system, in bytes.
+struct FileSystem {
+    /// Free for unprivileged users.
+    free: u64,
+    size: u64,
+}
+
+/// Space of the file system holding `path` (`statvfs`, at scrape time).
+fn file_system(path: &std::path::Path) -> Option<FileSystem> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-param.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    let frsize = st.f_frsize as u64;
+    (rc == 0).then(|| FileSystem { free: st.f_bavail as u64 * frsize, size: st.f_blocks as u64 * frsize })
 }

@@ -50,6 +50,12 @@ impl QueueService {
     /// cover the job's target. Unscoped callers pay nothing; a scoped one costs a local
     /// read (a job's target never changes), or a read-index when this node has not
     /// applied the job yet.
+    /// The target of a job, for metric labels: from this node's state (the job exists
+    /// once its failure is committed, though a lagging follower may not have it yet).
+    fn job_target(&self, job_id: &str) -> String {
+        self.node.sm.read(|kv| crate::sm::events::get_job(kv, job_id).map(|j| j.route.name)).unwrap_or_else(|| "unknown".into())
+    }
+
     async fn check_job_scope(&self, principal: Option<&Principal>, job_id: &str) -> Result<(), Status> {
         let Some(p) = principal.filter(|p| p.role == Role::Worker && !p.targets.is_empty()) else { return Ok(()) };
         let read = |node: &Node| node.sm.read(|kv| crate::sm::events::get_job(kv, job_id).map(|j| j.route.name));
@@ -226,13 +232,15 @@ impl WorkQueue for QueueService {
             delay_ms: r.delay_ms,
             policy: self.node.queue_policy,
         };
+        let job_id = match &cmd {
+            Command::Fail { job_id, .. } => job_id.clone(),
+            _ => unreachable!("built above"),
+        };
         match check(self.node.write(cmd).await.map_err(status_of)?.0)? {
-            SmResponse::Failed { dead, ready_at_ms } => Ok(Response::new({
-                let _ = if dead { self.node.metrics.job_dead_letters.inc() } else { self.node.metrics.job_retries.inc() };
-                pb::FailReply {
-                outcome: if dead { "dead" } else { "retrying" }.into(),
-                ready_at_ms,
-            }})),
+            SmResponse::Failed { dead, ready_at_ms } => {
+                self.node.metrics.count_failure(&self.job_target(&job_id), dead);
+                Ok(Response::new(pb::FailReply { outcome: if dead { "dead" } else { "retrying" }.into(), ready_at_ms }))
+            }
             other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }

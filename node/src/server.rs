@@ -198,7 +198,7 @@ pub async fn run_with_listeners(
     let store = Store::open(&c.data_dir, c.storage.cache_capacity_bytes())?;
     store.check_identity(id)?;
     let pristine = store.is_pristine()?;
-    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let metrics = Arc::new(crate::metrics::Metrics::for_store(&store));
     let raft_cfg = c.raft.openraft_config("aof-cluster").map_err(|e| ServerError::RaftConfig(e.to_string()))?;
     let network = Network { channels: Channels::new(security.peer.clone()), state: Some(store.state_machine()) };
     let raft = Raft::new(id, Arc::new(raft_cfg), network.clone(), store.log_store(), store.state_machine())

@@ -225,15 +225,28 @@ pub struct EventFilter {
 /// Most records a listing inspects, whatever the filter (bounds one request).
 pub const LIST_SCAN_LIMIT: usize = 100_000;
 
-/// Events in id order, filtered; returns the page and whether more may follow.
-pub fn list_events(state: &dyn KvRead, f: &EventFilter) -> (Vec<EventRecord>, bool) {
+/// One page of [`list_events`].
+#[derive(Clone, Debug, Default)]
+pub struct EventPage {
+    pub items: Vec<EventRecord>,
+    /// When more events may follow: the cursor to pass as [`EventFilter::after`] for
+    /// the next page — the last event *scanned*, which is past the last one returned
+    /// when a filtered scan stopped at [`LIST_SCAN_LIMIT`] (then `items` may even be
+    /// empty, and the caller continues from there).
+    pub next_after: Option<u64>,
+}
+
+/// Events in id order, filtered, at most [`LIST_SCAN_LIMIT`] inspected per call.
+pub fn list_events(state: &dyn KvRead, f: &EventFilter) -> EventPage {
     let start = ek(f.after.map_or(0, |a| a.saturating_add(1)));
     let mut out = Vec::new();
+    let mut last_scanned = None;
     for (scanned, (_, v)) in state.range(&start, &prefix_end(EVENT)).enumerate() {
         if out.len() >= f.limit || scanned >= LIST_SCAN_LIMIT {
-            return (out, true);
+            return EventPage { items: out, next_after: last_scanned };
         }
         let e: EventRecord = decode(&v);
+        last_scanned = Some(e.event_id);
         let keep = f.repo.as_ref().is_none_or(|r| e.repo.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(r)))
             && f.status.is_none_or(|s| e.status == s)
             && f.event.as_ref().is_none_or(|ev| &e.event == ev);
@@ -241,7 +254,7 @@ pub fn list_events(state: &dyn KvRead, f: &EventFilter) -> (Vec<EventRecord>, bo
             out.push(e);
         }
     }
-    (out, false)
+    EventPage { items: out, next_after: None }
 }
 
 /// Earliest retention expiry in the state, if any (the leader proposes `Tick` when due).
@@ -389,4 +402,80 @@ pub(super) fn expire(state: &mut Overlay<'_>, now: u64, budget: usize) -> u64 {
         state.delete(k.clone());
     }
     due.len() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sm::kv::MemKv;
+
+    fn record(event_id: u64, repo: &str) -> EventRecord {
+        EventRecord {
+            event_id,
+            delivery_id: format!("d-{event_id}"),
+            event: "push".into(),
+            action: None,
+            repo: Some(repo.into()),
+            sender: None,
+            received_ms: 0,
+            received_by: 1,
+            accepted_status: EventStatus::Unmatched,
+            status: EventStatus::Unmatched,
+            trigger: None,
+            command: None,
+            jobs: vec![],
+            context: BTreeMap::new(),
+            payload_bytes: 0,
+            retention_ms: 0,
+            finished_ms: None,
+            expires_ms: None,
+            traceparent: String::new(),
+        }
+    }
+
+    /// Follow the cursor from the start, as a client does; every id found, and the
+    /// number of pages (bounded).
+    fn list_all(kv: &MemKv, repo: &str, limit: usize) -> (Vec<u64>, usize) {
+        let mut f = EventFilter { repo: Some(repo.into()), limit, ..Default::default() };
+        let mut found = Vec::new();
+        for pages in 1..=100 {
+            let page = list_events(kv, &f);
+            found.extend(page.items.iter().map(|e| e.event_id));
+            match page.next_after {
+                Some(next) => {
+                    assert!(f.after.is_none_or(|a| next > a), "the cursor must move forward: {next} after {:?}", f.after);
+                    f.after = Some(next);
+                }
+                None => return (found, pages),
+            }
+        }
+        panic!("listing never ended");
+    }
+
+    #[test]
+    fn a_filtered_listing_continues_past_the_scan_limit() {
+        // More non-matching events than one call scans, then a matching one.
+        let mut kv = MemKv::default();
+        let others = LIST_SCAN_LIMIT as u64 + 10;
+        let mut writes = BTreeMap::new();
+        for id in 1..=others {
+            writes.insert(ek(id), Some(codec::encode(&record(id, "acme/other"))));
+        }
+        writes.insert(ek(others + 1), Some(codec::encode(&record(others + 1, "acme/api"))));
+        kv.commit(writes);
+
+        // The first page is empty but says where to continue.
+        let first = list_events(&kv, &EventFilter { repo: Some("acme/api".into()), limit: 10, ..Default::default() });
+        assert!(first.items.is_empty());
+        assert_eq!(first.next_after, Some(LIST_SCAN_LIMIT as u64));
+
+        let (found, pages) = list_all(&kv, "acme/api", 10);
+        assert_eq!(found, vec![others + 1]);
+        assert_eq!(pages, 2);
+        // Unfiltered paging: the cursor is the last event returned.
+        let page = list_events(&kv, &EventFilter { limit: 3, ..Default::default() });
+        assert_eq!((page.items.len(), page.next_after), (3, Some(3)));
+        let last = list_events(&kv, &EventFilter { limit: 3, after: Some(others - 1), ..Default::default() });
+        assert_eq!((last.items.len(), last.next_after), (2, None));
+    }
 }

@@ -114,13 +114,14 @@ pub async fn list_events(State(app): State<AppState>, Query(p): Query<ListParams
         after: p.after,
         limit: p.limit.unwrap_or(100).clamp(1, MAX_PAGE),
     };
-    let (items, more) = app
+    let (items, next) = app
         .node
         .read(consistency, |kv| {
-            let (page, more) = events::list_events(kv, &filter);
-            (page.iter().map(|e| event_view(e, &events::jobs_of(kv, e))).collect::<Vec<_>>(), more)
+            let page = events::list_events(kv, &filter);
+            (page.items.iter().map(|e| event_view(e, &events::jobs_of(kv, e))).collect::<Vec<_>>(), page.next_after)
         })
         .await?;
-    let next = if more { items.last().and_then(|v| v["event_id"].as_u64()) } else { None };
+    // `next_after` is the last event scanned, not returned: a filtered page that hit
+    // the scan limit may be empty and still have a cursor to continue from.
     Ok(Json(json!({ "items": items, "next_after": next })))
 }

@@ -248,7 +248,7 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
         (false, EventStatus::NoRoute) => WebhookOutcome::no_route,
         (false, _) => WebhookOutcome::accepted,
     };
-    gw.metrics.last_webhook_unix_ms.set(crate::node::leader_clock_ms() as i64);
+    gw.metrics.last_webhook_timestamp_seconds.set(crate::node::leader_clock_ms() as f64 / 1000.0);
     let status = if r.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((
         outcome,

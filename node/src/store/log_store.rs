@@ -185,8 +185,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let records: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, codec::encode(&e))).collect();
         let n = records.len() as u64;
         let wal = self.store.wal.clone();
+        let started = std::time::Instant::now();
         let res = blocking(move || wal.append(records)).await?;
         let stats = &self.store.append_stats;
+        stats.flush_seconds.observe(started.elapsed().as_secs_f64());
         stats.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stats.entries.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         match res {

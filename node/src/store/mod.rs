@@ -203,10 +203,18 @@ pub struct Store {
 }
 
 /// Counters of [`LogStore`] appends, for metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AppendStats {
     pub flushes: std::sync::atomic::AtomicU64,
     pub entries: std::sync::atomic::AtomicU64,
+    /// Seconds of each append (WAL write and `fdatasync`); `aof_log_flush_seconds`.
+    pub flush_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for AppendStats {
+    fn default() -> Self {
+        AppendStats { flushes: Default::default(), entries: Default::default(), flush_seconds: crate::metrics::log_flush_histogram() }
+    }
 }
 
 impl std::fmt::Debug for Store {
