@@ -18,6 +18,7 @@ mod context;
 mod dev;
 mod doctor;
 mod events;
+mod leave;
 mod output;
 mod queue;
 mod serve;
