@@ -25,6 +25,9 @@ struct Ports {
 fn env_node(dir: &Path, id: u64, p: Ports, seeds: &str, leave_on_shutdown: bool) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve").env_clear().env("RUST_LOG", "info,openraft=warn");
+    if leave_on_shutdown {
+        cmd.arg("--leave-on-shutdown");
+    }
     let vars = [
         ("AOF__SERVER__HOST", "127.0.0.1".to_string()),
         ("AOF__SERVER__PORT", p.http.to_string()),
@@ -35,7 +38,6 @@ fn env_node(dir: &Path, id: u64, p: Ports, seeds: &str, leave_on_shutdown: bool)
         ("AOF__CLUSTER__ADVERTISE__HTTP_ADDR", format!("localhost:{}", p.http)),
         ("AOF__CLUSTER__DATA_DIR", dir.join(format!("node{id}")).display().to_string()),
         ("AOF__CLUSTER__DISCOVERY__SEEDS", seeds.to_string()),
-        ("AOF__CLUSTER__LEAVE_ON_SHUTDOWN", leave_on_shutdown.to_string()),
         ("AOF__CLUSTER__RAFT__HEARTBEAT_INTERVAL_MS", "100".into()),
         ("AOF__CLUSTER__RAFT__ELECTION_TIMEOUT_MIN_MS", "500".into()),
         ("AOF__CLUSTER__RAFT__ELECTION_TIMEOUT_MAX_MS", "1000".into()),
@@ -107,7 +109,7 @@ async fn env_only_nodes_by_localhost_names_form_one_cluster_and_scale() {
     let s4 = status(ports[3]).await.expect("node 4 answers");
     assert!(s4["members"].as_array().unwrap().iter().any(|m| m["id"] == 4 && m["api_addr"] == format!("localhost:{}", ports[3].api)), "{s4}");
 
-    // SIGTERM with leave_on_shutdown: it leaves, then exits cleanly.
+    // SIGTERM with `serve --leave-on-shutdown`: it leaves, then exits cleanly.
     let p4 = procs[3].as_mut().unwrap();
     p4.sigterm();
     assert!(p4.wait_exit(30).await.is_some_and(|s| s.success()), "node 4 stops cleanly");
