@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aof_node::config::{DaemonConfig, ExecutorConfig, GithubConfig};
-use aof_node::github::signature::sign;
 use aof_proto::v1 as pb;
 use aof_proto::v1::work_queue_client::WorkQueueClient;
 use axum::http::HeaderMap;
@@ -28,16 +27,7 @@ fn fixture(path: &str) -> Vec<u8> {
 }
 
 async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8]) -> Value {
-    let r = c
-        .http
-        .post(c.nodes[i].url("/webhook/github"))
-        .header("x-github-event", event)
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", sign(SECRET.as_bytes(), body))
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = common::signed_webhook(&c.http, &c.nodes[i].url("/webhook/github"), event, delivery, body, SECRET).await;
     assert_eq!(r.status().as_u16(), 202);
     r.json().await.unwrap()
 }
