@@ -249,6 +249,7 @@ def t_rolling_restart(image, args):
             "members": roll,
             "time_no_node_ready_s": round(watch.leaderless_s, 2),
             "longest_no_node_ready_s": round(watch.longest_leaderless_s, 2),
+            "watch_samples": watch.samples,
             "leaders_seen": sorted(watch.leaders),
             "events_stored": len(events),
             **stats,

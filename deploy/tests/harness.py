@@ -403,15 +403,15 @@ class LeaderWatch:
             leader = None
             for n in self.nodes:
                 try:
-                    leader = self.c.ready(n)
+                    seen = self.c.ready(n)
                 except OSError:
-                    leader = None
-                if leader:
-                    break
+                    seen = None
+                if seen:
+                    leader = seen
+                    self.leaders.add(seen)
             now = time.monotonic()
             self.samples += 1
             if leader:
-                self.leaders.add(leader)
                 run = 0.0
             else:
                 self.leaderless_s += now - last
