@@ -247,10 +247,9 @@ def t_rolling_restart(image, args):
             "rate_per_s": args.rate,
             "roll_s": round(roll_s, 1),
             "members": roll,
-            "time_no_node_ready_s": round(watch.leaderless_s, 2),
-            "longest_no_node_ready_s": round(watch.longest_leaderless_s, 2),
+            "time_no_node_named_a_leader_s": round(watch.leaderless_s, 2),
             "watch_samples": watch.samples,
-            "leaders_seen": sorted(watch.leaders),
+            "leader_by_term": {str(t): l for t, l in sorted(watch.terms.items())},
             "events_stored": len(events),
             **stats,
         }

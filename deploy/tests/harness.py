@@ -379,8 +379,11 @@ class Sender:
 
 
 class LeaderWatch:
-    """Samples every node's /ready (public port) every `every_s`; counts the time no
-    node answered 200 (no node knew a leader and was caught up)."""
+    """Samples every node's view of the leader (`/v1/cluster?consistency=stale`) every
+    `every_s`: the (term, leader) pairs seen, and the time during which no reachable
+    node named a leader. A follower keeps naming a stopped leader until its election
+    timeout, so that time is a lower bound; the sender's longest intake gap is the
+    other side of it."""
 
     def __init__(self, compose, nodes, every_s=0.2):
         self.c = compose
@@ -389,7 +392,7 @@ class LeaderWatch:
         self.leaderless_s = 0.0
         self.longest_leaderless_s = 0.0
         self.samples = 0
-        self.leaders = set()
+        self.terms = {}  # term -> leader
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="leader-watch", daemon=True)
 
@@ -403,12 +406,12 @@ class LeaderWatch:
             leader = None
             for n in self.nodes:
                 try:
-                    seen = self.c.ready(n)
+                    status, body = self.c.api(n, "GET", "/v1/cluster?consistency=stale", timeout=2)
                 except OSError:
-                    seen = None
-                if seen:
-                    leader = seen
-                    self.leaders.add(seen)
+                    continue
+                if status == 200 and isinstance(body, dict) and body.get("leader_id"):
+                    leader = body["leader_id"]
+                    self.terms.setdefault(body["term"], leader)
             now = time.monotonic()
             self.samples += 1
             if leader:
