@@ -21,6 +21,9 @@
   scale_up         aof-4 (profile `scale`) started with no command joins and becomes a
                    voter and has every earlier delivery; `stop` (SIGTERM, with
                    spec.cluster.leave_on_shutdown) makes it leave: members {1,2,3} again
+  recreate         a follower recreated (`up -d --force-recreate`) while another container
+                   holds its old IP: it comes back with a new IP, the same node id and
+                   data, a voter at aof-N:6000, and the leader replicates to it by name
 
 Each test runs under a compose project of its own (aofct-<test>-<pid>) with free host
 ports and random tokens, always ends with `down -v`, and prints every container's log
@@ -289,11 +292,70 @@ def t_scale_up(image, args):
         print(f"  scale_up: aof-4 joined as voter (leader aof-{leader}) with all 50 deliveries; stopped, it left")
 
 
+def free_subnet():
+    """A /24 of 172.30.0.0/16 that no docker network uses (the test pins its network to
+    it, so it knows which address a recreated container could get)."""
+    used = set()
+    for net in sh(["docker", "network", "ls", "-q"]).stdout.split():
+        cfg = json.loads(sh(["docker", "network", "inspect", net]).stdout)[0].get("IPAM", {}).get("Config") or []
+        used.update(c.get("Subnet") for c in cfg)
+    for third in range(rnd_start := random.randrange(256), rnd_start + 256):
+        subnet = f"172.30.{third % 256}.0/24"
+        if subnet not in used:
+            return subnet
+    raise RuntimeError("no free /24 in 172.30.0.0/16 for the test network")
+
+
+def t_recreate(image, args):
+    subnet = free_subnet()
+    override = f"networks:\n  aof:\n    ipam:\n      config:\n        - subnet: {subnet}\n"
+    c = Compose("recreate", image, override=override)
+    squatter = f"{c.project}-squatter"
+    with project(c):
+        try:
+            c.up(*[svc(n) for n in NODES])
+            c.wait_ready(NODES, FORM_WITHIN_S)
+            leader = wait_until("one cluster", lambda: assert_one_cluster(c, NODES), 30)
+            # A follower: the leader must reach it at its new address by name.
+            v = min(n for n in NODES if n != leader)
+            first = [str(uuid.uuid4()) for _ in range(20)]
+            for i, d in enumerate(first):
+                status, body = c.post(NODES[i % 3], d)
+                assert status == 202, f"webhook {d}: {status} {body}"
+            old_ip = c.ip_of(svc(v))
+            c.stop(svc(v), t=60)
+            # Someone else takes the old address, so the new container cannot get it back.
+            sh(["docker", "run", "-d", "--name", squatter, "--network", c.network(), "--ip", old_ip,
+                "--entrypoint", "sleep", image, "600"])
+            c.cmd("up", "-d", "--force-recreate", "--no-deps", svc(v), timeout=120)
+            new_ip = c.ip_of(svc(v))
+            assert new_ip != old_ip, f"aof-{v} got its old IP {old_ip} back"
+            wait_until(f"aof-{v} /health says node {v} (identity kept)", lambda: c.health(v), 60)
+            # Its data came along (a stale read, before it even caught up).
+            wait_until(f"aof-{v} has the 20 earlier deliveries (data kept)",
+                       lambda: all(c.delivery(v, d, stale=True) for d in first), 10)
+            c.wait_ready([v], 60)
+            members = {m["id"]: m for m in c.cluster(leader)["members"]}
+            assert members[v]["role"] == "voter" and members[v]["peer_addr"] == f"aof-{v}:6000", members[v]
+            second = [str(uuid.uuid4()) for _ in range(20)]
+            for d in second:
+                status, body = c.post(leader, d)
+                assert status == 202, f"webhook {d} on aof-{leader}: {status} {body}"
+            wait_until(f"the 20 new deliveries replicated to aof-{v} at its new IP",
+                       lambda: all(c.delivery(v, d, stale=True) for d in second), 30)
+            assert_one_cluster(c, NODES)
+            print(f"  recreate: aof-{v} {old_ip} -> {new_ip}: same node id and data, a voter, "
+                  f"reached by name from leader aof-{leader}")
+        finally:
+            sh(["docker", "rm", "-f", "-v", squatter], check=False)
+
+
 TESTS = {
     "env_only": t_env_only,
     "kill": t_kill,
     "rolling_restart": t_rolling_restart,
     "scale_up": t_scale_up,
+    "recreate": t_recreate,
 }
 
 

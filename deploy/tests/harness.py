@@ -118,8 +118,14 @@ def signed_headers(secret, delivery, payload):
 class Compose:
     """One compose project of deploy/docker-compose.yml, with its own ports and secrets."""
 
-    def __init__(self, test, image, extra_env=None, profiles=()):
+    def __init__(self, test, image, extra_env=None, profiles=(), override=None):
         self.project = f"aofct-{test}-{os.getpid()}".lower()
+        self.image = image
+        self.override = None
+        if override:
+            fd, self.override = tempfile.mkstemp(prefix="aofct-override-", suffix=".yml")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(override)
         self.base = compose_cmd()
         self.profiles = list(profiles)
         self.admin_token = "ct-admin-" + uuid.uuid4().hex
@@ -150,6 +156,8 @@ class Compose:
     # -- compose -------------------------------------------------------------------
     def cmd(self, *args, timeout=180, check=True):
         full = self.base + ["--env-file", self.env_file, "-p", self.project, "-f", COMPOSE_FILE]
+        if self.override:
+            full += ["-f", self.override]
         for p in self.profiles:
             full += ["--profile", p]
         return sh(full + list(args), check=check, timeout=timeout, env=self.env)
@@ -179,6 +187,15 @@ class Compose:
         s = self.state(svc)
         return None if s["Running"] or s["Status"] == "created" else s["ExitCode"]
 
+    def network(self):
+        """The docker name of the compose network `aof`."""
+        return f"{self.project}_aof"  # compose v1 and v2 alike
+
+    def ip_of(self, svc):
+        nets = self.inspect(svc)["NetworkSettings"]["Networks"]
+        (ip,) = [v["IPAddress"] for k, v in nets.items() if k.endswith("_aof")]
+        return ip
+
     def kill(self, svc):
         self.cmd("kill", "-s", "SIGKILL", svc)
 
@@ -205,10 +222,12 @@ class Compose:
     def close(self):
         """`down -v`, then the env file goes."""
         self.down()
-        try:
-            os.unlink(self.env_file)
-        except OSError:
-            pass
+        for f in (self.env_file, self.override):
+            try:
+                if f:
+                    os.unlink(f)
+            except OSError:
+                pass
 
     # -- nodes ---------------------------------------------------------------------
     def url(self, n, path):
