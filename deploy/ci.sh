@@ -128,11 +128,11 @@ if [ "$STATIC_ONLY" = 1 ]; then
 fi
 
 require_docker
-step "base image (cached)" deploy/base-image.sh
+step "base image aof-base:bookworm (built once, then cached)" deploy/base-image.sh
 step "runtime image aof-cluster:dev from target/$PROFILE/aofctl" \
   env AOF_IMAGE=aof-cluster:dev deploy/build-image.sh --profile "$PROFILE" "${SKIP_CARGO[@]}"
 step "smoke test of the image (3-node cluster in containers)" python3 deploy/tests/smoke.py --image aof-cluster:dev
-step "container tests of docker-compose.yml (env-only start, kill, rolling restart, scale out/in)" \
+step "container tests of docker-compose.yml (env-only start, kill, rolling restart, scale out/in, recreate)" \
   python3 deploy/tests/container_tests.py --image aof-cluster:dev
 
 echo "deploy: $passed passed, 0 failed"
