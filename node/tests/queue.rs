@@ -256,6 +256,23 @@ async fn stopping_a_node_drains_its_running_jobs() {
     assert!(marker.exists(), "the running job finished before the node exited");
 }
 
+/// An external worker's open claim stream does not hold a stopping node: the stream
+/// ends with `Unavailable` (the worker moves to another node) and the node exits,
+/// instead of waiting on the stream until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_a_node_ends_its_claim_streams() {
+    let mut c = TestCluster::start(1, 10_000).await;
+    c.wait_ready(30).await;
+    let mut wq = WorkQueueClient::connect(format!("http://{}", c.nodes[0].grpc)).await.unwrap();
+    let mut stream = wq.claim(pb::ClaimRequest { worker_id: "idle".into(), targets: vec![], max_in_flight: 1 }).await.unwrap().into_inner();
+    c.stop(0).await; // panics unless the node has stopped within its bound
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("the claim stream ends");
+    match end {
+        Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        Ok(m) => panic!("expected Unavailable at the end of the stream, got {m:?}"),
+    }
+}
+
 /// The `github` executor acts on the delivery's own repository only, when the
 /// trigger's patterns allow it; payload text never reaches an API path, and a
 /// repository name that could steer the path sends the job to the dead-letter
