@@ -120,14 +120,14 @@ async fn env_only_nodes_by_localhost_names_form_one_cluster_and_scale() {
 
     // SIGKILL node 3 (a crash, no preStop): it stays a member while the others go on.
     procs[2].as_mut().unwrap().kill9();
-    let put = reqwest::Client::new()
-        .put(format!("http://127.0.0.1:{}/v1/triggers/after-crash", ports[0].api))
-        .header("content-type", "application/yaml")
-        .body("apiVersion: aof.dev/v1\nkind: Trigger\nmetadata:\n  name: after-crash\nspec:\n  type: GitHub\n  config:\n    github_events: [push]\n")
-        .send()
-        .await
-        .unwrap();
-    assert!(put.status().is_success(), "the two survivors commit writes: {}", put.text().await.unwrap());
+    // (Node 3 may have been the leader: the survivors elect another first.)
+    let put_url = format!("http://127.0.0.1:{}/v1/triggers/after-crash", ports[0].api);
+    let doc = "apiVersion: aof.dev/v1\nkind: Trigger\nmetadata:\n  name: after-crash\nspec:\n  type: GitHub\n  config:\n    github_events: [push]\n";
+    wait_until("the two survivors commit a write", 30, || dump(&procs), || async {
+        let r = reqwest::Client::new().put(&put_url).header("content-type", "application/yaml").body(doc).send().await;
+        r.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
     let s = status(ports[1]).await.expect("status");
     assert_eq!(members(&s, "voter"), BTreeSet::from([1, 2, 3]), "a killed node is not removed: {s}");
 }
