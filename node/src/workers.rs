@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 
 use crate::config::{DaemonConfig, ExecutorConfig};
 use crate::executor::github::{GithubActions, GithubExecutor, TriggerLookup};
+use crate::executor::aof::{AofExecutor, DEFAULT_AOF_CLI};
 use crate::executor::{command, ExecError, JobInput};
 use crate::network::MAX_MESSAGE_BYTES;
 
@@ -29,6 +30,7 @@ use crate::network::MAX_MESSAGE_BYTES;
 pub enum Executor {
     Command { argv: Vec<String>, timeout: Duration, env: Arc<EnvPolicy> },
     Github { actions: GithubActions, client: Result<GithubExecutor, String> },
+    Aof { aof: AofExecutor, env: Arc<EnvPolicy> },
 }
 
 impl Executor {
@@ -39,6 +41,7 @@ impl Executor {
                 Ok(c) => c.run(actions, job).await,
                 Err(e) => Err(ExecError::retryable(e.clone())),
             },
+            Executor::Aof { aof, env } => aof.run(job, env).await,
         }
     }
 }
@@ -86,6 +89,21 @@ pub fn from_config(cfg: &DaemonConfig, triggers: TriggerLookup) -> BTreeMap<Stri
                     Executor::Github {
                         actions: GithubActions { comment: comment.clone(), labels: labels.clone(), check_run: check_run.clone() },
                         client,
+                    }
+                }
+                ExecutorConfig::Aof { aof_cli, output, timeout_secs } => {
+                    let dirs = [("agent", &cfg.spec.agents), ("fleet", &cfg.spec.fleets), ("flow", &cfg.spec.flows)]
+                        .into_iter()
+                        .filter_map(|(kind, d)| d.directory.clone().map(|dir| (kind.to_string(), dir)))
+                        .collect();
+                    Executor::Aof {
+                        aof: AofExecutor {
+                            cli: aof_cli.clone().unwrap_or_else(|| DEFAULT_AOF_CLI.to_string()),
+                            dirs,
+                            output: output.clone(),
+                            timeout: Duration::from_secs(timeout_secs.unwrap_or(rt.task_timeout_secs)),
+                        },
+                        env: env.clone(),
                     }
                 }
             };
@@ -191,7 +209,7 @@ async fn run_lease(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease:
         return; // not ours (cannot happen: we claim our targets only); the lease expires
     };
     let token = lease.fencing_token;
-    let heartbeat = {
+    let mut heartbeat = {
         let mut client = client.clone();
         let job_id = job.job_id.clone();
         let every = (pool.lease_timeout / 3).max(Duration::from_millis(100));
@@ -209,7 +227,16 @@ async fn run_lease(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease:
         })
     };
     let started = std::time::Instant::now();
-    let result = executor.run(&job).await;
+    // The heartbeat ends only when the lease is lost (another worker may hold the
+    // job now, and this one could not report anyway): stop the executor then —
+    // dropping its future kills a command's process group.
+    let result = tokio::select! {
+        r = executor.run(&job) => r,
+        _ = &mut heartbeat => {
+            tracing::warn!(job_id = %job.job_id, "abandoning the job: its lease was lost");
+            return;
+        }
+    };
     pool.metrics.job_duration_seconds.observe(started.elapsed().as_secs_f64());
     heartbeat.abort();
     let outcome = match result {
