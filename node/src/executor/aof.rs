@@ -84,7 +84,14 @@ impl AofExecutor {
             Some(dir) => resolve(dir, &job.target)?.display().to_string(),
             None => job.target.clone(),
         };
-        let mut argv = vec![self.cli.clone(), "run".into(), kind.into(), resource, "--input".into(), prompt(job)];
+        let mut argv = vec![
+            self.cli.clone(),
+            "run".into(),
+            kind.into(),
+            resource,
+            "--input".into(),
+            prompt(job),
+        ];
         if let Some(o) = &self.output {
             argv.extend(["--output".into(), o.clone()]);
         }
@@ -116,7 +123,12 @@ fn resolve(dir: &Path, name: &str) -> Result<PathBuf, ExecError> {
 
 /// The `--input` text for `job`, as AOF's daemon would give it to the agent.
 pub fn prompt(job: &JobInput) -> String {
-    let ctx = |k: &str| job.context.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let ctx = |k: &str| {
+        job.context
+            .get(k)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
     let payload: Value = serde_json::from_slice(&job.payload).unwrap_or(Value::Null);
     match ctx("command").filter(|c| c.starts_with('/')) {
         Some(command) => {
@@ -147,7 +159,11 @@ pub fn prompt(job: &JobInput) -> String {
 /// The text after the slash command `command` (`/deploy production`) on the
 /// comment's command line (its first non-blank line), trimmed.
 fn after_command<'a>(body: &'a str, command: &str) -> &'a str {
-    let line = body.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = body
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     let mut rest = line;
     for _ in command.split_whitespace() {
         rest = rest.trim_start();
@@ -163,7 +179,14 @@ fn after_command<'a>(body: &'a str, command: &str) -> &'a str {
 /// main`, `check:completed:build success`, else `<event>:<action>`.
 pub fn event_summary(event: &str, p: &Value) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-    let first_line = |v: &Value| v.as_str().unwrap_or("").lines().next().unwrap_or("").to_string();
+    let first_line = |v: &Value| {
+        v.as_str()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
     let action = p["action"].as_str();
     let act = action.unwrap_or("");
     match event {
@@ -187,7 +210,12 @@ pub fn event_summary(event: &str, p: &Value) -> String {
         }
         "issues" => {
             let i = &p["issue"];
-            format!("issue:{act}:#{} {} - {}", i["number"].as_u64().unwrap_or(0), s(&i["title"]), first_line(&i["body"]))
+            format!(
+                "issue:{act}:#{} {} - {}",
+                i["number"].as_u64().unwrap_or(0),
+                s(&i["title"]),
+                first_line(&i["body"])
+            )
         }
         "issue_comment" => {
             let line = first_line(&p["comment"]["body"]);
@@ -195,17 +223,28 @@ pub fn event_summary(event: &str, p: &Value) -> String {
             if line.starts_with('/') {
                 line.to_string()
             } else {
-                format!("comment:{act}:#{} {line}", p["issue"]["number"].as_u64().unwrap_or(0))
+                format!(
+                    "comment:{act}:#{} {line}",
+                    p["issue"]["number"].as_u64().unwrap_or(0)
+                )
             }
         }
         "workflow_run" => {
             let r = &p["workflow_run"];
-            let outcome = r["conclusion"].as_str().unwrap_or(r["status"].as_str().unwrap_or(""));
-            format!("workflow:{act}:{} {outcome} on {}", s(&r["name"]), s(&r["head_branch"]))
+            let outcome = r["conclusion"]
+                .as_str()
+                .unwrap_or(r["status"].as_str().unwrap_or(""));
+            format!(
+                "workflow:{act}:{} {outcome} on {}",
+                s(&r["name"]),
+                s(&r["head_branch"])
+            )
         }
         "check_run" => {
             let c = &p["check_run"];
-            let outcome = c["conclusion"].as_str().unwrap_or(c["status"].as_str().unwrap_or(""));
+            let outcome = c["conclusion"]
+                .as_str()
+                .unwrap_or(c["status"].as_str().unwrap_or(""));
             format!("check:{act}:{} {outcome}", s(&c["name"]))
         }
         _ => format!("{event}:{act}"),
@@ -222,7 +261,10 @@ mod tests {
             event: event.into(),
             target_kind: "agent".into(),
             target: "reviewer".into(),
-            context: context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            context: context
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             payload: serde_json::to_vec(&payload).unwrap(),
             ..Default::default()
         }
@@ -231,9 +273,20 @@ mod tests {
     #[test]
     fn slash_command_text_after_the_command_is_the_prompt() {
         let body = "\n  /review   focus on the README  \nsecond line";
-        let j = job("issue_comment", &[("command", "/review"), ("comment_body", body)], json!({}));
+        let j = job(
+            "issue_comment",
+            &[("command", "/review"), ("comment_body", body)],
+            json!({}),
+        );
         assert_eq!(prompt(&j), "focus on the README");
-        let j = job("issue_comment", &[("command", "/deploy production"), ("comment_body", "/deploy production now")], json!({}));
+        let j = job(
+            "issue_comment",
+            &[
+                ("command", "/deploy production"),
+                ("comment_body", "/deploy production now"),
+            ],
+            json!({}),
+        );
         assert_eq!(prompt(&j), "now");
     }
 
@@ -245,50 +298,151 @@ mod tests {
             ("issue_html_url", "https://github.com/o/r/issues/1"),
             ("issue_title", "Spelling"),
         ];
-        assert_eq!(prompt(&job("issue_comment", &ctx, json!({}))), "Review the PR/issue at: https://github.com/o/r/issues/1\nTitle: Spelling");
-        let pr = [("command", "/review"), ("comment_body", "/review"), ("pr_html_url", "https://x/pull/2"), ("pr_title", "T"), ("issue_title", "I")];
-        assert_eq!(prompt(&job("pull_request_review_comment", &pr, json!({}))), "Review the PR at: https://x/pull/2\nTitle: T");
-        assert_eq!(prompt(&job("issue_comment", &[("command", "/lgtm"), ("comment_body", "/lgtm")], json!({}))), "Execute lgtm command");
+        assert_eq!(
+            prompt(&job("issue_comment", &ctx, json!({}))),
+            "Review the PR/issue at: https://github.com/o/r/issues/1\nTitle: Spelling"
+        );
+        let pr = [
+            ("command", "/review"),
+            ("comment_body", "/review"),
+            ("pr_html_url", "https://x/pull/2"),
+            ("pr_title", "T"),
+            ("issue_title", "I"),
+        ];
+        assert_eq!(
+            prompt(&job("pull_request_review_comment", &pr, json!({}))),
+            "Review the PR at: https://x/pull/2\nTitle: T"
+        );
+        assert_eq!(
+            prompt(&job(
+                "issue_comment",
+                &[("command", "/lgtm"), ("comment_body", "/lgtm")],
+                json!({})
+            )),
+            "Execute lgtm command"
+        );
     }
 
     #[test]
     fn other_routes_get_aofs_event_summary() {
         let pr = json!({"action": "opened", "pull_request": {"number": 2, "title": "Update", "body": "First\nsecond", "base": {"ref": "main"}, "head": {"ref": "feat"}}});
-        assert_eq!(prompt(&job("pull_request", &[("command", "pull_request.opened")], pr)), "pr:opened:main:feat #2 Update - First");
+        assert_eq!(
+            prompt(&job(
+                "pull_request",
+                &[("command", "pull_request.opened")],
+                pr
+            )),
+            "pr:opened:main:feat #2 Update - First"
+        );
         let push = json!({"ref": "refs/heads/main", "commits": [{}, {}], "head_commit": {"message": "Fix\n\nbody"}});
-        assert_eq!(prompt(&job("push", &[], push)), "push:pushed 2 commits to refs/heads/main - Fix");
-        let issue = json!({"action": "opened", "issue": {"number": 5, "title": "Bug", "body": null}});
+        assert_eq!(
+            prompt(&job("push", &[], push)),
+            "push:pushed 2 commits to refs/heads/main - Fix"
+        );
+        let issue =
+            json!({"action": "opened", "issue": {"number": 5, "title": "Bug", "body": null}});
         assert_eq!(prompt(&job("issues", &[], issue)), "issue:opened:#5 Bug -");
         let c = json!({"action": "created", "issue": {"number": 5}, "comment": {"body": "thanks!\nmore"}});
-        assert_eq!(prompt(&job("issue_comment", &[], c)), "comment:created:#5 thanks!");
+        assert_eq!(
+            prompt(&job("issue_comment", &[], c)),
+            "comment:created:#5 thanks!"
+        );
         let wf = json!({"action": "completed", "workflow_run": {"name": "CI", "status": "completed", "conclusion": null, "head_branch": "main"}});
-        assert_eq!(prompt(&job("workflow_run", &[], wf)), "workflow:completed:CI completed on main");
-        assert_eq!(prompt(&job("star", &[], json!({"action": "created"}))), "star:created");
+        assert_eq!(
+            prompt(&job("workflow_run", &[], wf)),
+            "workflow:completed:CI completed on main"
+        );
+        assert_eq!(
+            prompt(&job("star", &[], json!({"action": "created"}))),
+            "star:created"
+        );
         assert_eq!(prompt(&job("ping", &[], json!({}))), "ping:");
     }
 
     #[test]
     fn argv_names_the_resource_file_and_the_prompt() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("reviewer.yml"), "kind: Agent\nmetadata: {name: reviewer}\n").unwrap();
-        std::fs::write(dir.path().join("other.yaml"), "kind: AgentFleet\nmetadata: {name: review-team}\n").unwrap();
+        std::fs::write(
+            dir.path().join("reviewer.yml"),
+            "kind: Agent\nmetadata: {name: reviewer}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("other.yaml"),
+            "kind: AgentFleet\nmetadata: {name: review-team}\n",
+        )
+        .unwrap();
         let ex = AofExecutor {
             cli: "/opt/aof/bin/aofctl".into(),
-            dirs: [("agent".to_string(), dir.path().to_path_buf()), ("fleet".to_string(), dir.path().to_path_buf())].into(),
+            dirs: [
+                ("agent".to_string(), dir.path().to_path_buf()),
+                ("fleet".to_string(), dir.path().to_path_buf()),
+            ]
+            .into(),
             output: None,
             timeout: Duration::from_secs(5),
         };
-        let j = job("issue_comment", &[("command", "/review"), ("comment_body", "/review now")], json!({}));
+        let j = job(
+            "issue_comment",
+            &[("command", "/review"), ("comment_body", "/review now")],
+            json!({}),
+        );
         let file = dir.path().join("reviewer.yml").display().to_string();
-        assert_eq!(ex.argv(&j).unwrap(), ["/opt/aof/bin/aofctl", "run", "agent", &file, "--input", "now"]);
-        let fleet = JobInput { target_kind: "fleet".into(), target: "review-team".into(), ..j.clone() };
-        assert_eq!(ex.argv(&fleet).unwrap()[3], dir.path().join("other.yaml").display().to_string());
-        let missing = JobInput { target: "../reviewer".into(), ..j.clone() };
-        assert!(ex.argv(&missing).unwrap_err().message.contains("no AOF resource"));
-        let flow = JobInput { target_kind: "flow".into(), target: "deploy".into(), ..j.clone() };
-        let ex = AofExecutor { output: Some("json".into()), ..ex };
-        assert_eq!(ex.argv(&flow).unwrap(), ["/opt/aof/bin/aofctl", "run", "flow", "deploy", "--input", "now", "--output", "json"]);
-        let odd = JobInput { target_kind: "job".into(), ..j };
+        assert_eq!(
+            ex.argv(&j).unwrap(),
+            [
+                "/opt/aof/bin/aofctl",
+                "run",
+                "agent",
+                &file,
+                "--input",
+                "now"
+            ]
+        );
+        let fleet = JobInput {
+            target_kind: "fleet".into(),
+            target: "review-team".into(),
+            ..j.clone()
+        };
+        assert_eq!(
+            ex.argv(&fleet).unwrap()[3],
+            dir.path().join("other.yaml").display().to_string()
+        );
+        let missing = JobInput {
+            target: "../reviewer".into(),
+            ..j.clone()
+        };
+        assert!(ex
+            .argv(&missing)
+            .unwrap_err()
+            .message
+            .contains("no AOF resource"));
+        let flow = JobInput {
+            target_kind: "flow".into(),
+            target: "deploy".into(),
+            ..j.clone()
+        };
+        let ex = AofExecutor {
+            output: Some("json".into()),
+            ..ex
+        };
+        assert_eq!(
+            ex.argv(&flow).unwrap(),
+            [
+                "/opt/aof/bin/aofctl",
+                "run",
+                "flow",
+                "deploy",
+                "--input",
+                "now",
+                "--output",
+                "json"
+            ]
+        );
+        let odd = JobInput {
+            target_kind: "job".into(),
+            ..j
+        };
         assert!(!ex.argv(&odd).unwrap_err().retryable);
     }
 }
