@@ -359,6 +359,67 @@ mod tests {
         assert_eq!(prompt(&job("ping", &[], json!({}))), "ping:");
     }
 
+    /// A real process: the prompt as argument, the payload on stdin, stdout as
+    /// the result; past the timeout the whole process group is killed.
+    #[tokio::test]
+    async fn runs_the_cli_and_kills_its_group_on_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = dir.path().join("aof");
+        let pidfile = dir.path().join("child");
+        let script = format!(
+            "#!/bin/sh\nif [ \"$5\" = slow ]; then sleep 300 & echo $! > {}; wait; fi\nprintf '%s|%s|' \"$1 $2 $3\" \"$5\"; cat\n",
+            pidfile.display()
+        );
+        std::fs::write(&cli, script).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ex = AofExecutor {
+            cli: cli.display().to_string(),
+            dirs: BTreeMap::new(),
+            output: None,
+            timeout: Duration::from_secs(30),
+        };
+        let policy = EnvPolicy::default();
+        let j = job(
+            "issue_comment",
+            &[("command", "/review"), ("comment_body", "/review fast")],
+            json!({"a": 1}),
+        );
+        assert_eq!(
+            ex.run(&j, &policy).await.unwrap(),
+            "run agent reviewer|fast|{\"a\":1}"
+        );
+        let slow = job(
+            "issue_comment",
+            &[("command", "/review"), ("comment_body", "/review slow")],
+            json!({}),
+        );
+        let ex = AofExecutor {
+            timeout: Duration::from_millis(500),
+            ..ex
+        };
+        let e = ex.run(&slow, &policy).await.unwrap_err();
+        assert!(e.retryable && e.message.contains("killed"), "{e:?}");
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        };
+        for _ in 0..500 {
+            if gone() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone(), "the CLI's child {pid} outlived the timeout");
+    }
+
     #[test]
     fn argv_names_the_resource_file_and_the_prompt() {
         let dir = tempfile::tempdir().unwrap();
