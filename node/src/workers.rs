@@ -251,3 +251,121 @@ async fn run_lease(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease:
         Err(s) => tracing::warn!(job_id = %job.job_id, "could not report the job's outcome: {}", s.message()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Mutex;
+
+    use aof_proto::v1::work_queue_server::{WorkQueue, WorkQueueServer};
+    use futures::Stream;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    /// A work queue that grants one lease, then refuses every heartbeat as a lost
+    /// lease, and records completions and failures.
+    #[derive(Default)]
+    struct LosingQueue {
+        granted: Mutex<bool>,
+        settled: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl WorkQueue for LosingQueue {
+        type ClaimStream = Pin<Box<dyn Stream<Item = Result<pb::Lease, Status>> + Send>>;
+
+        async fn claim(&self, _req: Request<pb::ClaimRequest>) -> Result<Response<Self::ClaimStream>, Status> {
+            let first = !std::mem::replace(&mut *self.granted.lock().unwrap(), true);
+            let lease = pb::Lease {
+                job_id: "1-0".into(),
+                event_id: 1,
+                delivery_id: "d-1".into(),
+                event: "push".into(),
+                target: Some(pb::Target { kind: "agent".into(), name: "slow".into() }),
+                attempt: 1,
+                fencing_token: 7,
+                ..Default::default()
+            };
+            let leases: Vec<Result<pb::Lease, Status>> = if first { vec![Ok(lease)] } else { vec![] };
+            Ok(Response::new(Box::pin(futures::stream::iter(leases).chain(futures::stream::pending()))))
+        }
+        async fn extend(&self, _req: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendReply>, Status> {
+            Err(Status::failed_precondition("lease of job 1-0 is held by another worker (token 8)"))
+        }
+        async fn complete(&self, r: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteReply>, Status> {
+            self.settled.lock().unwrap().push(format!("complete {}", r.into_inner().job_id));
+            Ok(Response::new(Default::default()))
+        }
+        async fn fail(&self, r: Request<pb::FailRequest>) -> Result<Response<pb::FailReply>, Status> {
+            self.settled.lock().unwrap().push(format!("fail {}", r.into_inner().job_id));
+            Ok(Response::new(Default::default()))
+        }
+        async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsReply>, Status> {
+            Ok(Response::new(Default::default()))
+        }
+    }
+
+    use futures::StreamExt as _;
+
+    /// A lost lease stops the job: the command's whole process group is killed
+    /// long before its own end, and the worker reports nothing for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_lease_kills_the_running_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let queue = LosingQueue::default();
+        let settled = queue.settled.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(WorkQueueServer::new(queue))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let executor = Executor::Command {
+            argv: vec!["sh".into(), "-c".into(), script],
+            timeout: Duration::from_secs(600),
+            env: Arc::new(EnvPolicy::default()),
+        };
+        let pool = Pool {
+            node_id: 1,
+            channel,
+            concurrency: 1,
+            lease_timeout: Duration::from_millis(300),
+            drain_timeout: Duration::from_secs(5),
+            executors: [("slow".to_string(), executor)].into(),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let workers = tokio::spawn(run(pool, stop_rx));
+
+        let mut pid = None;
+        for _ in 0..500 {
+            pid = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            if pid.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pid = pid.expect("the command starts");
+        let gone = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        };
+        for _ in 0..500 {
+            if gone() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone(), "the command's child {pid} still runs after its lease was lost");
+        assert!(settled.lock().unwrap().is_empty(), "a lost job is not reported: {:?}", settled.lock().unwrap());
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), workers).await.expect("the pool stops").unwrap();
+        server.abort();
+    }
+}
