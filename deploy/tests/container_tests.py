@@ -27,7 +27,8 @@
                    --alias aof-N`): the others keep or elect a leader, the node catches up
                    (/ready, applied >= the leader's commit, a stale read has every
                    acknowledged delivery); no delivery fails, each is stored exactly once
-                   on every node; prints the numbers (target/container-tests/partition.json)
+                   on every node, every job is completed by the worker container; prints
+                   the numbers (target/container-tests/partition.json)
   recreate         a follower recreated (`up -d --force-recreate`) while another container
                    holds its old IP: it comes back with a new IP, the same node id and
                    data, a voter at aof-N:6000, and the leader replicates to it by name
@@ -331,9 +332,11 @@ def isolate(c, n, role, secs, sender):
 def t_partition(image, args):
     c = Compose("partition", image)
     with project(c):
-        c.up(*[svc(n) for n in NODES])
+        c.up(*[svc(n) for n in NODES], "worker")
         c.wait_ready(NODES, FORM_WITHIN_S)
         wait_until("one cluster", lambda: assert_one_cluster(c, NODES), 30)
+        status, body = c.api(1, "PUT", "/v1/triggers/ct-push", TRIGGER.encode(), {"Content-Type": "application/yaml"})
+        assert status in (200, 201), f"PUT trigger: {status} {body}"
         sender = Sender(c, NODES, rate=args.rate)
         watch = LeaderWatch(c, NODES)
         phases = []
@@ -377,6 +380,14 @@ def t_partition(image, args):
         for d in probe:
             for n in NODES:
                 assert c.delivery(n, d.id), f"delivery {d.id} not read on aof-{n}"
+
+        def jobs_not_completed():
+            evs = c.all_events(2)
+            not_done = [e for e in evs if not e["jobs"] or any(j["state"] != "completed" for j in e["jobs"])]
+            if not_done:
+                raise RuntimeError(f"{len(not_done)} events with jobs not completed, e.g. {not_done[0]}")
+            return True
+        wait_until("every event's job completed by the worker", jobs_not_completed, 120, every_s=2)
         assert_one_cluster(c, NODES)
         result = {
             "command": (f"python3 deploy/tests/container_tests.py --only partition --rate {args.rate} "
