@@ -132,7 +132,7 @@ step "base image aof-base:bookworm (built once, then cached)" deploy/base-image.
 step "runtime image aof-cluster:dev from target/$PROFILE/aofctl" \
   env AOF_IMAGE=aof-cluster:dev deploy/build-image.sh --profile "$PROFILE" "${SKIP_CARGO[@]}"
 step "smoke test of the image (3-node cluster in containers)" python3 deploy/tests/smoke.py --image aof-cluster:dev
-step "container tests of docker-compose.yml (env-only start, kill, rolling restart, scale out/in, recreate)" \
+step "container tests of docker-compose.yml (env-only start, kill, rolling restart, scale out/in, recreate, partition)" \
   python3 deploy/tests/container_tests.py --image aof-cluster:dev
 
 echo "deploy: $passed passed, 0 failed"

@@ -21,6 +21,14 @@
   scale_up         aof-4 (profile `scale`) started with no command joins and becomes a
                    voter and has every earlier delivery; `stop` (SIGTERM, with
                    spec.cluster.leave_on_shutdown) makes it leave: members {1,2,3} again
+  partition        a retrying sender posts at --rate/s to all three webhook ports; a
+                   follower, then the leader, is cut off (`docker network disconnect`)
+                   for --partition-s seconds and reconnected by name (`network connect
+                   --alias aof-N`): the others keep or elect a leader, the node catches up
+                   (/ready, applied >= the leader's commit, a stale read has every
+                   acknowledged delivery); no delivery fails, each is stored exactly once
+                   on every node, every job is completed by the worker container; prints
+                   the numbers (target/container-tests/partition.json)
   recreate         a follower recreated (`up -d --force-recreate`) while another container
                    holds its old IP: it comes back with a new IP, the same node id and
                    data, a voter at aof-N:6000, and the leader replicates to it by name
@@ -263,6 +271,142 @@ def t_rolling_restart(image, args):
         print("  rolling_restart: " + json.dumps(result))
 
 
+def leader_among(c, nodes, not_node=None):
+    """The leader every node in `nodes` names (stale view), when they agree and it is
+    not `not_node`; else None."""
+    ls = {c.cluster(n, stale=True)["leader_id"] for n in nodes}
+    (l,) = ls if len(ls) == 1 else (None,)
+    return l if l and l != not_node else None
+
+
+def isolate(c, n, role, secs, sender):
+    """Disconnects aof-n from the compose network for `secs` under the sender's load,
+    reconnects it by name, and waits until it has caught up. Returns the phase's numbers."""
+    others = [x for x in NODES if x != n]
+    t0 = time.monotonic()
+    c.disconnect(svc(n))
+    try:
+        # Really cut off: its published ports lead nowhere now.
+        try:
+            status, body = http("GET", c.url(n, "/health"), timeout=3)
+            raise AssertionError(f"aof-{n} answered /health {status} {body} after the disconnect")
+        except OSError:
+            pass
+        # The two others keep (follower cut off) or elect (leader cut off) a leader.
+        lead = wait_until(f"aof-{n} cut off: the others agree on a leader",
+                          lambda: leader_among(c, others, not_node=n), 30)
+        t_led = time.monotonic()
+        left = secs - (time.monotonic() - t0)
+        if left > 0:
+            time.sleep(left)
+    finally:
+        c.connect(svc(n))
+    t_back = time.monotonic()
+    # Acknowledged while it was cut off (by the two others).
+    meanwhile = [d.id for d in sender.deliveries[:]
+                 if d.status == "accepted" and d.done is not None and t0 <= d.done <= t_back]
+    # Catching up: /ready (it has applied the leader's commit index as of its check),
+    # then applied >= the commit index of the leader the others name now.
+    c.wait_ready([n], 90)
+    leader = wait_until("a leader after the reconnect", lambda: leader_among(c, NODES), 30)
+    wait_until(f"aof-{n} caught up after the reconnect", lambda: caught_up(c, n, leader), 90)
+    t_caught = time.monotonic()
+    # Everything acknowledged so far is in its local copy.
+    acked = [d.id for d in sender.deliveries if d.status == "accepted"]
+    have = {e["delivery_id"] for e in c.all_events(n, stale=True)}
+    missing = [d for d in acked if d not in have]
+    assert not missing, f"aof-{n} caught up but lacks {len(missing)} acknowledged deliveries, e.g. {missing[:3]}"
+    # Those acknowledged while it was cut off, one by one through its status API (stale).
+    missing = [d for d in meanwhile if not c.delivery(n, d, stale=True)]
+    assert not missing, f"aof-{n}: {len(missing)} deliveries acknowledged while it was cut off not read on it: {missing[:3]}"
+    phase = {"node": n, "role": role, "cut_off_s": round(t_back - t0, 1),
+             "others_led_by": lead, "others_led_after_s": round(t_led - t0, 2),
+             "accepted_while_cut_off": len(meanwhile), "leader_after": leader,
+             "reconnect_to_caught_up_s": round(t_caught - t_back, 2)}
+    print(f"  partition: aof-{n} ({role}) cut off {t_back - t0:.1f} s (others led by aof-{lead}, "
+          f"{len(meanwhile)} deliveries accepted meanwhile); reconnected, caught up in "
+          f"{t_caught - t_back:.1f} s (leader aof-{leader})")
+    return phase
+
+
+def t_partition(image, args):
+    c = Compose("partition", image)
+    with project(c):
+        c.up(*[svc(n) for n in NODES], "worker")
+        c.wait_ready(NODES, FORM_WITHIN_S)
+        wait_until("one cluster", lambda: assert_one_cluster(c, NODES), 30)
+        status, body = c.api(1, "PUT", "/v1/triggers/ct-push", TRIGGER.encode(), {"Content-Type": "application/yaml"})
+        assert status in (200, 201), f"PUT trigger: {status} {body}"
+        sender = Sender(c, NODES, rate=args.rate)
+        watch = LeaderWatch(c, NODES)
+        phases = []
+        watch.start()
+        sender.start()
+        try:
+            time.sleep(args.settle)
+            # A follower first, then the leader (the others must elect one of themselves).
+            for role in ("follower", "leader"):
+                leader = wait_until("a leader", lambda: leader_among(c, NODES), 30)
+                n = leader if role == "leader" else min(x for x in NODES if x != leader)
+                phases.append(isolate(c, n, role, args.partition_s, sender))
+            time.sleep(args.settle)
+        finally:
+            try:
+                sender.stop()
+            finally:
+                watch.stop()
+        stats = sender.stats()
+        failed = [d for d in sender.deliveries if d.status != "accepted"]
+        assert not failed, f"{len(failed)} deliveries failed after retries, e.g. {failed[0].id}: {failed[0].outcomes}"
+        acked = {d.id for d in sender.deliveries if d.status == "accepted"}
+        # No acknowledged delivery lost, none stored twice, on every node's local copy
+        # (after each has applied the leader's commit index).
+        leader = wait_until("a leader", lambda: leader_among(c, NODES), 30)
+        stored = {}
+        for n in NODES:
+            wait_until(f"aof-{n} caught up at the end", lambda n=n: caught_up(c, n, leader), 60)
+            by_delivery = {}
+            for e in c.all_events(n, stale=True):
+                by_delivery[e["delivery_id"]] = by_delivery.get(e["delivery_id"], 0) + 1
+            dup = {k: v for k, v in by_delivery.items() if v != 1}
+            assert not dup, f"aof-{n}: deliveries stored more than once: {list(dup.items())[:3]}"
+            missing = acked - set(by_delivery)
+            assert not missing, f"aof-{n}: {len(missing)} acknowledged deliveries lost, e.g. {sorted(missing)[:3]}"
+            extra = set(by_delivery) - {d.id for d in sender.deliveries}
+            assert not extra, f"aof-{n}: events for deliveries never sent: {sorted(extra)[:3]}"
+            stored[n] = len(by_delivery)
+        # And each is readable through the status API on every node (a sample, linearizable).
+        probe = sender.deliveries[:: max(1, len(sender.deliveries) // 20)]
+        for d in probe:
+            for n in NODES:
+                assert c.delivery(n, d.id), f"delivery {d.id} not read on aof-{n}"
+
+        def jobs_not_completed():
+            evs = c.all_events(2)
+            not_done = [e for e in evs if not e["jobs"] or any(j["state"] != "completed" for j in e["jobs"])]
+            if not_done:
+                raise RuntimeError(f"{len(not_done)} events with jobs not completed, e.g. {not_done[0]}")
+            return True
+        wait_until("every event's job completed by the worker", jobs_not_completed, 120, every_s=2)
+        assert_one_cluster(c, NODES)
+        result = {
+            "command": (f"python3 deploy/tests/container_tests.py --only partition --rate {args.rate} "
+                        f"--partition-s {args.partition_s}"),
+            "image": image,
+            "rate_per_s": args.rate,
+            "phases": phases,
+            "events_stored_per_node": stored,
+            "time_no_node_named_a_leader_s": round(watch.leaderless_s, 2),
+            "leader_by_term": {str(t): l for t, l in sorted(watch.terms.items())},
+            **stats,
+        }
+        out = os.path.join(ROOT, "target", "container-tests")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "partition.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        print("  partition: " + json.dumps(result))
+
+
 def t_scale_up(image, args):
     c = Compose("scaleup", image, profiles=["scale"])
     with project(c):
@@ -356,6 +500,7 @@ TESTS = {
     "rolling_restart": t_rolling_restart,
     "scale_up": t_scale_up,
     "recreate": t_recreate,
+    "partition": t_partition,
 }
 
 
@@ -384,7 +529,9 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated test names: " + ", ".join(TESTS))
     ap.add_argument("--seed", type=int, default=None, help="seed of env_only's random start order")
     ap.add_argument("--rate", type=float, default=20.0, help="rolling_restart: deliveries per second")
-    ap.add_argument("--settle", type=float, default=10.0, help="rolling_restart: seconds of load before and after the roll")
+    ap.add_argument("--settle", type=float, default=10.0,
+                    help="rolling_restart, partition: seconds of load before and after the roll / the cut-offs")
+    ap.add_argument("--partition-s", type=float, default=20.0, help="partition: seconds each node is cut off")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(TESTS)
     unknown = [n for n in names if n not in TESTS]

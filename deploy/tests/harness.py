@@ -191,6 +191,16 @@ class Compose:
         """The docker name of the compose network `aof`."""
         return f"{self.project}_aof"  # compose v1 and v2 alike
 
+    def disconnect(self, svc):
+        """`docker network disconnect`: svc loses the compose network (its peers, and its
+        published ports with it) while its process runs on."""
+        sh(["docker", "network", "disconnect", self.network(), self.cid(svc)])
+
+    def connect(self, svc):
+        """`docker network connect` back, with the service name as alias so the others
+        resolve it by name again (compose set that alias when it created the container)."""
+        sh(["docker", "network", "connect", "--alias", svc, self.network(), self.cid(svc)])
+
     def ip_of(self, svc):
         nets = self.inspect(svc)["NetworkSettings"]["Networks"]
         (ip,) = [v["IPAddress"] for k, v in nets.items() if k.endswith("_aof")]
@@ -266,11 +276,13 @@ class Compose:
         status, body = self.api(n, "GET", f"/v1/deliveries/{delivery}" + ("?consistency=stale" if stale else ""))
         return body if status == 200 and isinstance(body, dict) and body.get("delivery_id") == delivery else None
 
-    def all_events(self, n):
-        """Every event of the cluster (linearizable read on node n), all pages."""
+    def all_events(self, n, stale=False):
+        """Every event of the cluster (linearizable read on node n, or its local copy
+        with stale=True), all pages."""
         items, after = [], None
         for _ in range(1000):
-            q = "/v1/events?limit=1000" + (f"&after={after}" if after is not None else "")
+            q = ("/v1/events?limit=1000" + (f"&after={after}" if after is not None else "")
+                 + ("&consistency=stale" if stale else ""))
             status, body = self.api(n, "GET", q, timeout=30)
             if status != 200:
                 raise RuntimeError(f"node {n} {q}: {status} {body}")
