@@ -581,7 +581,9 @@ impl Db {
 
     /// Whether the node of `slot` answers `/ready` with 200.
     pub async fn ready(&self, slot: usize) -> bool {
-        self.get_json(slot, "/ready", Duration::from_secs(2)).await.is_some()
+        self.get_json(slot, "/ready", Duration::from_secs(2))
+            .await
+            .is_some()
     }
 
     /// Whether every running slot answers `/ready` and a linearizable cluster read.
@@ -666,7 +668,10 @@ impl Db {
     pub fn power_loss(&self, slot: usize) -> Result<Value> {
         self.kill(slot);
         let lost = self.disks.lock().unwrap()[slot].lose_unsynced()?;
-        self.note(slot, &format!("power loss: the disk dropped what was not fsynced ({lost})"));
+        self.note(
+            slot,
+            &format!("power loss: the disk dropped what was not fsynced ({lost})"),
+        );
         Ok(lost)
     }
 
@@ -677,7 +682,10 @@ impl Db {
         let taken = g[slot].fill()?;
         let left = g[slot].free_now().unwrap_or(0);
         drop(g);
-        self.note(slot, &format!("disk filled ({taken} bytes taken, {left} left)"));
+        self.note(
+            slot,
+            &format!("disk filled ({taken} bytes taken, {left} left)"),
+        );
         Ok((taken, left))
     }
 
@@ -720,7 +728,13 @@ impl Db {
     pub fn log_tail(&self, slot: usize, n: usize) -> Vec<String> {
         let log = self.slots.lock().unwrap()[slot].log.clone();
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let mut v: Vec<String> = text.lines().rev().filter(|l| !l.starts_with("==== jepsen:")).take(n).map(str::to_string).collect();
+        let mut v: Vec<String> = text
+            .lines()
+            .rev()
+            .filter(|l| !l.starts_with("==== jepsen:"))
+            .take(n)
+            .map(str::to_string)
+            .collect();
         v.reverse();
         v
     }
@@ -730,7 +744,13 @@ impl Db {
     /// `backing/` anyway).
     pub fn teardown_disks(&self, keep: bool) {
         self.kill_all();
-        let dirs: Vec<PathBuf> = self.slots.lock().unwrap().iter().map(|s| s.dir.clone()).collect();
+        let dirs: Vec<PathBuf> = self
+            .slots
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.dir.clone())
+            .collect();
         for (d, disk) in dirs.iter().zip(self.disks.lock().unwrap().iter_mut()) {
             let dest = d.join("kept");
             disk.teardown(keep.then_some(dest.as_path()));
@@ -925,7 +945,13 @@ pub struct Member {
 
 impl Member {
     fn of(s: &Slot) -> Member {
-        Member { id: s.id, http: s.http, grpc: s.grpc, api: s.api, peer: s.peer }
+        Member {
+            id: s.id,
+            http: s.http,
+            grpc: s.grpc,
+            api: s.api,
+            peer: s.peer,
+        }
     }
 }
 
@@ -933,7 +959,9 @@ impl Member {
 fn snapshot_tuning(o: &DbOpts) -> String {
     let mut y = String::new();
     if let Some(n) = o.snapshot_every {
-        y.push_str(&format!("      snapshot_every: {n}\n      snapshot_log_percent: 0\n"));
+        y.push_str(&format!(
+            "      snapshot_every: {n}\n      snapshot_log_percent: 0\n"
+        ));
     }
     if let Some(n) = o.logs_to_keep {
         y.push_str(&format!("      logs_to_keep_after_snapshot: {n}\n"));

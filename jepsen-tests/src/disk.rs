@@ -72,12 +72,21 @@ impl SlotDisk {
                 let t = sdir.join("tmpfs");
                 std::fs::create_dir_all(&t)?;
                 let status = Command::new("mount")
-                    .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "aof-jepsen-disk"])
+                    .args([
+                        "-t",
+                        "tmpfs",
+                        "-o",
+                        &format!("size={mib}m,mode=0700"),
+                        "aof-jepsen-disk",
+                    ])
                     .arg(&t)
                     .status()
                     .context("running mount -t tmpfs")?;
                 if !status.success() {
-                    bail!("mounting a {mib} MiB tmpfs on {} failed ({status}); disk-full needs root", t.display());
+                    bail!(
+                        "mounting a {mib} MiB tmpfs on {} failed ({status}); disk-full needs root",
+                        t.display()
+                    );
                 }
                 Some(t)
             }
@@ -85,13 +94,20 @@ impl SlotDisk {
         };
         let backing = tmpfs.as_deref().unwrap_or(sdir).join("backing");
         std::fs::create_dir_all(&backing)?;
-        let mut disk = SlotDisk { root: backing.clone(), backing: backing.clone(), tmpfs, fs: None, fillers: Vec::new() };
+        let mut disk = SlotDisk {
+            root: backing.clone(),
+            backing: backing.clone(),
+            tmpfs,
+            fs: None,
+            fillers: Vec::new(),
+        };
         if let Some(program) = &o.faultfs {
             let mnt = sdir.join("mnt");
             std::fs::create_dir_all(&mnt)?;
             let mut mo = MountOptions::new(program, &backing, &mnt);
             mo.log = Some(sdir.join("faultfs.log"));
-            let fs = FaultFs::mount(mo).with_context(|| format!("mounting aof-faultfs at {}", mnt.display()))?;
+            let fs = FaultFs::mount(mo)
+                .with_context(|| format!("mounting aof-faultfs at {}", mnt.display()))?;
             disk.root = fs.mountpoint().to_path_buf();
             disk.fs = Some(fs);
         }
@@ -114,10 +130,16 @@ impl SlotDisk {
     /// Power loss: the faultfs daemon is killed (everything not fsynced is gone)
     /// and the disk mounted again. Stop the node first. Returns what was lost.
     pub fn lose_unsynced(&mut self) -> Result<Value> {
-        let Some(fs) = &mut self.fs else { bail!("lose-unsynced needs the faultfs disk") };
-        let lost = fs.lose_unsynced().context("power loss (aof-faultfs) and remount")?;
+        let Some(fs) = &mut self.fs else {
+            bail!("lose-unsynced needs the faultfs disk")
+        };
+        let lost = fs
+            .lose_unsynced()
+            .context("power loss (aof-faultfs) and remount")?;
         Ok(match lost {
-            Some(s) => json!({ "dirty_files": s.dirty_files, "dirty_bytes": s.dirty_bytes, "pending_entries": s.pending_entries }),
+            Some(s) => {
+                json!({ "dirty_files": s.dirty_files, "dirty_bytes": s.dirty_bytes, "pending_entries": s.pending_entries })
+            }
             None => json!({ "lost": "unknown (the daemon did not answer before the kill)" }),
         })
     }
@@ -125,10 +147,16 @@ impl SlotDisk {
     /// Fill the tmpfs: allocate every free byte in a new filler file. Returns the
     /// bytes taken.
     pub fn fill(&mut self) -> Result<u64> {
-        let Some(t) = &self.tmpfs else { bail!("disk-full needs the tmpfs disk") };
+        let Some(t) = &self.tmpfs else {
+            bail!("disk-full needs the tmpfs disk")
+        };
         let free = free_bytes(t)?;
         let path = t.join(format!("filler-{}", self.fillers.len()));
-        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
         self.fillers.push(path);
         // tmpfs pages: allocate down to the last page; whatever is left fails the writes.
         let mut taken = 0u64;
@@ -139,7 +167,9 @@ impl SlotDisk {
                 break;
             }
             // SAFETY: fallocate on an open descriptor; no memory is passed.
-            let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, taken as libc::off_t, want as libc::off_t) };
+            let rc = unsafe {
+                libc::fallocate(f.as_raw_fd(), 0, taken as libc::off_t, want as libc::off_t)
+            };
             if rc == 0 {
                 taken += want;
                 want = free_bytes(t)?;
@@ -193,7 +223,11 @@ impl SlotDisk {
             return Ok(None);
         }
         let (path, len) = files[rng.random_range(0..files.len())].clone();
-        let f = OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("open {}", path.display()))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
         let start = 32.min(len / 2);
         let end = (len * 8 / 10).max(start + 1);
         let mut offsets = Vec::new();
@@ -206,7 +240,9 @@ impl SlotDisk {
             offsets.push(off);
         }
         f.sync_all()?;
-        Ok(Some(json!({ "file": path.display().to_string(), "len": len, "offsets": offsets })))
+        Ok(Some(
+            json!({ "file": path.display().to_string(), "len": len, "offsets": offsets }),
+        ))
     }
 
     /// Unmount everything; with `keep`, copy the backing dir to `keep` first.
@@ -217,10 +253,17 @@ impl SlotDisk {
             }
         }
         if let (Some(dest), Some(_)) = (keep, &self.tmpfs) {
-            let _ = Command::new("cp").arg("-a").arg(&self.backing).arg(dest).status();
+            let _ = Command::new("cp")
+                .arg("-a")
+                .arg(&self.backing)
+                .arg(dest)
+                .status();
         }
         if let Some(t) = self.tmpfs.take() {
-            let ok = Command::new("umount").arg(&t).status().is_ok_and(|s| s.success());
+            let ok = Command::new("umount")
+                .arg(&t)
+                .status()
+                .is_ok_and(|s| s.success());
             if !ok {
                 let _ = Command::new("umount").arg("-l").arg(&t).status();
             }
@@ -242,8 +285,8 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-param.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", path.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", path.display()));
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
-

@@ -612,7 +612,9 @@ fn catch_snapshot_write(db: &Db, limit: Duration) -> Option<(usize, String, u64)
     // Bounded by `limit`; ~1 ms per round.
     while start.elapsed() < limit {
         for (s, dir) in &dirs {
-            let Ok(rd) = std::fs::read_dir(dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.ends_with(".tmp") {

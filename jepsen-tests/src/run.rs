@@ -248,7 +248,8 @@ pub async fn run(mut opts: Opts) -> Result<Outcome> {
                     skipped.join(", ")
                 );
                 problems.push(format!("skipped ({why}): {}", skipped.join(", ")));
-                opts.nemesis.retain(|f| !f.needs_tmpfs() && !f.needs_faultfs());
+                opts.nemesis
+                    .retain(|f| !f.needs_tmpfs() && !f.needs_faultfs());
             }
         }
     }

@@ -230,6 +230,8 @@ impl Store {
                 .path(dir)
                 .cache_capacity(cache_capacity_bytes)
                 .segment_size(segment_size(dir))
+                // Planted bug `ack-before-fsync`: sled flushes only when asked to.
+                .flush_every_ms((!crate::planted::active(crate::planted::Bug::AckBeforeFsync)).then_some(500))
                 .open()
                 .map_err(open_err)?,
         );
