@@ -290,3 +290,92 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use std::collections::BTreeSet;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("jepsen-disk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn corrupt_flips_bytes_of_a_wal_segment_or_snapshot_inside_the_bounds() {
+        let d = scratch("corrupt");
+        std::fs::create_dir_all(d.join("wal")).unwrap();
+        std::fs::create_dir_all(d.join("snapshots")).unwrap();
+        let orig = vec![0xAAu8; 1000];
+        std::fs::write(d.join("wal").join("0.wal"), &orig).unwrap();
+        std::fs::write(d.join("snapshots").join("s.snap"), &orig).unwrap();
+        // Never a snapshot being written.
+        std::fs::write(d.join("snapshots").join("t.tmp"), &orig).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut hit = BTreeSet::new();
+        for _ in 0..8 {
+            let done = SlotDisk::corrupt(&d, &mut rng, 4)
+                .unwrap()
+                .expect("a file to damage");
+            let file = PathBuf::from(done["file"].as_str().unwrap());
+            hit.insert(file.file_name().unwrap().to_string_lossy().into_owned());
+            let now = std::fs::read(&file).unwrap();
+            let changed: Vec<usize> = (0..now.len()).filter(|&i| now[i] != orig[i]).collect();
+            assert!(!changed.is_empty(), "bytes were flipped");
+            assert!(
+                changed.iter().all(|&i| (32..800).contains(&i)),
+                "{changed:?}"
+            );
+            std::fs::write(&file, &orig).unwrap();
+        }
+        assert!(!hit.contains("t.tmp"), "{hit:?}");
+        assert_eq!(hit.len(), 2, "both kinds of files are picked: {hit:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn fill_takes_every_free_byte_of_the_tmpfs_and_free_gives_it_back() {
+        if let Err(why) = mounts_available(false) {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let d = scratch("fill");
+        let o = DiskOpts {
+            tmpfs_mib: Some(16),
+            faultfs: None,
+        };
+        let mut disk = SlotDisk::create(&d, &o).unwrap();
+        assert!(
+            disk.root().starts_with(d.join("tmpfs")),
+            "{}",
+            disk.root().display()
+        );
+        let before = disk.free_now().unwrap();
+        assert!(before > 15 << 20, "{before}");
+        let taken = disk.fill().unwrap();
+        assert!(taken > 15 << 20, "{taken}");
+        assert!(
+            disk.free_now().unwrap() < 8192,
+            "{}",
+            disk.free_now().unwrap()
+        );
+        let e = std::fs::write(disk.root().join("x"), vec![1u8; 64 << 10]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        assert_eq!(disk.free().unwrap(), before);
+        std::fs::write(disk.root().join("x"), vec![1u8; 64 << 10]).unwrap();
+        disk.teardown(None);
+        assert!(!d.join("tmpfs").join("backing").exists(), "unmounted");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn corrupt_finds_nothing_in_an_empty_data_dir() {
+        let d = scratch("empty");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        assert!(SlotDisk::corrupt(&d, &mut rng, 4).unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
