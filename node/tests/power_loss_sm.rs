@@ -50,8 +50,13 @@ fn child(dir: &Path) -> ! {
         for i in applied + 1..=last {
             sm.apply(vec![entry(i)]).await.unwrap();
         }
+        use std::io::Write;
+        let mut out = std::io::stdout();
         for i in last + 1..last + 100_000 {
             log.blocking_append(vec![entry(i)]).await.unwrap();
+            // Durable now: the parent holds us to it.
+            let _ = writeln!(out, "APPENDED {i}");
+            let _ = out.flush();
             sm.apply(vec![entry(i)]).await.unwrap();
         }
         std::process::exit(0)
@@ -81,7 +86,7 @@ fn applied_state_and_content_agree_after_a_power_loss() {
         let mut proc = Command::new(std::env::current_exe().unwrap())
             .args(["applied_state_and_content_agree_after_a_power_loss", "--exact", "--nocapture", "--include-ignored", "--test-threads", "1"])
             .env(CHILD_ENV, &data)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -89,6 +94,15 @@ fn applied_state_and_content_agree_after_a_power_loss() {
         std::thread::sleep(Duration::from_millis(1700));
         let _ = proc.kill();
         let _ = proc.wait();
+        let mut printed = String::new();
+        let _ = std::io::Read::read_to_string(&mut proc.stdout.take().unwrap(), &mut printed);
+        // The test harness prints its own words too: take the tag's numbers.
+        let appended: u64 = printed
+            .split("APPENDED ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .max()
+            .unwrap_or(0);
         let lost = fs.lose_unsynced().expect("power loss and remount");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
@@ -98,13 +112,16 @@ fn applied_state_and_content_agree_after_a_power_loss() {
             let missing: Vec<u64> =
                 (2..=applied).filter(|i| sm.read(|kv| aof_node::sm::triggers::get(kv, &format!("t{i}"))).is_none()).collect();
             let log_last = store.log_store().get_log_state().await.unwrap().last_log_id.map_or(0, |l| l.index);
-            eprintln!("cycle {cycle}: applied {applied}, log ends at {log_last}, lost {lost:?}, {} puts missing", missing.len());
+            eprintln!("cycle {cycle}: appended {appended}, applied {applied}, log ends at {log_last}, lost {lost:?}, {} puts missing", missing.len());
             if !missing.is_empty() {
                 problems.push(format!(
                     "cycle {cycle}: last_applied {applied} but {} puts at or below it are missing (first {:?})",
                     missing.len(),
                     &missing[..missing.len().min(5)]
                 ));
+            }
+            if log_last < appended {
+                problems.push(format!("cycle {cycle}: entry {appended} was appended (fsynced) before the power loss, but the log ends at {log_last}"));
             }
             if log_last < applied {
                 problems.push(format!("cycle {cycle}: the log ends at {log_last}, before last_applied {applied}"));
