@@ -398,7 +398,10 @@ impl Db {
         cmd.args(["serve", "--config"])
             .arg(s.config_path())
             .current_dir(&s.dir)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("JEPSEN_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .env("AOF_ADMIN_TOKEN", &self.opts.admin_token)
             .env("AOF_WORKER_TOKEN", &self.opts.worker_token)
             .env_remove("AOF_READ_TOKEN")

@@ -160,8 +160,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.flush().await.map_err(err)
     }
 
+    /// The stored vote, **as not committed**. openraft 0.9 starts a node whose
+    /// stored vote is a committed vote for itself straight back as leader of
+    /// that term, without an election and without a new blank entry; its read
+    /// index is then `max(its old blank entry, the commit index it had saved)`,
+    /// and the saved commit index can lag writes it acknowledged before a crash
+    /// (it is not flushed, and the state machine applies in its own task), so it
+    /// served stale linearizable reads after a power loss (finding F1 in
+    /// docs/JEPSEN.md). Read back uncommitted, the vote still keeps this node
+    /// from voting for anyone else in that term, and a node that was leader has
+    /// to win an election in a new term, whose blank entry makes read-index wait
+    /// for everything acknowledged before.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(keys::VOTE, StorageIOError::read_vote)
+        let vote: Option<Vote> = self.get_meta(keys::VOTE, StorageIOError::read_vote)?;
+        Ok(vote.map(|v| Vote::new(v.leader_id().term, v.leader_id().voted_for().unwrap_or_default())))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
