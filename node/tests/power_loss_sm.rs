@@ -144,3 +144,76 @@ fn rustix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+const VOTE_CHILD_ENV: &str = "AOF_POWER_LOSS_VOTE_CHILD_DIR";
+
+/// The child of [`a_saved_vote_survives_a_power_loss`]: save votes for terms
+/// 1..=20, printing each once `save_vote` returned, then wait to be killed.
+fn vote_child(dir: &Path) -> ! {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        use std::io::Write;
+        let store = Store::open(dir, CACHE).expect("open the store");
+        let mut log = store.log_store();
+        // Some log traffic first, so sled's file grows.
+        for i in 1..=200 {
+            log.blocking_append(vec![entry(i)]).await.unwrap();
+        }
+        let mut out = std::io::stdout();
+        for term in 1..=20u64 {
+            openraft::storage::RaftLogStorage::save_vote(&mut log, &openraft::Vote::new(term, 1)).await.unwrap();
+            let _ = writeln!(out, "VOTED {term}");
+            let _ = out.flush();
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        std::process::exit(0)
+    })
+}
+
+/// A vote is a promise: once `save_vote` returned, a power loss must not take it
+/// back (a node that forgets its vote can vote twice in one term: two leaders).
+/// sled's own flush does not `fsync` (see `LogStore::flush`).
+#[test]
+fn a_saved_vote_survives_a_power_loss() {
+    if let Some(dir) = std::env::var_os(VOTE_CHILD_ENV) {
+        vote_child(Path::new(&dir));
+    }
+    assert!(rustix_is_root(), "this test mounts a FUSE filesystem and must run as root");
+    let tmp = tempfile::tempdir().unwrap();
+    let (backing, mnt) = (tmp.path().join("disk"), tmp.path().join("mnt"));
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut fs = FaultFs::mount(MountOptions::new(faultfs_program(), &backing, &mnt)).expect("mount aof-faultfs");
+    let data = mnt.join("data");
+    let mut proc = Command::new(std::env::current_exe().unwrap())
+        .args(["a_saved_vote_survives_a_power_loss", "--exact", "--nocapture", "--test-threads", "1"])
+        .env(VOTE_CHILD_ENV, &data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read until the last vote is reported (bounded: 60 s), then cut the power at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stdout = proc.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(&mut stdout).lines().map_while(Result::ok) {
+            if line.contains("VOTED 20") {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    let voted = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    let _ = proc.kill();
+    let _ = proc.wait();
+    assert!(voted, "the child did not save its votes within 60 s");
+    fs.lose_unsynced().expect("power loss and remount");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = Store::open(&data, CACHE).expect("the data dir opens after a power loss");
+        let vote = openraft::storage::RaftLogStorage::read_vote(&mut store.log_store()).await.unwrap();
+        assert_eq!(vote.map(|v| v.leader_id().term), Some(20), "the vote saved last: {vote:?}");
+    });
+    drop(fs);
+}
