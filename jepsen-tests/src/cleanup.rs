@@ -60,7 +60,11 @@ pub fn cleanup_all() {
 /// Remove and return the entries registered for run `run` (all runs: `None`).
 fn take_run<T: Ord + Clone>(set: &Mutex<BTreeSet<(String, T)>>, run: Option<&str>) -> Vec<T> {
     let mut g = set.lock().unwrap();
-    let mine: Vec<(String, T)> = g.iter().filter(|(r, _)| run.is_none_or(|x| x == r)).cloned().collect();
+    let mine: Vec<(String, T)> = g
+        .iter()
+        .filter(|(r, _)| run.is_none_or(|x| x == r))
+        .cloned()
+        .collect();
     for m in &mine {
         g.remove(m);
     }

@@ -32,6 +32,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::cleanup;
+use crate::disk::{DiskOpts, SlotDisk};
 use crate::http::{self, Response};
 use crate::net::{self, Dialer, Net};
 
@@ -63,6 +64,14 @@ pub struct DbOpts {
     pub admin_token: String,
     /// The worker token of the run (the queue workload's workers).
     pub worker_token: String,
+    /// The slots' disks (plain, tmpfs, faultfs).
+    pub disk: DiskOpts,
+    /// `spec.cluster.raft.snapshot_every` (with `snapshot_log_percent: 0`), for
+    /// frequent snapshots; the node's default when `None`.
+    pub snapshot_every: Option<u64>,
+    /// `spec.cluster.raft.logs_to_keep_after_snapshot` (small: restarted nodes
+    /// catch up by installing a snapshot).
+    pub logs_to_keep: Option<u64>,
 }
 
 /// A random token (16 bytes, hex).
@@ -86,6 +95,9 @@ impl DbOpts {
             ack_timeout_ms: 3000,
             admin_token: random_token("admin"),
             worker_token: random_token("worker"),
+            disk: DiskOpts::default(),
+            snapshot_every: None,
+            logs_to_keep: None,
         }
     }
 }
@@ -120,6 +132,8 @@ pub struct Slot {
     pub peer: SocketAddr,
     pub ns: Option<String>,
     pub dir: PathBuf,
+    /// Where the data dirs are: on the slot's disk ([`SlotDisk::root`]).
+    pub data_root: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
     pub paused: bool,
@@ -131,7 +145,7 @@ impl Slot {
         self.child.is_some()
     }
     fn data_dir(&self) -> PathBuf {
-        self.dir.join(format!("data-{}", self.id))
+        self.data_root.join(format!("data-{}", self.id))
     }
     fn config_path(&self) -> PathBuf {
         self.dir.join(format!("node-{}.yaml", self.id))
@@ -149,6 +163,9 @@ pub struct Db {
     pub dialer: Dialer,
     slots: Mutex<Vec<Slot>>,
     next_id: Mutex<u64>,
+    /// One per slot (declared after `slots`: dropped, i.e. unmounted, after the
+    /// nodes are killed in `Drop`).
+    disks: Mutex<Vec<SlotDisk>>,
 }
 
 fn free_port() -> u16 {
@@ -163,6 +180,7 @@ impl Db {
     /// first nodes' configs. Nothing is started yet.
     pub fn new(run: &str, opts: DbOpts, dir: &Path, net: Option<Arc<Net>>) -> Result<Arc<Db>> {
         let mut slots = Vec::new();
+        let mut disks = Vec::new();
         for i in 0..opts.nodes {
             let (ip, ports, ns) = match &net {
                 Some(n) => (
@@ -180,6 +198,9 @@ impl Db {
             let [http, grpc, api, peer] = ports.map(addr);
             let sdir = dir.join(format!("n{}", i + 1));
             std::fs::create_dir_all(&sdir)?;
+            let disk = SlotDisk::create(&sdir, &opts.disk)?;
+            let data_root = disk.root().to_path_buf();
+            disks.push(disk);
             slots.push(Slot {
                 slot: i,
                 name: format!("n{}", i + 1),
@@ -191,6 +212,7 @@ impl Db {
                 ns,
                 log: dir.join(format!("n{}.log", i + 1)),
                 dir: sdir,
+                data_root,
                 child: None,
                 paused: false,
                 starts: 0,
@@ -209,6 +231,7 @@ impl Db {
             net,
             dialer,
             slots: Mutex::new(slots),
+            disks: Mutex::new(disks),
         };
         db.certify(db.opts.nodes as u64)?;
         let members: Vec<Member> = db.slots.lock().unwrap().iter().map(Member::of).collect();
@@ -249,7 +272,7 @@ impl Db {
     fn write_config(&self, s: &Slot, members: Option<&[Member]>) -> Result<()> {
         let o = &self.opts;
         let mut y = format!(
-            "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: jepsen-{name}-{id}\nspec:\n  server:\n    host: {host}\n    port: {port}\n  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{secret}\"\n  gateway:\n    ack_timeout_ms: {ack}\n  queue:\n    lease_timeout_ms: {lease}\n    max_retries: 1000\n    retry_delay_ms: 100\n    max_retry_delay_ms: 500\n  auth:\n    tokens:\n      - {{ name: admin, role: admin, env: AOF_ADMIN_TOKEN }}\n      - {{ name: worker, role: worker, env: AOF_WORKER_TOKEN }}\n  cluster:\n    node_id: {id}\n    api_addr: \"{api}\"\n    grpc_addr: \"{grpc}\"\n    peer_addr: \"{peer}\"\n    peer_tls:\n      ca_file: \"{certs}/ca.crt\"\n      cert_file: \"{certs}/node{{node_id}}.crt\"\n      key_file: \"{certs}/node{{node_id}}.key\"\n    data_dir: {data}\n    raft:\n      heartbeat_interval_ms: {hb}\n      election_timeout_min_ms: {emin}\n      election_timeout_max_ms: {emax}\n      request_timeout_ms: {rt}\n    storage:\n      cache_capacity_mb: 8\n",
+            "apiVersion: aof.dev/v1\nkind: DaemonConfig\nmetadata:\n  name: jepsen-{name}-{id}\nspec:\n  server:\n    host: {host}\n    port: {port}\n  platforms:\n    github:\n      enabled: true\n      webhook_secret: \"{secret}\"\n  gateway:\n    ack_timeout_ms: {ack}\n  queue:\n    lease_timeout_ms: {lease}\n    max_retries: 1000\n    retry_delay_ms: 100\n    max_retry_delay_ms: 500\n  auth:\n    tokens:\n      - {{ name: admin, role: admin, env: AOF_ADMIN_TOKEN }}\n      - {{ name: worker, role: worker, env: AOF_WORKER_TOKEN }}\n  cluster:\n    node_id: {id}\n    api_addr: \"{api}\"\n    grpc_addr: \"{grpc}\"\n    peer_addr: \"{peer}\"\n    peer_tls:\n      ca_file: \"{certs}/ca.crt\"\n      cert_file: \"{certs}/node{{node_id}}.crt\"\n      key_file: \"{certs}/node{{node_id}}.key\"\n    data_dir: {data}\n    raft:\n      heartbeat_interval_ms: {hb}\n      election_timeout_min_ms: {emin}\n      election_timeout_max_ms: {emax}\n      request_timeout_ms: {rt}\n{snap}    storage:\n      cache_capacity_mb: 8\n",
             name = s.name,
             id = s.id,
             host = s.http.ip(),
@@ -266,6 +289,7 @@ impl Db {
             emin = o.election_min_ms,
             emax = o.election_max_ms,
             rt = o.request_timeout_ms,
+            snap = snapshot_tuning(o),
         );
         if let Some(members) = members {
             y.push_str("    initial_members:\n");
@@ -374,7 +398,10 @@ impl Db {
         cmd.args(["serve", "--config"])
             .arg(s.config_path())
             .current_dir(&s.dir)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("JEPSEN_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .env("AOF_ADMIN_TOKEN", &self.opts.admin_token)
             .env("AOF_WORKER_TOKEN", &self.opts.worker_token)
             .env_remove("AOF_READ_TOKEN")
@@ -555,6 +582,13 @@ impl Db {
         None
     }
 
+    /// Whether the node of `slot` answers `/ready` with 200.
+    pub async fn ready(&self, slot: usize) -> bool {
+        self.get_json(slot, "/ready", Duration::from_secs(2))
+            .await
+            .is_some()
+    }
+
     /// Whether every running slot answers `/ready` and a linearizable cluster read.
     pub async fn all_ready(&self) -> bool {
         for i in 0..self.len() {
@@ -617,6 +651,113 @@ impl Db {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         bail!("PUT /v1/triggers/{name}: {last}")
+    }
+
+    /// The data dir of the node now in `slot`.
+    pub fn data_dir(&self, slot: usize) -> PathBuf {
+        self.slots.lock().unwrap()[slot].data_dir()
+    }
+
+    pub fn has_faultfs(&self, slot: usize) -> bool {
+        self.disks.lock().unwrap()[slot].has_faultfs()
+    }
+
+    pub fn has_tmpfs(&self, slot: usize) -> bool {
+        self.disks.lock().unwrap()[slot].has_tmpfs()
+    }
+
+    /// Power loss of `slot`: SIGKILL the node, then its disk loses everything
+    /// not fsynced (faultfs) and is mounted again. The node stays down.
+    pub fn power_loss(&self, slot: usize) -> Result<Value> {
+        self.kill(slot);
+        let lost = self.disks.lock().unwrap()[slot].lose_unsynced()?;
+        self.note(
+            slot,
+            &format!("power loss: the disk dropped what was not fsynced ({lost})"),
+        );
+        Ok(lost)
+    }
+
+    /// Fill the tmpfs of `slot` (every free byte; call again to eat what the
+    /// node freed meanwhile). Returns the bytes taken and the bytes left.
+    pub fn fill_disk(&self, slot: usize) -> Result<(u64, u64)> {
+        let mut g = self.disks.lock().unwrap();
+        let taken = g[slot].fill()?;
+        let left = g[slot].free_now().unwrap_or(0);
+        drop(g);
+        self.note(
+            slot,
+            &format!("disk filled ({taken} bytes taken, {left} left)"),
+        );
+        Ok((taken, left))
+    }
+
+    /// Delete the filler files of `slot`; returns the free bytes now.
+    pub fn free_disk(&self, slot: usize) -> Result<u64> {
+        let free = self.disks.lock().unwrap()[slot].free()?;
+        self.note(slot, &format!("disk space freed ({free} bytes free)"));
+        Ok(free)
+    }
+
+    /// Flip bytes in a WAL segment or snapshot file of the stopped node of `slot`.
+    pub fn corrupt(&self, slot: usize, rng: &mut impl rand::Rng) -> Result<Option<Value>> {
+        let data = self.data_dir(slot);
+        let done = SlotDisk::corrupt(&data, rng, 4)?;
+        if let Some(d) = &done {
+            self.note(slot, &format!("corrupted while stopped: {d}"));
+        }
+        Ok(done)
+    }
+
+    /// If the node of `slot` has exited on its own: reap it and say how.
+    pub fn exited(&self, slot: usize) -> Option<String> {
+        let mut g = self.slots.lock().unwrap();
+        let s = &mut g[slot];
+        let c = s.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(status)) => {
+                let pid = c.id();
+                s.child = None;
+                s.paused = false;
+                drop(g);
+                cleanup::unregister_pid(&self.run, pid);
+                Some(status.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// The last `n` lines of the slot's log that are not the harness's markers.
+    pub fn log_tail(&self, slot: usize, n: usize) -> Vec<String> {
+        let log = self.slots.lock().unwrap()[slot].log.clone();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let mut v: Vec<String> = text
+            .lines()
+            .rev()
+            .filter(|l| !l.starts_with("==== jepsen:"))
+            .take(n)
+            .map(str::to_string)
+            .collect();
+        v.reverse();
+        v
+    }
+
+    /// Kill the nodes and unmount their disks; with `keep`, the tmpfs contents
+    /// are copied to the slot's directory first (faultfs disks keep theirs in
+    /// `backing/` anyway).
+    pub fn teardown_disks(&self, keep: bool) {
+        self.kill_all();
+        let dirs: Vec<PathBuf> = self
+            .slots
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.dir.clone())
+            .collect();
+        for (d, disk) in dirs.iter().zip(self.disks.lock().unwrap().iter_mut()) {
+            let dest = d.join("kept");
+            disk.teardown(keep.then_some(dest.as_path()));
+        }
     }
 
     /// Membership: remove the node of `slot` from the cluster, stop it, wipe its
@@ -807,8 +948,28 @@ pub struct Member {
 
 impl Member {
     fn of(s: &Slot) -> Member {
-        Member { id: s.id, http: s.http, grpc: s.grpc, api: s.api, peer: s.peer }
+        Member {
+            id: s.id,
+            http: s.http,
+            grpc: s.grpc,
+            api: s.api,
+            peer: s.peer,
+        }
     }
+}
+
+/// The `raft:` lines for [`DbOpts::snapshot_every`] and [`DbOpts::logs_to_keep`].
+fn snapshot_tuning(o: &DbOpts) -> String {
+    let mut y = String::new();
+    if let Some(n) = o.snapshot_every {
+        y.push_str(&format!(
+            "      snapshot_every: {n}\n      snapshot_log_percent: 0\n"
+        ));
+    }
+    if let Some(n) = o.logs_to_keep {
+        y.push_str(&format!("      logs_to_keep_after_snapshot: {n}\n"));
+    }
+    y
 }
 
 /// Paths served by a node's public listener (everything else is the API's).

@@ -20,10 +20,12 @@ struct Cli {
     /// Workloads: register, queue (deliveries + workers + status reads), all.
     #[arg(long, default_value = "all")]
     workload: String,
-    /// Nemeses, comma-separated: all, none, partition, kill, pause, membership,
-    /// slow, or single faults (partition-halves, partition-leader, partition-node,
-    /// partition-ring, partition-bridge, kill-one, kill-leader, kill-minority,
-    /// kill-all, pause-one, pause-leader).
+    /// Nemeses, comma-separated: all, none, partition, kill, pause, disk,
+    /// membership, slow, or single faults (partition-halves, partition-leader,
+    /// partition-node, partition-ring, partition-bridge, kill-one, kill-leader,
+    /// kill-minority, kill-all, pause-one, pause-leader, disk-full, lose-unsynced,
+    /// lose-unsynced-all, corrupt, kill-snapshot). The disk faults need root
+    /// (tmpfs, and /dev/fuse for lose-unsynced).
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Seconds of workload under faults.
@@ -64,7 +66,7 @@ struct Cli {
     #[arg(long, default_value_t = 2000)]
     lease_timeout_ms: u64,
     /// Run nodes with this planted bug (builds aofctl with --features planted-bugs):
-    /// ack-before-commit, stale-reads, skip-fencing.
+    /// ack-before-commit, stale-reads, skip-fencing, ack-before-fsync.
     #[arg(long)]
     planted_bug: Option<String>,
     /// The aofctl binary (default: built with cargo).
@@ -95,6 +97,16 @@ struct Cli {
     /// Seconds without progress after which the drain gives up.
     #[arg(long, default_value_t = 60)]
     drain_timeout: u64,
+    /// Size of each node's tmpfs for disk-full, MiB (the node keeps 32 MiB in
+    /// reserve and raises its alarm below 32 MiB free).
+    #[arg(long, default_value_t = 256)]
+    disk_mib: u64,
+    /// The nodes' snapshot_every (default: the node's own, 200 with kill-snapshot or corrupt).
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// The aof-faultfs binary for lose-unsynced (default: built with cargo).
+    #[arg(long, env = "AOF_FAULTFS_BIN")]
+    faultfs: Option<PathBuf>,
 }
 
 fn main() {
@@ -120,10 +132,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
     if let Some(b) = &cli.planted_bug {
         if !matches!(
             b.as_str(),
-            "ack-before-commit" | "stale-reads" | "skip-fencing"
+            "ack-before-commit" | "stale-reads" | "skip-fencing" | "ack-before-fsync"
         ) {
             anyhow::bail!(
-                "unknown planted bug {b:?}; use ack-before-commit, stale-reads or skip-fencing"
+                "unknown planted bug {b:?}; use ack-before-commit, stale-reads, skip-fencing or ack-before-fsync"
             );
         }
     }
@@ -161,6 +173,9 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
     o.keep_data = cli.keep_data;
     o.recovery_timeout = Duration::from_secs(cli.recovery_timeout);
     o.drain_timeout = Duration::from_secs(cli.drain_timeout);
+    o.disk_mib = cli.disk_mib.max(128);
+    o.snapshot_every = cli.snapshot_every.map(|n| n.max(1));
+    o.faultfs_bin = cli.faultfs.clone();
     eprintln!("jepsen: seed {seed} (re-run the same schedule with --seed {seed})");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,8 +14,14 @@
 //! | `pause-one`, `pause-leader` | SIGSTOP, SIGCONT at the end of the hold |
 //! | `membership` | a node (sometimes the leader) is removed from the cluster; its machine comes back as a new node (fresh data, new id) that joins as learner and is promoted to voter |
 //! | `slow` | every link gets slow and lossy (netem delay+loss, or tbf + random drop) |
+//! | `disk-full` | a node's data dir (its own tmpfs) is filled until writes fail; freed at the end of the hold |
+//! | `lose-unsynced` | power loss of a node: SIGKILL, and its disk (faultfs) drops everything not fsynced; restarted at the end of the hold |
+//! | `lose-unsynced-all` | the same for every node at once (coordinated power loss) |
+//! | `corrupt` | a stopped minority node gets bytes flipped in a WAL segment or snapshot file; restarted: it must refuse to start (then it is replaced by a new node, as an operator would) or recover |
+//! | `kill-snapshot` | SIGKILL a node while it writes a snapshot file (building or installing one); restarted at the end of the hold |
 //!
-//! Group names: `partition`, `kill`, `pause` (all of their kind), `all`, `none`.
+//! Group names: `partition`, `kill`, `pause` (all of their kind), `disk` (the
+//! five disk faults), `all`, `none`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -48,10 +54,15 @@ pub enum Fault {
     PauseLeader,
     Membership,
     Slow,
+    DiskFull,
+    LoseUnsynced,
+    LoseUnsyncedAll,
+    Corrupt,
+    KillSnapshot,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 18] = [
         Fault::PartitionHalves,
         Fault::PartitionLeader,
         Fault::PartitionNode,
@@ -65,6 +76,20 @@ impl Fault {
         Fault::PauseLeader,
         Fault::Membership,
         Fault::Slow,
+        Fault::DiskFull,
+        Fault::LoseUnsynced,
+        Fault::LoseUnsyncedAll,
+        Fault::Corrupt,
+        Fault::KillSnapshot,
+    ];
+
+    /// The disk faults.
+    pub const DISK: [Fault; 5] = [
+        Fault::DiskFull,
+        Fault::LoseUnsynced,
+        Fault::LoseUnsyncedAll,
+        Fault::Corrupt,
+        Fault::KillSnapshot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,7 +107,22 @@ impl Fault {
             Fault::PauseLeader => "pause-leader",
             Fault::Membership => "membership",
             Fault::Slow => "slow",
+            Fault::DiskFull => "disk-full",
+            Fault::LoseUnsynced => "lose-unsynced",
+            Fault::LoseUnsyncedAll => "lose-unsynced-all",
+            Fault::Corrupt => "corrupt",
+            Fault::KillSnapshot => "kill-snapshot",
         }
+    }
+
+    /// Needs each node's data dir on its own size-limited tmpfs.
+    pub fn needs_tmpfs(self) -> bool {
+        self == Fault::DiskFull
+    }
+
+    /// Needs each node's data dir on an `aof-faultfs` mount.
+    pub fn needs_faultfs(self) -> bool {
+        matches!(self, Fault::LoseUnsynced | Fault::LoseUnsyncedAll)
     }
 
     /// Needs network namespaces.
@@ -101,7 +141,7 @@ impl Fault {
     /// Relative weight in a mixed schedule (kill-all is rarer).
     fn weight(self) -> u32 {
         match self {
-            Fault::KillAll => 1,
+            Fault::KillAll | Fault::LoseUnsyncedAll => 1,
             _ => 3,
         }
     }
@@ -118,10 +158,11 @@ pub fn parse_list(s: &str) -> Result<Vec<Fault>> {
             "kill" => Fault::ALL.iter().copied().filter(|f| f.name().starts_with("kill-")).collect(),
             "pause" => Fault::ALL.iter().copied().filter(|f| f.name().starts_with("pause-")).collect(),
             "crash" => vec![Fault::KillOne, Fault::KillLeader, Fault::KillMinority],
+            "disk" => Fault::DISK.to_vec(),
             name => match Fault::ALL.iter().find(|f| f.name() == name) {
                 Some(f) => vec![*f],
                 None => bail!(
-                    "unknown nemesis {name:?}; use all, none, partition, kill, pause, membership, slow or one of {}",
+                    "unknown nemesis {name:?}; use all, none, partition, kill, pause, disk, membership, slow or one of {}",
                     Fault::ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
                 ),
             },
@@ -194,6 +235,9 @@ enum Undo {
     Resume(Vec<usize>),
     Join(usize),
     Slow,
+    FreeDisk(usize),
+    /// Restart a node whose data was corrupted; replace it if it refuses to start.
+    StartCorrupted(usize),
 }
 
 pub struct Nemesis {
@@ -354,6 +398,66 @@ impl Nemesis {
                 let how = net()?.slow(&(0..n).collect::<Vec<_>>(), 50, 5)?;
                 (Undo::Slow, json!({ "how": how }))
             }
+            Fault::DiskFull => {
+                let v = order[0];
+                let (taken, _) = self.db.fill_disk(v)?;
+                // The node gives back its reserve when its alarm goes off: eat that too.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let (taken2, left) = self.db.fill_disk(v)?;
+                (
+                    Undo::FreeDisk(v),
+                    json!({ "node": self.db.name(v), "filled": taken + taken2, "free": left }),
+                )
+            }
+            Fault::LoseUnsynced | Fault::LoseUnsyncedAll => {
+                let victims: Vec<usize> = if step.fault == Fault::LoseUnsynced {
+                    vec![order[0]]
+                } else {
+                    order.clone()
+                };
+                // Every node goes down before any disk drops its data (one power cut).
+                for &v in &victims {
+                    self.db.kill(v);
+                }
+                let mut lost = BTreeMap::new();
+                for &v in &victims {
+                    lost.insert(self.db.name(v), self.db.power_loss(v)?);
+                }
+                (Undo::Restart(victims), json!({ "lost": lost }))
+            }
+            Fault::Corrupt => {
+                // A minority: one node of 3, two of 5.
+                let victims = &order[..n.saturating_sub(1) / 2];
+                let v = victims[0];
+                self.db.kill(v);
+                match self.db.corrupt(v, &mut rng)? {
+                    Some(what) => (
+                        Undo::StartCorrupted(v),
+                        json!({ "node": self.db.name(v), "corrupted": what }),
+                    ),
+                    None => (
+                        Undo::Restart(vec![v]),
+                        json!({ "node": self.db.name(v), "corrupted": null, "note": "no WAL segment or snapshot file yet" }),
+                    ),
+                }
+            }
+            Fault::KillSnapshot => {
+                let db = self.db.clone();
+                let limit = Duration::from_millis(step.hold_ms.max(500));
+                let seen = tokio::task::spawn_blocking(move || catch_snapshot_write(&db, limit))
+                    .await
+                    .unwrap_or(None);
+                match seen {
+                    Some((v, file, waited)) => (
+                        Undo::Restart(vec![v]),
+                        json!({ "killed": self.db.name(v), "writing": file, "waited_ms": waited }),
+                    ),
+                    None => (
+                        Undo::Nothing,
+                        json!({ "killed": null, "note": format!("no snapshot file was being written within {limit:?}") }),
+                    ),
+                }
+            }
         })
     }
 
@@ -390,7 +494,45 @@ impl Nemesis {
                 let r = self.net.as_ref().map(|n| n.heal_slow());
                 json!({ "healed": r.map(|r| r.is_ok()) })
             }
+            Undo::FreeDisk(s) => match self.db.free_disk(s) {
+                Ok(free) => json!({ "freed": self.db.name(s), "free": free }),
+                Err(e) => json!({ "freed": self.db.name(s), "error": e.to_string() }),
+            },
+            Undo::StartCorrupted(s) => self.start_corrupted(s).await,
         }
+    }
+
+    /// Start a node whose data was corrupted. It must either refuse to start
+    /// (exit with a message) or come up; one that refuses is replaced as an
+    /// operator would: removed from the cluster and brought back as a new node
+    /// with fresh data.
+    async fn start_corrupted(&self, s: usize) -> serde_json::Value {
+        if let Err(e) = self.db.start(s) {
+            return json!({ "error": e.to_string() });
+        }
+        let start = Instant::now();
+        // Bounded: 15 s of 200 ms polls.
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Some(status) = self.db.exited(s) {
+                let said = self.db.log_tail(s, 3);
+                let replaced = match self.db.leave(s, Duration::from_secs(10)).await {
+                    Ok((old, new)) => match self.db.join(s, Duration::from_secs(20)).await {
+                        Ok(()) => json!({ "removed": old, "joined": new }),
+                        Err(e) => {
+                            self.pending_join.lock().unwrap().insert(s);
+                            json!({ "removed": old, "join_pending": new, "error": e.to_string() })
+                        }
+                    },
+                    Err(e) => json!({ "error": e.to_string() }),
+                };
+                return json!({ "node": self.db.name(s), "refused_to_start": status, "said": said, "replaced": replaced });
+            }
+            if self.db.ready(s).await {
+                return json!({ "node": self.db.name(s), "started": true, "ms": start.elapsed().as_millis() as u64 });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        json!({ "node": self.db.name(s), "started": "running but not ready after 15 s" })
     }
 
     /// Run `steps` from `start` until done or `stop` is set; the current fault is
@@ -458,6 +600,34 @@ impl Nemesis {
     }
 }
 
+/// Polls every running node's `snapshots/` dir for a snapshot file being written
+/// (`*.tmp`) for at most `limit`; SIGKILLs the first node seen writing one.
+/// Returns (slot, file, ms waited).
+fn catch_snapshot_write(db: &Db, limit: Duration) -> Option<(usize, String, u64)> {
+    let start = Instant::now();
+    let dirs: Vec<(usize, std::path::PathBuf)> = (0..db.len())
+        .filter(|&s| db.is_running(s) && !db.is_paused(s))
+        .map(|s| (s, db.data_dir(s).join("snapshots")))
+        .collect();
+    // Bounded by `limit`; ~1 ms per round.
+    while start.elapsed() < limit {
+        for (s, dir) in &dirs {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".tmp") {
+                    db.kill(*s);
+                    return Some((*s, name, start.elapsed().as_millis() as u64));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +680,12 @@ mod tests {
             vec![Fault::PartitionNode, Fault::KillLeader]
         );
         assert_eq!(parse_list("partition").unwrap().len(), 5);
+        assert_eq!(parse_list("disk").unwrap(), Fault::DISK.to_vec());
+        assert_eq!(
+            parse_list("lose-unsynced-all,kill-snapshot").unwrap(),
+            vec![Fault::LoseUnsyncedAll, Fault::KillSnapshot]
+        );
+        assert!(parse_list("all").unwrap().contains(&Fault::Corrupt));
         assert_eq!(parse_list("none").unwrap(), vec![]);
         assert!(parse_list("frobnicate").is_err());
     }

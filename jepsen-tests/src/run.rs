@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use crate::checkers::{linearizable, queue as qcheck, status as scheck};
 use crate::cleanup;
 use crate::cluster::{Db, DbOpts, CATCH_ALL, TARGET};
+use crate::disk::DiskOpts;
 use crate::history::{Kind, Recorder, NEMESIS};
 use crate::nemesis::{self, Fault, Nemesis};
 use crate::net::{self, Net};
@@ -93,6 +94,12 @@ pub struct Opts {
     pub drain_timeout: Duration,
     pub keep_data: bool,
     pub ops_per_key: usize,
+    /// Size of each node's tmpfs (`disk-full`), MiB.
+    pub disk_mib: u64,
+    /// `snapshot_every` of the nodes; with `kill-snapshot` or `corrupt` 200 when not given.
+    pub snapshot_every: Option<u64>,
+    /// The `aof-faultfs` binary (`lose-unsynced`); built with cargo when `None`.
+    pub faultfs_bin: Option<PathBuf>,
 }
 
 impl Opts {
@@ -121,6 +128,9 @@ impl Opts {
             drain_timeout: Duration::from_secs(60),
             keep_data: false,
             ops_per_key: 150,
+            disk_mib: 256,
+            snapshot_every: None,
+            faultfs_bin: None,
         }
     }
 }
@@ -211,6 +221,45 @@ pub async fn run(mut opts: Opts) -> Result<Outcome> {
         }
         opts.nemesis.retain(|f| !f.needs_network());
     }
+    // --- disks ---
+    let wants = |p: fn(Fault) -> bool| opts.nemesis.iter().any(|&f| p(f));
+    let (want_tmpfs, want_faultfs) = (wants(Fault::needs_tmpfs), wants(Fault::needs_faultfs));
+    let mut disk = DiskOpts::default();
+    if want_tmpfs || want_faultfs {
+        match crate::disk::mounts_available(want_faultfs) {
+            Ok(()) => {
+                disk.tmpfs_mib = want_tmpfs.then_some(opts.disk_mib);
+                if want_faultfs {
+                    disk.faultfs = Some(match &opts.faultfs_bin {
+                        Some(p) => p.clone(),
+                        None => build_faultfs()?,
+                    });
+                }
+            }
+            Err(why) => {
+                let skipped: Vec<&str> = opts
+                    .nemesis
+                    .iter()
+                    .filter(|f| f.needs_tmpfs() || f.needs_faultfs())
+                    .map(|f| f.name())
+                    .collect();
+                eprintln!(
+                    "{LOUD}\n## WARNING: {why}: skipping the disk nemeses {}\n{LOUD}",
+                    skipped.join(", ")
+                );
+                problems.push(format!("skipped ({why}): {}", skipped.join(", ")));
+                opts.nemesis
+                    .retain(|f| !f.needs_tmpfs() && !f.needs_faultfs());
+            }
+        }
+    }
+    let snapshots = opts.snapshot_every.or_else(|| {
+        opts.nemesis
+            .iter()
+            .any(|f| matches!(f, Fault::KillSnapshot | Fault::Corrupt))
+            .then_some(200)
+    });
+
     let network = match &net {
         Some(n) => format!("namespaces, partitions by {:?}", n.backend),
         None => "loopback (no partitions)".to_string(),
@@ -222,6 +271,9 @@ pub async fn run(mut opts: Opts) -> Result<Outcome> {
     let mut dbo = DbOpts::new(opts.nodes, bin);
     dbo.planted = opts.planted.clone();
     dbo.lease_timeout_ms = opts.lease_timeout_ms;
+    dbo.disk = disk;
+    dbo.snapshot_every = snapshots;
+    dbo.logs_to_keep = snapshots.map(|n| n / 4);
     let db = Db::new(&prefix, dbo, &dir, net.clone())?;
     db.start_all()?;
     if let Err(e) = db.wait_ready(Duration::from_secs(60)).await {
@@ -445,19 +497,15 @@ pub async fn run(mut opts: Opts) -> Result<Outcome> {
     }
 
     // --- tear down ---
-    db.kill_all();
+    db.teardown_disks(opts.keep_data);
     if let Some(n) = &net {
         n.destroy();
     }
     if !opts.keep_data {
         for s in 0..db.len() {
-            if let Ok(rd) = std::fs::read_dir(dir.join(db.name(s))) {
-                for e in rd.flatten() {
-                    if e.file_name().to_string_lossy().starts_with("data-") {
-                        let _ = std::fs::remove_dir_all(e.path());
-                    }
-                }
-            }
+            let _ = std::fs::remove_dir_all(dir.join(db.name(s)).join("backing"));
+            let _ = std::fs::remove_dir(dir.join(db.name(s)).join("mnt"));
+            let _ = std::fs::remove_dir(dir.join(db.name(s)).join("tmpfs"));
         }
     }
     Ok(Outcome { dir, results })
@@ -541,42 +589,10 @@ fn dump_logs(db: &Db) {
 /// `target/jepsen/aofctl-planted`, and builds the plain `aofctl` again (a cached
 /// no-op) so `target/*/aofctl` stays the normal binary for everyone else.
 pub fn build_aofctl(planted: bool, release: bool) -> Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let (root, target) = workspace();
     let profile = if release { "release" } else { "debug" };
     let build = |features: bool| -> Result<()> {
-        let mut cmd = std::process::Command::new(&cargo);
-        cmd.current_dir(&root).args(["build", "-p", "aofctl"]);
-        // Inside `cargo test`, cargo has set the test crate's package variables;
-        // build scripts that watch them (ring's `rerun-if-env-changed`) would
-        // then rebuild, and rebuild again in every normal build. Drop them.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            let set_by_cargo_for_us = k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_BIN_EXE_")
-                || k.starts_with("CARGO_CFG_")
-                || matches!(
-                    k.as_str(),
-                    "CARGO_MANIFEST_DIR"
-                        | "CARGO_MANIFEST_PATH"
-                        | "CARGO_MANIFEST_LINKS"
-                        | "CARGO_CRATE_NAME"
-                        | "CARGO_BIN_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                        | "CARGO_TARGET_TMPDIR"
-                        | "CARGO_RUSTC_CURRENT_DIR"
-                        | "OUT_DIR"
-                );
-            if set_by_cargo_for_us {
-                cmd.env_remove(&k);
-            }
-        }
+        let mut cmd = cargo_build(&root, "aofctl");
         if features {
             cmd.args(["--features", "planted-bugs"]);
         }
@@ -610,4 +626,65 @@ pub fn build_aofctl(planted: bool, release: bool) -> Result<PathBuf> {
     std::fs::rename(&tmp, &dest)?;
     build(false)?;
     Ok(dest)
+}
+
+/// The workspace root and the target dir (`$CARGO_TARGET_DIR` or `target/`).
+fn workspace() -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    (root, target)
+}
+
+/// `cargo build -p PACKAGE` in the workspace (`$CARGO`), without the variables
+/// cargo sets for the crate running it.
+fn cargo_build(root: &Path, package: &str) -> std::process::Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(root).args(["build", "-p", package]);
+    // Inside `cargo test`, cargo has set the test crate's package variables;
+    // build scripts that watch them (ring's `rerun-if-env-changed`) would
+    // then rebuild, and rebuild again in every normal build. Drop them.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        let set_by_cargo_for_us = k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_EXE_")
+            || k.starts_with("CARGO_CFG_")
+            || matches!(
+                k.as_str(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if set_by_cargo_for_us {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd
+}
+
+/// Build `aof-faultfs` (debug) with cargo and return the binary;
+/// `$AOF_FAULTFS_BIN` when set.
+pub fn build_faultfs() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("AOF_FAULTFS_BIN") {
+        return Ok(p.into());
+    }
+    let (root, target) = workspace();
+    let status = cargo_build(&root, "aof-faultfs")
+        .status()
+        .context("running cargo build -p aof-faultfs")?;
+    if !status.success() {
+        bail!("cargo build -p aof-faultfs failed ({status})");
+    }
+    Ok(target.join("debug").join("aof-faultfs"))
 }

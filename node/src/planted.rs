@@ -8,7 +8,13 @@
 //!   Raft, before it is committed (may lose acknowledged deliveries);
 //! - `stale-reads`: linearizable reads are served from the local state without
 //!   read-index;
-//! - `skip-fencing`: Extend / Complete / Fail accept any token for a leased job.
+//! - `skip-fencing`: Extend / Complete / Fail accept any token for a leased job;
+//! - `ack-before-fsync`: a log append returns (and so is acknowledged) without
+//!   `fdatasync` unless the last sync of the log was a second ago or more — an
+//!   "fsync every second" log, which a power loss cuts back by up to a second of
+//!   acknowledged entries on every node; and sled no longer flushes by itself
+//!   every 500 ms (only when the store asks), so its applied state does not run
+//!   ahead of what the log kept and the nodes start again, without those entries.
 
 /// A planted bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +22,7 @@ pub enum Bug {
     AckBeforeCommit,
     StaleReads,
     SkipFencing,
+    AckBeforeFsync,
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -30,6 +37,7 @@ pub fn active(bug: Bug) -> bool {
             Ok("ack-before-commit") => Some(Bug::AckBeforeCommit),
             Ok("stale-reads") => Some(Bug::StaleReads),
             Ok("skip-fencing") => Some(Bug::SkipFencing),
+            Ok("ack-before-fsync") => Some(Bug::AckBeforeFsync),
             _ => None,
         });
         if b.is_some() && b == Some(bug) {

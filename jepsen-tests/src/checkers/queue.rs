@@ -650,7 +650,10 @@ mod tests {
         };
         let r = check(&h.done(), &fin);
         assert_eq!(r.stale_token_accepted.len(), 1, "{r:#?}");
-        assert!(r.stale_token_accepted[0].contains("granted again at 9"), "{r:#?}");
+        assert!(
+            r.stale_token_accepted[0].contains("granted again at 9"),
+            "{r:#?}"
+        );
     }
 
     #[test]

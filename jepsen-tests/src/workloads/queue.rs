@@ -110,7 +110,6 @@ pub fn channel(dialer: &Dialer, addr: SocketAddr) -> Channel {
         })
 }
 
-
 pub struct Queue {
     ctx: Ctx,
     opts: QueueOpts,

@@ -88,8 +88,19 @@ impl LogStore {
         self.get_meta(keys::LAST_PURGED, StorageIOError::read_logs)
     }
 
+    /// Make sled's writes durable. sled 0.34's own flush ends with
+    /// `sync_file_range` on Linux, which syncs no metadata (a grown file's size)
+    /// and no disk cache, so after a power loss a "flushed" vote could be gone
+    /// (found with `lose-unsynced-all`: a node voted twice in one term; see
+    /// docs/JEPSEN.md). Only sled's periodic flusher calls `fsync`; so fsync its
+    /// file here too.
     async fn flush(&self) -> Result<(), sled::Error> {
-        self.store.db.flush_async().await.map(drop).map_err(|e| self.sled_failed("flushing sled", e))
+        self.store.db.flush_async().await.map(drop).map_err(|e| self.sled_failed("flushing sled", e))?;
+        let file = self.store.dir.join(super::SLED_FILE);
+        tokio::task::spawn_blocking(move || std::fs::File::open(&file)?.sync_all())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|e| self.sled_failed("fsyncing sled's file", sled::Error::Io(e)))
     }
 
     /// See [`fail_stop_on_sled_io`]; returns `e` if it did not stop.
@@ -160,8 +171,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.flush().await.map_err(err)
     }
 
+    /// The stored vote, **as not committed**. openraft 0.9 starts a node whose
+    /// stored vote is a committed vote for itself straight back as leader of
+    /// that term, without an election and without a new blank entry; its read
+    /// index is then `max(its old blank entry, the commit index it had saved)`,
+    /// and the saved commit index can lag writes it acknowledged before a crash
+    /// (it is not flushed, and the state machine applies in its own task), so it
+    /// served stale linearizable reads after a power loss (finding F1 in
+    /// docs/JEPSEN.md). Read back uncommitted, the vote still keeps this node
+    /// from voting for anyone else in that term, and a node that was leader has
+    /// to win an election in a new term, whose blank entry makes read-index wait
+    /// for everything acknowledged before.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(keys::VOTE, StorageIOError::read_vote)
+        let vote: Option<Vote> = self.get_meta(keys::VOTE, StorageIOError::read_vote)?;
+        Ok(vote.map(|v| Vote::new(v.leader_id().term, v.leader_id().voted_for().unwrap_or_default())))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {

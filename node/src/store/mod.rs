@@ -128,6 +128,21 @@ pub const SEGMENT_SIZE: usize = 2 << 20;
 
 /// The segment size to open `dir` with: the one it was created with (sled refuses any
 /// other), else [`SEGMENT_SIZE`].
+/// sled's data file in the data dir (sled 0.34).
+pub(crate) const SLED_FILE: &str = "db";
+
+/// fsync sled's `conf` and `db` files and the data dir holding them.
+fn sync_sled_files(dir: &Path) -> std::io::Result<()> {
+    for name in ["conf", SLED_FILE] {
+        match std::fs::File::open(dir.join(name)) {
+            Ok(f) => f.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    disk::sync_dir(dir)
+}
+
 fn segment_size(dir: &Path) -> usize {
     // `conf` is text lines followed by a binary checksum.
     std::fs::read(dir.join("conf"))
@@ -239,9 +254,14 @@ impl Store {
                 .path(dir)
                 .cache_capacity(cache_capacity_bytes)
                 .segment_size(segment_size(dir))
+                // Planted bug `ack-before-fsync`: sled flushes only when asked to.
+                .flush_every_ms((!crate::planted::active(crate::planted::Bug::AckBeforeFsync)).then_some(500))
                 .open()
                 .map_err(open_err)?,
         );
+        // sled creates its files (`db`, `conf`, `blobs/`) without syncing them or the
+        // directory: make their names and `conf` durable.
+        sync_sled_files(dir).map_err(|e| open_err(sled::Error::Io(e)))?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         let raft_meta = tree(trees::RAFT_META)?;
         let (alarm, watch) =

@@ -99,6 +99,23 @@ async fn restart_keeps_vote_logs_committed_applied_and_snapshot() {
     assert_eq!(current.meta.last_log_id, Some(log_id(1, 3)));
 }
 
+/// A committed vote is read back uncommitted, so a node that was leader does not
+/// restart as leader of its old term with a read index that may lag what it
+/// acknowledged (finding F1 in docs/JEPSEN.md); the vote itself (term and
+/// candidate) is kept, so the node still votes for no one else in that term.
+#[tokio::test]
+async fn a_committed_vote_is_read_back_uncommitted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.log_store().save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+    }
+    let store = open(&dir);
+    let vote = store.log_store().read_vote().await.unwrap().expect("a vote");
+    assert_eq!(vote, Vote::new(4, 2));
+    assert!(!vote.is_committed());
+}
+
 #[tokio::test]
 async fn purge_and_truncate_survive_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -177,6 +177,22 @@ pub struct Wal {
     segment_bytes: u64,
 }
 
+/// The planted bug `ack-before-fsync` (see [`crate::planted`]): skip this
+/// append's `fdatasync` unless the last one was a second ago or more. Always
+/// `false` without the bug.
+fn planted_skip_sync() -> bool {
+    if !crate::planted::active(crate::planted::Bug::AckBeforeFsync) {
+        return false;
+    }
+    static LAST_SYNC: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let mut last = LAST_SYNC.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+        return true;
+    }
+    *last = Some(std::time::Instant::now());
+    false
+}
+
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.wal"))
 }
@@ -502,7 +518,9 @@ impl Wal {
             (*k, s.file.clone(), s.path.clone(), s.len)
         };
         file.write_all_at(buf, base).map_err(attempt(&path))?;
-        file.sync_data().map_err(attempt(&path))?;
+        if !planted_skip_sync() {
+            file.sync_data().map_err(attempt(&path))?;
+        }
         Ok((segment, base))
     }
 
