@@ -237,6 +237,29 @@ pub enum Command {
     /// Backups: save the whole cluster state, restore it into a new cluster.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Print a shell completion script (bash, zsh or fish).
+    #[command(after_help = "Examples:
+  aofctl completion bash > ~/.local/share/bash-completion/completions/aofctl
+  aofctl completion zsh > \"${fpath[1]}/_aofctl\"
+  aofctl completion fish > ~/.config/fish/completions/aofctl.fish
+  source <(aofctl completion bash)   # this shell only")]
+    Completion(CompletionArgs),
+}
+
+/// `aofctl completion SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The completion script of aofctl for `shell`.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "aofctl", &mut out);
+    out
 }
 
 impl Command {
@@ -249,6 +272,7 @@ impl Command {
                 | Command::Dev(_)
                 | Command::Certs(_)
                 | Command::Config(_)
+                | Command::Completion(_)
                 | Command::Snapshot(snapshot::SnapshotCommand::Restore(_) | snapshot::SnapshotCommand::Status(_))
         )
     }
@@ -352,6 +376,11 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(cmd) => snapshot::run(cmd, &cli.global)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Completion(args) => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&completion_script(args.shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -613,3 +613,17 @@ async fn contexts_round_trip_and_follow_the_precedence() {
     let o = run(args(&["config", "use-context", "broken"]), vec![]).await;
     assert!(text(&o.stderr).contains("no context named \"broken\" (contexts: local)"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn completion_scripts_for_three_shells_name_the_subcommands() {
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef aofctl"), ("fish", "complete -c aofctl")] {
+        let out = aofctl_blocking(&["completion", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell} script lacks {marker:?}:\n{script}");
+        for sub in ["snapshot", "dlq", "describe", "completion"] {
+            assert!(script.contains(sub), "{shell} script does not name {sub}");
+        }
+    }
+    assert_eq!(aofctl_blocking(&["completion", "tcsh"]).status.code(), Some(2));
+}
