@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aof_client::{Event, EventFilter, EventPage, EventStatus, JobState};
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::output::{age_since_ms, human_age, now_ms, print_structured, OutputFormat, Table};
+use crate::output::{age_since_ms, human_age, now_ms, print_list, print_structured, ListFormat, OutputFormat, Table};
 use crate::{ConsistencyArg, GlobalArgs};
 
 #[derive(Debug, Args)]
@@ -29,8 +29,8 @@ pub struct GetEventsArgs {
     /// Only events with a larger id (the next page).
     #[arg(long, value_name = "EVENT_ID")]
     pub after: Option<u64>,
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
     /// `stale` reads the answering node's local copy (works without a leader).
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,
@@ -94,7 +94,7 @@ pub async fn get(args: GetEventsArgs, global: &GlobalArgs) -> anyhow::Result<()>
         .list_events(&filter, args.consistency.into())
         .await
         .context("listing events")?;
-    if print_structured(args.output, &page)? {
+    if print_list(args.output, &page, || page.items.iter().map(|e| format!("event/{}", e.event_id)).collect())? {
         return Ok(());
     }
     if page.items.is_empty() && page.next_after.is_some() {
@@ -104,7 +104,7 @@ pub async fn get(args: GetEventsArgs, global: &GlobalArgs) -> anyhow::Result<()>
     } else {
         print!(
             "{}",
-            render_events(&page.items, args.output == OutputFormat::Wide, now_ms())
+            render_events(&page.items, args.output == ListFormat::Wide, now_ms())
         );
     }
     if let Some(next) = page.next_after {

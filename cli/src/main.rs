@@ -492,14 +492,14 @@ mod tests {
             panic!()
         };
         assert_eq!(a.name.as_deref(), Some("pr-bot"));
-        assert_eq!(a.output, output::OutputFormat::Wide);
+        assert_eq!(a.output, output::ListFormat::Wide);
         assert_eq!(a.consistency, ConsistencyArg::Stale);
         // Singular alias, default table.
         let cli = parse(&["get", "trigger"]).unwrap();
         let Command::Get(triggers::GetCommand::Triggers(a)) = cli.command else {
             panic!()
         };
-        assert_eq!((a.name, a.output), (None, output::OutputFormat::Table));
+        assert_eq!((a.name, a.output), (None, output::ListFormat::Table));
         assert!(parse(&["get", "triggers", "-o", "xml"]).is_err());
     }
 
@@ -692,7 +692,7 @@ mod tests {
         assert_eq!(e.status, Some(events::StatusArg::NoRoute));
         assert_eq!(
             (e.repo.as_deref(), e.limit, e.output),
-            (Some("a/b"), 5, output::OutputFormat::Wide)
+            (Some("a/b"), 5, output::ListFormat::Wide)
         );
         assert!(parse(&["get", "events", "--limit", "0"]).is_err());
 

@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use aof_client::{DeadJob, DeadJobList, DlqResult, DlqSelector, QueueDepth, QueueStats};
 use clap::{Args, Subcommand};
 
-use crate::output::{age_since_ms, human_age, now_ms, print_structured, OutputFormat, Table};
+use crate::output::{age_since_ms, human_age, now_ms, print_list, print_structured, ListFormat, OutputFormat, Table};
 use crate::{ConsistencyArg, GlobalArgs};
 
 #[derive(Debug, Subcommand)]
@@ -40,8 +40,8 @@ pub enum DlqCommand {
 
 #[derive(Debug, Args)]
 pub struct DlqListArgs {
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
     /// At most this many jobs, oldest first.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub limit: u64,
@@ -135,7 +135,7 @@ pub async fn dlq(cmd: DlqCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 .list_dlq(Some(args.limit as usize), args.consistency.into())
                 .await
                 .context("listing the dead-letter queue")?;
-            if print_structured(args.output, &list)? {
+            if print_list(args.output, &list, || list.items.iter().map(|j| format!("job/{}", j.job_id)).collect())? {
                 return Ok(());
             }
             if list.items.is_empty() {
@@ -144,7 +144,7 @@ pub async fn dlq(cmd: DlqCommand, global: &GlobalArgs) -> anyhow::Result<()> {
             }
             print!(
                 "{}",
-                render_dead(&list.items, args.output == OutputFormat::Wide, now_ms())
+                render_dead(&list.items, args.output == ListFormat::Wide, now_ms())
             );
             eprintln!("(redrive with `aofctl dlq redrive JOB_ID|--all`, drop with `aofctl dlq purge JOB_ID|--all`)");
         }

@@ -16,7 +16,7 @@ use aof_client::{ClientError, TriggerItem, TriggerList};
 use aof_contract::yamldir;
 use clap::{Args, Subcommand};
 
-use crate::output::{age_since_ms, join_list, now_ms, print_structured, OutputFormat, Table};
+use crate::output::{age_since_ms, join_list, now_ms, print_list, ListFormat, Table};
 use crate::{ConsistencyArg, GlobalArgs};
 
 #[derive(Debug, Args)]
@@ -45,8 +45,8 @@ pub enum GetCommand {
 pub struct GetTriggersArgs {
     /// Show only this trigger.
     pub name: Option<String>,
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
     /// `stale` reads the answering node's local copy (works without a leader).
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,
@@ -196,7 +196,7 @@ pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 .get_trigger(name, consistency)
                 .await
                 .with_context(|| format!("getting trigger {name:?}"))?;
-            if print_structured(args.output, &item)? {
+            if print_list(args.output, &item, || vec![format!("trigger/{}", item.name)])? {
                 return Ok(());
             }
             vec![item]
@@ -207,7 +207,7 @@ pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 .await
                 .context("listing triggers")?;
             let list = TriggerList { items };
-            if print_structured(args.output, &list)? {
+            if print_list(args.output, &list, || list.items.iter().map(|t| format!("trigger/{}", t.name)).collect())? {
                 return Ok(());
             }
             list.items
@@ -219,7 +219,7 @@ pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     print!(
         "{}",
-        render_triggers(&items, args.output == OutputFormat::Wide, now_ms())
+        render_triggers(&items, args.output == ListFormat::Wide, now_ms())
     );
     Ok(())
 }

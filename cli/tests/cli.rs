@@ -258,6 +258,18 @@ fn fake_node(state: Shared) -> Router {
                 }
                 (StatusCode::OK, Json(json!({"name":name,"revision":index,"result":result})))
             })
+            .get(|State(s): State<Shared>, Path(name): Path<String>| async move {
+                match s.lock().unwrap().triggers.get(&name) {
+                    Some((rev, doc)) => (
+                        StatusCode::OK,
+                        Json(json!({"name":name,"revision":rev,"created_revision":rev,"updated_ms":0,"trigger":doc})),
+                    ),
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        Json(json!({"error":"not_found","message":format!("trigger {name:?} does not exist")})),
+                    ),
+                }
+            })
             .delete(|State(s): State<Shared>, Path(name): Path<String>| async move {
                 match s.lock().unwrap().triggers.remove(&name) {
                     Some((rev, _)) => (StatusCode::OK, Json(json!({"name":name,"revision":rev + 1}))),
@@ -266,6 +278,24 @@ fn fake_node(state: Shared) -> Router {
                         Json(json!({"error":"not_found","message":format!("trigger {name:?} does not exist")})),
                     ),
                 }
+            }),
+        )
+        .route(
+            "/v1/events",
+            get(|| async {
+                let event = |id: u64| json!({"event_id": id, "delivery_id": format!("d-{id}"), "event": "push", "action": null,
+                    "repo": "myorg/api", "sender": "alice", "status": "completed", "trigger": "all", "command": null,
+                    "received_ms": 1_000_000, "received_by": 2, "finished_ms": 1_003_000, "expires_ms": 2_000_000,
+                    "payload_bytes": 9, "context": {}, "jobs": []});
+                Json(json!({"items": [event(12), event(13)], "next_after": null}))
+            }),
+        )
+        .route(
+            "/v1/dlq",
+            get(|| async {
+                Json(json!({"items": [{"job_id": "7-0", "event_id": 7, "delivery_id": "d-7",
+                    "target": {"kind": "flow", "name": "deploy"}, "trigger": "push-main", "attempts": 2,
+                    "last_error": "exit status 3", "dead_since_ms": 1000}]}))
             }),
         )
         .layer(axum::middleware::from_fn(require_token))
@@ -626,4 +656,27 @@ fn completion_scripts_for_three_shells_name_the_subcommands() {
         }
     }
     assert_eq!(aofctl_blocking(&["completion", "tcsh"]).status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_name_prints_kind_slash_name_like_kubectl() {
+    let state = Shared::default();
+    state.lock().unwrap().triggers.insert("alpha".into(), (3, json!({"spec": {}})));
+    state.lock().unwrap().triggers.insert("beta".into(), (4, json!({"spec": {}})));
+    let endpoint = serve(fake_node(state)).await;
+    for (args, want) in [
+        (vec!["get", "triggers"], "trigger/alpha\ntrigger/beta\n"),
+        (vec!["get", "events"], "event/12\nevent/13\n"),
+        (vec!["dlq", "list"], "job/7-0\n"),
+    ] {
+        let mut full = args.clone();
+        full.extend(["-o", "name", "--endpoint", &endpoint]);
+        let out = aofctl(&full).await;
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), want, "{args:?}");
+    }
+    let out = aofctl(&["get", "trigger", "beta", "-o", "name", "--endpoint", &endpoint]).await;
+    assert_eq!(text(&out.stdout), "trigger/beta\n");
+    // Commands that show one thing or no list take no `-o name`.
+    assert_eq!(aofctl(&["cluster", "status", "-o", "name", "--endpoint", &endpoint]).await.status.code(), Some(2));
 }
