@@ -64,6 +64,13 @@ pub enum DescribeCommand {
     /// Show one event: its fields, context variables, and each job's history.
     #[command(visible_alias = "events")]
     Event(DescribeEventArgs),
+    /// Show one trigger: what it matches, where matches go, and its document
+    /// (secrets redacted as the API returns them).
+    #[command(
+        visible_alias = "triggers",
+        after_help = "Examples:\n  aofctl describe trigger pr-bot\n  aofctl describe trigger pr-bot -o yaml"
+    )]
+    Trigger(crate::triggers::DescribeTriggerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -171,7 +178,10 @@ pub fn render_events(items: &[Event], wide: bool, now_ms: u64) -> String {
 }
 
 pub async fn describe(cmd: DescribeCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    let DescribeCommand::Event(args) = cmd;
+    let args = match cmd {
+        DescribeCommand::Event(args) => args,
+        DescribeCommand::Trigger(args) => return crate::triggers::describe(args, global).await,
+    };
     let client = global.client();
     let consistency = args.consistency.into();
     let event = match (&args.delivery, args.id) {

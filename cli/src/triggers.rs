@@ -16,7 +16,7 @@ use aof_client::{ClientError, TriggerItem, TriggerList};
 use aof_contract::yamldir;
 use clap::{Args, Subcommand};
 
-use crate::output::{age_since_ms, join_list, now_ms, print_list, ListFormat, Table};
+use crate::output::{age_since_ms, join_list, now_ms, print_list, print_structured, ListFormat, OutputFormat, Table};
 use crate::{ConsistencyArg, GlobalArgs};
 
 #[derive(Debug, Args)]
@@ -48,6 +48,17 @@ pub struct GetTriggersArgs {
     #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
     pub output: ListFormat,
     /// `stale` reads the answering node's local copy (works without a leader).
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeTriggerArgs {
+    /// The trigger's name.
+    pub name: String,
+    /// `json`/`yaml` print the trigger as the API returns it.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table, hide_possible_values = true)]
+    pub output: OutputFormat,
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,
 }
@@ -279,6 +290,103 @@ pub fn render_triggers(items: &[TriggerItem], wide: bool, now_ms: u64) -> String
         }
     }
     t.render()
+}
+
+pub async fn describe(args: DescribeTriggerArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let item = global
+        .client()
+        .get_trigger(&args.name, args.consistency.into())
+        .await
+        .with_context(|| format!("getting trigger {:?}", args.name))?;
+    if print_structured(args.output, &item)? {
+        return Ok(());
+    }
+    print!("{}", render_trigger(&item, now_ms()));
+    Ok(())
+}
+
+/// A string at `spec.<path>` or `spec.config.<path>` (the document's own spelling).
+fn spec_str<'a>(doc: &'a serde_json::Value, keys: &[&str]) -> Option<&'a str> {
+    keys.iter().find_map(|k| {
+        doc.pointer(&format!("/spec/{k}"))
+            .or_else(|| doc.pointer(&format!("/spec/config/{k}")))
+            .and_then(|v| v.as_str())
+    })
+}
+
+/// The `describe trigger` text, kubectl-describe style: fields, what it matches,
+/// where matches go, then the document as YAML.
+pub fn render_trigger(item: &TriggerItem, now_ms: u64) -> String {
+    use std::fmt::Write as _;
+    let doc = &item.trigger;
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: &str| {
+        let _ = writeln!(out, "{:<13}{v}", format!("{k}:"));
+    };
+    field(&mut out, "Name", &item.name);
+    field(&mut out, "Type", spec_str(doc, &["type"]).unwrap_or("-"));
+    let enabled = doc.pointer("/spec/enabled").and_then(|v| v.as_bool()).unwrap_or(true);
+    field(&mut out, "Enabled", if enabled { "true" } else { "false (matches nothing)" });
+    field(&mut out, "Priority", spec_str(doc, &["priority"]).unwrap_or("normal"));
+    field(&mut out, "Revision", &item.revision.to_string());
+    field(&mut out, "Created", &format!("at revision {}", item.created_revision));
+    let updated = match item.updated_ms {
+        0 => "-".to_string(),
+        ms => format!("{} ({} ago)", crate::events::rfc3339(ms), age_since_ms(ms, now_ms)),
+    };
+    field(&mut out, "Updated", &updated);
+    if let Some(s) = doc.pointer("/spec/config/webhook_secret").and_then(|v| v.as_str()) {
+        field(&mut out, "Secret", s);
+    }
+    out.push_str("Matches:\n");
+    let mut t = Table::new(["FIELD", "VALUES"]);
+    for (label, keys) in [
+        ("events", &["github_events"][..]),
+        ("actions", &["actions"][..]),
+        ("repositories", &["repositories", "allowed_repos"][..]),
+        ("branches", &["branches"][..]),
+        ("users", &["allowed_users"][..]),
+        ("labels", &["labels"][..]),
+    ] {
+        let values: Vec<String> = keys.iter().flat_map(|k| config_list(doc, k)).collect();
+        let shown = if values.is_empty() { "(any)".to_string() } else { values.join(", ") };
+        t.row([label.to_string(), shown]);
+    }
+    for line in t.render().lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out.push_str("Routes:\n");
+    match aof_node::github::trigger::parse_trigger(&item.name, doc) {
+        Ok(compiled) => {
+            let mut t = Table::new(["COMMAND", "TARGET", "DESCRIPTION"]);
+            for c in compiled.commands() {
+                t.row([
+                    c.key.clone(),
+                    format!("{}/{}", c.route.kind, c.route.name),
+                    c.description.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            if let Some(r) = compiled.default_route() {
+                t.row(["(default)".to_string(), format!("{}/{}", r.kind, r.name), "-".to_string()]);
+            }
+            if compiled.commands().is_empty() && compiled.default_route().is_none() {
+                out.push_str("  (none): matching deliveries are recorded as no_route\n");
+            } else {
+                for line in t.render().lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  (cannot show: the stored document no longer compiles: {e})");
+        }
+    }
+    out.push_str("Document:\n");
+    let yaml = serde_yaml::to_string(doc).unwrap_or_else(|e| format!("(not shown: {e})\n"));
+    for line in yaml.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
 }
 
 pub async fn delete(cmd: DeleteCommand, global: &GlobalArgs) -> anyhow::Result<()> {

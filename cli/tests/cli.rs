@@ -680,3 +680,37 @@ async fn output_name_prints_kind_slash_name_like_kubectl() {
     // Commands that show one thing or no list take no `-o name`.
     assert_eq!(aofctl(&["cluster", "status", "-o", "name", "--endpoint", &endpoint]).await.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_trigger_shows_matches_routes_and_the_document() {
+    let state = Shared::default();
+    let doc = json!({"apiVersion": "aof.dev/v1", "kind": "Trigger", "metadata": {"name": "pr-bot"},
+        "spec": {"type": "GitHub", "default_agent": "reviewer",
+            "commands": {"/deploy": {"flow": "deploy", "description": "ship it"}},
+            "config": {"github_events": ["pull_request", "issue_comment"], "repositories": ["myorg/*"],
+                       "webhook_secret": "<redacted>"}}});
+    state.lock().unwrap().triggers.insert("pr-bot".into(), (17, doc.clone()));
+    let endpoint = serve(fake_node(state)).await;
+    let out = aofctl(&["describe", "trigger", "pr-bot", "--endpoint", &endpoint]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for want in [
+        "Name:        pr-bot\n",
+        "Type:        GitHub\n",
+        "Revision:    17\n",
+        "Secret:      <redacted>\n",
+        "Matches:\n  FIELD          VALUES\n  events         pull_request, issue_comment\n",
+        "  repositories   myorg/*\n",
+        "  branches       (any)\n",
+        "Routes:\n  COMMAND     TARGET           DESCRIPTION\n  /deploy     flow/deploy      ship it\n  (default)   agent/reviewer   -\n",
+        "Document:\n  apiVersion: aof.dev/v1\n",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in:\n{s}");
+    }
+    let out = aofctl(&["describe", "trigger", "pr-bot", "-o", "json", "--endpoint", &endpoint]).await;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["revision"].as_u64(), &v["trigger"]), (Some(17), &doc));
+    let out = aofctl(&["describe", "trigger", "nope", "--endpoint", &endpoint]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("trigger \"nope\" does not exist"), "{}", text(&out.stderr));
+}
