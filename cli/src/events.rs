@@ -34,6 +34,8 @@ pub struct GetEventsArgs {
     /// `stale` reads the answering node's local copy (works without a leader).
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,
+    #[command(flatten)]
+    pub watch: crate::watch::WatchArgs,
 }
 
 /// `--status` values.
@@ -114,8 +116,73 @@ pub async fn get(args: GetEventsArgs, global: &GlobalArgs) -> anyhow::Result<()>
             render_events(&page.items, args.output == ListFormat::Wide, now_ms())
         );
     }
-    if let Some(next) = page.next_after {
-        eprintln!("(more events: add --after {next})");
+    if !args.watch.watch {
+        if let Some(next) = page.next_after {
+            eprintln!("(more events: add --after {next})");
+        }
+        return Ok(());
+    }
+    // Watch: follow the log from where the first listing stopped.
+    let cursor = std::cell::Cell::new(
+        page.next_after
+            .or(page.items.last().map(|e| e.event_id))
+            .or(args.after),
+    );
+    let header_shown = std::cell::Cell::new(!page.items.is_empty());
+    let client = global.client();
+    let (client, cursor, filter, args, header_shown) = (&client, &cursor, &filter, &args, &header_shown);
+    crate::watch::run(&args.watch, move || async move {
+        // Bounded catch-up per poll; the next poll goes on from the cursor.
+        for _ in 0..20 {
+            let f = EventFilter { after: cursor.get(), ..filter.clone() };
+            let page = client
+                .list_events(&f, args.consistency.into())
+                .await
+                .context("listing new events")?;
+            print_new_events(args.output, &page.items, header_shown)?;
+            let next = page.next_after.or(page.items.last().map(|e| e.event_id));
+            if next.is_some() {
+                cursor.set(next);
+            }
+            if page.next_after.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The events a watch found since its last poll: table rows without the header,
+/// `event/<id>` lines, or one JSON object (YAML document) per event.
+fn print_new_events(format: ListFormat, items: &[Event], header_shown: &std::cell::Cell<bool>) -> anyhow::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    match format {
+        ListFormat::Table | ListFormat::Wide => {
+            let table = render_events(items, format == ListFormat::Wide, now_ms());
+            if header_shown.replace(true) {
+                print!("{}", crate::watch::rows_only(&table));
+            } else {
+                print!("{table}");
+            }
+        }
+        ListFormat::Name => {
+            for e in items {
+                println!("event/{}", e.event_id);
+            }
+        }
+        ListFormat::Json => {
+            for e in items {
+                println!("{}", serde_json::to_string(e)?);
+            }
+        }
+        ListFormat::Yaml => {
+            for e in items {
+                print!("---\n{}", crate::output::to_yaml(e)?);
+            }
+        }
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ mod serve;
 mod signals;
 mod snapshot;
 mod triggers;
+mod watch;
 mod webhook;
 mod worker;
 

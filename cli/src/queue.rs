@@ -26,6 +26,8 @@ pub struct QueueStatsArgs {
     pub output: OutputFormat,
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,
+    #[command(flatten)]
+    pub watch: crate::watch::WatchArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,20 +92,68 @@ pub struct DlqPurgeArgs {
 
 pub async fn queue(cmd: QueueCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     let QueueCommand::Stats(args) = cmd;
-    let stats: QueueStats = global
-        .client()
+    let client = global.client();
+    let stats: QueueStats = client
         .queue_stats(args.consistency.into())
         .await
         .context("reading the queue statistics")?;
-    if print_structured(args.output, &stats)? {
+    if !print_structured(args.output, &stats)? {
+        if stats.items.is_empty() {
+            eprintln!("The queue is empty: no ready, delayed, leased or dead jobs.");
+        } else {
+            print!("{}", render_stats(&stats.items));
+        }
+    }
+    if !args.watch.watch {
         return Ok(());
     }
-    if stats.items.is_empty() {
-        eprintln!("The queue is empty: no ready, delayed, leased or dead jobs.");
-        return Ok(());
+    let header_shown = std::cell::Cell::new(!stats.items.is_empty());
+    let last = std::cell::RefCell::new(stats.items);
+    let (client, args, last, header_shown) = (&client, &args, &last, &header_shown);
+    crate::watch::run(&args.watch, move || async move {
+        let now = client
+            .queue_stats(args.consistency.into())
+            .await
+            .context("reading the queue statistics")?;
+        let changed = changed_depths(&last.borrow(), &now.items);
+        if !changed.is_empty() {
+            if !print_structured(args.output, &now)? {
+                let table = render_stats(&changed);
+                if header_shown.replace(true) {
+                    print!("{}", crate::watch::rows_only(&table));
+                } else {
+                    print!("{table}");
+                }
+            }
+        }
+        *last.borrow_mut() = now.items;
+        Ok(())
+    })
+    .await
+}
+
+/// The rows of `now` whose counts differ from `before` (new rows included), and
+/// rows gone since `before` with zero counts. The oldest age alone, which grows
+/// with every poll, is not a change.
+pub fn changed_depths(before: &[QueueDepth], now: &[QueueDepth]) -> Vec<QueueDepth> {
+    let key = |d: &QueueDepth| (d.target_kind.clone(), d.target.clone(), d.priority.clone());
+    let counts = |d: &QueueDepth| (d.ready, d.delayed, d.leased, d.dead);
+    let mut out: Vec<QueueDepth> = now
+        .iter()
+        .filter(|d| !before.iter().any(|b| key(b) == key(d) && counts(b) == counts(d)))
+        .cloned()
+        .collect();
+    for gone in before.iter().filter(|b| !now.iter().any(|d| key(d) == key(b))) {
+        out.push(QueueDepth {
+            ready: 0,
+            delayed: 0,
+            leased: 0,
+            dead: 0,
+            oldest_ready_age_ms: None,
+            ..gone.clone()
+        });
     }
-    print!("{}", render_stats(&stats.items));
-    Ok(())
+    out
 }
 
 /// The `queue stats` table.
@@ -286,6 +336,26 @@ mod tests {
              helper   agent   normal     2       1         3        0      90s\n\
              helper   agent   normal     2       1         3        0      -\n"
         );
+    }
+
+    #[test]
+    fn a_watch_prints_rows_whose_counts_changed() {
+        let d = |target: &str, ready: u64, age: Option<u64>| QueueDepth {
+            target_kind: "agent".into(),
+            target: target.into(),
+            priority: "normal".into(),
+            ready,
+            delayed: 0,
+            leased: 0,
+            dead: 0,
+            oldest_ready_age_ms: age,
+        };
+        let before = vec![d("a", 1, Some(1000)), d("b", 2, Some(1000))];
+        // Only the age grew: nothing to print.
+        assert!(changed_depths(&before, &[d("a", 1, Some(3000)), d("b", 2, Some(3000))]).is_empty());
+        // b changed, c is new, a is gone (printed with zero counts).
+        let changed = changed_depths(&before, &[d("b", 3, Some(10)), d("c", 1, None)]);
+        assert_eq!(changed, vec![d("b", 3, Some(10)), d("c", 1, None), d("a", 0, None)]);
     }
 
     #[test]

@@ -155,6 +155,8 @@ struct Fake {
     promoted: bool,
     /// How far a learner gets per poll of /v1/cluster (0 = never catches up).
     catch_up_step: u64,
+    /// Reads of /v1/queue/stats so far.
+    stats_reads: u64,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -288,6 +290,17 @@ fn fake_node(state: Shared) -> Router {
                     "received_ms": 1_000_000, "received_by": 2, "finished_ms": 1_003_000, "expires_ms": 2_000_000,
                     "payload_bytes": 9, "context": {}, "jobs": []});
                 Json(json!({"items": [event(12), event(13)], "next_after": null}))
+            }),
+        )
+        .route(
+            "/v1/queue/stats",
+            get(|State(s): State<Shared>| async move {
+                // Every third read sees one more ready job.
+                let mut s = s.lock().unwrap();
+                s.stats_reads += 1;
+                let ready = s.stats_reads / 3;
+                Json(json!({"items": [{"target_kind": "agent", "target": "helper", "priority": "normal",
+                    "ready": ready, "delayed": 0, "leased": 0, "dead": 0, "oldest_ready_age_ms": s.stats_reads * 1000}]}))
             }),
         )
         .route(
@@ -713,4 +726,25 @@ async fn describe_trigger_shows_matches_routes_and_the_document() {
     let out = aofctl(&["describe", "trigger", "nope", "--endpoint", &endpoint]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("trigger \"nope\" does not exist"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_stats_watch_prints_a_row_only_when_a_count_changes() {
+    let state = Shared::default();
+    let endpoint = serve(fake_node(state.clone())).await;
+    let out = aofctl(&["queue", "stats", "-w", "--interval", "100ms", "--watch-timeout", "3s", "--endpoint", &endpoint]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let reads = state.lock().unwrap().stats_reads;
+    // The header once, then one row per change of READY (every third read), not
+    // one per poll although OLDEST changes every time.
+    assert!(lines[0].starts_with("TARGET"), "{stdout}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("TARGET")).count(), 1, "{stdout}");
+    let rows: Vec<u64> = lines[1..].iter().map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap()).collect();
+    // Each READY value once, in order (the last read may have been cut off by the timeout).
+    assert_eq!(rows, (0..rows.len() as u64).collect::<Vec<_>>(), "{stdout}");
+    assert!(rows.len() >= 2 && rows.len() as u64 >= reads / 3, "{reads} reads, rows {rows:?}");
+    // --interval and --watch-timeout belong to --watch.
+    assert_eq!(aofctl(&["queue", "stats", "--watch-timeout", "1s", "--endpoint", &endpoint]).await.status.code(), Some(2));
 }
