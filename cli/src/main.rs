@@ -16,6 +16,7 @@ mod certs;
 mod cluster;
 mod context;
 mod dev;
+mod diff;
 mod doctor;
 mod events;
 mod output;

@@ -29,6 +29,10 @@ pub struct ApplyArgs {
         required = true
     )]
     pub filename: Vec<PathBuf>,
+    /// Validate on the server and show what would change (created / configured
+    /// with a diff / unchanged), without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +178,22 @@ pub async fn apply(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         let json = serde_json::to_vec(&doc.value)
             .with_context(|| format!("{}: cannot convert {doc} to JSON", doc.source))?;
         let client = client.get_or_insert_with(|| global.client());
+        if args.dry_run {
+            match client
+                .put_trigger_dry_run(&doc.name, json, "application/json", None)
+                .await
+            {
+                Ok(r) => print!("{}", dry_run_report(&doc.to_string(), &r)),
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    return Err(anyhow::Error::new(e).context(format!("checking {doc}")));
+                }
+                Err(e) => {
+                    eprintln!("error: {doc} ({}): {e}", doc.source);
+                    failed += 1;
+                }
+            }
+            continue;
+        }
         match client
             .put_trigger(&doc.name, json, "application/json", None)
             .await
@@ -189,9 +209,29 @@ pub async fn apply(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
+        if args.dry_run {
+            bail!("{failed} of {total} triggers would not be applied");
+        }
         bail!("{failed} of {total} triggers were not applied");
     }
     Ok(())
+}
+
+/// `trigger/x configured (dry run)` and, for `configured`, a unified diff of the
+/// stored document and the one that would be stored (both as YAML).
+pub fn dry_run_report(what: &str, r: &aof_client::DryRunResult) -> String {
+    let mut out = format!("{what} {} (dry run)\n", r.result);
+    if r.result == aof_client::PutOutcome::Configured {
+        let yaml = |v: &serde_json::Value| serde_yaml::to_string(v).unwrap_or_default();
+        let old = r.current.as_ref().map(yaml).unwrap_or_default();
+        out.push_str(&crate::diff::unified(
+            &old,
+            &yaml(&r.proposed),
+            &format!("{what} (revision {})", r.revision),
+            &format!("{what} (dry run; a new revision on apply)"),
+        ));
+    }
+    out
 }
 
 pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
