@@ -19,6 +19,7 @@ mod dev;
 mod diff;
 mod doctor;
 mod events;
+mod examples;
 mod output;
 mod queue;
 mod serve;
@@ -260,7 +261,7 @@ pub struct CompletionArgs {
 pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
     use clap::CommandFactory as _;
     let mut out = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "aofctl", &mut out);
+    clap_complete::generate(shell, &mut examples::attach(Cli::command()), "aofctl", &mut out);
     out
 }
 
@@ -415,7 +416,7 @@ where
 {
     use clap::parser::ValueSource;
     use clap::{CommandFactory as _, FromArgMatches as _};
-    let matches = Cli::command().try_get_matches_from(args)?;
+    let matches = examples::attach(Cli::command()).try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     cli.global.endpoint_given = matches.value_source("endpoint") == Some(ValueSource::CommandLine);
     if let (Command::Worker(w), Some(sub)) =
@@ -710,6 +711,14 @@ mod tests {
         assert_eq!((d.id, d.delivery.as_deref()), (None, Some("abc")));
         assert!(parse(&["describe", "event"]).is_err());
         assert!(parse(&["describe", "event", "12", "--delivery", "abc"]).is_err());
+    }
+
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        use clap::CommandFactory as _;
+        let mut missing = Vec::new();
+        examples::missing(&examples::attach(Cli::command()), "", &mut missing);
+        assert!(missing.is_empty(), "commands without an `Examples:` block: {missing:?}");
     }
 
     #[test]

@@ -748,3 +748,14 @@ async fn queue_stats_watch_prints_a_row_only_when_a_count_changes() {
     // --interval and --watch-timeout belong to --watch.
     assert_eq!(aofctl(&["queue", "stats", "--watch-timeout", "1s", "--endpoint", &endpoint]).await.status.code(), Some(2));
 }
+
+#[test]
+fn help_of_commands_ends_with_examples() {
+    for args in [&["get", "events", "--help"][..], &["dlq", "purge", "--help"], &["serve", "--help"], &["apply", "-h"]] {
+        let out = aofctl_blocking(args);
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("\nExamples:\n  aofctl "), "{args:?}:\n{stdout}");
+    }
+    // serve keeps its own text before the examples.
+    assert!(text(&aofctl_blocking(&["serve", "--help"]).stdout).contains("AOF__CLUSTER__NODE_ID=3, AOF__SERVER__PORT=3001"));
+}
