@@ -157,3 +157,29 @@ pub async fn delete_trigger(
         other => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected result {other:?}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(revision: u64, doc: &str) -> TriggerRecord {
+        TriggerRecord { name: "t".into(), revision, created_revision: 1, updated_ms: 0, doc_json: doc.into() }
+    }
+
+    #[test]
+    fn a_dry_run_decides_as_the_state_machine_does() {
+        assert_eq!(dry_run_outcome("t", None, "{}", None).unwrap(), "created");
+        assert_eq!(dry_run_outcome("t", None, "{}", Some(0)).unwrap(), "created");
+        assert_eq!(dry_run_outcome("t", Some(&rec(5, "{}")), "{}", None).unwrap(), "unchanged");
+        assert_eq!(dry_run_outcome("t", Some(&rec(5, "{}")), "{\"a\":1}", Some(5)).unwrap(), "configured");
+        let e = dry_run_outcome("t", Some(&rec(5, "{}")), "{}", Some(4)).unwrap_err();
+        assert_eq!(e.status, StatusCode::PRECONDITION_FAILED);
+    }
+
+    #[test]
+    fn dry_run_takes_a_boolean() {
+        let p = |v: Option<&str>| PutParams { dry_run: v.map(String::from) }.dry_run().map_err(|e| e.status);
+        assert_eq!((p(None), p(Some("true")), p(Some("false"))), (Ok(false), Ok(true), Ok(false)));
+        assert_eq!(p(Some("maybe")), Err(StatusCode::BAD_REQUEST));
+    }
+}
