@@ -81,6 +81,7 @@ fn attach_at(mut cmd: clap::Command, path: &str) -> clap::Command {
 
 /// Every command (path) of `cmd` without subcommands of its own whose help has no
 /// example.
+#[cfg(test)]
 pub fn missing(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
     let subs: Vec<&clap::Command> = cmd
         .get_subcommands()

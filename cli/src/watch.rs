@@ -58,8 +58,13 @@ where
             _ = stop.recv() => return Ok(()),
             _ = &mut until_deadline => return Ok(()),
             _ = ticker.tick() => {
-                if let Err(e) = poll().await {
-                    eprintln!("warning: {e:#} (still watching)");
+                // A poll waiting on a slow node does not hold up Ctrl-C or the timeout.
+                tokio::select! {
+                    r = poll() => if let Err(e) = r {
+                        eprintln!("warning: {e:#} (still watching)");
+                    },
+                    _ = stop.recv() => return Ok(()),
+                    _ = &mut until_deadline => return Ok(()),
                 }
             }
         }

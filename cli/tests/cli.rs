@@ -759,3 +759,17 @@ fn help_of_commands_ends_with_examples() {
     // serve keeps its own text before the examples.
     assert!(text(&aofctl_blocking(&["serve", "--help"]).stdout).contains("AOF__CLUSTER__NODE_ID=3, AOF__SERVER__PORT=3001"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_on_ctrl_c_with_exit_code_0() {
+    let endpoint = serve(fake_node(Shared::default())).await;
+    let mut cmd = common::aofctl_cmd(&config_dir());
+    cmd.args(["queue", "stats", "-w", "--interval", "100ms", "--endpoint", &endpoint]).env("AOF_TOKEN", TOKEN);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut watch = common::Proc::spawn("watch", log.path().to_path_buf(), &mut cmd);
+    common::wait_until("the first listing", 30, || watch.dump(), || async { watch.log_text().contains("TARGET") }).await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(watch.pid(), libc::SIGINT) };
+    let status = watch.wait_exit(30).await.expect("the watch exits after SIGINT");
+    assert!(status.success(), "{status:?}");
+}
