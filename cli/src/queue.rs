@@ -116,14 +116,12 @@ pub async fn queue(cmd: QueueCommand, global: &GlobalArgs) -> anyhow::Result<()>
             .await
             .context("reading the queue statistics")?;
         let changed = changed_depths(&last.borrow(), &now.items);
-        if !changed.is_empty() {
-            if !print_structured(args.output, &now)? {
-                let table = render_stats(&changed);
-                if header_shown.replace(true) {
-                    print!("{}", crate::watch::rows_only(&table));
-                } else {
-                    print!("{table}");
-                }
+        if !changed.is_empty() && !print_structured(args.output, &now)? {
+            let table = render_stats(&changed);
+            if header_shown.replace(true) {
+                print!("{}", crate::watch::rows_only(&table));
+            } else {
+                print!("{table}");
             }
         }
         *last.borrow_mut() = now.items;
