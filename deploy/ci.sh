@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI checks of the deploy/ artifacts. Call it after `cargo build` (it reuses that binary):
 #
-#   deploy/ci.sh [--profile debug|release] [--static-only]
+#   deploy/ci.sh [--profile debug|release] [--skip-cargo] [--static-only]
 #
 #   static   shell syntax; the two Dockerfiles share one runtime layout block; the
 #            compose file is valid; the systemd unit's hardening score; the Kubernetes
@@ -9,10 +9,18 @@
 #   images   the base image (debootstrap, cached: ~0 s when present, ~2.5 min when not)
 #            and the runtime image aof-cluster:dev from target/<profile>/aofctl
 #   smoke    deploy/tests/smoke.py: three containers form one cluster, webhook, worker, SIGTERM
+#   compose  deploy/tests/container_tests.py: docker-compose.yml as users run it — nodes
+#            configured by environment alone form one cluster in any start order; a
+#            killed node stays a member and catches up; a rolling restart under signed
+#            load loses no delivery; a scale-out node joins as voter and leaves on SIGTERM
 #
 # --profile: which host-built binary goes into the image (default debug: the one a plain
 # `cargo build --workspace` made, so CI builds nothing twice; release for measurements).
+# --skip-cargo: take target/<profile>/aofctl as it is (.ci/run: it has just built the
+# workspace; `cargo build -p aofctl` could otherwise rebuild with other features).
 # --static-only: skip everything that needs Docker.
+# Needs Docker (fails when the daemon does not answer); installs debootstrap and
+# docker-compose with apt-get when missing.
 # Exit non-zero on the first failing step, with what to do in the message.
 set -euo pipefail
 AOF_LOG_TAG=deploy-ci
@@ -22,12 +30,14 @@ cd "$AOF_ROOT"
 
 PROFILE="${AOF_PROFILE:-debug}"
 STATIC_ONLY=0
+SKIP_CARGO=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) PROFILE="${2:?--profile needs debug or release}"; shift 2 ;;
     --static-only) STATIC_ONLY=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-    *) die "unknown argument '$1' (usage: deploy/ci.sh [--profile debug|release] [--static-only])" ;;
+    --skip-cargo) SKIP_CARGO=(--skip-cargo); shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (usage: deploy/ci.sh [--profile debug|release] [--skip-cargo] [--static-only])" ;;
   esac
 done
 
@@ -67,8 +77,21 @@ check_dockerfile_layout() {
   fi
 }
 
+# docker-compose from Debian when neither compose tool is there (the container tests
+# need one; --static-only only skips the check without it).
+ensure_compose() {
+  if command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1; then
+    return 0
+  fi
+  [ "$STATIC_ONLY" = 1 ] && return 1
+  [ "$(id -u)" = 0 ] || die "no compose tool: install docker-compose (Debian: apt-get install docker-compose) or the compose plugin"
+  log "installing docker-compose (apt-get)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; } >/dev/null \
+    || die "could not install docker-compose: apt-get install docker-compose"
+}
+
 check_compose() {
-  if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  if ! ensure_compose; then
     log "no compose tool: skipping the compose file check"
     return 0
   fi
@@ -105,11 +128,11 @@ if [ "$STATIC_ONLY" = 1 ]; then
 fi
 
 require_docker
-step "base image (cached)" deploy/base-image.sh
+step "base image aof-base:bookworm (built once, then cached)" deploy/base-image.sh
 step "runtime image aof-cluster:dev from target/$PROFILE/aofctl" \
-  env AOF_IMAGE=aof-cluster:dev deploy/build-image.sh --profile "$PROFILE"
+  env AOF_IMAGE=aof-cluster:dev deploy/build-image.sh --profile "$PROFILE" "${SKIP_CARGO[@]}"
 step "smoke test of the image (3-node cluster in containers)" python3 deploy/tests/smoke.py --image aof-cluster:dev
-# The container test suite of issue 12 (docs: deploy/README.md, "Container tests")
-# goes here once the node reads its config from the environment.
+step "container tests of docker-compose.yml (env-only start, kill, rolling restart, scale out/in, recreate)" \
+  python3 deploy/tests/container_tests.py --image aof-cluster:dev
 
 echo "deploy: $passed passed, 0 failed"

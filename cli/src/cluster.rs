@@ -24,7 +24,9 @@ pub enum ClusterCommand {
     #[command(after_help = "Example (node 4 of the local configs):\n  aofctl cluster join --endpoint http://127.0.0.1:5001 --node-id 4 --peer-addr 127.0.0.1:6004 \\\n      --grpc-addr 127.0.0.1:4004 --api-addr 127.0.0.1:5004 --http-addr 127.0.0.1:3004")]
     Join(JoinArgs),
     /// Remove a node (voter or learner, the leader too) from the cluster.
-    #[command(after_help = "Example:\n  aofctl cluster leave --endpoint http://127.0.0.1:5001 --node-id 4")]
+    #[command(after_help = "Examples:\n  aofctl cluster leave --endpoint http://127.0.0.1:5001 --node-id 4\n  \
+                            # Kubernetes preStop hook: leave only when the StatefulSet was scaled below this pod\n  \
+                            aofctl cluster leave --self --if-scaled-down")]
     Leave(LeaveArgs),
 }
 
@@ -67,8 +69,17 @@ pub struct JoinArgs {
 #[derive(Debug, Args)]
 pub struct LeaveArgs {
     /// The id of the node to remove.
-    #[arg(long)]
-    pub node_id: NodeId,
+    #[arg(long, required_unless_present = "this", conflicts_with = "this")]
+    pub node_id: Option<NodeId>,
+    /// This node: its id from AOF__CLUSTER__NODE_ID, else the host name's StatefulSet
+    /// ordinal plus one (aof-2 -> 3).
+    #[arg(long = "self", id = "this")]
+    pub this: bool,
+    /// Only when this pod's StatefulSet was scaled below it (ordinal >= spec.replicas,
+    /// read from the Kubernetes API with the pod's service account); otherwise (a
+    /// restart, rolling update, eviction) do nothing: the node stays a member.
+    #[arg(long, requires = "this")]
+    pub if_scaled_down: bool,
 }
 
 pub async fn run(cmd: ClusterCommand, global: &GlobalArgs) -> anyhow::Result<()> {
@@ -87,10 +98,22 @@ pub async fn run(cmd: ClusterCommand, global: &GlobalArgs) -> anyhow::Result<()>
         }
         ClusterCommand::Join(args) => join(&client, args, global).await,
         ClusterCommand::Leave(args) => {
+            let node_id = match args.node_id {
+                Some(id) => id,
+                None => crate::leave::self_node_id()?,
+            };
+            if args.if_scaled_down {
+                let (gone, replicas, set) = crate::leave::scaled_down(node_id).await?;
+                if !gone {
+                    println!("node {node_id} stays a member: StatefulSet {set} has {replicas} replicas (a restart, not a scale-down)");
+                    return Ok(());
+                }
+                println!("StatefulSet {set} has {replicas} replicas: node {node_id} was scaled away and leaves the cluster");
+            }
             let r = client
-                .remove_member(args.node_id)
+                .remove_member(node_id)
                 .await
-                .with_context(|| format!("removing node {} from the cluster", args.node_id))?;
+                .with_context(|| format!("removing node {node_id} from the cluster"))?;
             println!(
                 "node {} removed from the cluster (log index {})",
                 r.node_id, r.log_index

@@ -20,6 +20,7 @@ mod diff;
 mod doctor;
 mod events;
 mod examples;
+mod leave;
 mod output;
 mod queue;
 mod serve;

@@ -23,6 +23,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Leave the cluster on SIGTERM/SIGINT (after draining): for a node that is being
+    /// scaled away and will not come back. Same as spec.cluster.leave_on_shutdown:
+    /// true. Without it a stopped node stays a member (a restart, an upgrade).
+    #[arg(long)]
+    pub leave_on_shutdown: bool,
+
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -39,7 +45,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // as soon as it runs instead of killing the process half-way.
     let shutdown = Shutdown::new().context("installing SIGINT/SIGTERM handlers")?;
     // The config errors name the file or variable, the key and the line themselves.
-    let cfg = match &args.config {
+    let mut cfg = match &args.config {
         Some(path) => aof_node::config::load(path, args.data_dir.as_deref())?,
         None => {
             let prefix = aof_node::config::ENV_PREFIX;
@@ -55,6 +61,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     match &args.config {
         Some(path) => tracing::info!(config = %path.display(), node_id = cfg.spec.cluster.node_id, "starting node"),
         None => tracing::info!(node_id = cfg.spec.cluster.node_id, "starting node (configured by AOF__* variables)"),
+    }
+    if args.leave_on_shutdown {
+        cfg.spec.cluster.leave_on_shutdown = true;
     }
     log_notices(&cfg);
     aof_node::server::run(cfg, shutdown.first_signal()).await?;

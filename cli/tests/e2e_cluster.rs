@@ -268,9 +268,34 @@ async fn processes_survive_sigkill_of_the_leader_and_cli_manages_membership() {
     let c4 = creds.admin_client(vec![procs[3].api()]);
     assert_eq!(c4.get_trigger("alpha", Consistency::Linearizable).await.unwrap().revision, alpha_rev);
 
-    // `aofctl cluster leave` removes it again.
-    let o = aofctl(d, &["cluster", "leave", "--endpoint", &all.join(","), "--node-id", "4"]);
+    // The preStop hook of a StatefulSet pod `aof-3` (node 4): `cluster leave --self
+    // --if-scaled-down` asks the Kubernetes API (a fake one here) for the replica
+    // count. With 4 replicas it is a restart: the node stays a member. With 3 it
+    // was scaled away: it leaves.
+    let (kube, replicas, seen_auth) = fake_kube_api().await;
+    let sa = d.join("serviceaccount");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::write(sa.join("token"), "sa-token\n").unwrap();
+    std::fs::write(sa.join("namespace"), "prod\n").unwrap();
+    let pre_stop = || {
+        aofctl_cmd(d)
+            .args(["cluster", "leave", "--self", "--if-scaled-down", "--endpoint", &all.join(",")])
+            .env("HOSTNAME", "aof-3")
+            .env_remove("AOF__CLUSTER__NODE_ID")
+            .env("AOF_KUBE_API", &kube)
+            .env("AOF_KUBE_SERVICE_ACCOUNT_DIR", &sa)
+            .output()
+            .unwrap()
+    };
+    replicas.store(4, std::sync::atomic::Ordering::SeqCst);
+    let o = pre_stop();
+    assert!(o.status.success() && text(&o).contains("node 4 stays a member"), "{}", text(&o));
+    assert_eq!(client.cluster_status(Consistency::Linearizable).await.unwrap().members.len(), 4);
+    assert_eq!(seen_auth.lock().unwrap().as_deref(), Some("GET /apis/apps/v1/namespaces/prod/statefulsets/aof Bearer sa-token"));
+    replicas.store(3, std::sync::atomic::Ordering::SeqCst);
+    let o = pre_stop();
     assert!(o.status.success(), "leave: {}", text(&o));
+    assert!(text(&o).contains("node 4 was scaled away"), "{}", text(&o));
     let o = aofctl(d, &["cluster", "status", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
     assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
@@ -296,4 +321,26 @@ async fn processes_survive_sigkill_of_the_leader_and_cli_manages_membership() {
     let o = aofctl(d, &["get", "triggers", "--endpoint", "http://127.0.0.1:1"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("127.0.0.1:1"), "{}", text(&o));
+}
+
+/// A Kubernetes API that knows one StatefulSet with a settable replica count; it
+/// records the path and bearer token of the last request.
+async fn fake_kube_api() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>, std::sync::Arc<std::sync::Mutex<Option<String>>>) {
+    use axum::extract::State;
+    type Shared = (std::sync::Arc<std::sync::atomic::AtomicU64>, std::sync::Arc<std::sync::Mutex<Option<String>>>);
+    let shared: Shared = Default::default();
+    let app = axum::Router::new()
+        .fallback(|State((replicas, seen)): State<Shared>, req: axum::extract::Request| async move {
+            let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            *seen.lock().unwrap() = Some(format!("{} {} {auth}", req.method(), req.uri().path()));
+            axum::Json(serde_json::json!({
+                "kind": "StatefulSet",
+                "spec": { "replicas": replicas.load(std::sync::atomic::Ordering::SeqCst) }
+            }))
+        })
+        .with_state(shared.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, shared.0, shared.1)
 }

@@ -200,7 +200,7 @@ class Smoke:
         self.api_ports[n] = published(5000)
 
     def cleanup(self):
-        sh("docker", "rm", "-f", self.worker_name(), check=False)
+        sh("docker", "rm", "-f", "-v", self.worker_name(), check=False)
         for n in NODES:
             sh("docker", "rm", "-f", "-v", self.name(n), check=False)
             sh("docker", "volume", "rm", "-f", f"{self.name(n)}-data", check=False)

@@ -280,6 +280,13 @@ async fn claim_loop(node: Arc<Node>, worker_id: String, targets: Vec<String>, ma
     let mut seen = applied.borrow().last_applied;
     let mut backoff = Duration::ZERO;
     while !tx.is_closed() {
+        if node.is_draining() {
+            // The stream must end for the node to stop (its gRPC server waits for open
+            // calls); the worker claims from another node. Leases already sent stay
+            // valid there. Full channel: the stream simply ends.
+            let _ = tx.try_send(Err(Status::unavailable("this node is shutting down; claim from another node")));
+            return;
+        }
         let work = node.sm.read(|kv| crate::sm::queue::has_ready(kv, &targets));
         if work {
             held = node.sm.read(|kv| {

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 
 use crate::config::{DaemonConfig, ExecutorConfig};
 use crate::executor::github::{GithubActions, GithubExecutor, TriggerLookup};
+use crate::executor::aof::{AofExecutor, DEFAULT_AOF_CLI};
 use crate::executor::{command, ExecError, JobInput};
 use crate::network::MAX_MESSAGE_BYTES;
 
@@ -29,6 +30,7 @@ use crate::network::MAX_MESSAGE_BYTES;
 pub enum Executor {
     Command { argv: Vec<String>, timeout: Duration, env: Arc<EnvPolicy> },
     Github { actions: GithubActions, client: Result<GithubExecutor, String> },
+    Aof { aof: AofExecutor, env: Arc<EnvPolicy> },
 }
 
 impl Executor {
@@ -39,6 +41,7 @@ impl Executor {
                 Ok(c) => c.run(actions, job).await,
                 Err(e) => Err(ExecError::retryable(e.clone())),
             },
+            Executor::Aof { aof, env } => aof.run(job, env).await,
         }
     }
 }
@@ -86,6 +89,21 @@ pub fn from_config(cfg: &DaemonConfig, triggers: TriggerLookup) -> BTreeMap<Stri
                     Executor::Github {
                         actions: GithubActions { comment: comment.clone(), labels: labels.clone(), check_run: check_run.clone() },
                         client,
+                    }
+                }
+                ExecutorConfig::Aof { aof_cli, output, timeout_secs } => {
+                    let dirs = [("agent", &cfg.spec.agents), ("fleet", &cfg.spec.fleets), ("flow", &cfg.spec.flows)]
+                        .into_iter()
+                        .filter_map(|(kind, d)| d.directory.clone().map(|dir| (kind.to_string(), dir)))
+                        .collect();
+                    Executor::Aof {
+                        aof: AofExecutor {
+                            cli: aof_cli.clone().unwrap_or_else(|| DEFAULT_AOF_CLI.to_string()),
+                            dirs,
+                            output: output.clone(),
+                            timeout: Duration::from_secs(timeout_secs.unwrap_or(rt.task_timeout_secs)),
+                        },
+                        env: env.clone(),
                     }
                 }
             };
@@ -191,7 +209,7 @@ async fn run_lease(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease:
         return; // not ours (cannot happen: we claim our targets only); the lease expires
     };
     let token = lease.fencing_token;
-    let heartbeat = {
+    let mut heartbeat = {
         let mut client = client.clone();
         let job_id = job.job_id.clone();
         let every = (pool.lease_timeout / 3).max(Duration::from_millis(100));
@@ -209,7 +227,16 @@ async fn run_lease(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease:
         })
     };
     let started = std::time::Instant::now();
-    let result = executor.run(&job).await;
+    // The heartbeat ends only when the lease is lost (another worker may hold the
+    // job now, and this one could not report anyway): stop the executor then —
+    // dropping its future kills a command's process group.
+    let result = tokio::select! {
+        r = executor.run(&job) => r,
+        _ = &mut heartbeat => {
+            tracing::warn!(job_id = %job.job_id, "abandoning the job: its lease was lost");
+            return;
+        }
+    };
     pool.metrics.job_duration_seconds.observe(started.elapsed().as_secs_f64());
     heartbeat.abort();
     let outcome = match result {
@@ -222,5 +249,123 @@ async fn run_lease(pool: Arc<Pool>, mut client: WorkQueueClient<Channel>, lease:
     match outcome {
         Ok(what) => tracing::info!(job_id = %job.job_id, delivery_id = %job.delivery_id, target = %job.target, "job {what}"),
         Err(s) => tracing::warn!(job_id = %job.job_id, "could not report the job's outcome: {}", s.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Mutex;
+
+    use aof_proto::v1::work_queue_server::{WorkQueue, WorkQueueServer};
+    use futures::Stream;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    /// A work queue that grants one lease, then refuses every heartbeat as a lost
+    /// lease, and records completions and failures.
+    #[derive(Default)]
+    struct LosingQueue {
+        granted: Mutex<bool>,
+        settled: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl WorkQueue for LosingQueue {
+        type ClaimStream = Pin<Box<dyn Stream<Item = Result<pb::Lease, Status>> + Send>>;
+
+        async fn claim(&self, _req: Request<pb::ClaimRequest>) -> Result<Response<Self::ClaimStream>, Status> {
+            let first = !std::mem::replace(&mut *self.granted.lock().unwrap(), true);
+            let lease = pb::Lease {
+                job_id: "1-0".into(),
+                event_id: 1,
+                delivery_id: "d-1".into(),
+                event: "push".into(),
+                target: Some(pb::Target { kind: "agent".into(), name: "slow".into() }),
+                attempt: 1,
+                fencing_token: 7,
+                ..Default::default()
+            };
+            let leases: Vec<Result<pb::Lease, Status>> = if first { vec![Ok(lease)] } else { vec![] };
+            Ok(Response::new(Box::pin(futures::stream::iter(leases).chain(futures::stream::pending()))))
+        }
+        async fn extend(&self, _req: Request<pb::ExtendRequest>) -> Result<Response<pb::ExtendReply>, Status> {
+            Err(Status::failed_precondition("lease of job 1-0 is held by another worker (token 8)"))
+        }
+        async fn complete(&self, r: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteReply>, Status> {
+            self.settled.lock().unwrap().push(format!("complete {}", r.into_inner().job_id));
+            Ok(Response::new(Default::default()))
+        }
+        async fn fail(&self, r: Request<pb::FailRequest>) -> Result<Response<pb::FailReply>, Status> {
+            self.settled.lock().unwrap().push(format!("fail {}", r.into_inner().job_id));
+            Ok(Response::new(Default::default()))
+        }
+        async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsReply>, Status> {
+            Ok(Response::new(Default::default()))
+        }
+    }
+
+    use futures::StreamExt as _;
+
+    /// A lost lease stops the job: the command's whole process group is killed
+    /// long before its own end, and the worker reports nothing for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_lease_kills_the_running_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let queue = LosingQueue::default();
+        let settled = queue.settled.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(WorkQueueServer::new(queue))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let executor = Executor::Command {
+            argv: vec!["sh".into(), "-c".into(), script],
+            timeout: Duration::from_secs(600),
+            env: Arc::new(EnvPolicy::default()),
+        };
+        let pool = Pool {
+            node_id: 1,
+            channel,
+            concurrency: 1,
+            lease_timeout: Duration::from_millis(300),
+            drain_timeout: Duration::from_secs(5),
+            executors: [("slow".to_string(), executor)].into(),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let workers = tokio::spawn(run(pool, stop_rx));
+
+        let mut pid = None;
+        for _ in 0..500 {
+            pid = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            if pid.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pid = pid.expect("the command starts");
+        let gone = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        };
+        for _ in 0..500 {
+            if gone() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone(), "the command's child {pid} still runs after its lease was lost");
+        assert!(settled.lock().unwrap().is_empty(), "a lost job is not reported: {:?}", settled.lock().unwrap());
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), workers).await.expect("the pool stops").unwrap();
+        server.abort();
     }
 }

@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use aof_node::backup;
 use aof_node::config::{DaemonConfig, GithubConfig};
-use aof_node::github::signature::sign;
 use aof_proto::v1 as pb;
-use common::TestCluster;
+use common::{signed_webhook, TestCluster};
 
 const SECRET: &str = "backup-test-secret";
 
@@ -28,19 +27,10 @@ async fn post(http: &reqwest::Client, url: &str, delivery: &str) -> u16 {
     let body = format!(
         r#"{{"ref":"refs/heads/main","after":"{delivery}","repository":{{"full_name":"acme/api"}}}}"#
     );
-    http.post(url)
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", delivery)
-        .header(
-            "x-hub-signature-256",
-            sign(SECRET.as_bytes(), body.as_bytes()),
-        )
-        .body(body)
-        .send()
+    signed_webhook(http, url, "push", delivery, body.as_bytes(), SECRET)
         .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
+        .status()
+        .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use aof_node::config::GithubConfig;
-use aof_node::github::signature::sign;
 use aof_proto::v1 as pb;
 use aof_proto::v1::work_queue_client::WorkQueueClient;
 use common::{client_with_token, TestCluster, READ_TOKEN, WORKER_TOKEN};
@@ -246,15 +245,8 @@ async fn queue_client(c: &TestCluster, i: usize) -> WorkQueueClient<tonic::servi
 
 async fn webhook(c: &TestCluster, delivery: &str, secret: &str) -> u16 {
     let body = br#"{"action":"opened","repository":{"full_name":"acme/api","owner":{"login":"acme"}}}"#;
-    reqwest::Client::new()
-        .post(c.nodes[0].url("/webhook/github"))
-        .header("x-github-event", "issues")
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", sign(secret.as_bytes(), body))
-        .body(body.to_vec())
-        .send()
+    common::signed_webhook(&reqwest::Client::new(), &c.nodes[0].url("/webhook/github"), "issues", delivery, body, secret)
         .await
-        .unwrap()
         .status()
         .as_u16()
 }

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aof_node::config::{DaemonConfig, ExecutorConfig, GithubConfig};
-use aof_node::github::signature::sign;
 use aof_proto::v1 as pb;
 use aof_proto::v1::work_queue_client::WorkQueueClient;
 use axum::http::HeaderMap;
@@ -28,16 +27,7 @@ fn fixture(path: &str) -> Vec<u8> {
 }
 
 async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8]) -> Value {
-    let r = c
-        .http
-        .post(c.nodes[i].url("/webhook/github"))
-        .header("x-github-event", event)
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", sign(SECRET.as_bytes(), body))
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = common::signed_webhook(&c.http, &c.nodes[i].url("/webhook/github"), event, delivery, body, SECRET).await;
     assert_eq!(r.status().as_u16(), 202);
     r.json().await.unwrap()
 }
@@ -264,6 +254,23 @@ async fn stopping_a_node_drains_its_running_jobs() {
     c.stop(0).await; // returns once the node has drained and exited
     assert!(probe.await.unwrap(), "a draining node reports not-ready before it exits");
     assert!(marker.exists(), "the running job finished before the node exited");
+}
+
+/// An external worker's open claim stream does not hold a stopping node: the stream
+/// ends with `Unavailable` (the worker moves to another node) and the node exits,
+/// instead of waiting on the stream until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_a_node_ends_its_claim_streams() {
+    let mut c = TestCluster::start(1, 10_000).await;
+    c.wait_ready(30).await;
+    let mut wq = WorkQueueClient::connect(format!("http://{}", c.nodes[0].grpc)).await.unwrap();
+    let mut stream = wq.claim(pb::ClaimRequest { worker_id: "idle".into(), targets: vec![], max_in_flight: 1 }).await.unwrap().into_inner();
+    c.stop(0).await; // panics unless the node has stopped within its bound
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("the claim stream ends");
+    match end {
+        Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        Ok(m) => panic!("expected Unavailable at the end of the stream, got {m:?}"),
+    }
 }
 
 /// The `github` executor acts on the delivery's own repository only, when the

@@ -98,6 +98,24 @@ pub enum ExecutorConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         check_run: Option<CheckRunConfig>,
     },
+    /// Run the agent / fleet / flow with AOF's own CLI: `<aof_cli> run agent
+    /// <FILE> --input <PROMPT>` (the file found in `spec.agents.directory`,
+    /// `spec.fleets.directory` or `spec.flows.directory`), the prompt and context
+    /// as AOF's daemon gives them, the payload on stdin, the `AOF_*` environment;
+    /// stdout is the job's result, a non-zero exit fails the job (retryable).
+    Aof {
+        /// AOF's CLI (default `aofctl` from `PATH`). aof-cluster's CLI is also
+        /// named `aofctl`: point this at AOF's binary.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        aof_cli: Option<String>,
+        /// `--output` format passed to AOF (`text`, `json`, `yaml`); AOF's default
+        /// when not set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        /// Overrides `runtime.task_timeout_secs`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_secs: Option<u64>,
+    },
 }
 
 /// A check run created by the `github` executor.

@@ -858,6 +858,17 @@ fn executors_parse_by_their_type() {
     let e = err(&format!("{NODE1}  runtime:\n    executors:\n      deploy: {{ type: comand, command: [x] }}\n"));
     assert_eq!(e.keys(), vec!["spec.runtime.executors.deploy.type"], "{e}");
     assert!(e.to_string().contains("did you mean `command`?"), "{e}");
+    let cfg = parse(&format!(
+        "{NODE1}  runtime:\n    executors:\n      reviewer: {{ type: aof, aof_cli: /opt/aof/bin/aofctl, output: json }}\n      helper: {{ type: aof }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.spec.runtime.executors["reviewer"],
+        ExecutorConfig::Aof { aof_cli: Some("/opt/aof/bin/aofctl".into()), output: Some("json".into()), timeout_secs: None }
+    );
+    assert_eq!(cfg.spec.runtime.executors["helper"], ExecutorConfig::Aof { aof_cli: None, output: None, timeout_secs: None });
+    let e = err(&format!("{NODE1}  runtime:\n    executors:\n      helper: {{ type: aof, aof_path: x }}\n"));
+    assert!(e.to_string().contains("aof_path"), "{e}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! An executor returns the job's result text, or an [`ExecError`] saying whether a
 //! retry can help.
 
+pub mod aof;
 pub mod command;
 pub mod github;
 pub mod template;

@@ -50,6 +50,8 @@ fn job_view(j: &JobRecord) -> Value {
         "priority": format!("{:?}", j.priority).to_lowercase(),
         "state": j.state.as_str(),
         "attempts": j.attempts,
+        "result": j.result,
+        "last_error": j.last_error,
         "history": j.history.iter().map(|h| json!({
             "state": h.state.as_str(), "at_ms": h.at_ms, "index": h.index, "note": h.note,
         })).collect::<Vec<_>>(),

@@ -363,3 +363,17 @@ fn spawn(node: &mut TestNode, listeners: Listeners) {
     node.stop = Some(tx);
     node.task = Some(task);
 }
+
+/// POST a delivery to `url` (a node's `/webhook/github`) signed with `secret`, as
+/// GitHub does; the response (a transport error panics).
+pub async fn signed_webhook(http: &reqwest::Client, url: &str, event: &str, delivery: &str, body: &[u8], secret: &str) -> reqwest::Response {
+    http.post(url)
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", aof_node::github::signature::sign(secret.as_bytes(), body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
