@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aof_client::{Event, EventFilter, EventPage, EventStatus, JobState};
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::output::{age_since_ms, human_age, now_ms, print_structured, OutputFormat, Table};
+use crate::output::{age_since_ms, human_age, now_ms, print_list, print_structured, ListFormat, OutputFormat, Table};
 use crate::{ConsistencyArg, GlobalArgs};
 
 #[derive(Debug, Args)]
@@ -29,11 +29,13 @@ pub struct GetEventsArgs {
     /// Only events with a larger id (the next page).
     #[arg(long, value_name = "EVENT_ID")]
     pub after: Option<u64>,
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
     /// `stale` reads the answering node's local copy (works without a leader).
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,
+    #[command(flatten)]
+    pub watch: crate::watch::WatchArgs,
 }
 
 /// `--status` values.
@@ -64,6 +66,13 @@ pub enum DescribeCommand {
     /// Show one event: its fields, context variables, and each job's history.
     #[command(visible_alias = "events")]
     Event(DescribeEventArgs),
+    /// Show one trigger: what it matches, where matches go, and its document
+    /// (secrets redacted as the API returns them).
+    #[command(
+        visible_alias = "triggers",
+        after_help = "Examples:\n  aofctl describe trigger pr-bot\n  aofctl describe trigger pr-bot -o yaml"
+    )]
+    Trigger(crate::triggers::DescribeTriggerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -94,7 +103,7 @@ pub async fn get(args: GetEventsArgs, global: &GlobalArgs) -> anyhow::Result<()>
         .list_events(&filter, args.consistency.into())
         .await
         .context("listing events")?;
-    if print_structured(args.output, &page)? {
+    if print_list(args.output, &page, || page.items.iter().map(|e| format!("event/{}", e.event_id)).collect())? {
         return Ok(());
     }
     if page.items.is_empty() && page.next_after.is_some() {
@@ -104,11 +113,76 @@ pub async fn get(args: GetEventsArgs, global: &GlobalArgs) -> anyhow::Result<()>
     } else {
         print!(
             "{}",
-            render_events(&page.items, args.output == OutputFormat::Wide, now_ms())
+            render_events(&page.items, args.output == ListFormat::Wide, now_ms())
         );
     }
-    if let Some(next) = page.next_after {
-        eprintln!("(more events: add --after {next})");
+    if !args.watch.watch {
+        if let Some(next) = page.next_after {
+            eprintln!("(more events: add --after {next})");
+        }
+        return Ok(());
+    }
+    // Watch: follow the log from where the first listing stopped.
+    let cursor = std::cell::Cell::new(
+        page.next_after
+            .or(page.items.last().map(|e| e.event_id))
+            .or(args.after),
+    );
+    let header_shown = std::cell::Cell::new(!page.items.is_empty());
+    let client = global.client();
+    let (client, cursor, filter, args, header_shown) = (&client, &cursor, &filter, &args, &header_shown);
+    crate::watch::run(&args.watch, move || async move {
+        // Bounded catch-up per poll; the next poll goes on from the cursor.
+        for _ in 0..20 {
+            let f = EventFilter { after: cursor.get(), ..filter.clone() };
+            let page = client
+                .list_events(&f, args.consistency.into())
+                .await
+                .context("listing new events")?;
+            print_new_events(args.output, &page.items, header_shown)?;
+            let next = page.next_after.or(page.items.last().map(|e| e.event_id));
+            if next.is_some() {
+                cursor.set(next);
+            }
+            if page.next_after.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The events a watch found since its last poll: table rows without the header,
+/// `event/<id>` lines, or one JSON object (YAML document) per event.
+fn print_new_events(format: ListFormat, items: &[Event], header_shown: &std::cell::Cell<bool>) -> anyhow::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    match format {
+        ListFormat::Table | ListFormat::Wide => {
+            let table = render_events(items, format == ListFormat::Wide, now_ms());
+            if header_shown.replace(true) {
+                print!("{}", crate::watch::rows_only(&table));
+            } else {
+                print!("{table}");
+            }
+        }
+        ListFormat::Name => {
+            for e in items {
+                println!("event/{}", e.event_id);
+            }
+        }
+        ListFormat::Json => {
+            for e in items {
+                println!("{}", serde_json::to_string(e)?);
+            }
+        }
+        ListFormat::Yaml => {
+            for e in items {
+                print!("---\n{}", crate::output::to_yaml(e)?);
+            }
+        }
     }
     Ok(())
 }
@@ -171,7 +245,10 @@ pub fn render_events(items: &[Event], wide: bool, now_ms: u64) -> String {
 }
 
 pub async fn describe(cmd: DescribeCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    let DescribeCommand::Event(args) = cmd;
+    let args = match cmd {
+        DescribeCommand::Event(args) => args,
+        DescribeCommand::Trigger(args) => return crate::triggers::describe(args, global).await,
+    };
     let client = global.client();
     let consistency = args.consistency.into();
     let event = match (&args.delivery, args.id) {

@@ -16,8 +16,10 @@ mod certs;
 mod cluster;
 mod context;
 mod dev;
+mod diff;
 mod doctor;
 mod events;
+mod examples;
 mod leave;
 mod output;
 mod queue;
@@ -25,6 +27,7 @@ mod serve;
 mod signals;
 mod snapshot;
 mod triggers;
+mod watch;
 mod webhook;
 mod worker;
 
@@ -238,6 +241,29 @@ pub enum Command {
     /// Backups: save the whole cluster state, restore it into a new cluster.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Print a shell completion script (bash, zsh or fish).
+    #[command(after_help = "Examples:
+  aofctl completion bash > ~/.local/share/bash-completion/completions/aofctl
+  aofctl completion zsh > \"${fpath[1]}/_aofctl\"
+  aofctl completion fish > ~/.config/fish/completions/aofctl.fish
+  source <(aofctl completion bash)   # this shell only")]
+    Completion(CompletionArgs),
+}
+
+/// `aofctl completion SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The completion script of aofctl for `shell`.
+pub fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut examples::attach(Cli::command()), "aofctl", &mut out);
+    out
 }
 
 impl Command {
@@ -250,6 +276,7 @@ impl Command {
                 | Command::Dev(_)
                 | Command::Certs(_)
                 | Command::Config(_)
+                | Command::Completion(_)
                 | Command::Snapshot(snapshot::SnapshotCommand::Restore(_) | snapshot::SnapshotCommand::Status(_))
         )
     }
@@ -353,6 +380,11 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(cmd) => snapshot::run(cmd, &cli.global)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Completion(args) => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&completion_script(args.shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -385,7 +417,7 @@ where
 {
     use clap::parser::ValueSource;
     use clap::{CommandFactory as _, FromArgMatches as _};
-    let matches = Cli::command().try_get_matches_from(args)?;
+    let matches = examples::attach(Cli::command()).try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     cli.global.endpoint_given = matches.value_source("endpoint") == Some(ValueSource::CommandLine);
     if let (Command::Worker(w), Some(sub)) =
@@ -464,14 +496,14 @@ mod tests {
             panic!()
         };
         assert_eq!(a.name.as_deref(), Some("pr-bot"));
-        assert_eq!(a.output, output::OutputFormat::Wide);
+        assert_eq!(a.output, output::ListFormat::Wide);
         assert_eq!(a.consistency, ConsistencyArg::Stale);
         // Singular alias, default table.
         let cli = parse(&["get", "trigger"]).unwrap();
         let Command::Get(triggers::GetCommand::Triggers(a)) = cli.command else {
             panic!()
         };
-        assert_eq!((a.name, a.output), (None, output::OutputFormat::Table));
+        assert_eq!((a.name, a.output), (None, output::ListFormat::Table));
         assert!(parse(&["get", "triggers", "-o", "xml"]).is_err());
     }
 
@@ -664,7 +696,7 @@ mod tests {
         assert_eq!(e.status, Some(events::StatusArg::NoRoute));
         assert_eq!(
             (e.repo.as_deref(), e.limit, e.output),
-            (Some("a/b"), 5, output::OutputFormat::Wide)
+            (Some("a/b"), 5, output::ListFormat::Wide)
         );
         assert!(parse(&["get", "events", "--limit", "0"]).is_err());
 
@@ -680,6 +712,14 @@ mod tests {
         assert_eq!((d.id, d.delivery.as_deref()), (None, Some("abc")));
         assert!(parse(&["describe", "event"]).is_err());
         assert!(parse(&["describe", "event", "12", "--delivery", "abc"]).is_err());
+    }
+
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        use clap::CommandFactory as _;
+        let mut missing = Vec::new();
+        examples::missing(&examples::attach(Cli::command()), "", &mut missing);
+        assert!(missing.is_empty(), "commands without an `Examples:` block: {missing:?}");
     }
 
     #[test]

@@ -18,6 +18,39 @@ pub enum OutputFormat {
     Yaml,
 }
 
+/// `-o` of the list commands (`get ...`, `dlq list`): the formats of
+/// [`OutputFormat`] plus kubectl's `name` (`kind/name`, one per line, for scripts:
+/// `aofctl get triggers -o name | xargs ...`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// Aligned columns.
+    #[default]
+    Table,
+    /// Aligned columns with more detail.
+    Wide,
+    /// `kind/name` per line (e.g. `trigger/pr-bot`, `event/12`, `job/12-0`).
+    Name,
+    Json,
+    Yaml,
+}
+
+/// Prints `value` as JSON or YAML, or `names` one per line for `-o name`;
+/// returns false for the table formats (the caller renders those).
+pub fn print_list<T: Serialize>(format: ListFormat, value: &T, names: impl FnOnce() -> Vec<String>) -> anyhow::Result<bool> {
+    match format {
+        ListFormat::Json => print!("{}", to_json(value)?),
+        ListFormat::Yaml => print!("{}", to_yaml(value)?),
+        ListFormat::Name => print!("{}", name_lines(&names())),
+        ListFormat::Table | ListFormat::Wide => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `names`, one per line.
+pub fn name_lines(names: &[String]) -> String {
+    names.iter().map(|n| format!("{n}\n")).collect()
+}
+
 /// A table of left-aligned columns separated by three spaces, like kubectl's.
 pub struct Table {
     headers: Vec<String>,

@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use aof_client::{DeadJob, DeadJobList, DlqResult, DlqSelector, QueueDepth, QueueStats};
 use clap::{Args, Subcommand};
 
-use crate::output::{age_since_ms, human_age, now_ms, print_structured, OutputFormat, Table};
+use crate::output::{age_since_ms, human_age, now_ms, print_list, print_structured, ListFormat, OutputFormat, Table};
 use crate::{ConsistencyArg, GlobalArgs};
 
 #[derive(Debug, Subcommand)]
@@ -26,6 +26,8 @@ pub struct QueueStatsArgs {
     pub output: OutputFormat,
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,
+    #[command(flatten)]
+    pub watch: crate::watch::WatchArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,8 +42,8 @@ pub enum DlqCommand {
 
 #[derive(Debug, Args)]
 pub struct DlqListArgs {
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
     /// At most this many jobs, oldest first.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub limit: u64,
@@ -90,20 +92,66 @@ pub struct DlqPurgeArgs {
 
 pub async fn queue(cmd: QueueCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     let QueueCommand::Stats(args) = cmd;
-    let stats: QueueStats = global
-        .client()
+    let client = global.client();
+    let stats: QueueStats = client
         .queue_stats(args.consistency.into())
         .await
         .context("reading the queue statistics")?;
-    if print_structured(args.output, &stats)? {
+    if !print_structured(args.output, &stats)? {
+        if stats.items.is_empty() {
+            eprintln!("The queue is empty: no ready, delayed, leased or dead jobs.");
+        } else {
+            print!("{}", render_stats(&stats.items));
+        }
+    }
+    if !args.watch.watch {
         return Ok(());
     }
-    if stats.items.is_empty() {
-        eprintln!("The queue is empty: no ready, delayed, leased or dead jobs.");
-        return Ok(());
+    let header_shown = std::cell::Cell::new(!stats.items.is_empty());
+    let last = std::cell::RefCell::new(stats.items);
+    let (client, args, last, header_shown) = (&client, &args, &last, &header_shown);
+    crate::watch::run(&args.watch, move || async move {
+        let now = client
+            .queue_stats(args.consistency.into())
+            .await
+            .context("reading the queue statistics")?;
+        let changed = changed_depths(&last.borrow(), &now.items);
+        if !changed.is_empty() && !print_structured(args.output, &now)? {
+            let table = render_stats(&changed);
+            if header_shown.replace(true) {
+                print!("{}", crate::watch::rows_only(&table));
+            } else {
+                print!("{table}");
+            }
+        }
+        *last.borrow_mut() = now.items;
+        Ok(())
+    })
+    .await
+}
+
+/// The rows of `now` whose counts differ from `before` (new rows included), and
+/// rows gone since `before` with zero counts. The oldest age alone, which grows
+/// with every poll, is not a change.
+pub fn changed_depths(before: &[QueueDepth], now: &[QueueDepth]) -> Vec<QueueDepth> {
+    let key = |d: &QueueDepth| (d.target_kind.clone(), d.target.clone(), d.priority.clone());
+    let counts = |d: &QueueDepth| (d.ready, d.delayed, d.leased, d.dead);
+    let mut out: Vec<QueueDepth> = now
+        .iter()
+        .filter(|d| !before.iter().any(|b| key(b) == key(d) && counts(b) == counts(d)))
+        .cloned()
+        .collect();
+    for gone in before.iter().filter(|b| !now.iter().any(|d| key(d) == key(b))) {
+        out.push(QueueDepth {
+            ready: 0,
+            delayed: 0,
+            leased: 0,
+            dead: 0,
+            oldest_ready_age_ms: None,
+            ..gone.clone()
+        });
     }
-    print!("{}", render_stats(&stats.items));
-    Ok(())
+    out
 }
 
 /// The `queue stats` table.
@@ -135,7 +183,7 @@ pub async fn dlq(cmd: DlqCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 .list_dlq(Some(args.limit as usize), args.consistency.into())
                 .await
                 .context("listing the dead-letter queue")?;
-            if print_structured(args.output, &list)? {
+            if print_list(args.output, &list, || list.items.iter().map(|j| format!("job/{}", j.job_id)).collect())? {
                 return Ok(());
             }
             if list.items.is_empty() {
@@ -144,7 +192,7 @@ pub async fn dlq(cmd: DlqCommand, global: &GlobalArgs) -> anyhow::Result<()> {
             }
             print!(
                 "{}",
-                render_dead(&list.items, args.output == OutputFormat::Wide, now_ms())
+                render_dead(&list.items, args.output == ListFormat::Wide, now_ms())
             );
             eprintln!("(redrive with `aofctl dlq redrive JOB_ID|--all`, drop with `aofctl dlq purge JOB_ID|--all`)");
         }
@@ -286,6 +334,26 @@ mod tests {
              helper   agent   normal     2       1         3        0      90s\n\
              helper   agent   normal     2       1         3        0      -\n"
         );
+    }
+
+    #[test]
+    fn a_watch_prints_rows_whose_counts_changed() {
+        let d = |target: &str, ready: u64, age: Option<u64>| QueueDepth {
+            target_kind: "agent".into(),
+            target: target.into(),
+            priority: "normal".into(),
+            ready,
+            delayed: 0,
+            leased: 0,
+            dead: 0,
+            oldest_ready_age_ms: age,
+        };
+        let before = vec![d("a", 1, Some(1000)), d("b", 2, Some(1000))];
+        // Only the age grew: nothing to print.
+        assert!(changed_depths(&before, &[d("a", 1, Some(3000)), d("b", 2, Some(3000))]).is_empty());
+        // b changed, c is new, a is gone (printed with zero counts).
+        let changed = changed_depths(&before, &[d("b", 3, Some(10)), d("c", 1, None)]);
+        assert_eq!(changed, vec![d("b", 3, Some(10)), d("c", 1, None), d("a", 0, None)]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use aof_client::{ClientError, TriggerItem, TriggerList};
 use aof_contract::yamldir;
 use clap::{Args, Subcommand};
 
-use crate::output::{age_since_ms, join_list, now_ms, print_structured, OutputFormat, Table};
+use crate::output::{age_since_ms, join_list, now_ms, print_list, print_structured, ListFormat, OutputFormat, Table};
 use crate::{ConsistencyArg, GlobalArgs};
 
 #[derive(Debug, Args)]
@@ -29,6 +29,10 @@ pub struct ApplyArgs {
         required = true
     )]
     pub filename: Vec<PathBuf>,
+    /// Validate on the server and show what would change (created / configured
+    /// with a diff / unchanged), without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,9 +49,20 @@ pub enum GetCommand {
 pub struct GetTriggersArgs {
     /// Show only this trigger.
     pub name: Option<String>,
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
     /// `stale` reads the answering node's local copy (works without a leader).
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeTriggerArgs {
+    /// The trigger's name.
+    pub name: String,
+    /// `json`/`yaml` print the trigger as the API returns it.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table, hide_possible_values = true)]
+    pub output: OutputFormat,
     #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
     pub consistency: ConsistencyArg,
 }
@@ -163,6 +178,22 @@ pub async fn apply(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         let json = serde_json::to_vec(&doc.value)
             .with_context(|| format!("{}: cannot convert {doc} to JSON", doc.source))?;
         let client = client.get_or_insert_with(|| global.client());
+        if args.dry_run {
+            match client
+                .put_trigger_dry_run(&doc.name, json, "application/json", None)
+                .await
+            {
+                Ok(r) => print!("{}", dry_run_report(&doc.to_string(), &r)),
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    return Err(anyhow::Error::new(e).context(format!("checking {doc}")));
+                }
+                Err(e) => {
+                    eprintln!("error: {doc} ({}): {e}", doc.source);
+                    failed += 1;
+                }
+            }
+            continue;
+        }
         match client
             .put_trigger(&doc.name, json, "application/json", None)
             .await
@@ -178,9 +209,29 @@ pub async fn apply(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
+        if args.dry_run {
+            bail!("{failed} of {total} triggers would not be applied");
+        }
         bail!("{failed} of {total} triggers were not applied");
     }
     Ok(())
+}
+
+/// `trigger/x configured (dry run)` and, for `configured`, a unified diff of the
+/// stored document and the one that would be stored (both as YAML).
+pub fn dry_run_report(what: &str, r: &aof_client::DryRunResult) -> String {
+    let mut out = format!("{what} {} (dry run)\n", r.result);
+    if r.result == aof_client::PutOutcome::Configured {
+        let yaml = |v: &serde_json::Value| serde_yaml::to_string(v).unwrap_or_default();
+        let old = r.current.as_ref().map(yaml).unwrap_or_default();
+        out.push_str(&crate::diff::unified(
+            &old,
+            &yaml(&r.proposed),
+            &format!("{what} (revision {})", r.revision),
+            &format!("{what} (dry run; a new revision on apply)"),
+        ));
+    }
+    out
 }
 
 pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
@@ -196,7 +247,7 @@ pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 .get_trigger(name, consistency)
                 .await
                 .with_context(|| format!("getting trigger {name:?}"))?;
-            if print_structured(args.output, &item)? {
+            if print_list(args.output, &item, || vec![format!("trigger/{}", item.name)])? {
                 return Ok(());
             }
             vec![item]
@@ -207,7 +258,7 @@ pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
                 .await
                 .context("listing triggers")?;
             let list = TriggerList { items };
-            if print_structured(args.output, &list)? {
+            if print_list(args.output, &list, || list.items.iter().map(|t| format!("trigger/{}", t.name)).collect())? {
                 return Ok(());
             }
             list.items
@@ -219,7 +270,7 @@ pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     print!(
         "{}",
-        render_triggers(&items, args.output == OutputFormat::Wide, now_ms())
+        render_triggers(&items, args.output == ListFormat::Wide, now_ms())
     );
     Ok(())
 }
@@ -279,6 +330,103 @@ pub fn render_triggers(items: &[TriggerItem], wide: bool, now_ms: u64) -> String
         }
     }
     t.render()
+}
+
+pub async fn describe(args: DescribeTriggerArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let item = global
+        .client()
+        .get_trigger(&args.name, args.consistency.into())
+        .await
+        .with_context(|| format!("getting trigger {:?}", args.name))?;
+    if print_structured(args.output, &item)? {
+        return Ok(());
+    }
+    print!("{}", render_trigger(&item, now_ms()));
+    Ok(())
+}
+
+/// A string at `spec.<path>` or `spec.config.<path>` (the document's own spelling).
+fn spec_str<'a>(doc: &'a serde_json::Value, keys: &[&str]) -> Option<&'a str> {
+    keys.iter().find_map(|k| {
+        doc.pointer(&format!("/spec/{k}"))
+            .or_else(|| doc.pointer(&format!("/spec/config/{k}")))
+            .and_then(|v| v.as_str())
+    })
+}
+
+/// The `describe trigger` text, kubectl-describe style: fields, what it matches,
+/// where matches go, then the document as YAML.
+pub fn render_trigger(item: &TriggerItem, now_ms: u64) -> String {
+    use std::fmt::Write as _;
+    let doc = &item.trigger;
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: &str| {
+        let _ = writeln!(out, "{:<13}{v}", format!("{k}:"));
+    };
+    field(&mut out, "Name", &item.name);
+    field(&mut out, "Type", spec_str(doc, &["type"]).unwrap_or("-"));
+    let enabled = doc.pointer("/spec/enabled").and_then(|v| v.as_bool()).unwrap_or(true);
+    field(&mut out, "Enabled", if enabled { "true" } else { "false (matches nothing)" });
+    field(&mut out, "Priority", spec_str(doc, &["priority"]).unwrap_or("normal"));
+    field(&mut out, "Revision", &item.revision.to_string());
+    field(&mut out, "Created", &format!("at revision {}", item.created_revision));
+    let updated = match item.updated_ms {
+        0 => "-".to_string(),
+        ms => format!("{} ({} ago)", crate::events::rfc3339(ms), age_since_ms(ms, now_ms)),
+    };
+    field(&mut out, "Updated", &updated);
+    if let Some(s) = doc.pointer("/spec/config/webhook_secret").and_then(|v| v.as_str()) {
+        field(&mut out, "Secret", s);
+    }
+    out.push_str("Matches:\n");
+    let mut t = Table::new(["FIELD", "VALUES"]);
+    for (label, keys) in [
+        ("events", &["github_events"][..]),
+        ("actions", &["actions"][..]),
+        ("repositories", &["repositories", "allowed_repos"][..]),
+        ("branches", &["branches"][..]),
+        ("users", &["allowed_users"][..]),
+        ("labels", &["labels"][..]),
+    ] {
+        let values: Vec<String> = keys.iter().flat_map(|k| config_list(doc, k)).collect();
+        let shown = if values.is_empty() { "(any)".to_string() } else { values.join(", ") };
+        t.row([label.to_string(), shown]);
+    }
+    for line in t.render().lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out.push_str("Routes:\n");
+    match aof_node::github::trigger::parse_trigger(&item.name, doc) {
+        Ok(compiled) => {
+            let mut t = Table::new(["COMMAND", "TARGET", "DESCRIPTION"]);
+            for c in compiled.commands() {
+                t.row([
+                    c.key.clone(),
+                    format!("{}/{}", c.route.kind, c.route.name),
+                    c.description.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            if let Some(r) = compiled.default_route() {
+                t.row(["(default)".to_string(), format!("{}/{}", r.kind, r.name), "-".to_string()]);
+            }
+            if compiled.commands().is_empty() && compiled.default_route().is_none() {
+                out.push_str("  (none): matching deliveries are recorded as no_route\n");
+            } else {
+                for line in t.render().lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  (cannot show: the stored document no longer compiles: {e})");
+        }
+    }
+    out.push_str("Document:\n");
+    let yaml = serde_yaml::to_string(doc).unwrap_or_else(|e| format!("(not shown: {e})\n"));
+    for line in yaml.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
 }
 
 pub async fn delete(cmd: DeleteCommand, global: &GlobalArgs) -> anyhow::Result<()> {

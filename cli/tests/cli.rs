@@ -155,6 +155,8 @@ struct Fake {
     promoted: bool,
     /// How far a learner gets per poll of /v1/cluster (0 = never catches up).
     catch_up_step: u64,
+    /// Reads of /v1/queue/stats so far.
+    stats_reads: u64,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -258,6 +260,18 @@ fn fake_node(state: Shared) -> Router {
                 }
                 (StatusCode::OK, Json(json!({"name":name,"revision":index,"result":result})))
             })
+            .get(|State(s): State<Shared>, Path(name): Path<String>| async move {
+                match s.lock().unwrap().triggers.get(&name) {
+                    Some((rev, doc)) => (
+                        StatusCode::OK,
+                        Json(json!({"name":name,"revision":rev,"created_revision":rev,"updated_ms":0,"trigger":doc})),
+                    ),
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        Json(json!({"error":"not_found","message":format!("trigger {name:?} does not exist")})),
+                    ),
+                }
+            })
             .delete(|State(s): State<Shared>, Path(name): Path<String>| async move {
                 match s.lock().unwrap().triggers.remove(&name) {
                     Some((rev, _)) => (StatusCode::OK, Json(json!({"name":name,"revision":rev + 1}))),
@@ -266,6 +280,35 @@ fn fake_node(state: Shared) -> Router {
                         Json(json!({"error":"not_found","message":format!("trigger {name:?} does not exist")})),
                     ),
                 }
+            }),
+        )
+        .route(
+            "/v1/events",
+            get(|| async {
+                let event = |id: u64| json!({"event_id": id, "delivery_id": format!("d-{id}"), "event": "push", "action": null,
+                    "repo": "myorg/api", "sender": "alice", "status": "completed", "trigger": "all", "command": null,
+                    "received_ms": 1_000_000, "received_by": 2, "finished_ms": 1_003_000, "expires_ms": 2_000_000,
+                    "payload_bytes": 9, "context": {}, "jobs": []});
+                Json(json!({"items": [event(12), event(13)], "next_after": null}))
+            }),
+        )
+        .route(
+            "/v1/queue/stats",
+            get(|State(s): State<Shared>| async move {
+                // Every third read sees one more ready job.
+                let mut s = s.lock().unwrap();
+                s.stats_reads += 1;
+                let ready = s.stats_reads / 3;
+                Json(json!({"items": [{"target_kind": "agent", "target": "helper", "priority": "normal",
+                    "ready": ready, "delayed": 0, "leased": 0, "dead": 0, "oldest_ready_age_ms": s.stats_reads * 1000}]}))
+            }),
+        )
+        .route(
+            "/v1/dlq",
+            get(|| async {
+                Json(json!({"items": [{"job_id": "7-0", "event_id": 7, "delivery_id": "d-7",
+                    "target": {"kind": "flow", "name": "deploy"}, "trigger": "push-main", "attempts": 2,
+                    "last_error": "exit status 3", "dead_since_ms": 1000}]}))
             }),
         )
         .layer(axum::middleware::from_fn(require_token))
@@ -612,4 +655,121 @@ async fn contexts_round_trip_and_follow_the_precedence() {
     assert_eq!(o.status.code(), Some(1));
     let o = run(args(&["config", "use-context", "broken"]), vec![]).await;
     assert!(text(&o.stderr).contains("no context named \"broken\" (contexts: local)"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn completion_scripts_for_three_shells_name_the_subcommands() {
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef aofctl"), ("fish", "complete -c aofctl")] {
+        let out = aofctl_blocking(&["completion", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell} script lacks {marker:?}:\n{script}");
+        for sub in ["snapshot", "dlq", "describe", "completion"] {
+            assert!(script.contains(sub), "{shell} script does not name {sub}");
+        }
+    }
+    assert_eq!(aofctl_blocking(&["completion", "tcsh"]).status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_name_prints_kind_slash_name_like_kubectl() {
+    let state = Shared::default();
+    state.lock().unwrap().triggers.insert("alpha".into(), (3, json!({"spec": {}})));
+    state.lock().unwrap().triggers.insert("beta".into(), (4, json!({"spec": {}})));
+    let endpoint = serve(fake_node(state)).await;
+    for (args, want) in [
+        (vec!["get", "triggers"], "trigger/alpha\ntrigger/beta\n"),
+        (vec!["get", "events"], "event/12\nevent/13\n"),
+        (vec!["dlq", "list"], "job/7-0\n"),
+    ] {
+        let mut full = args.clone();
+        full.extend(["-o", "name", "--endpoint", &endpoint]);
+        let out = aofctl(&full).await;
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), want, "{args:?}");
+    }
+    let out = aofctl(&["get", "trigger", "beta", "-o", "name", "--endpoint", &endpoint]).await;
+    assert_eq!(text(&out.stdout), "trigger/beta\n");
+    // Commands that show one thing or no list take no `-o name`.
+    assert_eq!(aofctl(&["cluster", "status", "-o", "name", "--endpoint", &endpoint]).await.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_trigger_shows_matches_routes_and_the_document() {
+    let state = Shared::default();
+    let doc = json!({"apiVersion": "aof.dev/v1", "kind": "Trigger", "metadata": {"name": "pr-bot"},
+        "spec": {"type": "GitHub", "default_agent": "reviewer",
+            "commands": {"/deploy": {"flow": "deploy", "description": "ship it"}},
+            "config": {"github_events": ["pull_request", "issue_comment"], "repositories": ["myorg/*"],
+                       "webhook_secret": "<redacted>"}}});
+    state.lock().unwrap().triggers.insert("pr-bot".into(), (17, doc.clone()));
+    let endpoint = serve(fake_node(state)).await;
+    let out = aofctl(&["describe", "trigger", "pr-bot", "--endpoint", &endpoint]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for want in [
+        "Name:        pr-bot\n",
+        "Type:        GitHub\n",
+        "Revision:    17\n",
+        "Secret:      <redacted>\n",
+        "Matches:\n  FIELD          VALUES\n  events         pull_request, issue_comment\n",
+        "  repositories   myorg/*\n",
+        "  branches       (any)\n",
+        "Routes:\n  COMMAND     TARGET           DESCRIPTION\n  /deploy     flow/deploy      ship it\n  (default)   agent/reviewer   -\n",
+        "Document:\n  apiVersion: aof.dev/v1\n",
+    ] {
+        assert!(s.contains(want), "missing {want:?} in:\n{s}");
+    }
+    let out = aofctl(&["describe", "trigger", "pr-bot", "-o", "json", "--endpoint", &endpoint]).await;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["revision"].as_u64(), &v["trigger"]), (Some(17), &doc));
+    let out = aofctl(&["describe", "trigger", "nope", "--endpoint", &endpoint]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("trigger \"nope\" does not exist"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_stats_watch_prints_a_row_only_when_a_count_changes() {
+    let state = Shared::default();
+    let endpoint = serve(fake_node(state.clone())).await;
+    let out = aofctl(&["queue", "stats", "-w", "--interval", "100ms", "--watch-timeout", "3s", "--endpoint", &endpoint]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let reads = state.lock().unwrap().stats_reads;
+    // The header once, then one row per change of READY (every third read), not
+    // one per poll although OLDEST changes every time.
+    assert!(lines[0].starts_with("TARGET"), "{stdout}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("TARGET")).count(), 1, "{stdout}");
+    let rows: Vec<u64> = lines[1..].iter().map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap()).collect();
+    // Each READY value once, in order (the last read may have been cut off by the timeout).
+    assert_eq!(rows, (0..rows.len() as u64).collect::<Vec<_>>(), "{stdout}");
+    assert!(rows.len() >= 2 && rows.len() as u64 >= reads / 3, "{reads} reads, rows {rows:?}");
+    // --interval and --watch-timeout belong to --watch.
+    assert_eq!(aofctl(&["queue", "stats", "--watch-timeout", "1s", "--endpoint", &endpoint]).await.status.code(), Some(2));
+}
+
+#[test]
+fn help_of_commands_ends_with_examples() {
+    for args in [&["get", "events", "--help"][..], &["dlq", "purge", "--help"], &["serve", "--help"], &["apply", "-h"]] {
+        let out = aofctl_blocking(args);
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("\nExamples:\n  aofctl "), "{args:?}:\n{stdout}");
+    }
+    // serve keeps its own text before the examples.
+    assert!(text(&aofctl_blocking(&["serve", "--help"]).stdout).contains("AOF__CLUSTER__NODE_ID=3, AOF__SERVER__PORT=3001"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_on_ctrl_c_with_exit_code_0() {
+    let endpoint = serve(fake_node(Shared::default())).await;
+    let mut cmd = common::aofctl_cmd(&config_dir());
+    cmd.args(["queue", "stats", "-w", "--interval", "100ms", "--endpoint", &endpoint]).env("AOF_TOKEN", TOKEN);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut watch = common::Proc::spawn("watch", log.path().to_path_buf(), &mut cmd);
+    common::wait_until("the first listing", 30, || watch.dump(), || async { watch.log_text().contains("TARGET") }).await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(watch.pid(), libc::SIGINT) };
+    let status = watch.wait_exit(30).await.expect("the watch exits after SIGINT");
+    assert!(status.success(), "{status:?}");
 }

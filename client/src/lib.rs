@@ -466,6 +466,25 @@ impl Client {
         .await
     }
 
+    /// `PUT /v1/triggers/{name}?dry_run=true`: the node validates the document
+    /// (and `if_match`) exactly as for a real PUT and answers what it would do;
+    /// nothing is proposed or stored.
+    pub async fn put_trigger_dry_run(
+        &self,
+        name: &str,
+        body: impl Into<Vec<u8>>,
+        content_type: &str,
+        if_match: Option<u64>,
+    ) -> Result<DryRunResult, ClientError> {
+        self.json(Request {
+            body: Some((body.into(), content_type)),
+            if_match,
+            query: vec![("dry_run", "true".to_string())],
+            ..Request::write(Method::PUT, &["v1", "triggers", name])
+        })
+        .await
+    }
+
     /// `GET /v1/triggers/{name}`; 404 [`ClientError::Api`] if absent.
     pub async fn get_trigger(
         &self,

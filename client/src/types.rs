@@ -199,6 +199,22 @@ pub struct PutResult {
     pub result: PutOutcome,
 }
 
+/// Answer to `PUT /v1/triggers/{name}?dry_run=true`: what the PUT would do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DryRunResult {
+    pub name: String,
+    /// The trigger's current revision (0 if it does not exist); a real PUT that
+    /// changes it gets a new revision, the log index of its commit.
+    pub revision: u64,
+    pub result: PutOutcome,
+    /// The stored document (secrets redacted as GET shows them); `None` if none.
+    #[serde(default)]
+    pub current: Option<serde_json::Value>,
+    /// The document as the node would store it (canonical, secrets redacted).
+    #[serde(default)]
+    pub proposed: serde_json::Value,
+}
+
 /// A stored trigger: `GET /v1/triggers/{name}` and the items of `GET /v1/triggers`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TriggerItem {
