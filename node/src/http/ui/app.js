@@ -11,6 +11,9 @@
   const RETRY_MIN_MS = 1000;
   const RETRY_MAX_MS = 10000;
   const STALE_AFTER_MS = 5000;
+  // A feed silent this long is dropped and opened again (a snapshot's reads are
+  // bounded on the node well below this).
+  const REOPEN_AFTER_MS = 30000;
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -254,7 +257,7 @@
     if (s.error) {
       setLive("stale", "no leader");
       const age = state.lastOkAt ? " Showing the last data, from " + since(state.lastOkAt) + "." : "";
-      banner("Node " + s.node_id + " cannot reach a leader: " + s.error + age);
+      banner("Node " + s.node_id + " cannot reach a leader: " + s.error.replace(/[.\s]*$/, ".") + age);
       renderCluster(state.lastSnap ? state.lastSnap.cluster : null, s.local, true);
       return;
     }
@@ -272,9 +275,14 @@
   setInterval(() => {
     if (!state.token) return;
     $("age").textContent = state.lastOkAt ? "updated " + since(state.lastOkAt) : "";
-    if (state.lastMsgAt && Date.now() - state.lastMsgAt > STALE_AFTER_MS && $("live").textContent === "live") {
+    const quiet = state.lastMsgAt ? Date.now() - state.lastMsgAt : 0;
+    if (quiet > STALE_AFTER_MS && ["live", "stalled"].includes($("live").textContent)) {
       setLive("stale", "stalled");
-      noteTrouble("No live update for " + ago(Date.now() - state.lastMsgAt) + ".");
+      noteTrouble("No live update for " + ago(quiet) + ".");
+    }
+    if (quiet > REOPEN_AFTER_MS && state.feed) {
+      state.lastMsgAt = Date.now();
+      state.feed.abort();
     }
   }, 1000);
 
@@ -435,7 +443,7 @@
         el("span", {}, "priority: ", el("b", {}, j.priority)),
         el("span", {}, "attempts: ", el("b", {}, j.attempts))),
       j.last_error ? el("div", { class: "error" }, "last error: " + j.last_error) : null,
-      j.result !== null && j.result !== undefined ? el("pre", {}, "result: " + (typeof j.result === "string" ? j.result : JSON.stringify(j.result, null, 2))) : null,
+      j.result !== null && j.result !== undefined && j.result !== "" ? el("pre", {}, "result: " + (typeof j.result === "string" ? j.result : JSON.stringify(j.result, null, 2))) : null,
       el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "state"), el("th", {}, "at"), el("th", {}, "log seq"), el("th", {}, "note"))),
         el("tbody", {}, (j.history || []).map((h) => el("tr", {}, el("td", {}, h.state), el("td", {}, new Date(h.at_ms).toISOString()), el("td", {}, h.index), el("td", {}, h.note || "")))))));
     box.replaceChildren(el("h3", {}, "Event " + v.event_id), facts, ctx.length ? ctxTable : null, jobs.length ? el("h3", {}, "Jobs") : null, ...jobs);
