@@ -152,6 +152,12 @@
     $("login-error").textContent = why || "";
     banner("");
     setLive("off", "offline");
+    // Nothing of the previous session stays on screen.
+    $("flash").hidden = true;
+    $("event-detail").replaceChildren();
+    $("trigger-detail").textContent = "";
+    $("results").tBodies[0].replaceChildren();
+    show("more", false);
   }
 
   // ---- live feed (GET /v1/watch, text/event-stream read with fetch) ------
