@@ -8,6 +8,10 @@
 //! | worker token | 403 | 403 | 403 | yes, its `targets` only (empty = all) |
 //! | nothing / unknown | 401 | 401 | 401 unless `spec.auth.metrics_public` | `UNAUTHENTICATED` |
 //!
+//! The status page's static assets (`GET /ui`, `/ui/app.js`, `/ui/app.css`) need no
+//! token: they hold no state; the page sends a token on each `/v1/*` call, its live
+//! feed `/v1/watch` too.
+//!
 //! A mutating API request must also carry `Content-Type: application/json` or
 //! `application/yaml` (415 otherwise), so no cross-site "simple" request — which can
 //! carry neither an `Authorization` header nor those types — can reach a write.
@@ -104,6 +108,13 @@ pub enum AuthError {
 /// What a request on the API listener needs.
 fn needed(method: &Method, path: &str) -> Option<Needs> {
     if path == "/health" || path == "/ready" {
+        return None;
+    }
+    // The status page's static assets (`crate::http::ui`): the same bytes for every
+    // caller, no state and no secret in them; the page asks for a token and sends it
+    // on every `/v1/*` call (its live feed `/v1/watch` included). Served on this
+    // listener only: the public one answers 404 to `/ui`.
+    if matches!(*method, Method::GET | Method::HEAD) && crate::http::ui::ASSET_PATHS.contains(&path) {
         return None;
     }
     if path == "/metrics" {
@@ -284,6 +295,12 @@ mod tests {
     #[test]
     fn what_each_route_needs() {
         assert_eq!(needed(&Method::GET, "/health"), None);
+        assert_eq!(needed(&Method::GET, "/ui"), None);
+        assert_eq!(needed(&Method::GET, "/ui/app.js"), None);
+        assert_eq!(needed(&Method::GET, "/uix"), Some(Needs::Read));
+        assert_eq!(needed(&Method::GET, "/ui/other"), Some(Needs::Read));
+        assert_eq!(needed(&Method::POST, "/ui"), Some(Needs::Write));
+        assert_eq!(needed(&Method::GET, "/v1/watch"), Some(Needs::Read));
         assert_eq!(needed(&Method::GET, "/metrics"), Some(Needs::Metrics));
         assert_eq!(needed(&Method::GET, "/v1/events"), Some(Needs::Read));
         assert_eq!(needed(&Method::PUT, "/v1/triggers/x"), Some(Needs::Write));

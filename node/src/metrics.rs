@@ -100,6 +100,10 @@ pub struct Metrics {
     /// Seconds of each Raft log append on this node: write and `fdatasync` of the WAL
     /// (shared with the store, which observes it).
     pub log_flush_seconds: Histogram,
+    /// Live feeds of the status page (`GET /v1/watch`) open on this node.
+    pub ui_streams: Gauge,
+    /// Live feeds refused because [`crate::http::ui::MAX_STREAMS`] were open.
+    pub ui_stream_refusals: Counter,
     // Totals last copied from the store's append counters.
     flushes_seen: AtomicU64,
     entries_seen: AtomicU64,
@@ -193,6 +197,10 @@ impl Metrics {
             last_webhook_timestamp_seconds.clone(),
         );
         r.register("log_flush_seconds", "Time of one Raft log append on this node: WAL write and fdatasync", log_flush_seconds.clone());
+        let ui_streams = Gauge::default();
+        r.register("ui_streams", "Live feeds of the status page (GET /v1/watch) open on this node", ui_streams.clone());
+        let ui_stream_refusals = Counter::default();
+        r.register("ui_stream_refusals", "Live feeds of the status page refused because the per-node cap was reached", ui_stream_refusals.clone());
         Metrics {
             registry: r,
             webhook_requests,
@@ -221,6 +229,8 @@ impl Metrics {
             storage_alarm,
             last_webhook_timestamp_seconds,
             log_flush_seconds,
+            ui_streams,
+            ui_stream_refusals,
             flushes_seen: AtomicU64::new(0),
             entries_seen: AtomicU64::new(0),
             last_leader: AtomicI64::new(-1),

@@ -280,7 +280,7 @@ pub async fn run_with_listeners(
         tracing::warn!("{w}");
     }
     let gateway = Arc::new(crate::http::webhook::Gateway::from_config(&cfg, secrets, metrics.clone()));
-    let state = crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone() };
+    let state = crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone(), ui: Default::default() };
     let public_task = {
         let opts = ServeOptions { tls: security.public.as_ref().map(ServerIdentity::acceptor), ..ServeOptions::with_timeout(timeout) };
         tokio::spawn(crate::http::serve::run(listeners.public, crate::http::routes::public(state.clone()), opts, stop_rx.clone()))

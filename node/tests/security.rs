@@ -71,6 +71,9 @@ async fn each_listener_serves_only_its_role_and_the_api_needs_tokens() {
         ("DELETE", "/v1/cluster/members/2"),
         ("POST", "/v1/dlq/purge"),
         ("GET", "/metrics"),
+        ("GET", "/ui"),
+        ("GET", "/ui/app.js"),
+        ("GET", "/v1/watch"),
     ] {
         let req = c.http.request(method.parse().unwrap(), public(&c, 0, path)).header("content-type", "application/json").body("{}");
         assert_eq!(status(req).await, 404, "{method} {path} on the public listener");

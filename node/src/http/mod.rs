@@ -6,7 +6,8 @@
 //! * [`error`] — the JSON error answer and shared query parameters.
 //! * handlers: [`webhook`] (GitHub intake), [`cluster`] (health, readiness, status,
 //!   membership), [`triggers`], [`events`] (status API), [`queue`] (queue stats, DLQ),
-//!   [`prometheus`] (`/metrics`).
+//!   [`prometheus`] (`/metrics`), [`ui`] (the status page `/ui` and its live feed
+//!   `/v1/watch`).
 //!
 //! **API Boundary**: the routes and JSON shapes here are the public REST API used by
 //! `aofctl` and the `aof-client` crate.
@@ -20,6 +21,7 @@ pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod triggers;
+pub mod ui;
 pub mod webhook;
 
 pub use error::{ApiError, ApiResult, ReadParams};

@@ -3,14 +3,15 @@
 //! **Architecture Invariant**: each listener serves only its own role. The public
 //! listener (`spec.server`, the only one meant to face the internet) serves GitHub's
 //! intake and health probes and answers 404 to everything else; the API listener
-//! (`spec.cluster.api_addr`) serves `/v1/*` and `/metrics`, behind bearer tokens.
+//! (`spec.cluster.api_addr`) serves `/v1/*` and `/metrics`, behind bearer tokens, and
+//! the status page's static assets `/ui` (no token; the page calls `/v1/*` with one).
 //! Handlers never import this module.
 
 use axum::routing::{delete, get, post};
 use axum::Router;
 
 use super::state::AppState;
-use super::{cluster, events, prometheus, queue, triggers, webhook};
+use super::{cluster, events, prometheus, queue, triggers, ui, webhook};
 
 /// The public listener: `POST /webhook/github`, `GET /health`, `GET /ready`.
 pub fn public(state: AppState) -> Router {
@@ -47,5 +48,12 @@ pub fn api(state: AppState) -> Router {
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/v1/triggers", get(triggers::list_triggers))
         .route("/v1/triggers/{name}", get(triggers::get_trigger).put(triggers::put_trigger).delete(triggers::delete_trigger))
+        // The status page: static assets (no token, see `crate::auth`) and its live
+        // feed (read token).
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
+        .route("/v1/watch", get(ui::watch))
         .with_state(state)
 }

@@ -13,6 +13,8 @@ pub struct AppState {
     pub gateway: Arc<super::webhook::Gateway>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub store: crate::store::Store,
+    /// The status page's live feeds (cap and count).
+    pub ui: Arc<super::ui::Streams>,
 }
 
 impl FromRef<AppState> for Arc<Node> {
