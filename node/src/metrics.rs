@@ -55,6 +55,12 @@ pub struct TargetLabels {
     pub priority: String,
 }
 
+/// Why a delivery recovery step failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 /// The target (route name) of a job.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobTargetLabels {
@@ -100,6 +106,16 @@ pub struct Metrics {
     /// Seconds of each Raft log append on this node: write and `fdatasync` of the WAL
     /// (shared with the store, which observes it).
     pub log_flush_seconds: Histogram,
+    /// Delivery recovery sweeps run by this node (see `github::recovery`).
+    pub recovery_sweeps: Counter,
+    /// Deliveries ingested by recovery sweeps of this node.
+    pub recovery_recovered: Counter,
+    /// Recovery failures by reason.
+    pub recovery_errors: Family<ReasonLabels, Counter>,
+    /// When this node last finished a recovery sweep (seconds since the Unix epoch).
+    pub recovery_last_sweep_timestamp_seconds: Gauge<f64, AtomicU64>,
+    /// Waits for a GitHub rate-limit reset during recovery.
+    pub recovery_rate_limit_waits: Counter,
     // Totals last copied from the store's append counters.
     flushes_seen: AtomicU64,
     entries_seen: AtomicU64,
@@ -193,8 +209,27 @@ impl Metrics {
             last_webhook_timestamp_seconds.clone(),
         );
         r.register("log_flush_seconds", "Time of one Raft log append on this node: WAL write and fdatasync", log_flush_seconds.clone());
+        let recovery_sweeps = Counter::default();
+        r.register("recovery_sweeps", "Delivery recovery sweeps run by this node (the leader, or aofctl github recover)", recovery_sweeps.clone());
+        let recovery_recovered = Counter::default();
+        r.register("recovery_recovered", "Deliveries the cluster had missed, ingested by this node's recovery sweeps", recovery_recovered.clone());
+        let recovery_errors = Family::<ReasonLabels, Counter>::default();
+        r.register("recovery_errors", "Delivery recovery failures by reason", recovery_errors.clone());
+        let recovery_last_sweep_timestamp_seconds = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "recovery_last_sweep_timestamp_seconds",
+            "When this node last finished a delivery recovery sweep (seconds since the Unix epoch; 0 = none since it started)",
+            recovery_last_sweep_timestamp_seconds.clone(),
+        );
+        let recovery_rate_limit_waits = Counter::default();
+        r.register("recovery_rate_limit_waits", "Waits for a GitHub API rate-limit reset during delivery recovery", recovery_rate_limit_waits.clone());
         Metrics {
             registry: r,
+            recovery_sweeps,
+            recovery_recovered,
+            recovery_errors,
+            recovery_last_sweep_timestamp_seconds,
+            recovery_rate_limit_waits,
             webhook_requests,
             webhook_json_parses,
             webhook_ack_seconds,
@@ -231,6 +266,11 @@ impl Metrics {
 impl Metrics {
     pub fn count(&self, outcome: WebhookOutcome) {
         self.webhook_requests.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Count a delivery recovery failure.
+    pub fn recovery_error(&self, reason: &str) {
+        self.recovery_errors.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
     }
 
     /// Count a failed attempt of a job of `target`: retried, or dead-lettered.

@@ -6,7 +6,7 @@
 //! * [`error`] — the JSON error answer and shared query parameters.
 //! * handlers: [`webhook`] (GitHub intake), [`cluster`] (health, readiness, status,
 //!   membership), [`triggers`], [`events`] (status API), [`queue`] (queue stats, DLQ),
-//!   [`prometheus`] (`/metrics`).
+//!   [`prometheus`] (`/metrics`), [`github`] (delivery recovery).
 //!
 //! **API Boundary**: the routes and JSON shapes here are the public REST API used by
 //! `aofctl` and the `aof-client` crate.
@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod error;
 pub mod events;
+pub mod github;
 pub mod prometheus;
 pub mod queue;
 pub mod routes;

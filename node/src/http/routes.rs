@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 use super::state::AppState;
-use super::{cluster, events, prometheus, queue, triggers, webhook};
+use super::{cluster, events, github, prometheus, queue, triggers, webhook};
 
 /// The public listener: `POST /webhook/github`, `GET /health`, `GET /ready`.
 pub fn public(state: AppState) -> Router {
@@ -47,5 +47,7 @@ pub fn api(state: AppState) -> Router {
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/v1/triggers", get(triggers::list_triggers))
         .route("/v1/triggers/{name}", get(triggers::get_trigger).put(triggers::put_trigger).delete(triggers::delete_trigger))
+        .route("/v1/github/recovery", get(github::status))
+        .route("/v1/github/recover", post(github::recover))
         .with_state(state)
 }

@@ -13,6 +13,8 @@ pub struct AppState {
     pub gateway: Arc<super::webhook::Gateway>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub store: crate::store::Store,
+    /// Delivery recovery, when `spec.platforms.github.recovery` lists hooks.
+    pub recovery: Option<Arc<crate::github::recovery::Recovery>>,
 }
 
 impl FromRef<AppState> for Arc<Node> {
