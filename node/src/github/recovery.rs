@@ -429,7 +429,22 @@ impl Recovery {
         }
         let url = format!("{}/{}/deliveries/{}", self.api_url, h.hook.api_path(), d.id);
         let token = h.token.as_deref().unwrap_or_default();
-        let (detail, _) = self.get(&url, token).await?;
+        let detail = match self.get(&url, token).await {
+            Ok((detail, _)) => detail,
+            // Gone from GitHub's log since it was listed: nothing left to recover, and
+            // the sweep must not stall on it.
+            Err(RecoveryError::Http {
+                status: 404 | 410, ..
+            }) => {
+                sr.skipped.push(format!(
+                    "{} ({}): no longer in GitHub's delivery log",
+                    d.guid, d.id
+                ));
+                self.metrics.recovery_error("gone");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let header = |name: &str| {
             detail
                 .pointer("/request/headers")
