@@ -4,7 +4,8 @@
 //! non-zero when any check FAILs. Checks: quorum and leader, each member's
 //! public listener (`/health`, where GitHub delivers) and API listener
 //! (`/metrics`, with the token), replication lag, webhook freshness (a silent
-//! webhook usually means a broken GitHub hook), the dead-letter queue's size and
+//! webhook usually means a broken GitHub hook), delivery recovery (last sweep,
+//! errors, each hook's checkpoint), the dead-letter queue's size and
 //! growth, the expired-lease ratio, and free disk space on each node.
 
 use std::time::Duration;
@@ -149,6 +150,36 @@ pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> anyhow::Result<bool> 
     let bad_sig = metrics_texts.iter().filter_map(|(_, t)| t.lines().find(|l| l.starts_with("aof_webhook_requests_total{outcome=\"bad_signature\"}")).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())).sum::<f64>();
     if bad_sig > 0.0 {
         r.line(Level::Warn, "webhooks", format!("{bad_sig} deliveries rejected for bad signatures; check the webhook secret (GITHUB_WEBHOOK_SECRET) matches GitHub's"));
+    }
+
+    // Delivery recovery (only when the nodes configure it).
+    match client.recovery_status(Consistency::Linearizable).await {
+        Ok(rs) => {
+            let last_sweep_ms = (metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_recovery_last_sweep_timestamp_seconds")).fold(0.0f64, f64::max) * 1000.0) as u64;
+            let errors: f64 = metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_recovery_errors_total")).sum();
+            let recovered: f64 = metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_recovery_recovered_total")).sum();
+            let waits: f64 = metrics_texts.iter().filter_map(|(_, t)| metric(t, "aof_recovery_rate_limit_waits_total")).sum();
+            let due = rs.interval_secs.saturating_mul(3000).max(60_000);
+            if !rs.enabled {
+                r.line(Level::Ok, "recovery", "periodic sweep disabled (spec.platforms.github.recovery.enabled: false); `aofctl github recover` still works");
+            } else if last_sweep_ms == 0 || now_ms().saturating_sub(last_sweep_ms) > due {
+                r.line(Level::Warn, "recovery", format!("no delivery recovery sweep in the last {}; check the leader's log for `delivery recovery`", ago(due)));
+            } else {
+                r.line(Level::Ok, "recovery", format!("last sweep {} ago; {recovered} deliveries recovered, {waits} rate-limit waits since the nodes started", ago(now_ms().saturating_sub(last_sweep_ms))));
+            }
+            if errors > 0.0 {
+                r.line(Level::Warn, "recovery", format!("{errors} recovery errors (aof_recovery_errors_total by reason); check the token (admin:repo_hook / admin:org_hook) and hook ids"));
+            }
+            for h in &rs.hooks {
+                let msg = match &h.checkpoint {
+                    Some(c) => format!("{}: checkpoint at delivery {} (moved {} ago), {} recovered in total", h.source, c.last_delivery_id, ago(now_ms().saturating_sub(c.at_ms)), c.recovered_total),
+                    None => format!("{}: no checkpoint yet (no delivery swept)", h.source),
+                };
+                r.line(if h.token { Level::Ok } else { Level::Warn }, "recovery", if h.token { msg } else { format!("{msg}; the answering node has no token for it") });
+            }
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => r.line(Level::Warn, "recovery", format!("cannot read the delivery recovery status: {e}")),
     }
 
     // Dead-letter queue.

@@ -20,6 +20,7 @@ mod diff;
 mod doctor;
 mod events;
 mod examples;
+mod github;
 mod leave;
 mod output;
 mod queue;
@@ -231,6 +232,9 @@ pub enum Command {
     Dlq(queue::DlqCommand),
     /// Check the cluster's health: quorum, lag, webhook freshness, DLQ, leases, disk.
     Doctor(doctor::DoctorArgs),
+    /// GitHub: recover deliveries the cluster missed.
+    #[command(subcommand)]
+    Github(github::GithubCommand),
     /// Create the cluster CA and node certificates (mutual TLS between nodes).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -374,6 +378,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(args, &cli.global)
             .await
             .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        Command::Github(cmd) => github::run(cmd, &cli.global)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Certs(cmd) => certs::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Config(cmd) => context::run(cmd, cli.global.token.clone(), cli.global.ca_file.clone())
             .map(|()| ExitCode::SUCCESS),

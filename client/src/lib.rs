@@ -48,6 +48,7 @@
 
 mod error;
 mod events;
+mod github;
 mod lease;
 mod pool;
 mod queue;
@@ -66,6 +67,7 @@ use serde::de::DeserializeOwned;
 pub use error::{ClientError, WorkerError};
 use error::Hints;
 pub use events::*;
+pub use github::*;
 pub use lease::{FailOutcome, Lease, Target};
 pub use queue::*;
 pub use types::*;

@@ -82,6 +82,22 @@ pub enum Command {
     /// They are applied in order; command `pos` gets the sequence number
     /// [`seq(index, pos)`](seq). At most [`MAX_BATCH`] commands.
     Batch(Vec<Command>),
+    /// Delivery recovery: the leader swept a GitHub hook's delivery list up to
+    /// `checkpoint`; a later sweep stops there. Never moves backwards.
+    RecoveryCheckpoint(RecoveryCheckpoint),
+}
+
+/// Where delivery recovery of one GitHub hook got to (see `sm::recovery`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryCheckpoint {
+    /// The hook: `repo:<owner>/<name>/<hook_id>` or `org:<org>/<hook_id>`.
+    pub source: String,
+    /// GitHub's id of the newest delivery the sweep covered (ids grow over time).
+    pub last_delivery_id: u64,
+    /// Its `delivered_at`, milliseconds since the Unix epoch.
+    pub last_delivered_at_ms: u64,
+    /// Deliveries the sweep ingested.
+    pub recovered: u64,
 }
 
 /// Most commands in one [`Command::Batch`] (the position must fit in 8 bits).
@@ -197,6 +213,7 @@ impl Command {
             Command::Redrive { .. } => "redrive",
             Command::Purge { .. } => "purge",
             Command::Batch(_) => "batch",
+            Command::RecoveryCheckpoint(_) => "recovery_checkpoint",
         }
     }
 
@@ -254,6 +271,9 @@ pub enum Response {
     Batch(Vec<Response>),
     /// A command that may not be part of a batch was found in one; nothing changed.
     NotBatchable { kind: String },
+    /// `RecoveryCheckpoint`: `advanced` is false when the stored checkpoint was
+    /// already at or past the proposed one (nothing changed).
+    RecoveryCheckpointed { source: String, advanced: bool },
 }
 
 /// What the gateway answers for a delivery.

@@ -55,6 +55,12 @@ pub struct TargetLabels {
     pub priority: String,
 }
 
+/// Why a delivery recovery step failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 /// The target (route name) of a job.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobTargetLabels {
@@ -104,6 +110,16 @@ pub struct Metrics {
     pub ui_streams: Gauge,
     /// Live feeds refused because [`crate::http::ui::MAX_STREAMS`] were open.
     pub ui_stream_refusals: Counter,
+    /// Delivery recovery sweeps run by this node (see `github::recovery`).
+    pub recovery_sweeps: Counter,
+    /// Deliveries ingested by recovery sweeps of this node.
+    pub recovery_recovered: Counter,
+    /// Recovery failures by reason.
+    pub recovery_errors: Family<ReasonLabels, Counter>,
+    /// When this node last finished a recovery sweep (seconds since the Unix epoch).
+    pub recovery_last_sweep_timestamp_seconds: Gauge<f64, AtomicU64>,
+    /// Waits for a GitHub rate-limit reset during recovery.
+    pub recovery_rate_limit_waits: Counter,
     // Totals last copied from the store's append counters.
     flushes_seen: AtomicU64,
     entries_seen: AtomicU64,
@@ -201,8 +217,27 @@ impl Metrics {
         r.register("ui_streams", "Live feeds of the status page (GET /v1/watch) open on this node", ui_streams.clone());
         let ui_stream_refusals = Counter::default();
         r.register("ui_stream_refusals", "Live feeds of the status page refused because the per-node cap was reached", ui_stream_refusals.clone());
+        let recovery_sweeps = Counter::default();
+        r.register("recovery_sweeps", "Delivery recovery sweeps run by this node (the leader, or aofctl github recover)", recovery_sweeps.clone());
+        let recovery_recovered = Counter::default();
+        r.register("recovery_recovered", "Deliveries the cluster had missed, ingested by this node's recovery sweeps", recovery_recovered.clone());
+        let recovery_errors = Family::<ReasonLabels, Counter>::default();
+        r.register("recovery_errors", "Delivery recovery failures by reason", recovery_errors.clone());
+        let recovery_last_sweep_timestamp_seconds = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "recovery_last_sweep_timestamp_seconds",
+            "When this node last finished a delivery recovery sweep (seconds since the Unix epoch; 0 = none since it started)",
+            recovery_last_sweep_timestamp_seconds.clone(),
+        );
+        let recovery_rate_limit_waits = Counter::default();
+        r.register("recovery_rate_limit_waits", "Waits for a GitHub API rate-limit reset during delivery recovery", recovery_rate_limit_waits.clone());
         Metrics {
             registry: r,
+            recovery_sweeps,
+            recovery_recovered,
+            recovery_errors,
+            recovery_last_sweep_timestamp_seconds,
+            recovery_rate_limit_waits,
             webhook_requests,
             webhook_json_parses,
             webhook_ack_seconds,
@@ -241,6 +276,11 @@ impl Metrics {
 impl Metrics {
     pub fn count(&self, outcome: WebhookOutcome) {
         self.webhook_requests.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Count a delivery recovery failure.
+    pub fn recovery_error(&self, reason: &str) {
+        self.recovery_errors.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
     }
 
     /// Count a failed attempt of a job of `target`: retried, or dead-lettered.

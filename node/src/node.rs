@@ -86,6 +86,10 @@ impl LeaderOp {
                 too_long("worker_id", &g.worker_id, MAX_WORKER_ID_BYTES)?;
                 Ok(self)
             }
+            LeaderOp::Write(Command::RecoveryCheckpoint(ref c)) => {
+                too_long("source", &c.source, crate::sm::recovery::MAX_SOURCE_LEN)?;
+                Ok(self)
+            }
             other => Ok(other),
         }
     }

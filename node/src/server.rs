@@ -280,7 +280,8 @@ pub async fn run_with_listeners(
         tracing::warn!("{w}");
     }
     let gateway = Arc::new(crate::http::webhook::Gateway::from_config(&cfg, secrets, metrics.clone()));
-    let state = crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone(), ui: Default::default() };
+    let recovery = crate::github::recovery::Recovery::from_config(&cfg, metrics.clone()).map(Arc::new);
+    let state = crate::http::AppState { node: node.clone(), gateway, metrics, store: store.clone(), recovery: recovery.clone(), ui: Default::default() };
     let public_task = {
         let opts = ServeOptions { tls: security.public.as_ref().map(ServerIdentity::acceptor), ..ServeOptions::with_timeout(timeout) };
         tokio::spawn(crate::http::serve::run(listeners.public, crate::http::routes::public(state.clone()), opts, stop_rx.clone()))
@@ -306,6 +307,9 @@ pub async fn run_with_listeners(
     }
     background.spawn(learn_startup_index(node.clone(), stop_rx.clone()));
     background.spawn(propose_ticks(node.clone(), stop_rx.clone()));
+    if let Some(rec) = recovery {
+        background.spawn(crate::github::recovery::run(rec, node.clone(), stop_rx.clone()));
+    }
     let snapshot_policy = crate::snapshot_trigger::Policy {
         every_entries: c.raft.snapshot_every,
         log_percent: c.raft.snapshot_log_percent,

@@ -15,6 +15,7 @@ pub mod events;
 pub mod kv;
 pub mod payload;
 pub mod queue;
+pub mod recovery;
 #[cfg(test)]
 mod queue_tests;
 pub mod triggers;
@@ -84,6 +85,7 @@ fn apply_one(state: &mut Overlay<'_>, index: u64, seq: u64, now: u64, cmd: &Comm
         Command::Redrive { job_id } => queue::redrive(state, seq, now, job_id.as_deref()),
         Command::Purge { job_id } => queue::purge(state, seq, now, job_id.as_deref()),
         Command::Batch(_) => Response::NotBatchable { kind: cmd.kind().to_string() },
+        Command::RecoveryCheckpoint(c) => recovery::checkpoint(state, now, c),
     }
 }
 

@@ -135,7 +135,9 @@ pub use cluster::{
 };
 pub use error::{ConfigError, Notice, Problem, Severity};
 pub use load::{load, load_env, parse_str, parse_str_in, Loader, ENV_PREFIX};
-pub use platforms::{GithubConfig, GithubOrgConfig, PlatformsConfig, Secret, UnusedSection};
+pub use platforms::{
+    parse_duration, GithubConfig, GithubOrgConfig, PlatformsConfig, RecoveryConfig, RecoveryHook, Secret, UnusedSection,
+};
 pub use sections::{
     CheckRunConfig, DecisionLogConfig, ExecutorConfig, GatewayConfig, QueueConfig, ResourceDirConfig, RuntimeConfig,
     TriggersConfig, WorkerConfig,

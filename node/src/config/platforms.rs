@@ -96,6 +96,10 @@ pub struct GithubConfig {
     /// GitHub API base URL (GitHub Enterprise: `https://HOST/api/v3`).
     #[serde(default = "default_github_api_url")]
     pub api_url: String,
+    /// Delivery recovery: the leader re-reads the listed hooks' delivery logs and
+    /// ingests what the cluster never accepted (see `docs/WEBHOOKS.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryConfig>,
 }
 
 impl Default for GithubConfig {
@@ -112,6 +116,7 @@ impl Default for GithubConfig {
             allowed_orgs: None,
             orgs: BTreeMap::new(),
             api_url: default_github_api_url(),
+            recovery: None,
         }
     }
 }
@@ -145,6 +150,172 @@ pub struct GithubOrgConfig {
     /// Token variable for API calls on this organisation's repositories.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+}
+
+/// `spec.platforms.github.recovery`: which GitHub hooks the leader sweeps for
+/// deliveries the cluster never accepted, and how often.
+///
+/// ```yaml
+/// recovery:
+///   interval: 5m          # between sweeps (humantime: 30s, 5m, 1h)
+///   since: 2h             # first sweep (no checkpoint yet): how far back
+///   hooks:
+///     - { repo: acme/api, hook_id: 123456 }
+///     - { org: acme, hook_id: 654321, token_env: ACME_HOOKS_TOKEN }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryConfig {
+    /// Run the periodic sweep (default true); `aofctl github recover` works either way.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Time between two sweeps of the leader (default `5m`).
+    #[serde(default = "default_recovery_interval")]
+    pub interval: String,
+    /// How far back a sweep looks when a hook has no checkpoint yet (default `2h`;
+    /// GitHub keeps deliveries for 3 days).
+    #[serde(default = "default_recovery_since")]
+    pub since: String,
+    /// Deliveries per page of GitHub's list (1-100, default 100).
+    #[serde(default = "default_recovery_per_page")]
+    pub per_page: u32,
+    /// Most pages one sweep reads per hook (default 20).
+    #[serde(default = "default_recovery_max_pages")]
+    pub max_pages: u32,
+    /// Longest wait for a rate-limit reset before the sweep gives up (default `5m`).
+    #[serde(default = "default_recovery_max_wait")]
+    pub max_rate_limit_wait: String,
+    /// The hooks to sweep.
+    #[serde(default)]
+    pub hooks: Vec<RecoveryHook>,
+}
+
+/// One hook of [`RecoveryConfig::hooks`]: a repository's (`repo`) or an
+/// organisation's (`org`), by its id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryHook {
+    /// `owner/name` of a repository hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Login of an organisation hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// The hook's id (Settings → Webhooks → the hook's URL ends with it).
+    pub hook_id: u64,
+    /// Token variable for this hook; default: the organisation's `orgs.<org>.token_env`,
+    /// then `spec.platforms.github.token_env` (or `token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+}
+
+impl RecoveryHook {
+    /// The checkpoint key of the hook: `repo:<owner>/<name>/<id>` or `org:<org>/<id>`
+    /// (lower case: GitHub logins are case-insensitive).
+    pub fn source(&self) -> String {
+        match (&self.repo, &self.org) {
+            (Some(r), _) => format!("repo:{}/{}", r.to_ascii_lowercase(), self.hook_id),
+            (None, Some(o)) => format!("org:{}/{}", o.to_ascii_lowercase(), self.hook_id),
+            (None, None) => format!("hook:{}", self.hook_id),
+        }
+    }
+
+    /// The API path of the hook: `repos/<owner>/<name>/hooks/<id>` or `orgs/<org>/hooks/<id>`.
+    pub fn api_path(&self) -> String {
+        match (&self.repo, &self.org) {
+            (Some(r), _) => format!("repos/{r}/hooks/{}", self.hook_id),
+            (None, Some(o)) => format!("orgs/{o}/hooks/{}", self.hook_id),
+            (None, None) => format!("hooks/{}", self.hook_id),
+        }
+    }
+}
+
+/// Parse a duration like `90s`, `5m`, `2h`, `1d`, `500ms` (a plain number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration; write e.g. 30s, 5m, 2h or 1d"))?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        other => return Err(format!("`{s}`: unknown unit `{other}`; use ms, s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+impl RecoveryConfig {
+    /// Problems with the section, as (key under `recovery`, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (k, v) in [("interval", &self.interval), ("since", &self.since), ("max_rate_limit_wait", &self.max_rate_limit_wait)] {
+            match parse_duration(v) {
+                Err(m) => out.push((k.to_string(), m)),
+                Ok(d) if d.is_zero() => out.push((k.to_string(), "must be more than 0".into())),
+                Ok(_) => {}
+            }
+        }
+        if !(1..=100).contains(&self.per_page) {
+            out.push(("per_page".into(), "must be 1-100 (GitHub's limit)".into()));
+        }
+        if !(1..=1000).contains(&self.max_pages) {
+            out.push(("max_pages".into(), "must be 1-1000".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, h) in self.hooks.iter().enumerate() {
+            let key = format!("hooks[{i}]");
+            match (&h.repo, &h.org) {
+                (Some(_), Some(_)) | (None, None) => {
+                    out.push((key.clone(), "set exactly one of `repo: owner/name` or `org: login`".into()))
+                }
+                (Some(r), None) => {
+                    let ok = r.split_once('/').is_some_and(|(o, n)| login_ok(o) && name_ok(n));
+                    if !ok {
+                        out.push((format!("{key}.repo"), format!("`{r}` is not owner/name")));
+                    }
+                }
+                (None, Some(o)) => {
+                    if !login_ok(o) {
+                        out.push((format!("{key}.org"), format!("`{o}` is not an organisation login")));
+                    }
+                }
+            }
+            if h.hook_id == 0 {
+                out.push((format!("{key}.hook_id"), "must be the hook's id (a positive number)".into()));
+            }
+            if !seen.insert(h.source()) {
+                out.push((key, "this hook is listed twice".into()));
+            }
+        }
+        out
+    }
+}
+
+fn login_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 39 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 100 && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn default_recovery_interval() -> String {
+    "5m".into()
+}
+fn default_recovery_since() -> String {
+    "2h".into()
+}
+fn default_recovery_per_page() -> u32 {
+    100
+}
+fn default_recovery_max_pages() -> u32 {
+    20
+}
+fn default_recovery_max_wait() -> String {
+    "5m".into()
 }
 
 /// A secret written inline in the config. `Debug` and `Serialize` print

@@ -348,6 +348,16 @@ pub(crate) fn validate(cfg: &DaemonConfig) -> Vec<Problem> {
                 names.push((format!("{gk}.orgs.{org}.token_env"), v));
             }
         }
+        if let Some(r) = &g.recovery {
+            for (k, m) in r.problems() {
+                bad(format!("{gk}.recovery.{k}"), m);
+            }
+            for (i, h) in r.hooks.iter().enumerate() {
+                if let Some(v) = &h.token_env {
+                    names.push((format!("{gk}.recovery.hooks[{i}].token_env"), v));
+                }
+            }
+        }
         for (key, v) in names {
             if let Err(m) = check_env_name(v) {
                 bad(key, m);

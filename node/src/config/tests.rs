@@ -889,3 +889,43 @@ fn programmatic_config_is_valid() {
     let rc = cfg.spec.cluster.raft.openraft_config("aof").unwrap();
     assert_eq!(rc.heartbeat_interval, 250);
 }
+
+#[test]
+fn github_recovery_section() {
+    let with = |recovery: &str| {
+        NODE1.replace(
+            "      webhook_secret_env: GITHUB_WEBHOOK_SECRET\n",
+            &format!("      webhook_secret_env: GITHUB_WEBHOOK_SECRET\n      recovery:\n{recovery}"),
+        )
+    };
+    let cfg = parse(&with(
+        "        interval: 10m\n        since: 6h\n        hooks:\n          - { repo: acme/api, hook_id: 12 }\n          - { org: Acme, hook_id: 34, token_env: ACME_HOOKS_TOKEN }\n",
+    ))
+    .unwrap();
+    let r = cfg.github().unwrap().recovery.clone().unwrap();
+    assert!(r.enabled);
+    assert_eq!((r.per_page, r.max_pages), (100, 20));
+    assert_eq!(parse_duration(&r.since).unwrap(), std::time::Duration::from_secs(6 * 3600));
+    assert_eq!(r.hooks[0].source(), "repo:acme/api/12");
+    assert_eq!(r.hooks[1].source(), "org:acme/34");
+    assert_eq!(r.hooks[1].api_path(), "orgs/Acme/hooks/34");
+
+    let e = err(&with(
+        "        interval: soon\n        per_page: 500\n        hooks:\n          - { repo: acme, hook_id: 0 }\n          - { repo: a/b, org: a, hook_id: 1, token_env: \"${X}\" }\n",
+    ));
+    assert_eq!(
+        e.keys(),
+        vec![
+            "spec.platforms.github.recovery.interval",
+            "spec.platforms.github.recovery.per_page",
+            "spec.platforms.github.recovery.hooks[0].repo",
+            "spec.platforms.github.recovery.hooks[0].hook_id",
+            "spec.platforms.github.recovery.hooks[1]",
+            "spec.platforms.github.recovery.hooks[1].token_env",
+        ],
+        "{e}"
+    );
+    // A typo in the section is an error, like everywhere.
+    let e = err(&with("        intervall: 5m\n"));
+    assert!(e.to_string().contains("interval"), "{e}");
+}

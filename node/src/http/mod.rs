@@ -7,7 +7,7 @@
 //! * handlers: [`webhook`] (GitHub intake), [`cluster`] (health, readiness, status,
 //!   membership), [`triggers`], [`events`] (status API), [`queue`] (queue stats, DLQ),
 //!   [`prometheus`] (`/metrics`), [`ui`] (the status page `/ui` and its live feed
-//!   `/v1/watch`).
+//!   `/v1/watch`), [`github`] (delivery recovery).
 //!
 //! **API Boundary**: the routes and JSON shapes here are the public REST API used by
 //! `aofctl` and the `aof-client` crate.
@@ -15,6 +15,7 @@
 pub mod cluster;
 pub mod error;
 pub mod events;
+pub mod github;
 pub mod prometheus;
 pub mod queue;
 pub mod routes;

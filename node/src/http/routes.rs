@@ -11,7 +11,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 
 use super::state::AppState;
-use super::{cluster, events, prometheus, queue, triggers, ui, webhook};
+use super::{cluster, events, github, prometheus, queue, triggers, ui, webhook};
 
 /// The public listener: `POST /webhook/github`, `GET /health`, `GET /ready`.
 pub fn public(state: AppState) -> Router {
@@ -55,5 +55,7 @@ pub fn api(state: AppState) -> Router {
         .route("/ui/app.js", get(ui::app_js))
         .route("/ui/app.css", get(ui::app_css))
         .route("/v1/watch", get(ui::watch))
+        .route("/v1/github/recovery", get(github::status))
+        .route("/v1/github/recover", post(github::recover))
         .with_state(state)
 }

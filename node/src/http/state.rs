@@ -15,6 +15,8 @@ pub struct AppState {
     pub store: crate::store::Store,
     /// The status page's live feeds (cap and count).
     pub ui: Arc<super::ui::Streams>,
+    /// Delivery recovery, when `spec.platforms.github.recovery` lists hooks.
+    pub recovery: Option<Arc<crate::github::recovery::Recovery>>,
 }
 
 impl FromRef<AppState> for Arc<Node> {

@@ -301,7 +301,7 @@ fn candidate_secrets(node: &Node, gw: &Gateway) -> Vec<(Vec<u8>, SignedBy)> {
 /// deliveries of that organisation's repositories (`repository.owner.login`, or
 /// `organization.login` for deliveries without a repository). A trigger's secret is
 /// checked in `apply`, which then matches the delivery against that trigger alone.
-fn check_scope(signed_by: &SignedBy, payload: &Value) -> Result<(), String> {
+pub(crate) fn check_scope(signed_by: &SignedBy, payload: &Value) -> Result<(), String> {
     let SignedBy::Org(org) = signed_by else { return Ok(()) };
     let owner = match payload.get("repository") {
         Some(repo) if !repo.is_null() => repo.pointer("/owner/login"),

@@ -32,12 +32,23 @@ impl TestNode {
     /// The URL of `path` on the listener that serves it: the public one for the
     /// webhook intake and health probes, the API one for everything else.
     pub fn url(&self, path: &str) -> String {
-        let public = ["/webhook/", "/health", "/ready"].iter().any(|p| path.starts_with(p));
-        format!("http://{}{}", if public { self.http } else { self.api }, path)
+        let public = ["/webhook/", "/health", "/ready"]
+            .iter()
+            .any(|p| path.starts_with(p));
+        format!(
+            "http://{}{}",
+            if public { self.http } else { self.api },
+            path
+        )
     }
 
     pub fn addrs(&self) -> NodeAddrs<SocketAddr> {
-        NodeAddrs { http_addr: self.http, api_addr: self.api, grpc_addr: self.grpc, peer_addr: self.peer }
+        NodeAddrs {
+            http_addr: self.http,
+            api_addr: self.api,
+            grpc_addr: self.grpc,
+            peer_addr: self.peer,
+        }
     }
     pub fn is_running(&self) -> bool {
         self.task.is_some()
@@ -92,8 +103,14 @@ pub fn secure(cfg: &mut DaemonConfig, certs: &std::path::Path) {
 /// An HTTP client that sends `token` on every request.
 pub fn client_with_token(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder().default_headers(headers).build().unwrap()
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// Fast Raft timings for loopback tests.
@@ -112,7 +129,12 @@ pub fn tune(cfg: &mut DaemonConfig, snapshot_every: u64) {
 /// bind-then-drop race).
 async fn bind() -> (Listeners, NodeAddrs<SocketAddr>) {
     let one = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
-    let l = Listeners { public: one().await, api: one().await, grpc: one().await, peer: one().await };
+    let l = Listeners {
+        public: one().await,
+        api: one().await,
+        grpc: one().await,
+        peer: one().await,
+    };
     let a = NodeAddrs {
         http_addr: l.public.local_addr().unwrap(),
         api_addr: l.api.local_addr().unwrap(),
@@ -125,11 +147,25 @@ async fn bind() -> (Listeners, NodeAddrs<SocketAddr>) {
 /// Bind the same four addresses again (a restart).
 async fn rebind(a: &NodeAddrs<SocketAddr>) -> Listeners {
     let one = |addr: SocketAddr| async move { TcpListener::bind(addr).await.unwrap() };
-    Listeners { public: one(a.http_addr).await, api: one(a.api_addr).await, grpc: one(a.grpc_addr).await, peer: one(a.peer_addr).await }
+    Listeners {
+        public: one(a.http_addr).await,
+        api: one(a.api_addr).await,
+        grpc: one(a.grpc_addr).await,
+        peer: one(a.peer_addr).await,
+    }
 }
 
 fn node_of(id: u64, a: &NodeAddrs<SocketAddr>, cfg: DaemonConfig) -> TestNode {
-    TestNode { id, http: a.http_addr, grpc: a.grpc_addr, api: a.api_addr, peer: a.peer_addr, cfg, stop: None, task: None }
+    TestNode {
+        id,
+        http: a.http_addr,
+        grpc: a.grpc_addr,
+        api: a.api_addr,
+        peer: a.peer_addr,
+        cfg,
+        stop: None,
+        task: None,
+    }
 }
 
 impl TestCluster {
@@ -154,11 +190,19 @@ impl TestCluster {
 
     /// The certificate dir of a [secured](TestCluster::start_secure) cluster.
     pub fn certs_dir(&self) -> std::path::PathBuf {
-        self.certs.as_ref().expect("a secured cluster").path().to_path_buf()
+        self.certs
+            .as_ref()
+            .expect("a secured cluster")
+            .path()
+            .to_path_buf()
     }
 
     /// Like [`TestCluster::start`], with a hook that adjusts each node's config.
-    pub async fn start_with(n: u64, snapshot_every: u64, hook: impl Fn(&mut DaemonConfig)) -> TestCluster {
+    pub async fn start_with(
+        n: u64,
+        snapshot_every: u64,
+        hook: impl Fn(&mut DaemonConfig),
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut listeners = Vec::new();
         for _ in 0..n {
@@ -175,7 +219,12 @@ impl TestCluster {
                 http_addr: a.http_addr.to_string(),
             })
             .collect();
-        let mut c = TestCluster { nodes: Vec::new(), dir, http: reqwest::Client::new(), certs: None };
+        let mut c = TestCluster {
+            nodes: Vec::new(),
+            dir,
+            http: reqwest::Client::new(),
+            certs: None,
+        };
         for (i, (l, a)) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
             let mut cfg = DaemonConfig::with_addrs(id, &a, c.dir.path().join(format!("node{id}")));
@@ -210,15 +259,23 @@ impl TestCluster {
             bound.push(bind().await);
         }
         let seeds: Vec<String> = bound.iter().map(|(_, a)| a.peer_addr.to_string()).collect();
-        let mut c = TestCluster { nodes: Vec::new(), dir, http: client_with_token(ADMIN_TOKEN), certs: None };
+        let mut c = TestCluster {
+            nodes: Vec::new(),
+            dir,
+            http: client_with_token(ADMIN_TOKEN),
+            certs: None,
+        };
         let mut listeners = Vec::new();
         for (i, (l, a)) in bound.into_iter().enumerate() {
             let id = i as u64 + 1;
             let mut cfg = DaemonConfig::with_addrs(id, &a, c.dir.path().join(format!("node{id}")));
             tune(&mut cfg, 10_000);
             secure(&mut cfg, certs.path());
-            cfg.spec.cluster.discovery =
-                Some(aof_node::config::DiscoveryConfig { seeds: seeds.clone(), dns: None, max_voters });
+            cfg.spec.cluster.discovery = Some(aof_node::config::DiscoveryConfig {
+                seeds: seeds.clone(),
+                dns: None,
+                max_voters,
+            });
             hook(&mut cfg);
             c.nodes.push(node_of(id, &a, cfg));
             listeners.push(Some(l));
@@ -238,7 +295,11 @@ impl TestCluster {
     }
 
     /// Like [`TestCluster::add_unjoined_node`], with a hook on its config.
-    pub async fn add_unjoined_node_with(&mut self, snapshot_every: u64, hook: impl Fn(&mut DaemonConfig)) -> usize {
+    pub async fn add_unjoined_node_with(
+        &mut self,
+        snapshot_every: u64,
+        hook: impl Fn(&mut DaemonConfig),
+    ) -> usize {
         let (l, a) = bind().await;
         let id = self.nodes.len() as u64 + 1;
         let mut cfg = DaemonConfig::with_addrs(id, &a, self.dir.path().join(format!("node{id}")));
@@ -269,7 +330,10 @@ impl TestCluster {
             let _ = tx.send(());
         }
         if let Some(t) = node.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), t).await.expect("node stops within 20s").unwrap();
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("node stops within 20s")
+                .unwrap();
             // Once run() has returned the data dir is free again (no store handle left).
             if let Err(e) = aof_node::store::Store::open(&node.cfg.spec.cluster.data_dir, 1 << 20) {
                 panic!("a stopped node leaves its data dir locked: {e}");
@@ -309,7 +373,9 @@ impl TestCluster {
 
     /// Wait until every running node answers `/ready` with 200; returns the leader id.
     pub async fn wait_ready(&self, secs: u64) -> u64 {
-        let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].is_running()).collect();
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect();
         self.eventually("all running nodes ready", secs, || async {
             let mut ok = true;
             for &i in &running {
@@ -326,11 +392,21 @@ impl TestCluster {
         self.nodes.iter().position(|n| n.id == id).unwrap()
     }
 
-    pub async fn put_trigger(&self, i: usize, name: &str, event: &str, if_match: Option<u64>) -> (u16, Value) {
+    pub async fn put_trigger(
+        &self,
+        i: usize,
+        name: &str,
+        event: &str,
+        if_match: Option<u64>,
+    ) -> (u16, Value) {
         let body = format!(
             "apiVersion: aof.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\nspec:\n  type: GitHub\n  config:\n    github_events: [{event}]\n"
         );
-        let mut req = self.http.put(self.nodes[i].url(&format!("/v1/triggers/{name}"))).header("content-type", "application/yaml").body(body);
+        let mut req = self
+            .http
+            .put(self.nodes[i].url(&format!("/v1/triggers/{name}")))
+            .header("content-type", "application/yaml")
+            .body(body);
         if let Some(m) = if_match {
             req = req.header("if-match", m.to_string());
         }
@@ -366,12 +442,22 @@ fn spawn(node: &mut TestNode, listeners: Listeners) {
 
 /// POST a delivery to `url` (a node's `/webhook/github`) signed with `secret`, as
 /// GitHub does; the response (a transport error panics).
-pub async fn signed_webhook(http: &reqwest::Client, url: &str, event: &str, delivery: &str, body: &[u8], secret: &str) -> reqwest::Response {
+pub async fn signed_webhook(
+    http: &reqwest::Client,
+    url: &str,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    secret: &str,
+) -> reqwest::Response {
     http.post(url)
         .header("content-type", "application/json")
         .header("x-github-event", event)
         .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", aof_node::github::signature::sign(secret.as_bytes(), body))
+        .header(
+            "x-hub-signature-256",
+            aof_node::github::signature::sign(secret.as_bytes(), body),
+        )
         .body(body.to_vec())
         .send()
         .await
