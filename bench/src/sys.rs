@@ -20,10 +20,8 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; good enough on loopback).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
-}
+/// A free TCP port on 127.0.0.1, never the same one twice in this process.
+pub use aof_contract::ports::free_port;
 
 fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.

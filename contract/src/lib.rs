@@ -8,6 +8,8 @@
 //!   `aofctl worker`);
 //! - [`process`]: how a job's command runs: its own process group, a cleared
 //!   environment, bounded output, the whole group killed on timeout;
+//! - [`ports`]: free loopback ports for the processes that harnesses start, never
+//!   the same one twice;
 //! - [`yamldir`]: reading `*.yaml` / `*.yml` files of a directory, multi-document
 //!   aware (`aofctl apply -f` and the node's `spec.triggers.directory`).
 //!
@@ -15,6 +17,7 @@
 //! no Raft, no other crate of the workspace — so that every crate can use it.
 
 pub mod jobenv;
+pub mod ports;
 #[cfg(unix)]
 pub mod process;
 pub mod signature;

@@ -168,12 +168,7 @@ pub struct Db {
     disks: Mutex<Vec<SlotDisk>>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
+use aof_contract::ports::free_port;
 
 impl Db {
     /// Lay out the slots under `dir` (one subdirectory per slot) and write the

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_aofctl");
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// A free TCP port on 127.0.0.1, never the same one twice in a test binary.
+#[allow(unused_imports)]
+pub use aof_contract::ports::free_port;
 
 /// `X-Hub-Signature-256` of `body` under `secret`: the one signer of the
 /// workspace, as `aofctl dev` and the node's verifier use it.
