@@ -82,6 +82,35 @@ pub enum Command {
     /// They are applied in order; command `pos` gets the sequence number
     /// [`seq(index, pos)`](seq). At most [`MAX_BATCH`] commands.
     Batch(Vec<Command>),
+    // --- Queue controls (cancel, re-run, per-target limits). Operator commands from
+    // the API: never batched, validated and bounded at the HTTP edge. ---
+    /// Cancel a ready, delayed or leased job: it ends `Cancelled` (terminal) and its
+    /// lease, if any, is gone (its fencing token stops working). `by` is the
+    /// requesting principal, `reason` free text; both end up in the job's history.
+    CancelJob { job_id: String, by: String, reason: String },
+    /// Run an event again: one new job per route its jobs took, from its stored payload.
+    RerunEvent { event_id: u64, by: String },
+    /// Set a target's queue limits (all zero = remove them).
+    SetTargetLimits { target: String, limits: TargetLimits },
+}
+
+/// Per-target queue limits, kept in the replicated state (`q/<target>`).
+///
+/// **API Boundary**: persisted (bincode); add fields only together with a new key
+/// or a versioned wrapper, never in place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetLimits {
+    /// Most jobs of the target leased at once, cluster-wide (0 = no limit).
+    pub max_in_flight: u32,
+    /// A ready or delayed job pending longer than this goes to the dead-letter queue
+    /// (0 = never). Measured with leader-stamped time from when it entered the queue.
+    pub pending_ttl_ms: u64,
+}
+
+impl TargetLimits {
+    pub fn is_empty(&self) -> bool {
+        self.max_in_flight == 0 && self.pending_ttl_ms == 0
+    }
 }
 
 /// Most commands in one [`Command::Batch`] (the position must fit in 8 bits).
@@ -197,6 +226,9 @@ impl Command {
             Command::Redrive { .. } => "redrive",
             Command::Purge { .. } => "purge",
             Command::Batch(_) => "batch",
+            Command::CancelJob { .. } => "cancel_job",
+            Command::RerunEvent { .. } => "rerun_event",
+            Command::SetTargetLimits { .. } => "set_target_limits",
         }
     }
 
@@ -254,6 +286,21 @@ pub enum Response {
     Batch(Vec<Response>),
     /// A command that may not be part of a batch was found in one; nothing changed.
     NotBatchable { kind: String },
+    /// `CancelJob`: the job is now cancelled; `was` is the state it left.
+    JobCancelled { job_id: String, was: String },
+    /// `CancelJob` on a finished job (completed, dead, purged, cancelled); nothing changed.
+    NotCancellable { job_id: String, state: String },
+    /// `RerunEvent`: the new jobs.
+    Rerun { event_id: u64, jobs: Vec<String> },
+    /// `RerunEvent` refused (no payload kept, nothing to re-run, too many runs);
+    /// nothing changed.
+    RerunRefused { event_id: u64, reason: String },
+    /// No such event (never received, or removed after its retention).
+    EventNotFound { event_id: u64 },
+    /// `SetTargetLimits` applied.
+    TargetLimitsSet { target: String, limits: TargetLimits },
+    /// A queue-control command refused by the replicated state; nothing changed.
+    Refused { reason: String },
 }
 
 /// What the gateway answers for a delivery.
