@@ -6,6 +6,7 @@
 //! * [`error`] — the JSON error answer and shared query parameters.
 //! * handlers: [`webhook`] (GitHub intake), [`cluster`] (health, readiness, status,
 //!   membership), [`triggers`], [`events`] (status API), [`queue`] (queue stats, DLQ),
+//!   [`jobs`] (queue controls: list / cancel jobs, re-run events, per-target limits),
 //!   [`prometheus`] (`/metrics`).
 //!
 //! **API Boundary**: the routes and JSON shapes here are the public REST API used by
@@ -14,6 +15,7 @@
 pub mod cluster;
 pub mod error;
 pub mod events;
+pub mod jobs;
 pub mod prometheus;
 pub mod queue;
 pub mod routes;

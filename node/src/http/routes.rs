@@ -6,11 +6,11 @@
 //! (`spec.cluster.api_addr`) serves `/v1/*` and `/metrics`, behind bearer tokens.
 //! Handlers never import this module.
 
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use super::state::AppState;
-use super::{cluster, events, prometheus, queue, triggers, webhook};
+use super::{cluster, events, jobs, prometheus, queue, triggers, webhook};
 
 /// The public listener: `POST /webhook/github`, `GET /health`, `GET /ready`.
 pub fn public(state: AppState) -> Router {
@@ -47,5 +47,11 @@ pub fn api(state: AppState) -> Router {
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/v1/triggers", get(triggers::list_triggers))
         .route("/v1/triggers/{name}", get(triggers::get_trigger).put(triggers::put_trigger).delete(triggers::delete_trigger))
+        // Queue controls.
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/events/{id}/rerun", post(jobs::rerun_event))
+        .route("/v1/queue/limits", get(jobs::list_limits))
+        .route("/v1/targets/{target}/limits", put(jobs::put_limits))
         .with_state(state)
 }
