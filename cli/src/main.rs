@@ -20,6 +20,7 @@ mod diff;
 mod doctor;
 mod events;
 mod examples;
+mod jobs;
 mod leave;
 mod output;
 mod queue;
@@ -229,6 +230,12 @@ pub enum Command {
     /// The dead-letter queue: list, redrive or purge dead jobs.
     #[command(subcommand)]
     Dlq(queue::DlqCommand),
+    /// Cancel a ready, delayed or leased job.
+    #[command(subcommand)]
+    Cancel(jobs::CancelCommand),
+    /// Run an event again (new jobs for its routes).
+    #[command(subcommand)]
+    Rerun(jobs::RerunCommand),
     /// Check the cluster's health: quorum, lag, webhook freshness, DLQ, leases, disk.
     Doctor(doctor::DoctorArgs),
     /// Create the cluster CA and node certificates (mutual TLS between nodes).
@@ -371,6 +378,8 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(cmd) => queue::dlq(cmd, &cli.global)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Cancel(cmd) => jobs::cancel(cmd, &cli.global).await.map(|()| ExitCode::SUCCESS),
+        Command::Rerun(cmd) => jobs::rerun(cmd, &cli.global).await.map(|()| ExitCode::SUCCESS),
         Command::Doctor(args) => doctor::run(args, &cli.global)
             .await
             .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) }),
