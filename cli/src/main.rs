@@ -21,6 +21,7 @@ mod doctor;
 mod events;
 mod examples;
 mod github;
+mod jobs;
 mod leave;
 mod output;
 mod queue;
@@ -230,6 +231,12 @@ pub enum Command {
     /// The dead-letter queue: list, redrive or purge dead jobs.
     #[command(subcommand)]
     Dlq(queue::DlqCommand),
+    /// Cancel a ready, delayed or leased job.
+    #[command(subcommand)]
+    Cancel(jobs::CancelCommand),
+    /// Run an event again (new jobs for its routes).
+    #[command(subcommand)]
+    Rerun(jobs::RerunCommand),
     /// Check the cluster's health: quorum, lag, webhook freshness, DLQ, leases, disk.
     Doctor(doctor::DoctorArgs),
     /// GitHub: recover deliveries the cluster missed.
@@ -375,6 +382,8 @@ async fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(cmd) => queue::dlq(cmd, &cli.global)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Cancel(cmd) => jobs::cancel(cmd, &cli.global).await.map(|()| ExitCode::SUCCESS),
+        Command::Rerun(cmd) => jobs::rerun(cmd, &cli.global).await.map(|()| ExitCode::SUCCESS),
         Command::Doctor(args) => doctor::run(args, &cli.global)
             .await
             .map(|healthy| if healthy { ExitCode::SUCCESS } else { ExitCode::from(1) }),

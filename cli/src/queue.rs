@@ -1,4 +1,4 @@
-//! `aofctl queue stats` and `aofctl dlq list|redrive|purge`: the work queue's
+//! `aofctl queue stats` (limits: see [`crate::jobs`]) and `aofctl dlq list|redrive|purge`: the work queue's
 //! depth per target and its dead-letter queue.
 //!
 //! `dlq purge` drops jobs for good, so it asks for confirmation on a terminal
@@ -18,6 +18,10 @@ use crate::{ConsistencyArg, GlobalArgs};
 pub enum QueueCommand {
     /// Jobs per target and priority: ready, delayed (backoff), leased, dead.
     Stats(QueueStatsArgs),
+    /// Per-target limits: most jobs in flight, longest wait (ttl).
+    Limits(crate::jobs::LimitsArgs),
+    /// Set a target's limits (0 / no --ttl removes them).
+    SetLimits(crate::jobs::SetLimitsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -91,7 +95,11 @@ pub struct DlqPurgeArgs {
 }
 
 pub async fn queue(cmd: QueueCommand, global: &GlobalArgs) -> anyhow::Result<()> {
-    let QueueCommand::Stats(args) = cmd;
+    let args = match cmd {
+        QueueCommand::Stats(args) => args,
+        QueueCommand::Limits(args) => return crate::jobs::limits(args, global).await,
+        QueueCommand::SetLimits(args) => return crate::jobs::set_limits(args, global).await,
+    };
     let client = global.client();
     let stats: QueueStats = client
         .queue_stats(args.consistency.into())

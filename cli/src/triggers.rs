@@ -43,6 +43,9 @@ pub enum GetCommand {
     /// List received webhook events (newest last) with their status and jobs.
     #[command(visible_alias = "event")]
     Events(crate::events::GetEventsArgs),
+    /// List jobs with their state, target and event (filter by state, target, event).
+    #[command(visible_alias = "job")]
+    Jobs(crate::jobs::GetJobsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +241,7 @@ pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     let args = match cmd {
         GetCommand::Triggers(args) => args,
         GetCommand::Events(args) => return crate::events::get(args, global).await,
+        GetCommand::Jobs(args) => return crate::jobs::get(args, global).await,
     };
     let client = global.client();
     let consistency = args.consistency.into();

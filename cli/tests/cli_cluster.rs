@@ -260,3 +260,85 @@ async fn apply_dry_run_changes_nothing_and_watch_shows_new_events() {
     );
     assert!(lines.last().unwrap().contains("push"), "{lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_jobs_cancel_and_rerun_against_a_cluster() {
+    let c = start().await;
+    let t = c.file("jobs.yaml", &trigger("jobs", "push"));
+    let out = c.aofctl(&["apply", "-f", &t]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    c.webhook("jobs-1").await;
+    c.webhook("jobs-2").await;
+
+    // get jobs: names, table, JSON, filters.
+    let out = c
+        .aofctl(&["get", "jobs", "--state", "ready", "--target", "helper", "-o", "name"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let names: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let first = names[0].strip_prefix("job/").unwrap().to_string();
+    let out = c.aofctl(&["get", "jobs", "--event", "push"]).await;
+    let table = text(&out.stdout);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["JOB", "EVENT", "TYPE", "TARGET", "STATE", "ATTEMPTS", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        (row[0], row[2], row[3], row[4]),
+        (first.as_str(), "push", "agent/helper", "ready"),
+        "{table}"
+    );
+    let out = c.aofctl(&["get", "jobs", "--event", "issues"]).await;
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains("No jobs found."));
+
+    // cancel job: once, then 409 with the reason.
+    let out = c
+        .aofctl(&["cancel", "job", &first, "--reason", "superseded"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("job {first} cancelled (was ready)\n")
+    );
+    let out = c.aofctl(&["cancel", "job", &first]).await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("already cancelled") && err.contains("nothing changed"),
+        "{err}"
+    );
+    let out = c
+        .aofctl(&["get", "jobs", "--state", "cancelled", "-o", "json"])
+        .await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["items"][0]["job_id"], first.as_str(), "{v}");
+    let note = v["items"][0]["history"][1]["note"].as_str().unwrap();
+    assert!(note.ends_with(": superseded"), "{note}");
+
+    // rerun event: a new job of the same event.
+    let event_id = v["items"][0]["event_id"].as_u64().unwrap().to_string();
+    let out = c.aofctl(&["rerun", "event", &event_id, "-o", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["jobs"][0], format!("{event_id}-1").as_str(), "{r}");
+
+    // queue set-limits / limits.
+    let out = c
+        .aofctl(&["queue", "set-limits", "helper", "--max-in-flight", "2", "--ttl", "1h"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "target helper: max in flight 2, ttl 1h\n"
+    );
+    let out = c.aofctl(&["queue", "limits"]).await;
+    assert_eq!(
+        text(&out.stdout),
+        "TARGET   MAX IN FLIGHT   LEASED   TTL\nhelper   2               0        1h\n"
+    );
+}

@@ -64,6 +64,8 @@ pub enum JobState {
     Dead,
     /// Removed from the dead-letter queue.
     Purged,
+    /// Cancelled by an operator before it finished (`aofctl cancel job`).
+    Cancelled,
     /// A state this client does not know (newer server).
     #[serde(other)]
     Unknown,
@@ -78,6 +80,7 @@ impl JobState {
             JobState::Completed => "completed",
             JobState::Dead => "dead",
             JobState::Purged => "purged",
+            JobState::Cancelled => "cancelled",
             JobState::Unknown => "unknown",
         }
     }

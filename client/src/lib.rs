@@ -46,6 +46,7 @@
 //!
 //! Proxies from the environment are not used.
 
+mod controls;
 mod error;
 mod events;
 mod github;
@@ -64,6 +65,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 
+pub use controls::*;
 pub use error::{ClientError, WorkerError};
 use error::Hints;
 pub use events::*;

@@ -85,6 +85,16 @@ pub enum Command {
     /// Delivery recovery: the leader swept a GitHub hook's delivery list up to
     /// `checkpoint`; a later sweep stops there. Never moves backwards.
     RecoveryCheckpoint(RecoveryCheckpoint),
+    // --- Queue controls (cancel, re-run, per-target limits). Operator commands from
+    // the API: never batched, validated and bounded at the HTTP edge. ---
+    /// Cancel a ready, delayed or leased job: it ends `Cancelled` (terminal) and its
+    /// lease, if any, is gone (its fencing token stops working). `by` is the
+    /// requesting principal, `reason` free text; both end up in the job's history.
+    CancelJob { job_id: String, by: String, reason: String },
+    /// Run an event again: one new job per route its jobs took, from its stored payload.
+    RerunEvent { event_id: u64, by: String },
+    /// Set a target's queue limits (all zero = remove them).
+    SetTargetLimits { target: String, limits: TargetLimits },
 }
 
 /// Where delivery recovery of one GitHub hook got to (see `sm::recovery`).
@@ -98,6 +108,25 @@ pub struct RecoveryCheckpoint {
     pub last_delivered_at_ms: u64,
     /// Deliveries the sweep ingested.
     pub recovered: u64,
+}
+
+/// Per-target queue limits, kept in the replicated state (`q/<target>`).
+///
+/// **API Boundary**: persisted (bincode); add fields only together with a new key
+/// or a versioned wrapper, never in place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetLimits {
+    /// Most jobs of the target leased at once, cluster-wide (0 = no limit).
+    pub max_in_flight: u32,
+    /// A ready or delayed job pending longer than this goes to the dead-letter queue
+    /// (0 = never). Measured with leader-stamped time from when it entered the queue.
+    pub pending_ttl_ms: u64,
+}
+
+impl TargetLimits {
+    pub fn is_empty(&self) -> bool {
+        self.max_in_flight == 0 && self.pending_ttl_ms == 0
+    }
 }
 
 /// Most commands in one [`Command::Batch`] (the position must fit in 8 bits).
@@ -214,6 +243,9 @@ impl Command {
             Command::Purge { .. } => "purge",
             Command::Batch(_) => "batch",
             Command::RecoveryCheckpoint(_) => "recovery_checkpoint",
+            Command::CancelJob { .. } => "cancel_job",
+            Command::RerunEvent { .. } => "rerun_event",
+            Command::SetTargetLimits { .. } => "set_target_limits",
         }
     }
 
@@ -274,6 +306,21 @@ pub enum Response {
     /// `RecoveryCheckpoint`: `advanced` is false when the stored checkpoint was
     /// already at or past the proposed one (nothing changed).
     RecoveryCheckpointed { source: String, advanced: bool },
+    /// `CancelJob`: the job is now cancelled; `was` is the state it left.
+    JobCancelled { job_id: String, was: String },
+    /// `CancelJob` on a finished job (completed, dead, purged, cancelled); nothing changed.
+    NotCancellable { job_id: String, state: String },
+    /// `RerunEvent`: the new jobs.
+    Rerun { event_id: u64, jobs: Vec<String> },
+    /// `RerunEvent` refused (no payload kept, nothing to re-run, too many runs);
+    /// nothing changed.
+    RerunRefused { event_id: u64, reason: String },
+    /// No such event (never received, or removed after its retention).
+    EventNotFound { event_id: u64 },
+    /// `SetTargetLimits` applied.
+    TargetLimitsSet { target: String, limits: TargetLimits },
+    /// A queue-control command refused by the replicated state; nothing changed.
+    Refused { reason: String },
 }
 
 /// What the gateway answers for a delivery.

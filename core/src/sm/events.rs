@@ -85,6 +85,9 @@ pub enum JobState {
     Dead,
     /// Removed from the dead-letter queue by `aofctl dlq purge`.
     Purged,
+    /// Cancelled by an operator (`aofctl cancel job`) before it finished. Added last:
+    /// bincode stores the variant index, so records written before it still load.
+    Cancelled,
 }
 
 impl JobState {
@@ -96,10 +99,17 @@ impl JobState {
             JobState::Completed => "completed",
             JobState::Dead => "dead",
             JobState::Purged => "purged",
+            JobState::Cancelled => "cancelled",
         }
     }
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Dead | JobState::Purged)
+        matches!(self, JobState::Completed | JobState::Dead | JobState::Purged | JobState::Cancelled)
+    }
+    /// Parse [`JobState::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Ready, Self::Leased, Self::Delayed, Self::Completed, Self::Dead, Self::Purged, Self::Cancelled]
+            .into_iter()
+            .find(|v| v.as_str() == s)
     }
 }
 

@@ -11,6 +11,7 @@
 //! edge); `apply` only decides outcomes that depend on the replicated state (CAS,
 //! dedup, leases).
 
+pub mod controls;
 pub mod events;
 pub mod kv;
 pub mod payload;
@@ -86,6 +87,9 @@ fn apply_one(state: &mut Overlay<'_>, index: u64, seq: u64, now: u64, cmd: &Comm
         Command::Purge { job_id } => queue::purge(state, seq, now, job_id.as_deref()),
         Command::Batch(_) => Response::NotBatchable { kind: cmd.kind().to_string() },
         Command::RecoveryCheckpoint(c) => recovery::checkpoint(state, now, c),
+        Command::CancelJob { job_id, by, reason } => controls::cancel(state, seq, now, job_id, by, reason),
+        Command::RerunEvent { event_id, by } => controls::rerun(state, seq, now, *event_id, by),
+        Command::SetTargetLimits { target, limits } => controls::set_limits(state, target, *limits),
     }
 }
 

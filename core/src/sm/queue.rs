@@ -31,9 +31,9 @@ use crate::github::facts::EventFacts;
 use crate::github::trigger::{Priority, RateLimit, RateLimitScope};
 use crate::types::{EventStatus, GrantRequest, LeaseGrant, QueuePolicy, Response};
 
-const DELAYED: &[u8] = b"w/";
-const LEASED: &[u8] = b"l/";
-const DEAD: &[u8] = b"z/";
+pub(super) const DELAYED: &[u8] = b"w/";
+pub(super) const LEASED: &[u8] = b"l/";
+pub(super) const DEAD: &[u8] = b"z/";
 const BUCKET: &[u8] = b"b/";
 
 /// Ready-index entries one grant inspects at most (bounds one apply).
@@ -43,7 +43,7 @@ pub const TICK_BUDGET: usize = 1024;
 /// Longest result / error text kept in a job.
 pub const MAX_NOTE_BYTES: usize = 4096;
 
-fn suffix(job: &JobRecord) -> Vec<u8> {
+pub(super) fn suffix(job: &JobRecord) -> Vec<u8> {
     let (e, n) = events::parse_job_id(&job.job_id).expect("job ids are well-formed");
     [&e.to_be_bytes()[..], &[n]].concat()
 }
@@ -53,13 +53,13 @@ fn ready_key(job: &JobRecord) -> Vec<u8> {
 fn delayed_key(job: &JobRecord) -> Vec<u8> {
     [DELAYED, &job.ready_at_ms.to_be_bytes()[..], &suffix(job)].concat()
 }
-fn leased_key(job: &JobRecord) -> Option<Vec<u8>> {
+pub(super) fn leased_key(job: &JobRecord) -> Option<Vec<u8>> {
     job.lease.as_ref().map(|l| [LEASED, &l.deadline_ms.to_be_bytes()[..], &suffix(job)].concat())
 }
 fn dead_key(job: &JobRecord) -> Vec<u8> {
     [DEAD, &suffix(job)].concat()
 }
-fn job_key(job: &JobRecord) -> Vec<u8> {
+pub(super) fn job_key(job: &JobRecord) -> Vec<u8> {
     [b"j/".as_slice(), &suffix(job)].concat()
 }
 
@@ -70,7 +70,7 @@ fn index_key(job: &JobRecord) -> Option<Vec<u8>> {
         JobState::Delayed => Some(delayed_key(job)),
         JobState::Leased => leased_key(job),
         JobState::Dead => Some(dead_key(job)),
-        JobState::Completed | JobState::Purged => None,
+        JobState::Completed | JobState::Purged | JobState::Cancelled => None,
     }
 }
 
@@ -82,7 +82,7 @@ pub(super) fn unindex(state: &mut Overlay<'_>, job: &JobRecord) {
 }
 
 /// Move a job to `to`, keeping its index entry and history in step, and store it.
-fn transition(state: &mut Overlay<'_>, job: &mut JobRecord, to: JobState, index: u64, now: u64, note: Option<String>) {
+pub(super) fn transition(state: &mut Overlay<'_>, job: &mut JobRecord, to: JobState, index: u64, now: u64, note: Option<String>) {
     unindex(state, job);
     job.state = to;
     if to != JobState::Leased {
@@ -98,7 +98,7 @@ fn transition(state: &mut Overlay<'_>, job: &mut JobRecord, to: JobState, index:
     state.put(job_key(job), codec::encode(job));
 }
 
-fn truncate(s: &str) -> String {
+pub(super) fn truncate(s: &str) -> String {
     if s.len() <= MAX_NOTE_BYTES {
         return s.to_string();
     }
@@ -163,7 +163,7 @@ fn release_delayed(state: &mut Overlay<'_>, index: u64, now: u64, budget: usize)
     n
 }
 
-fn job_from_index_key(state: &dyn KvRead, k: &[u8], at: usize) -> Option<JobRecord> {
+pub(super) fn job_from_index_key(state: &dyn KvRead, k: &[u8], at: usize) -> Option<JobRecord> {
     let e = u64::from_be_bytes(k.get(at..at + 8)?.try_into().ok()?);
     let n = *k.get(at + 8)?;
     events::get_job(state, &events::job_id(e, n))
@@ -208,7 +208,7 @@ fn after_failure(
 }
 
 /// When every job of an event is terminal, the event is finished and its retention starts.
-fn finish_event_if_done(state: &mut Overlay<'_>, event_id: u64, now: u64) {
+pub(super) fn finish_event_if_done(state: &mut Overlay<'_>, event_id: u64, now: u64) {
     let Some(mut e) = events::get_event(state, event_id) else { return };
     let jobs = events::jobs_of(state, &e);
     if !jobs.iter().all(|j| j.state.is_terminal()) {
@@ -223,6 +223,7 @@ pub(super) fn grant(state: &mut Overlay<'_>, index: u64, now: u64, g: &GrantRequ
     release_delayed(state, index, now, TICK_BUDGET);
     let candidates: Vec<Vec<u8>> = state.range(events::READY, &prefix_end(events::READY)).take(GRANT_SCAN_LIMIT).map(|(k, _)| k).collect();
     let mut out = Vec::new();
+    let mut in_flight = super::controls::InFlight::default();
     for k in candidates {
         if out.len() >= g.count.max(1) as usize {
             break;
@@ -230,6 +231,9 @@ pub(super) fn grant(state: &mut Overlay<'_>, index: u64, now: u64, g: &GrantRequ
         let Some(mut job) = job_from_index_key(state, &k, events::READY.len() + 1) else { continue };
         if !g.targets.is_empty() && !g.targets.iter().any(|t| *t == job.route.name) {
             continue;
+        }
+        if !in_flight.admits(state, &job.route.name) {
+            continue; // the target has its most jobs in flight; waits for one to finish
         }
         if let Some(rl) = job.rate_limit.clone() {
             if !take_token(state, &rl, now) {
@@ -241,6 +245,7 @@ pub(super) fn grant(state: &mut Overlay<'_>, index: u64, now: u64, g: &GrantRequ
         job.lease = Some(LeaseInfo { token: index, worker_id: g.worker_id.clone(), deadline_ms: now.saturating_add(g.policy.lease_timeout_ms) });
         let note = format!("leased to {} (attempt {}, token {index})", g.worker_id, job.attempts);
         transition(state, &mut job, JobState::Leased, index, now, Some(note));
+        in_flight.leased(&job.route.name);
         let lease = job.lease.clone().expect("just set");
         out.push(LeaseGrant {
             job_id: job.job_id.clone(),
@@ -272,6 +277,13 @@ fn leased_job(state: &dyn KvRead, job_id: &str, token: u64, planted: Planted) ->
         Some(l) if job.state == JobState::Leased => Err(Response::StaleToken {
             job_id: job_id.to_string(),
             reason: format!("the job is leased under token {}, not {token}: this lease expired and the job was leased again", l.token),
+        }),
+        _ if job.state == JobState::Cancelled => Err(Response::StaleToken {
+            job_id: job_id.to_string(),
+            reason: format!(
+                "job was cancelled ({}); token {token} is no longer valid — stop working on it",
+                job.history.last().and_then(|h| h.note.as_deref()).unwrap_or("cancelled")
+            ),
         }),
         _ => Err(Response::StaleToken {
             job_id: job_id.to_string(),
@@ -347,6 +359,8 @@ pub(super) fn tick(state: &mut Overlay<'_>, index: u64, now: u64, policy: &Queue
         expired += 1;
     }
     let released = release_delayed(state, index, now, TICK_BUDGET);
+    // Pending jobs past their target's TTL go to the DLQ (not counted as lease expiries).
+    super::controls::expire_pending(state, index, now);
     (expired, released)
 }
 
@@ -393,7 +407,7 @@ pub fn next_due(state: &dyn KvRead) -> Option<u64> {
     let first = |p: &[u8]| {
         state.range(p, &prefix_end(p)).next().and_then(|(k, _)| k.get(p.len()..p.len() + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
     };
-    [first(LEASED), first(DELAYED)].into_iter().flatten().min()
+    [first(LEASED), first(DELAYED), super::controls::next_ttl_due(state)].into_iter().flatten().min()
 }
 
 /// Whether some ready job serves one of `targets` (empty = any), scanning a bounded

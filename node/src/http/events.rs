@@ -42,7 +42,8 @@ pub fn event_view(e: &EventRecord, jobs: &[JobRecord]) -> Value {
     })
 }
 
-fn job_view(j: &JobRecord) -> Value {
+/// The JSON view of one job (also used by `GET /v1/jobs`).
+pub fn job_view(j: &JobRecord) -> Value {
     json!({
         "job_id": j.job_id,
         "target": { "kind": format!("{:?}", j.route.kind).to_lowercase(), "name": j.route.name },

@@ -6,6 +6,7 @@
 //! * [`error`] — the JSON error answer and shared query parameters.
 //! * handlers: [`webhook`] (GitHub intake), [`cluster`] (health, readiness, status,
 //!   membership), [`triggers`], [`events`] (status API), [`queue`] (queue stats, DLQ),
+//!   [`jobs`] (queue controls: list / cancel jobs, re-run events, per-target limits),
 //!   [`prometheus`] (`/metrics`), [`ui`] (the status page `/ui` and its live feed
 //!   `/v1/watch`), [`github`] (delivery recovery).
 //!
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod github;
+pub mod jobs;
 pub mod prometheus;
 pub mod queue;
 pub mod routes;

@@ -7,11 +7,11 @@
 //! the status page's static assets `/ui` (no token; the page calls `/v1/*` with one).
 //! Handlers never import this module.
 
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use super::state::AppState;
-use super::{cluster, events, github, prometheus, queue, triggers, ui, webhook};
+use super::{cluster, events, github, jobs, prometheus, queue, triggers, ui, webhook};
 
 /// The public listener: `POST /webhook/github`, `GET /health`, `GET /ready`.
 pub fn public(state: AppState) -> Router {
@@ -57,5 +57,11 @@ pub fn api(state: AppState) -> Router {
         .route("/v1/watch", get(ui::watch))
         .route("/v1/github/recovery", get(github::status))
         .route("/v1/github/recover", post(github::recover))
+        // Queue controls.
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/events/{id}/rerun", post(jobs::rerun_event))
+        .route("/v1/queue/limits", get(jobs::list_limits))
+        .route("/v1/targets/{target}/limits", put(jobs::put_limits))
         .with_state(state)
 }
