@@ -506,23 +506,40 @@ impl Node {
         Ok(())
     }
 
+    /// Confirm leadership with a quorum (read-index). A round in which too few
+    /// followers answered within the heartbeat interval (a slow fsync on a follower,
+    /// a lost packet) is tried again, with backoff, until the request timeout: etcd's
+    /// ReadIndex waits the same way instead of failing the read at once.
     async fn leader_read_index(&self) -> Result<u64, NodeError> {
         let t = self.timeouts.request;
-        let res = tokio::time::timeout(t, self.raft.ensure_linearizable()).await.map_err(|_| {
-            NodeError::Unavailable(format!(
-                "the leader could not confirm its leadership with a quorum within {} ms; retry, or read with ?consistency=stale",
-                t.as_millis()
-            ))
-        })?;
-        match res {
-            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(e)) => match e {
-                openraft::error::CheckIsLeaderError::ForwardToLeader(f) => Err(NodeError::NotLeader { leader: f.leader_id }),
-                openraft::error::CheckIsLeaderError::QuorumNotEnough(q) => Err(NodeError::Unavailable(format!(
-                    "the leader cannot reach a quorum ({q}); retry, or read with ?consistency=stale"
-                ))),
-            },
-            Err(RaftError::Fatal(f)) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+        let deadline = Instant::now() + t;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let res = tokio::time::timeout(left, self.raft.ensure_linearizable()).await.map_err(|_| {
+                NodeError::Unavailable(format!(
+                    "the leader could not confirm its leadership with a quorum within {} ms; retry, or read with ?consistency=stale",
+                    t.as_millis()
+                ))
+            })?;
+            match res {
+                Ok(log_id) => return Ok(log_id.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(e)) => match e {
+                    openraft::error::CheckIsLeaderError::ForwardToLeader(f) => {
+                        return Err(NodeError::NotLeader { leader: f.leader_id })
+                    }
+                    openraft::error::CheckIsLeaderError::QuorumNotEnough(q) => {
+                        if Instant::now() + pause >= deadline {
+                            return Err(NodeError::Unavailable(format!(
+                                "the leader cannot reach a quorum ({q}); retry, or read with ?consistency=stale"
+                            )));
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(250));
+                    }
+                },
+                Err(RaftError::Fatal(f)) => return Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+            }
         }
     }
 
