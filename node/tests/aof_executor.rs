@@ -8,29 +8,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use aof_node::config::{DaemonConfig, ExecutorConfig, GithubConfig};
 use aof_node::github::signature::sign;
-use common::TestCluster;
+use common::{fixture, TestCluster};
 use serde_json::Value;
 
 const SECRET: &str = "s3cret-webhook-for-aof-test";
 const TOKEN: &str = "ghp_node_token_for_the_aof_test";
-
-fn fixture(path: &str) -> Vec<u8> {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for base in [
-        "../../shared/fixtures/github-webhooks",
-        "../shared/fixtures/github-webhooks",
-    ] {
-        if let Ok(b) = std::fs::read(here.join(base).join(path)) {
-            return b;
-        }
-    }
-    panic!("fixture {path} not found beside the repository");
-}
 
 async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8]) {
     let r = c

@@ -7,7 +7,11 @@
 //! `shared/fixtures/github-webhooks` two or one levels above this crate; if none
 //! exists the tests fail (they must not pass vacuously).
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::fixtures_dir;
 
 use aof_node::github::{
     extract, match_event, parse_trigger, sign, verify, CtxValue, EventFacts, MatchOutcome, COMMENT_EVENTS,
@@ -21,25 +25,6 @@ struct Fixture {
     action: Option<String>,
     body: Vec<u8>,
     payload: Value,
-}
-
-fn fixtures_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Some(dir) = std::env::var_os("AOF_FIXTURES_DIR") {
-        let dir = PathBuf::from(dir);
-        assert!(dir.is_dir(), "AOF_FIXTURES_DIR={} is not a directory", dir.display());
-        return dir;
-    }
-    let candidates =
-        [manifest.join("../../shared/fixtures/github-webhooks"), manifest.join("../shared/fixtures/github-webhooks")];
-    candidates.into_iter().find(|d| d.is_dir()).unwrap_or_else(|| {
-        panic!(
-            "GitHub webhook fixtures not found: set AOF_FIXTURES_DIR to the github-webhooks fixture directory, or put \
-             shared/fixtures/github-webhooks next to the repository (looked in \
-             {m}/../../shared/fixtures/github-webhooks and {m}/../shared/fixtures/github-webhooks)",
-            m = manifest.display()
-        )
-    })
 }
 
 fn load_fixtures() -> Vec<Fixture> {

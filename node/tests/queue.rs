@@ -11,20 +11,10 @@ use aof_node::config::{DaemonConfig, ExecutorConfig, GithubConfig};
 use aof_proto::v1 as pb;
 use aof_proto::v1::work_queue_client::WorkQueueClient;
 use axum::http::HeaderMap;
-use common::TestCluster;
+use common::{fixture, TestCluster};
 use serde_json::Value;
 
 const SECRET: &str = "s3cret";
-
-fn fixture(path: &str) -> Vec<u8> {
-    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for base in ["../../shared/fixtures/github-webhooks", "../shared/fixtures/github-webhooks"] {
-        if let Ok(b) = std::fs::read(here.join(base).join(path)) {
-            return b;
-        }
-    }
-    panic!("fixture {path} not found beside the repository");
-}
 
 async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8]) -> Value {
     let r = common::signed_webhook(&c.http, &c.nodes[i].url("/webhook/github"), event, delivery, body, SECRET).await;

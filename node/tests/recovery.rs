@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use common::{signed_webhook, TestCluster};
+use common::{fixture, signed_webhook, TestCluster};
 use serde_json::{json, Value};
 
 const SECRET: &str = "recovery-secret";
@@ -177,24 +177,6 @@ async fn fake_github() -> Shared {
     shared.lock().unwrap().base = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     shared
-}
-
-fn fixture(rel: &str) -> Vec<u8> {
-    let m = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::var_os("AOF_FIXTURES_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            [
-                m.join("../../shared/fixtures/github-webhooks"),
-                m.join("../shared/fixtures/github-webhooks"),
-            ]
-            .into_iter()
-            .find(|d| d.is_dir())
-            .expect(
-                "GitHub webhook fixtures (shared/fixtures/github-webhooks, or AOF_FIXTURES_DIR)",
-            )
-        });
-    std::fs::read(dir.join(rel)).unwrap()
 }
 
 fn rfc3339(minutes_ago: u64) -> String {

@@ -13,24 +13,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aof_node::config::{DaemonConfig, ExecutorConfig, GithubConfig};
-use common::{client_with_token, TestCluster, ADMIN_TOKEN, READ_TOKEN};
+use common::{client_with_token, fixture, TestCluster, ADMIN_TOKEN, READ_TOKEN};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const SECRET: &str = "ui-secret";
-
-fn fixture(path: &str) -> Vec<u8> {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for base in [
-        "../../shared/fixtures/github-webhooks",
-        "../shared/fixtures/github-webhooks",
-    ] {
-        if let Ok(b) = std::fs::read(here.join(base).join(path)) {
-            return b;
-        }
-    }
-    panic!("fixture {path} not found beside the repository");
-}
 
 fn find_in_path(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -4,28 +4,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use aof_node::config::{DaemonConfig, GithubConfig};
 use aof_node::github::signature::sign;
-use common::TestCluster;
+use common::{fixtures_dir, TestCluster};
 use serde_json::{json, Value};
 
 const SECRET: &str = "it's-a-secret-to-everybody";
-
-fn fixtures_dir() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var("AOF_FIXTURES_DIR").map(PathBuf::from).unwrap_or_default(),
-        here.join("../../shared/fixtures/github-webhooks"),
-        here.join("../shared/fixtures/github-webhooks"),
-    ];
-    candidates
-        .into_iter()
-        .find(|p| p.join("README.md").exists())
-        .expect("GitHub fixtures not found: set AOF_FIXTURES_DIR or keep shared/ beside the repository")
-}
 
 /// Every fixture: (event, action-from-file-name, body).
 fn fixtures() -> Vec<(String, String, Vec<u8>)> {

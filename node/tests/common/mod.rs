@@ -463,3 +463,30 @@ pub async fn signed_webhook(
         .await
         .unwrap_or_else(|e| panic!("POST {url}: {e}"))
 }
+
+/// The real GitHub payloads: `$AOF_FIXTURES_DIR`, or `shared/fixtures/github-webhooks`
+/// beside the repository (or beside its parent, for a worktree).
+pub fn fixtures_dir() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if let Some(dir) = std::env::var_os("AOF_FIXTURES_DIR") {
+        let dir = std::path::PathBuf::from(dir);
+        assert!(dir.is_dir(), "AOF_FIXTURES_DIR={} is not a directory", dir.display());
+        return dir;
+    }
+    let candidates =
+        [manifest.join("../../shared/fixtures/github-webhooks"), manifest.join("../shared/fixtures/github-webhooks")];
+    candidates.into_iter().find(|d| d.is_dir()).unwrap_or_else(|| {
+        panic!(
+            "GitHub webhook fixtures not found: set AOF_FIXTURES_DIR to the github-webhooks fixture directory, or put \
+             shared/fixtures/github-webhooks next to the repository (looked in \
+             {m}/../../shared/fixtures/github-webhooks and {m}/../shared/fixtures/github-webhooks)",
+            m = manifest.display()
+        )
+    })
+}
+
+/// One fixture's bytes, by its path under [`fixtures_dir`] (`issues/00-edited.json`).
+pub fn fixture(path: &str) -> Vec<u8> {
+    let file = fixtures_dir().join(path);
+    std::fs::read(&file).unwrap_or_else(|e| panic!("fixture {}: {e}", file.display()))
+}
