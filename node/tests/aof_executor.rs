@@ -9,53 +9,17 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use aof_node::config::{DaemonConfig, ExecutorConfig, GithubConfig};
-use aof_node::github::signature::sign;
-use common::{fixture, TestCluster};
+use common::{fixture, put_trigger, wait_status, TestCluster};
 use serde_json::Value;
 
 const SECRET: &str = "s3cret-webhook-for-aof-test";
 const TOKEN: &str = "ghp_node_token_for_the_aof_test";
 
 async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8]) {
-    let r = c
-        .http
-        .post(c.nodes[i].url("/webhook/github"))
-        .header("x-github-event", event)
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", sign(SECRET.as_bytes(), body))
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = common::signed_webhook(&c.http, &c.nodes[i].url("/webhook/github"), event, delivery, body, SECRET).await;
     assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
-}
-
-async fn put_trigger(c: &TestCluster, name: &str, yaml: &str) {
-    let r = c
-        .http
-        .put(c.nodes[0].url(&format!("/v1/triggers/{name}")))
-        .header("content-type", "application/yaml")
-        .body(yaml.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-}
-
-async fn wait_status(c: &TestCluster, delivery: &str, status: &str, secs: u64) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..secs * 10 {
-        let (s, v) = c.get_json(1, &format!("/v1/deliveries/{delivery}")).await;
-        if s == 200 && v["status"] == status {
-            return v;
-        }
-        last = v;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("delivery {delivery} never reached {status}: {last}");
 }
 
 /// A stand-in for AOF's CLI: records argv (NUL-separated), environment
@@ -249,7 +213,7 @@ async fn the_aof_executor_runs_aofs_cli_like_aofs_daemon() {
     let assistant = agents.join("assistant.yml").display().to_string();
 
     // Slash command with text: the text after the command is the prompt.
-    let ev = wait_status(&c, "aof-slash", "completed", 60).await;
+    let ev = wait_status(&c, 1, "aof-slash", "completed", 60).await;
     assert_eq!(
         ev["jobs"][0]["result"],
         format!("agent {reviewer} ran for aof-slash\n"),
@@ -279,7 +243,7 @@ async fn the_aof_executor_runs_aofs_cli_like_aofs_daemon() {
     );
 
     // A bare slash command: the context AOF's daemon constructs.
-    wait_status(&c, "aof-bare", "completed", 60).await;
+    wait_status(&c, 1, "aof-bare", "completed", 60).await;
     let r = Recorded::read(&record, "aof-bare", 1);
     let expected = "Review the PR/issue at: https://github.com/Codertocat/Hello-World/issues/1\nTitle: Spelling error in the README file";
     assert_eq!(
@@ -296,7 +260,7 @@ async fn the_aof_executor_runs_aofs_cli_like_aofs_daemon() {
     assert_eq!(r.stdin, bare);
 
     // The trigger's default agent: AOF's event summary.
-    let ev = wait_status(&c, "aof-default", "completed", 60).await;
+    let ev = wait_status(&c, 1, "aof-default", "completed", 60).await;
     assert_eq!(
         ev["jobs"][0]["result"],
         format!("agent {assistant} ran for aof-default\n"),
@@ -326,7 +290,7 @@ async fn the_aof_executor_runs_aofs_cli_like_aofs_daemon() {
 
     // Exit 1: retried (max_retries 2 → three attempts), then dead-lettered with
     // the CLI's stderr.
-    let ev = wait_status(&c, "aof-broken", "failed", 60).await;
+    let ev = wait_status(&c, 1, "aof-broken", "failed", 60).await;
     let job = &ev["jobs"][0];
     assert_eq!(job["state"], "dead", "{ev}");
     assert_eq!(job["attempts"], 3, "{ev}");

@@ -11,7 +11,7 @@ use aof_node::config::{DaemonConfig, ExecutorConfig, GithubConfig};
 use aof_proto::v1 as pb;
 use aof_proto::v1::work_queue_client::WorkQueueClient;
 use axum::http::HeaderMap;
-use common::{fixture, TestCluster};
+use common::{fixture, put_trigger, wait_status, TestCluster};
 use serde_json::Value;
 
 const SECRET: &str = "s3cret";
@@ -20,24 +20,6 @@ async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8
     let r = common::signed_webhook(&c.http, &c.nodes[i].url("/webhook/github"), event, delivery, body, SECRET).await;
     assert_eq!(r.status().as_u16(), 202);
     r.json().await.unwrap()
-}
-
-async fn put_trigger(c: &TestCluster, name: &str, yaml: &str) {
-    let r = c.http.put(c.nodes[0].url(&format!("/v1/triggers/{name}"))).header("content-type", "application/yaml").body(yaml.to_string()).send().await.unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-}
-
-async fn wait_status(c: &TestCluster, delivery: &str, status: &str, secs: u64) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..secs * 10 {
-        let (s, v) = c.get_json(1, &format!("/v1/deliveries/{delivery}")).await;
-        if s == 200 && v["status"] == status {
-            return v;
-        }
-        last = v;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("delivery {delivery} never reached {status}: {last}");
 }
 
 /// A fake GitHub API recording every request.
@@ -92,13 +74,13 @@ async fn built_in_executors_run_commands_and_call_github() {
     let r1 = post(&c, 1, "issues", "q-issue", &issue).await;
     post(&c, 2, "pull_request", "q-pr", &pr).await;
 
-    let ev = wait_status(&c, "q-issue", "completed", 30).await;
+    let ev = wait_status(&c, 1, "q-issue", "completed", 30).await;
     let job_id = r1["jobs"][0].as_str().unwrap();
     assert_eq!(std::fs::read(out.path().join(job_id)).unwrap(), issue, "payload reaches the command's stdin byte for byte");
     let history: Vec<&str> = ev["jobs"][0]["history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
     assert_eq!(history, vec!["ready", "leased", "completed"], "exactly one run: {ev}");
 
-    wait_status(&c, "q-pr", "completed", 30).await;
+    wait_status(&c, 1, "q-pr", "completed", 30).await;
     let payload: Value = serde_json::from_slice(&pr).unwrap();
     let repo = payload["repository"]["full_name"].as_str().unwrap();
     let number = payload["pull_request"]["number"].as_u64().unwrap();
@@ -302,9 +284,9 @@ async fn the_github_executor_touches_only_the_deliverys_checked_repository() {
     post(&c, 0, "issues", "scope-dots", &with_repo("issues/16-opened.json", "myorg/../victim", None)).await;
     post(&c, 0, "issues", "scope-encoded", &with_repo("issues/16-opened.json", "myorg/api%2F..%2F..%2Fvictim", None)).await;
 
-    wait_status(&c, "scope-good", "completed", 30).await;
+    wait_status(&c, 1, "scope-good", "completed", 30).await;
     for delivery in ["scope-dots", "scope-encoded"] {
-        let v = wait_status(&c, delivery, "failed", 30).await;
+        let v = wait_status(&c, 1, delivery, "failed", 30).await;
         assert_eq!(v["jobs"][0]["state"], "dead", "{v}");
         assert!(v.to_string().contains("refusing to act"), "{v}");
     }

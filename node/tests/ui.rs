@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aof_node::config::{DaemonConfig, ExecutorConfig, GithubConfig};
-use common::{client_with_token, fixture, TestCluster, ADMIN_TOKEN, READ_TOKEN};
+use common::{client_with_token, fixture, wait_status, TestCluster, ADMIN_TOKEN, READ_TOKEN};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -265,20 +265,6 @@ async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8
     assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
 }
 
-async fn wait_status(c: &TestCluster, delivery: &str, status: &str, secs: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        let (s, v) = c.get_json(0, &format!("/v1/deliveries/{delivery}")).await;
-        if s == 200 && v["status"] == status {
-            return v;
-        }
-        last = v;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("delivery {delivery} never reached {status}: {last}");
-}
-
 async fn sign_in(b: &mut Browser, token: &str) {
     b.wait_for(
         "the sign-in form",
@@ -363,7 +349,7 @@ async fn status_page_shows_the_cluster_live_and_redrives_with_an_admin_token() {
         &fixture("issue_comment/00-created.json"),
     )
     .await;
-    let ev = wait_status(&c, "ui-dead-1", "failed", 30).await;
+    let ev = wait_status(&c, 0, "ui-dead-1", "failed", 30).await;
     let job_id = ev["jobs"][0]["job_id"].as_str().unwrap().to_string();
     assert_eq!(ev["jobs"][0]["state"], "dead", "{ev}");
     let row = format!("#dlq tbody tr[data-job=\"{job_id}\"]");
@@ -427,7 +413,7 @@ async fn status_page_shows_the_cluster_live_and_redrives_with_an_admin_token() {
     b.screenshot("admin-dlq").await;
     b.eval(&format!("document.querySelector('{button}').click(); true"))
         .await;
-    let ev = wait_status(&c, "ui-dead-1", "completed", 30).await;
+    let ev = wait_status(&c, 0, "ui-dead-1", "completed", 30).await;
     let states: Vec<&str> = ev["jobs"][0]["history"]
         .as_array()
         .unwrap()

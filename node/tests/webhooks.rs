@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use aof_node::config::{DaemonConfig, GithubConfig};
 use aof_node::github::signature::sign;
-use common::{fixtures_dir, TestCluster};
+use common::{fixtures_dir, put_trigger, TestCluster};
 use serde_json::{json, Value};
 
 const SECRET: &str = "it's-a-secret-to-everybody";
@@ -58,11 +58,6 @@ async fn post(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8
 
 async fn post_signed(c: &TestCluster, i: usize, event: &str, delivery: &str, body: &[u8]) -> (u16, Value) {
     post(c, i, event, delivery, body, Some(sign(SECRET.as_bytes(), body))).await
-}
-
-async fn put_trigger(c: &TestCluster, name: &str, yaml: &str) {
-    let r = c.http.put(c.nodes[0].url(&format!("/v1/triggers/{name}"))).header("content-type", "application/yaml").body(yaml.to_string()).send().await.unwrap();
-    assert!(r.status().is_success(), "{name}: {:?}", r.text().await);
 }
 
 async fn event_count(c: &TestCluster) -> usize {

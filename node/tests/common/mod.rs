@@ -490,3 +490,25 @@ pub fn fixture(path: &str) -> Vec<u8> {
     let file = fixtures_dir().join(path);
     std::fs::read(&file).unwrap_or_else(|e| panic!("fixture {}: {e}", file.display()))
 }
+
+/// Create or replace trigger `name` from YAML through node 1's API; asserts success.
+pub async fn put_trigger(c: &TestCluster, name: &str, yaml: &str) {
+    let r = c.http.put(c.nodes[0].url(&format!("/v1/triggers/{name}"))).header("content-type", "application/yaml").body(yaml.to_string()).send().await.unwrap();
+    assert!(r.status().is_success(), "{name}: {:?}", r.text().await);
+}
+
+/// Poll `/v1/deliveries/{delivery}` on node `node` (index) until its status is
+/// `status`, for at most `secs` seconds; the delivery's record.
+pub async fn wait_status(c: &TestCluster, node: usize, delivery: &str, status: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let (s, v) = c.get_json(node, &format!("/v1/deliveries/{delivery}")).await;
+        if s == 200 && v["status"] == status {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("delivery {delivery} never reached {status}: {last}");
+}
