@@ -367,3 +367,7 @@ impl EventStatus {
         !matches!(self, EventStatus::Queued)
     }
 }
+
+// Persisted records of the state machine, each versioned on its own (see
+// `crate::codec::Record`): `t/<name>` and `q/<target>`.
+crate::first_record_layout!(TriggerRecord => "trigger", TargetLimits => "target limits");

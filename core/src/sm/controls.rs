@@ -59,7 +59,7 @@ pub(super) fn set_limits(state: &mut Overlay<'_>, target: &str, limits: TargetLi
                 reason: format!("{MAX_LIMITED_TARGETS} targets already have limits; remove some (set them to 0) first"),
             };
         }
-        state.put(key, codec::encode(&limits));
+        state.put(key, codec::Record::encode_record(&limits));
     }
     Response::TargetLimitsSet { target: target.to_string(), limits }
 }
@@ -217,7 +217,7 @@ pub(super) fn rerun(state: &mut Overlay<'_>, seq: u64, now: u64, event_id: u64, 
                 note: Some(queue::truncate(&format!("re-run of event {event_id} by request of {by} (as job {} ran)", r.job_id))),
             }],
         };
-        state.put(events::jk(event_id, n), codec::encode(&job));
+        state.put(events::jk(event_id, n), codec::Record::encode_record(&job));
         state.put(events::rk(job.priority, event_id, n), Vec::new());
         e.jobs.push(job.job_id.clone());
         new.push(job.job_id);

@@ -29,7 +29,8 @@ use super::kv::{prefix_end, KvRead, Overlay};
 use crate::codec;
 use crate::github::facts::CtxValue;
 use crate::github::matcher::{self, MatchOutcome};
-use crate::github::trigger::{Priority, Route};
+use crate::github::facts::EventFacts;
+use crate::github::trigger::{Priority, RateLimit, RateLimitScope, Route};
 use crate::types::{Delivery, EventStatus, IngestResult, Response, SignedBy};
 
 const EVENT: &[u8] = b"e/";
@@ -183,6 +184,64 @@ pub(super) fn xk(expires_ms: u64, event_id: u64) -> Vec<u8> {
     [EXPIRY, &expires_ms.to_be_bytes()[..], &event_id.to_be_bytes()[..]].concat()
 }
 
+// --- The job indexes (see `super::queue`): one entry per non-terminal job, matching
+// its state. Kept here with the job record so that expiry needs nothing from the
+// queue module (which builds on this one, never the other way).
+
+pub(super) const DELAYED: &[u8] = b"w/";
+pub(super) const LEASED: &[u8] = b"l/";
+pub(super) const DEAD: &[u8] = b"z/";
+
+pub(super) fn suffix(job: &JobRecord) -> Vec<u8> {
+    let (e, n) = parse_job_id(&job.job_id).expect("job ids are well-formed");
+    [&e.to_be_bytes()[..], &[n]].concat()
+}
+fn ready_key(job: &JobRecord) -> Vec<u8> {
+    [READY, &[255 - job.priority as u8], &suffix(job)].concat()
+}
+fn delayed_key(job: &JobRecord) -> Vec<u8> {
+    [DELAYED, &job.ready_at_ms.to_be_bytes()[..], &suffix(job)].concat()
+}
+pub(super) fn leased_key(job: &JobRecord) -> Option<Vec<u8>> {
+    job.lease.as_ref().map(|l| [LEASED, &l.deadline_ms.to_be_bytes()[..], &suffix(job)].concat())
+}
+fn dead_key(job: &JobRecord) -> Vec<u8> {
+    [DEAD, &suffix(job)].concat()
+}
+pub(super) fn job_key(job: &JobRecord) -> Vec<u8> {
+    [b"j/".as_slice(), &suffix(job)].concat()
+}
+
+/// The index entry of a job in its current state, if any.
+pub(super) fn index_key(job: &JobRecord) -> Option<Vec<u8>> {
+    match job.state {
+        JobState::Ready => Some(ready_key(job)),
+        JobState::Delayed => Some(delayed_key(job)),
+        JobState::Leased => leased_key(job),
+        JobState::Dead => Some(dead_key(job)),
+        JobState::Completed | JobState::Purged | JobState::Cancelled => None,
+    }
+}
+
+/// Remove a job's index entry (used when its event expires).
+pub(super) fn unindex(state: &mut Overlay<'_>, job: &JobRecord) {
+    if let Some(k) = index_key(job) {
+        state.delete(k);
+    }
+}
+
+/// The bucket of a trigger's rate limit for an event, if the event has that scope.
+pub fn bucket_for(rl: &RateLimit, facts: &EventFacts) -> Option<JobRateLimit> {
+    let bucket = match rl.per {
+        RateLimitScope::Org => format!("org:{}", facts.org.as_deref()?.to_ascii_lowercase()),
+        RateLimitScope::Repo => format!("repo:{}", facts.repo_full_name.as_deref()?.to_ascii_lowercase()),
+    };
+    Some(JobRateLimit { bucket, per_minute: rl.events_per_minute, burst: rl.burst.max(1) })
+}
+
+// Each record type carries its own layout version (see `crate::codec::Record`).
+crate::first_record_layout!(EventRecord => "event", JobRecord => "job");
+
 /// The job id of job `n` of an event.
 pub fn job_id(event_id: u64, n: u8) -> String {
     format!("{event_id}-{n}")
@@ -194,8 +253,8 @@ pub fn parse_job_id(id: &str) -> Option<(u64, u8)> {
     Some((e.parse().ok()?, n.parse().ok()?))
 }
 
-pub(super) fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> T {
-    codec::decode(v).expect("record written by this build")
+pub(super) fn decode<T: codec::Record>(v: &[u8]) -> T {
+    T::decode_record(v).unwrap_or_else(|e| panic!("{} record of an unknown layout: {e}", T::KIND))
 }
 
 pub fn get_event(state: &dyn KvRead, event_id: u64) -> Option<EventRecord> {
@@ -324,12 +383,12 @@ pub(super) fn ingest(state: &mut Overlay<'_>, seq: u64, now: u64, d: &Delivery) 
                     .iter()
                     .find(|t| t.name == m.trigger)
                     .and_then(|t| t.rate_limit.as_ref())
-                    .and_then(|rl| super::queue::bucket_for(rl, &d.facts)),
+                    .and_then(|rl| bucket_for(rl, &d.facts)),
                 last_error: None,
                 result: None,
                 history: vec![JobTransition { state: JobState::Ready, at_ms: now, index: seq, note: None }],
             };
-            state.put(jk(event_id, 0), codec::encode(&job));
+            state.put(jk(event_id, 0), codec::Record::encode_record(&job));
             state.put(rk(m.priority, event_id, 0), Vec::new());
             (EventStatus::Queued, Some(m.trigger), m.command, vec![job.job_id])
         }
@@ -358,7 +417,7 @@ pub(super) fn ingest(state: &mut Overlay<'_>, seq: u64, now: u64, d: &Delivery) 
     if status.is_finished() {
         set_finished(state, &mut rec, now);
     } else {
-        state.put(ek(event_id), codec::encode(&rec));
+        state.put(ek(event_id), codec::Record::encode_record(&rec));
     }
     state.put(pk(event_id), super::payload::pack(&d.payload));
     state.put(dk(&d.delivery_id), event_id.to_be_bytes().to_vec());
@@ -374,7 +433,7 @@ pub(super) fn set_finished(state: &mut Overlay<'_>, e: &mut EventRecord, now: u6
     e.finished_ms = Some(now);
     e.expires_ms = Some(expires);
     state.put(xk(expires, e.event_id), Vec::new());
-    state.put(ek(e.event_id), codec::encode(e));
+    state.put(ek(e.event_id), codec::Record::encode_record(e));
 }
 
 /// Mark an event unfinished again (a redriven job): its retention stops.
@@ -383,7 +442,7 @@ pub(super) fn set_unfinished(state: &mut Overlay<'_>, e: &mut EventRecord) {
         state.delete(xk(old, e.event_id));
     }
     e.finished_ms = None;
-    state.put(ek(e.event_id), codec::encode(e));
+    state.put(ek(e.event_id), codec::Record::encode_record(e));
 }
 
 /// Remove up to `budget` events whose retention ended at or before `now`.
@@ -395,7 +454,7 @@ pub(super) fn expire(state: &mut Overlay<'_>, now: u64, budget: usize) -> u64 {
         if let Some(e) = get_event(state, event_id) {
             for j in &e.jobs {
                 if let Some(job) = get_job(state, j) {
-                    super::queue::unindex(state, &job);
+                    unindex(state, &job);
                 }
                 if let Some((ev, n)) = parse_job_id(j) {
                     state.delete(jk(ev, n));

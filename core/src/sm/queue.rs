@@ -23,17 +23,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{self, JobRateLimit, JobRecord, JobState, JobTransition, LeaseInfo};
+use super::events::{self, index_key, job_key, leased_key, unindex, JobRateLimit, JobRecord, JobState, JobTransition, LeaseInfo};
+pub(super) use super::events::{DEAD, DELAYED, LEASED};
+pub use super::events::bucket_for;
 use super::Planted;
 use super::kv::{prefix_end, KvRead, Overlay};
 use crate::codec;
-use crate::github::facts::EventFacts;
-use crate::github::trigger::{Priority, RateLimit, RateLimitScope};
+use crate::github::trigger::Priority;
 use crate::types::{EventStatus, GrantRequest, LeaseGrant, QueuePolicy, Response};
 
-pub(super) const DELAYED: &[u8] = b"w/";
-pub(super) const LEASED: &[u8] = b"l/";
-pub(super) const DEAD: &[u8] = b"z/";
 const BUCKET: &[u8] = b"b/";
 
 /// Ready-index entries one grant inspects at most (bounds one apply).
@@ -42,44 +40,6 @@ pub const GRANT_SCAN_LIMIT: usize = 1024;
 pub const TICK_BUDGET: usize = 1024;
 /// Longest result / error text kept in a job.
 pub const MAX_NOTE_BYTES: usize = 4096;
-
-pub(super) fn suffix(job: &JobRecord) -> Vec<u8> {
-    let (e, n) = events::parse_job_id(&job.job_id).expect("job ids are well-formed");
-    [&e.to_be_bytes()[..], &[n]].concat()
-}
-fn ready_key(job: &JobRecord) -> Vec<u8> {
-    [events::READY, &[255 - job.priority as u8], &suffix(job)].concat()
-}
-fn delayed_key(job: &JobRecord) -> Vec<u8> {
-    [DELAYED, &job.ready_at_ms.to_be_bytes()[..], &suffix(job)].concat()
-}
-pub(super) fn leased_key(job: &JobRecord) -> Option<Vec<u8>> {
-    job.lease.as_ref().map(|l| [LEASED, &l.deadline_ms.to_be_bytes()[..], &suffix(job)].concat())
-}
-fn dead_key(job: &JobRecord) -> Vec<u8> {
-    [DEAD, &suffix(job)].concat()
-}
-pub(super) fn job_key(job: &JobRecord) -> Vec<u8> {
-    [b"j/".as_slice(), &suffix(job)].concat()
-}
-
-/// The index entry of a job in its current state, if any.
-fn index_key(job: &JobRecord) -> Option<Vec<u8>> {
-    match job.state {
-        JobState::Ready => Some(ready_key(job)),
-        JobState::Delayed => Some(delayed_key(job)),
-        JobState::Leased => leased_key(job),
-        JobState::Dead => Some(dead_key(job)),
-        JobState::Completed | JobState::Purged | JobState::Cancelled => None,
-    }
-}
-
-/// Remove a job's index entry (used when its event expires).
-pub(super) fn unindex(state: &mut Overlay<'_>, job: &JobRecord) {
-    if let Some(k) = index_key(job) {
-        state.delete(k);
-    }
-}
 
 /// Move a job to `to`, keeping its index entry and history in step, and store it.
 pub(super) fn transition(state: &mut Overlay<'_>, job: &mut JobRecord, to: JobState, index: u64, now: u64, note: Option<String>) {
@@ -95,7 +55,7 @@ pub(super) fn transition(state: &mut Overlay<'_>, job: &mut JobRecord, to: JobSt
     if let Some(k) = index_key(job) {
         state.put(k, Vec::new());
     }
-    state.put(job_key(job), codec::encode(job));
+    state.put(job_key(job), codec::Record::encode_record(job));
 }
 
 pub(super) fn truncate(s: &str) -> String {
@@ -109,14 +69,6 @@ pub(super) fn truncate(s: &str) -> String {
     format!("{}… ({} bytes truncated)", &s[..end], s.len() - end)
 }
 
-/// The bucket of a trigger's rate limit for an event, if the event has that scope.
-pub fn bucket_for(rl: &RateLimit, facts: &EventFacts) -> Option<JobRateLimit> {
-    let bucket = match rl.per {
-        RateLimitScope::Org => format!("org:{}", facts.org.as_deref()?.to_ascii_lowercase()),
-        RateLimitScope::Repo => format!("repo:{}", facts.repo_full_name.as_deref()?.to_ascii_lowercase()),
-    };
-    Some(JobRateLimit { bucket, per_minute: rl.events_per_minute, burst: rl.burst.max(1) })
-}
 
 /// A token bucket, in thousandths of a token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +77,8 @@ struct Bucket {
     updated_ms: u64,
 }
 
+crate::first_record_layout!(Bucket => "rate-limit bucket");
+
 /// Take one token from the job's bucket if it has one (refilling by elapsed
 /// leader-stamped time first). Jobs without a limit always pass.
 fn take_token(state: &mut Overlay<'_>, rl: &JobRateLimit, now: u64) -> bool {
@@ -132,7 +86,7 @@ fn take_token(state: &mut Overlay<'_>, rl: &JobRateLimit, now: u64) -> bool {
     let cap = u64::from(rl.burst) * 1000;
     let mut b = state
         .get(&key)
-        .map(|v| codec::decode::<Bucket>(&v).expect("bucket written by this build"))
+        .map(|v| <Bucket as codec::Record>::decode_record(&v).expect("bucket written by a known layout"))
         .unwrap_or(Bucket { milli_tokens: cap, updated_ms: now });
     let elapsed = now.saturating_sub(b.updated_ms);
     // per_minute tokens per 60 000 ms = per_minute milli-tokens per 60 ms.
@@ -143,7 +97,7 @@ fn take_token(state: &mut Overlay<'_>, rl: &JobRateLimit, now: u64) -> bool {
     if ok {
         b.milli_tokens -= 1000;
     }
-    state.put(key, codec::encode(&b));
+    state.put(key, codec::Record::encode_record(&b));
     ok
 }
 
@@ -306,7 +260,7 @@ pub(super) fn extend(state: &mut Overlay<'_>, _index: u64, now: u64, job_id: &st
     }
     let deadline_ms = job.lease.as_ref().map_or(deadline, |l| l.deadline_ms);
     state.put(leased_key(&job).expect("leased"), Vec::new());
-    state.put(job_key(&job), codec::encode(&job));
+    state.put(job_key(&job), codec::Record::encode_record(&job));
     Response::Extended { deadline_ms }
 }
 

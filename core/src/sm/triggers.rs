@@ -18,7 +18,7 @@ fn key(name: &str) -> Vec<u8> {
 
 /// Read one trigger.
 pub fn get(state: &dyn KvRead, name: &str) -> Option<TriggerRecord> {
-    state.get(&key(name)).map(|v| codec::decode(&v).expect("trigger record written by this build"))
+    state.get(&key(name)).map(|v| <TriggerRecord as codec::Record>::decode_record(&v).expect("trigger record of a known layout"))
 }
 
 /// Compiled triggers, memoized by (name, document). Compiling is a pure function of
@@ -57,7 +57,7 @@ pub fn compiled(state: &dyn KvRead) -> Vec<Arc<Trigger>> {
 pub fn list(state: &dyn KvRead) -> Vec<TriggerRecord> {
     state
         .range(PREFIX, &prefix_end(PREFIX))
-        .map(|(_, v)| codec::decode(&v).expect("trigger record written by this build"))
+        .map(|(_, v)| <TriggerRecord as codec::Record>::decode_record(&v).expect("trigger record of a known layout"))
         .collect()
 }
 
@@ -88,7 +88,7 @@ pub(super) fn put(
         updated_ms: now,
         doc_json: doc_json.to_string(),
     };
-    state.put(key(name), codec::encode(&rec));
+    state.put(key(name), codec::Record::encode_record(&rec));
     Response::TriggerPut { name: name.to_string(), revision: index, created: current.is_none(), unchanged: false }
 }
 
