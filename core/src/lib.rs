@@ -10,6 +10,7 @@
 //! network stack. The node (`aof-node`) is a runtime around it: it stamps time into
 //! each command, persists what `sm::apply` writes and sends what it answers.
 
+pub mod answers;
 pub mod codec;
 pub mod github;
 pub mod registry;

@@ -155,7 +155,7 @@ const SNAPSHOT_ROUNDS: u32 = 12;
 /// acknowledged before the call (read-index first). Runs on any node.
 pub async fn save(node: &Node, now_ms: u64) -> Result<Vec<u8>, BackupError> {
     let read_index = node.linearize().await?;
-    let mut sm = node.sm.clone();
+    let mut sm = node.state_machine().clone();
     for _ in 0..SNAPSHOT_ROUNDS {
         if let Some(snap) = sm.get_current_snapshot().await.map_err(storage)? {
             if snap.meta.last_log_id.is_some_and(|l| l.index >= read_index) {
@@ -172,8 +172,8 @@ pub async fn save(node: &Node, now_ms: u64) -> Result<Vec<u8>, BackupError> {
                 let header = BackupHeader {
                     format: FORMAT,
                     created_at_ms: now_ms,
-                    source_node: node.id,
-                    cluster_id: node.sm.read(|kv| aof_core::sm::cluster_id(kv)),
+                    source_node: node.id(),
+                    cluster_id: node.read_local(|kv| aof_core::sm::cluster_id(kv)),
                     last_log_id,
                     members,
                     data_bytes: data.len() as u64,
@@ -183,9 +183,9 @@ pub async fn save(node: &Node, now_ms: u64) -> Result<Vec<u8>, BackupError> {
         }
         // A snapshot already being built may end below the read index: ask again
         // after it.
-        node.raft.trigger().snapshot().await.map_err(storage)?;
+        node.raft().trigger().snapshot().await.map_err(storage)?;
         let _ = node
-            .raft
+            .raft()
             .wait(Some(SNAPSHOT_ROUND))
             .metrics(
                 |m| m.snapshot.is_some_and(|s| s.index >= read_index),

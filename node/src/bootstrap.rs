@@ -31,7 +31,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 /// Run the bootstrap protocol for a pristine node until it is initialized, sees an
 /// existing cluster, or `shutdown` fires.
 pub async fn run(node: Arc<Node>, members: Vec<InitialMember>, mut shutdown: watch::Receiver<bool>) {
-    let id = node.id;
+    let id = node.id();
     if members.is_empty() {
         tracing::info!(
             "node {id} has no spec.cluster.initial_members, so it will not form a cluster; it waits to be added. \
@@ -45,7 +45,7 @@ pub async fn run(node: Arc<Node>, members: Vec<InitialMember>, mut shutdown: wat
         if *shutdown.borrow() {
             return;
         }
-        if node.raft.is_initialized().await.unwrap_or(false) {
+        if node.raft().is_initialized().await.unwrap_or(false) {
             tracing::info!("node {id} received cluster state from a leader; bootstrap done");
             return;
         }
@@ -77,7 +77,7 @@ pub async fn run(node: Arc<Node>, members: Vec<InitialMember>, mut shutdown: wat
                 .iter()
                 .map(|m| (m.id, m.member()))
                 .collect();
-            match node.raft.initialize(nodes).await {
+            match node.raft().initialize(nodes).await {
                 Ok(()) => tracing::info!("node {id} initialized a new cluster with members {:?}", members.iter().map(|m| m.id).collect::<Vec<_>>()),
                 Err(e) => tracing::info!("node {id}: initialize not needed ({e})"),
             }
@@ -104,7 +104,7 @@ pub async fn run(node: Arc<Node>, members: Vec<InitialMember>, mut shutdown: wat
 }
 
 async fn probe(node: &Node, peer: &InitialMember) -> Option<NodeInfoReply> {
-    let channel = node.channels.get(peer.id, &peer.peer_addr).ok()?;
+    let channel = node.peer_channel(peer.id, &peer.peer_addr).ok()?;
     let mut client = ClusterServiceClient::new(channel);
     match tokio::time::timeout(PROBE_TIMEOUT, client.node_info(NodeInfoRequest {})).await {
         Ok(Ok(r)) => {

@@ -30,7 +30,7 @@ pub struct PeerGate {
 
 /// Whether `caller` may use this node's Raft and forwarding.
 fn is_member_or_pending(node: &Node, initial: &[NodeId], caller: NodeId) -> bool {
-    let m = node.raft.metrics().borrow().membership_config.clone();
+    let m = node.raft().metrics().borrow().membership_config.clone();
     let membership = m.membership();
     membership.get_node(&caller).is_some() || membership.nodes().next().is_none() || initial.contains(&caller)
 }
@@ -43,7 +43,7 @@ impl tonic::service::Interceptor for PeerGate {
         }
         if self.members_only {
             let theirs = req.metadata().get(crate::network::CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok());
-            let (ours, applied) = (self.node.sm.read(|kv| aof_core::sm::cluster_id(kv)), self.node.sm.last_applied());
+            let (ours, applied) = (self.node.read_local(|kv| aof_core::sm::cluster_id(kv)), self.node.state_machine().last_applied());
             same_cluster(ours.as_deref(), theirs, applied.is_some()).map_err(Status::failed_precondition)?;
         }
         Ok(req)
@@ -120,17 +120,17 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 impl RaftService for Services {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref())?;
-        reply(&self.node.raft.append_entries(rpc).await)
+        reply(&self.node.raft().append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref())?;
-        reply(&self.node.raft.vote(rpc).await)
+        reply(&self.node.raft().vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(req.get_ref())?;
-        reply(&self.node.raft.install_snapshot(rpc).await)
+        reply(&self.node.raft().install_snapshot(rpc).await)
     }
 }
 
@@ -148,12 +148,12 @@ impl ClusterService for Services {
     }
 
     async fn node_info(&self, _req: Request<NodeInfoRequest>) -> Result<Response<NodeInfoReply>, Status> {
-        let raft = &self.node.raft;
+        let raft = &self.node.raft();
         let initialized = raft.is_initialized().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         Ok(Response::new(NodeInfoReply {
-            node_id: self.node.id,
+            node_id: self.node.id(),
             initialized,
             leader_id: m.current_leader.unwrap_or(0),
             term: m.current_term,
@@ -161,10 +161,10 @@ impl ClusterService for Services {
             last_applied_index: m.last_applied.map_or(0, |l| l.index),
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
-            peer_addr: self.node.advertised.peer_addr.clone(),
-            grpc_addr: self.node.advertised.grpc_addr.clone(),
-            api_addr: self.node.advertised.api_addr.clone(),
-            http_addr: self.node.advertised.http_addr.clone(),
+            peer_addr: self.node.advertised().peer_addr.clone(),
+            grpc_addr: self.node.advertised().grpc_addr.clone(),
+            api_addr: self.node.advertised().api_addr.clone(),
+            http_addr: self.node.advertised().http_addr.clone(),
         }))
     }
 

@@ -151,18 +151,18 @@ enum Step {
 }
 
 async fn step(node: &Arc<Node>, d: &Discovery, initial: &[NodeId], max_voters: u32, round: u64) -> Step {
-    let id = node.id;
-    let m = node.raft.metrics().borrow().clone();
+    let id = node.id();
+    let m = node.raft().metrics().borrow().clone();
     let membership = m.membership_config.membership().clone();
     let is_voter = membership.voter_ids().any(|v| v == id);
     let recorded = membership.get_node(&id).cloned();
-    if is_voter && recorded.as_ref() == Some(&node.advertised) {
+    if is_voter && recorded.as_ref() == Some(node.advertised()) {
         return Step::Settled;
     }
     // A member (voter with changed addresses, or learner): ask the leader through
     // this node itself, which forwards.
     if recorded.is_some() {
-        return match node.join(id, node.advertised.clone(), max_voters).await {
+        return match node.join(id, node.advertised().clone(), max_voters).await {
             Ok(JoinRole::Voter) | Ok(JoinRole::Learner) => Step::Settled,
             Ok(JoinRole::CatchingUp) => Step::Again,
             Err(e) => {
@@ -171,7 +171,7 @@ async fn step(node: &Arc<Node>, d: &Discovery, initial: &[NodeId], max_voters: u
             }
         };
     }
-    let initialized = node.raft.is_initialized().await.unwrap_or(false);
+    let initialized = node.raft().is_initialized().await.unwrap_or(false);
     let candidates = d.candidates(id).await;
     let probes = futures::future::join_all(candidates.iter().map(|a| d.probe(a))).await;
     let mut peers: BTreeMap<NodeId, (Peer, Channel)> = BTreeMap::new();
@@ -186,7 +186,7 @@ async fn step(node: &Arc<Node>, d: &Discovery, initial: &[NodeId], max_voters: u
             // Already in its membership: the leader replicates to this node soon.
             return Step::Again;
         }
-        let a = &node.advertised;
+        let a = node.advertised();
         let req = JoinRequest {
             node_id: id,
             peer_addr: a.peer_addr.clone(),
@@ -195,7 +195,7 @@ async fn step(node: &Arc<Node>, d: &Discovery, initial: &[NodeId], max_voters: u
             http_addr: a.http_addr.clone(),
             max_voters,
         };
-        match tokio::time::timeout(node.timeouts.request * 2, ClusterServiceClient::new(channel.clone()).join(req)).await {
+        match tokio::time::timeout(node.request_timeout() * 2, ClusterServiceClient::new(channel.clone()).join(req)).await {
             Ok(Ok(r)) => tracing::info!(node = id, via = %peer.addr, role = %r.into_inner().role, "asked to join the cluster"),
             Ok(Err(s)) => tracing::warn!(node = id, via = %peer.addr, "join refused: {}", s.message()),
             Err(_) => tracing::debug!(node = id, via = %peer.addr, "join did not answer in time"),
@@ -209,7 +209,7 @@ async fn step(node: &Arc<Node>, d: &Discovery, initial: &[NodeId], max_voters: u
         return Step::Again;
     }
     // No cluster yet, and this node is one of the first voters.
-    let mut members: BTreeMap<NodeId, Member> = BTreeMap::from([(id, node.advertised.clone())]);
+    let mut members: BTreeMap<NodeId, Member> = BTreeMap::from([(id, node.advertised().clone())]);
     for want in initial.iter().filter(|w| **w != id) {
         if let Some((p, _)) = peers.get(want) {
             members.insert(*want, p.member());
@@ -223,7 +223,7 @@ async fn step(node: &Arc<Node>, d: &Discovery, initial: &[NodeId], max_voters: u
         }
         return Step::Again;
     }
-    match node.raft.initialize(members.clone()).await {
+    match node.raft().initialize(members.clone()).await {
         Ok(()) => tracing::info!(node = id, members = ?members.keys().collect::<Vec<_>>(), "formed a new cluster (automatic membership)"),
         Err(e) => tracing::info!(node = id, "initialize not needed ({e})"),
     }

@@ -302,8 +302,9 @@ impl Metrics {
         }
     }
 
-    /// Refresh the state gauges from the node's own view.
-    pub async fn refresh(&self, node: &crate::node::Node, store: &crate::store::Store) {
+    /// Refresh the state gauges from the node's own view (read by `Node::refresh_metrics`:
+    /// this module knows no `Node`).
+    pub fn refresh(&self, raft: &RaftView, depths: Vec<crate::sm::queue::Depth>, store: &crate::store::Store) {
         let store_stats = store.append_stats();
         self.disk_bytes.set(store.size_on_disk() as i64);
         if let Some(fs) = file_system(store.dir()) {
@@ -311,25 +312,23 @@ impl Metrics {
             self.disk_size_bytes.set(fs.size as i64);
         }
         self.storage_alarm.set(i64::from(store.disk_alarm().is_some()));
-        let status = node.local_status().await;
-        self.observe_leader(status.leader_id);
-        self.raft_term.set(status.term as i64);
-        self.raft_is_leader.set(i64::from(status.leader_id == Some(node.id)));
-        self.raft_commit_index.set(status.commit_index as i64);
-        self.raft_applied_index.set(status.last_applied as i64);
+        self.observe_leader(raft.leader_id);
+        self.raft_term.set(raft.term as i64);
+        self.raft_is_leader.set(i64::from(raft.leader_id == Some(raft.node_id)));
+        self.raft_commit_index.set(raft.commit_index as i64);
+        self.raft_applied_index.set(raft.last_applied as i64);
         self.raft_replication_lag.clear();
-        if status.leader_id == Some(node.id) {
-            for m in &status.members {
-                let lag = status.commit_index.saturating_sub(m.matched_index.unwrap_or(0));
-                self.raft_replication_lag.get_or_create(&MemberLabels { member: m.id }).set(lag as i64);
+        if raft.leader_id == Some(raft.node_id) {
+            for &(member, matched) in &raft.matched {
+                let lag = raft.commit_index.saturating_sub(matched.unwrap_or(0));
+                self.raft_replication_lag.get_or_create(&MemberLabels { member }).set(lag as i64);
             }
         }
         let flushes = store_stats.flushes.load(Ordering::Relaxed);
         let entries = store_stats.entries.load(Ordering::Relaxed);
         self.log_flushes.inc_by(flushes.saturating_sub(self.flushes_seen.swap(flushes, Ordering::Relaxed)));
         self.log_entries_flushed.inc_by(entries.saturating_sub(self.entries_seen.swap(entries, Ordering::Relaxed)));
-        let now = crate::node::leader_clock_ms();
-        let depths = node.sm.read(crate::sm::queue::stats);
+        let now = crate::clock::leader_clock_ms();
         self.queue_jobs.clear();
         self.queue_oldest_ready_seconds.clear();
         for d in depths {
@@ -350,6 +349,17 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+}
+
+/// The node's own view of Raft, for the state gauges.
+pub struct RaftView {
+    pub node_id: u64,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub last_applied: u64,
+    /// Each member and the highest log index known to be replicated to it.
+    pub matched: Vec<(u64, Option<u64>)>,
 }
 
 /// Space of a file system, in bytes.

@@ -18,21 +18,28 @@
 //! `Consistency::Stale` skips this.
 
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use aof_proto::v1::cluster_service_client::ClusterServiceClient;
 use aof_proto::v1::RaftPayload;
 use openraft::error::RaftError;
 use openraft::{ChangeMembers, ServerState};
+use aof_core::answers::{Answer, Proposal};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::proposer::{write_error, write_timeout};
+use crate::error::{membership_timeout, write_error, write_timeout};
+use crate::metrics::Metrics;
 use crate::network::{Channels, MAX_MESSAGE_BYTES};
+use crate::proposer::Proposer;
 use crate::sm::KvRead;
 use crate::store::StateMachineStore;
-use crate::types::{Command, Member, NodeId, Raft, Request, Response};
+use crate::types::{Command, Member, NodeId, QueuePolicy, Raft, Request, Response};
+
+pub use crate::clock::leader_clock_ms;
+pub use crate::error::NodeError;
 
 /// How a read is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -126,21 +133,6 @@ impl JoinRole {
     }
 }
 
-/// Errors of node operations. They cross the forwarding RPC, so they are plain data.
-#[derive(Clone, Debug, thiserror::Error, Serialize, Deserialize)]
-pub enum NodeError {
-    #[error("this node is not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
 /// `GET /v1/cluster`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
@@ -179,23 +171,35 @@ pub struct Timeouts {
     pub request: Duration,
 }
 
-/// A running member's handle.
+/// A running member's handle. Its parts are private: callers use its methods.
 pub struct Node {
+    id: NodeId,
+    raft: Raft,
+    sm: StateMachineStore,
+    channels: Channels,
+    timeouts: Timeouts,
+    /// The read index obtained from the leader after start; `/ready` waits until it is applied.
+    startup_index: OnceLock<u64>,
+    /// `spec.queue`, put into the queue commands this node proposes.
+    queue_policy: QueuePolicy,
+    /// Set when shutdown begins: `/ready` and new webhooks answer 503 from then on.
+    draining: AtomicBool,
+    metrics: Arc<Metrics>,
+    /// Group commit of the hot-path writes while this node leads.
+    proposer: Proposer,
+    /// The addresses this node advertises for its four listeners.
+    advertised: Member,
+}
+
+/// What a [`Node`] is made of (see `crate::server`).
+pub struct NodeParts {
     pub id: NodeId,
     pub raft: Raft,
     pub sm: StateMachineStore,
     pub channels: Channels,
     pub timeouts: Timeouts,
-    /// The read index obtained from the leader after start; `/ready` waits until it is applied.
-    pub startup_index: OnceLock<u64>,
-    /// `spec.queue`, put into the queue commands this node proposes.
-    pub queue_policy: crate::types::QueuePolicy,
-    /// Set when shutdown begins: `/ready` and new webhooks answer 503 from then on.
-    pub draining: std::sync::atomic::AtomicBool,
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// Group commit of the hot-path writes while this node leads.
-    pub proposer: crate::proposer::Proposer,
-    /// The addresses this node advertises for its four listeners.
+    pub queue_policy: QueuePolicy,
+    pub metrics: Arc<Metrics>,
     pub advertised: Member,
 }
 
@@ -203,16 +207,94 @@ pub struct Node {
 /// may be promoted to voter.
 pub const CAUGHT_UP_ENTRIES: u64 = 64;
 
-/// Milliseconds since the Unix epoch, by this node's wall clock.
-///
-/// Only the leader calls this, to stamp a command it proposes (see
-/// [`crate::types::Request::time_ms`]); the state machine never does.
-pub fn leader_clock_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl Node {
-    /// Propose a command and wait until it is committed and applied.
+    /// Assemble a node and start its proposer (group commit while it leads).
+    pub fn new(p: NodeParts) -> Node {
+        let proposer = Proposer::spawn(p.raft.clone(), p.timeouts.request, p.metrics.proposal_batch_commands.clone());
+        Node {
+            id: p.id,
+            raft: p.raft,
+            sm: p.sm,
+            channels: p.channels,
+            timeouts: p.timeouts,
+            startup_index: OnceLock::new(),
+            queue_policy: p.queue_policy,
+            draining: AtomicBool::new(false),
+            metrics: p.metrics,
+            proposer,
+            advertised: p.advertised,
+        }
+    }
+
+    /// This member's id (`spec.cluster.node_id`).
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The Raft instance (membership, snapshots, metrics, the peer RPCs).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The local state machine store.
+    pub fn state_machine(&self) -> &StateMachineStore {
+        &self.sm
+    }
+
+    /// A channel to peer `id` at `addr` from the node's pool (mutual TLS when set).
+    pub fn peer_channel(&self, id: NodeId, addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        self.channels.get(id, addr)
+    }
+
+    /// Bound of one forwarded call, read-index or write wait.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeouts.request
+    }
+
+    /// `spec.queue`, as carried in the queue commands this node proposes.
+    pub fn queue_policy(&self) -> QueuePolicy {
+        self.queue_policy
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The addresses this node advertises for its four listeners.
+    pub fn advertised(&self) -> &Member {
+        &self.advertised
+    }
+
+    /// Read the local state machine as it is (no read-index; may lag the leader).
+    pub fn read_local<R>(&self, f: impl FnOnce(&dyn KvRead) -> R) -> R {
+        self.sm.read(f)
+    }
+
+    /// Note the leader's read index after start; `/ready` waits until it is applied.
+    pub fn set_startup_index(&self, index: u64) {
+        let _ = self.startup_index.set(index);
+    }
+
+    /// Shutdown begins: `/ready` and new webhooks answer 503 from now on.
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Propose a command with a typed answer (see [`aof_core::answers`]) and wait
+    /// until it is committed and applied.
+    pub async fn propose<A: Answer>(&self, p: Proposal<A>) -> Result<A, NodeError> {
+        let cmd = p.into_command();
+        let kind = cmd.kind();
+        let (response, _) = self.write(cmd).await?;
+        Ok(Proposal::<A>::answer(kind, response)?)
+    }
+
+    /// Propose a command and wait until it is committed and applied; the untyped
+    /// answer and the log index of the entry. Edges use [`Node::propose`].
     #[tracing::instrument(name = "raft.write", skip_all, fields(command = cmd.kind()))]
     pub async fn write(&self, cmd: Command) -> Result<(Response, u64), NodeError> {
         match self.on_leader(LeaderOp::Write(cmd)).await? {
@@ -584,6 +666,21 @@ impl Node {
         }
     }
 
+    /// Refresh the state gauges of `/metrics` from this node's own view.
+    pub async fn refresh_metrics(&self, store: &crate::store::Store) {
+        let status = self.local_status().await;
+        let view = crate::metrics::RaftView {
+            node_id: self.id,
+            leader_id: status.leader_id,
+            term: status.term,
+            commit_index: status.commit_index,
+            last_applied: status.last_applied,
+            matched: status.members.iter().map(|m| (m.id, m.matched_index)).collect(),
+        };
+        let depths = self.sm.read(crate::sm::queue::stats);
+        self.metrics.refresh(&view, depths, store);
+    }
+
     /// `/ready`: Raft is running, the storage alarm is not raised, a leader is known
     /// and everything committed when this node started (as told by the leader's read
     /// index) has been applied here.
@@ -612,12 +709,6 @@ impl Node {
     }
 }
 
-impl Node {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 fn unexpected(r: LeaderReply) -> NodeError {
     NodeError::Internal(format!("unexpected reply from the leader: {r:?}"))
 }
@@ -629,10 +720,4 @@ fn membership_index(r: LeaderReply) -> Result<u64, NodeError> {
     }
 }
 
-fn membership_timeout(t: Duration) -> NodeError {
-    NodeError::Unavailable(format!(
-        "the membership change was not committed within {} ms; check `aofctl cluster status` before retrying",
-        t.as_millis()
-    ))
-}
 

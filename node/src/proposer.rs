@@ -21,11 +21,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::node::{leader_clock_ms, NodeError};
-use crate::types::{Command, Member, NodeId, Raft, Request, Response, MAX_BATCH};
+use crate::clock::leader_clock_ms;
+use crate::error::{write_error, write_timeout, NodeError};
+use crate::types::{Command, Raft, Request, Response, MAX_BATCH};
 
 /// Entries the proposer has in flight at once (being appended, replicated, applied).
 pub const MAX_IN_FLIGHT: usize = 4;
@@ -50,10 +51,11 @@ pub struct Proposer {
 
 impl Proposer {
     /// Start the batching task for `raft`. It ends when the last handle is dropped.
-    /// `timeout` bounds one entry's write (as [`crate::node::Timeouts::request`]).
-    pub fn spawn(raft: Raft, timeout: Duration, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    /// `timeout` bounds one entry's write (as [`crate::node::Timeouts::request`]);
+    /// `batch_sizes` observes the number of commands of each entry.
+    pub fn spawn(raft: Raft, timeout: Duration, batch_sizes: Histogram) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, rx, timeout, metrics));
+        tokio::spawn(run(raft, rx, timeout, batch_sizes));
         Proposer { tx }
     }
 
@@ -76,7 +78,7 @@ fn approx_size(cmd: &Command) -> usize {
     crate::codec::encoded_len(cmd)
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, timeout: Duration, metrics: Arc<crate::metrics::Metrics>) {
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, timeout: Duration, batch_sizes: Histogram) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // Wait for room first: whatever arrives meanwhile joins this batch.
@@ -92,7 +94,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, timeout: Duration, met
                 Err(_) => break,
             }
         }
-        metrics.proposal_batch_commands.observe(batch.len() as f64);
+        batch_sizes.observe(batch.len() as f64);
         let raft = raft.clone();
         tokio::spawn(async move {
             propose(&raft, batch, timeout).await;
@@ -124,24 +126,5 @@ async fn propose(raft: &Raft, batch: Vec<Pending>, timeout: Duration) {
     for (reply, a) in replies.into_iter().zip(answers) {
         // The caller may have given up (its own timeout); nothing to do then.
         let _ = reply.send(a);
-    }
-}
-
-/// The error of a write that was not answered within `t`.
-pub fn write_timeout(t: Duration) -> NodeError {
-    NodeError::Unavailable(format!(
-        "the write was not committed within {} ms (no quorum?); its outcome is unknown — retrying is safe",
-        t.as_millis()
-    ))
-}
-
-/// Map a failed `client_write` to the error a caller sees.
-pub fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> NodeError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader { leader: f.leader_id },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            NodeError::Invalid(format!("membership change refused: {c}"))
-        }
-        RaftError::Fatal(f) => NodeError::Unavailable(format!("raft stopped: {f}")),
     }
 }

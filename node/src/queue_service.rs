@@ -21,7 +21,8 @@ use crate::auth::{Principal, Role};
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::node::{Consistency, Node, NodeError};
 use crate::sm::events::JobState;
-use crate::types::{Command, GrantRequest, LeaseGrant, Response as SmResponse};
+use crate::types::{Command, GrantRequest, LeaseGrant};
+use aof_core::answers::{FailArgs, LeaseRefused};
 
 /// Most leases one claim stream may hold at once.
 pub const MAX_IN_FLIGHT_PER_STREAM: u32 = 1024;
@@ -53,12 +54,12 @@ impl QueueService {
     /// The target of a job, for metric labels: from this node's state (the job exists
     /// once its failure is committed, though a lagging follower may not have it yet).
     fn job_target(&self, job_id: &str) -> String {
-        self.node.sm.read(|kv| crate::sm::events::get_job(kv, job_id).map(|j| j.route.name)).unwrap_or_else(|| "unknown".into())
+        self.node.read_local(|kv| crate::sm::events::get_job(kv, job_id).map(|j| j.route.name)).unwrap_or_else(|| "unknown".into())
     }
 
     async fn check_job_scope(&self, principal: Option<&Principal>, job_id: &str) -> Result<(), Status> {
         let Some(p) = principal.filter(|p| p.role == Role::Worker && !p.targets.is_empty()) else { return Ok(()) };
-        let read = |node: &Node| node.sm.read(|kv| crate::sm::events::get_job(kv, job_id).map(|j| j.route.name));
+        let read = |node: &Node| node.read_local(|kv| crate::sm::events::get_job(kv, job_id).map(|j| j.route.name));
         let target = match read(&self.node) {
             Some(t) => Some(t),
             None => {
@@ -138,14 +139,13 @@ fn status_of(e: NodeError) -> Status {
     }
 }
 
-/// Map a queue command's state-machine answer to gRPC.
-fn check(resp: SmResponse) -> Result<SmResponse, Status> {
-    match resp {
-        SmResponse::StaleToken { job_id, reason } => {
-            Err(Status::failed_precondition(format!("stale fencing token for job {job_id}: {reason}")))
+/// Map a refused lease operation to gRPC.
+fn refused(r: LeaseRefused) -> Status {
+    match r {
+        LeaseRefused::StaleToken { job_id, reason } => {
+            Status::failed_precondition(format!("stale fencing token for job {job_id}: {reason}"))
         }
-        SmResponse::JobNotFound { job_id } => Err(Status::not_found(format!("no job {job_id} (finished long ago, or never existed)"))),
-        other => Ok(other),
+        LeaseRefused::JobNotFound { job_id } => Status::not_found(format!("no job {job_id} (finished long ago, or never existed)")),
     }
 }
 
@@ -199,12 +199,10 @@ impl WorkQueue for QueueService {
         let r = req.into_inner();
         check_job_id(&r.job_id)?;
         self.check_job_scope(principal.as_ref(), &r.job_id).await?;
-        let extend_ms = if r.extend_ms == 0 { self.node.queue_policy.lease_timeout_ms } else { r.extend_ms };
-        let cmd = Command::Extend { job_id: r.job_id, token: r.fencing_token, extend_ms };
-        match check(self.node.write(cmd).await.map_err(status_of)?.0)? {
-            SmResponse::Extended { deadline_ms } => Ok(Response::new(pb::ExtendReply { deadline_ms })),
-            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
-        }
+        let extend_ms = if r.extend_ms == 0 { self.node.queue_policy().lease_timeout_ms } else { r.extend_ms };
+        let p = Command::extend(r.job_id, r.fencing_token, extend_ms);
+        let extended = self.node.propose(p).await.map_err(status_of)?.map_err(refused)?;
+        Ok(Response::new(pb::ExtendReply { deadline_ms: extended.deadline_ms }))
     }
 
     async fn complete(&self, req: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteReply>, Status> {
@@ -213,8 +211,8 @@ impl WorkQueue for QueueService {
         check_job_id(&r.job_id)?;
         check_len("result", &r.result, limits::MAX_TEXT_BYTES)?;
         self.check_job_scope(principal.as_ref(), &r.job_id).await?;
-        let cmd = Command::Complete { job_id: r.job_id, token: r.fencing_token, result: r.result };
-        check(self.node.write(cmd).await.map_err(status_of)?.0)?;
+        let p = Command::complete(r.job_id, r.fencing_token, r.result);
+        self.node.propose(p).await.map_err(status_of)?.map_err(refused)?;
         Ok(Response::new(pb::CompleteReply {}))
     }
 
@@ -224,25 +222,19 @@ impl WorkQueue for QueueService {
         check_job_id(&r.job_id)?;
         check_len("error", &r.error, limits::MAX_TEXT_BYTES)?;
         self.check_job_scope(principal.as_ref(), &r.job_id).await?;
-        let cmd = Command::Fail {
+        let job_id = r.job_id.clone();
+        let p = Command::fail(FailArgs {
             job_id: r.job_id,
             token: r.fencing_token,
             error: r.error,
             retryable: r.retryable,
             delay_ms: r.delay_ms,
-            policy: self.node.queue_policy,
-        };
-        let job_id = match &cmd {
-            Command::Fail { job_id, .. } => job_id.clone(),
-            _ => unreachable!("built above"),
-        };
-        match check(self.node.write(cmd).await.map_err(status_of)?.0)? {
-            SmResponse::Failed { dead, ready_at_ms } => {
-                self.node.metrics.count_failure(&self.job_target(&job_id), dead);
-                Ok(Response::new(pb::FailReply { outcome: if dead { "dead" } else { "retrying" }.into(), ready_at_ms }))
-            }
-            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
-        }
+            policy: self.node.queue_policy(),
+        });
+        let failed = self.node.propose(p).await.map_err(status_of)?.map_err(refused)?;
+        self.node.metrics().count_failure(&self.job_target(&job_id), failed.dead);
+        let outcome = if failed.dead { "dead" } else { "retrying" };
+        Ok(Response::new(pb::FailReply { outcome: outcome.into(), ready_at_ms: failed.ready_at_ms }))
     }
 
     async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsReply>, Status> {
@@ -276,7 +268,7 @@ impl WorkQueue for QueueService {
 /// [`IDLE_POLL`], and resets once a grant succeeds.
 async fn claim_loop(node: Arc<Node>, worker_id: String, targets: Vec<String>, max: u32, tx: mpsc::Sender<Result<pb::Lease, Status>>) {
     let mut held: BTreeMap<String, u64> = BTreeMap::new();
-    let mut applied = node.raft.metrics();
+    let mut applied = node.raft().metrics();
     let mut seen = applied.borrow().last_applied;
     let mut backoff = Duration::ZERO;
     while !tx.is_closed() {
@@ -287,9 +279,9 @@ async fn claim_loop(node: Arc<Node>, worker_id: String, targets: Vec<String>, ma
             let _ = tx.try_send(Err(Status::unavailable("this node is shutting down; claim from another node")));
             return;
         }
-        let work = node.sm.read(|kv| crate::sm::queue::has_ready(kv, &targets));
+        let work = node.read_local(|kv| crate::sm::queue::has_ready(kv, &targets));
         if work {
-            held = node.sm.read(|kv| {
+            held = node.read_local(|kv| {
                 held.into_iter()
                     .filter(|(job, token)| {
                         crate::sm::events::get_job(kv, job).is_some_and(|j| {
@@ -301,14 +293,14 @@ async fn claim_loop(node: Arc<Node>, worker_id: String, targets: Vec<String>, ma
         }
         let room = max.saturating_sub(held.len() as u32);
         if work && room > 0 {
-            let cmd = Command::Grant(GrantRequest { worker_id: worker_id.clone(), targets: targets.clone(), count: room, policy: node.queue_policy });
-            match node.write(cmd).await {
-                Ok((SmResponse::Granted(leases), _)) if !leases.is_empty() => {
+            let p = Command::grant(GrantRequest { worker_id: worker_id.clone(), targets: targets.clone(), count: room, policy: node.queue_policy() });
+            match node.propose(p).await {
+                Ok(leases) if !leases.is_empty() => {
                     backoff = Duration::ZERO;
                     let now = crate::node::leader_clock_ms();
                     for l in leases {
-                        node.metrics.lease_grants.inc();
-                        node.metrics.event_to_claim_seconds.observe(now.saturating_sub(l.received_ms) as f64 / 1000.0);
+                        node.metrics().lease_grants.inc();
+                        node.metrics().event_to_claim_seconds.observe(now.saturating_sub(l.received_ms) as f64 / 1000.0);
                         held.insert(l.job_id.clone(), l.token);
                         if tx.send(Ok(lease_to_pb(l))).await.is_err() {
                             // The worker is gone; its leases expire and are retried.

@@ -5,7 +5,7 @@
 //! shutdown is broadcast to every task through a `watch` channel.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -20,7 +20,7 @@ use crate::config::{DaemonConfig, NodeAddrs, TlsConfig};
 use crate::grpc::{PeerGate, Services};
 use crate::http::serve::ServeOptions;
 use crate::network::{Channels, Network};
-use crate::node::{LeaderOp, LeaderReply, Node, Timeouts};
+use crate::node::{LeaderOp, LeaderReply, Node, NodeParts, Timeouts};
 use crate::store::{Store, StoreError};
 use crate::tls::{PeerTls, ServerIdentity};
 use crate::types::{Member, NodeId, Raft};
@@ -204,24 +204,21 @@ pub async fn run_with_listeners(
     let raft = Raft::new(id, Arc::new(raft_cfg), network.clone(), store.log_store(), store.state_machine())
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let node = Arc::new(Node {
+    let node = Arc::new(Node::new(NodeParts {
         id,
         raft: raft.clone(),
         sm: store.state_machine(),
         channels: network.channels.clone(),
         timeouts: Timeouts { request: c.raft.request_timeout() },
-        startup_index: OnceLock::new(),
         queue_policy: crate::types::QueuePolicy {
             lease_timeout_ms: cfg.spec.queue.lease_timeout_ms,
             max_retries: cfg.spec.queue.max_retries,
             retry_delay_ms: cfg.spec.queue.retry_delay_ms,
             max_retry_delay_ms: cfg.spec.queue.max_retry_delay_ms,
         },
-        draining: Default::default(),
         metrics: metrics.clone(),
-        proposer: crate::proposer::Proposer::spawn(raft.clone(), c.raft.request_timeout(), metrics.clone()),
         advertised: Member::from(advertised.clone()),
-    });
+    }));
     tracing::info!(
         node_id = id,
         public = %bound.http_addr,
@@ -326,7 +323,7 @@ pub async fn run_with_listeners(
             lease_timeout: Duration::from_millis(cfg.spec.queue.lease_timeout_ms),
             drain_timeout,
             executors: crate::workers::from_config(&cfg, trigger_lookup(&node)),
-            metrics: node.metrics.clone(),
+            metrics: node.metrics().clone(),
         },
         stop_workers_rx,
     ));
@@ -336,7 +333,7 @@ pub async fn run_with_listeners(
 
     shutdown.await;
     // Drain: refuse new webhooks and report not-ready, let local jobs finish, then stop.
-    node.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    node.begin_draining();
     tracing::info!(node_id = id, "draining");
     let _ = stop_workers_tx.send(true);
     if tokio::time::timeout(drain_timeout + Duration::from_secs(1), workers_task).await.is_err() {
@@ -410,8 +407,8 @@ fn trigger_lookup(node: &Arc<Node>) -> crate::executor::github::TriggerLookup {
 /// `spec.cluster.leave_on_shutdown`: remove this node from the membership (through
 /// the leader, which may be this node) before it stops; bounded, and logged either way.
 async fn leave(node: &Node) {
-    let id = node.id;
-    let member = node.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+    let id = node.id();
+    let member = node.raft().metrics().borrow().membership_config.membership().get_node(&id).is_some();
     if !member {
         return;
     }
@@ -446,19 +443,18 @@ async fn propose_ticks(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(TICK_INTERVAL) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if node.current_leader() != Some(node.id) {
+        if node.current_leader() != Some(node.id()) {
             continue;
         }
-        let due = node.sm.read(|kv| {
+        let due = node.read_local(|kv| {
             [crate::sm::events::next_expiry(kv), crate::sm::queue::next_due(kv)].into_iter().flatten().min()
         });
         let now = crate::node::leader_clock_ms();
         if due.is_some_and(|d| d <= now) {
-            match node.write(crate::types::Command::Tick { policy: node.queue_policy }).await {
-                Ok((crate::types::Response::Ticked { expired_leases, .. }, _)) => {
-                    node.metrics.lease_expiries.inc_by(expired_leases);
+            match node.propose(crate::types::Command::tick(node.queue_policy())).await {
+                Ok(t) => {
+                    node.metrics().lease_expiries.inc_by(t.expired_leases);
                 }
-                Ok(_) => {}
                 Err(e) => tracing::debug!("tick not committed: {e}"),
             }
         }
@@ -471,7 +467,7 @@ async fn learn_startup_index(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     loop {
         if node.current_leader().is_some() {
             if let Ok(LeaderReply::ReadIndex { index }) = node.on_leader(LeaderOp::ReadIndex).await {
-                let _ = node.startup_index.set(index);
+                node.set_startup_index(index);
                 return;
             }
         }

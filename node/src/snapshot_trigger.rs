@@ -70,7 +70,7 @@ impl Policy {
 
 /// Ask openraft for a snapshot whenever [`Policy::due`] says so, until `stop`.
 pub async fn run(node: Arc<Node>, store: crate::store::Store, policy: Policy, mut stop: watch::Receiver<bool>) {
-    let mut metrics = node.raft.metrics();
+    let mut metrics = node.raft().metrics();
     // When, and at which snapshot index, a snapshot was last asked for: not again
     // until a newer one exists or ASK_AGAIN_AFTER has passed (openraft ignores a
     // request while it builds one).
@@ -94,7 +94,7 @@ pub async fn run(node: Arc<Node>, store: crate::store::Store, policy: Policy, mu
         };
         if policy.due(sizes) {
             tracing::info!(?sizes, "snapshot due");
-            if node.raft.trigger().snapshot().await.is_err() {
+            if node.raft().trigger().snapshot().await.is_err() {
                 return; // Raft has stopped
             }
             asked = Some((snapshot, tokio::time::Instant::now()));

@@ -13,7 +13,8 @@ use aof_contract::yamldir;
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::types::{Command, Response};
+use crate::types::Command;
+use aof_core::answers::TriggerPut;
 
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -62,8 +63,8 @@ pub async fn apply_once(node: &Node, dir: &Path) -> usize {
     }
     let mut changed = 0;
     for t in triggers {
-        match node.write(Command::PutTrigger { name: t.name.clone(), doc_json: t.doc_json, if_match: None }).await {
-            Ok((Response::TriggerPut { unchanged: false, created, revision, .. }, _)) => {
+        match node.propose(Command::put_trigger(t.name.clone(), t.doc_json, None)).await {
+            Ok(TriggerPut::Put { unchanged: false, created, revision, .. }) => {
                 changed += 1;
                 tracing::info!("trigger/{} {} from {} (revision {revision})", t.name, if created { "created" } else { "configured" }, t.origin);
             }

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use crate::config::{parse_duration, DaemonConfig, RecoveryHook};
 use crate::metrics::Metrics;
 use crate::node::{Consistency, Node};
-use crate::types::{Command, Delivery, RecoveryCheckpoint, Response as SmResponse, SignedBy};
+use crate::types::{Command, Delivery, RecoveryCheckpoint, SignedBy};
 
 /// Why recovery failed, for logs, API answers and `aof_recovery_errors_total{reason}`.
 #[derive(Debug, thiserror::Error)]
@@ -358,17 +358,14 @@ impl Recovery {
             return result;
         }
         if let Some(last) = done_upto {
-            let cmd = Command::RecoveryCheckpoint(RecoveryCheckpoint {
+            let cmd = Command::recovery_checkpoint(RecoveryCheckpoint {
                 source: source.clone(),
                 last_delivery_id: last.id,
                 last_delivered_at_ms: last.delivered_at_ms,
                 recovered: sr.recovered,
             });
-            match node.write(cmd).await {
-                Ok((SmResponse::RecoveryCheckpointed { .. }, _)) => sr.checkpoint = Some(last.id),
-                Ok((other, _)) => {
-                    tracing::warn!("delivery recovery: unexpected checkpoint answer {other:?}")
-                }
+            match node.propose(cmd).await {
+                Ok(_) => sr.checkpoint = Some(last.id),
                 Err(e) => {
                     if result.is_ok() {
                         result = Err(RecoveryError::Ingest {
@@ -494,27 +491,23 @@ impl Recovery {
             self.metrics.recovery_error("invalid_delivery");
             return Ok(());
         }
-        let cmd = Command::IngestWebhook(Box::new(Delivery {
+        let cmd = Command::ingest(Delivery {
             delivery_id: guid.clone(),
             facts: crate::github::facts::extract(&event, payload),
             payload: body,
-            received_by: node.id,
+            received_by: node.id(),
             retention_ms: self.retention_ms,
             traceparent: String::new(),
             signed_by,
-        }));
-        match node.write(cmd).await {
-            Ok((SmResponse::Ingested(r), _)) => {
+        });
+        match node.propose(cmd).await {
+            Ok(r) => {
                 if !r.duplicate {
                     sr.recovered += 1;
                     tracing::info!(source = %sr.source, delivery_id = %guid, event = %event, event_id = r.event_id, "delivery recovered");
                 }
                 Ok(())
             }
-            Ok((other, _)) => Err(RecoveryError::Ingest {
-                guid,
-                message: format!("unexpected answer {other:?}"),
-            }),
             Err(e) => Err(RecoveryError::Ingest {
                 guid,
                 message: e.to_string(),
@@ -677,7 +670,7 @@ pub async fn run(rec: Arc<Recovery>, node: Arc<Node>, mut stop: watch::Receiver<
             _ = tokio::time::sleep(poll) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let leader = node.current_leader() == Some(node.id);
+        let leader = node.current_leader() == Some(node.id());
         if leader && !was_leader {
             last = None; // a new leader sweeps right away, from the replicated checkpoint
         }

@@ -19,19 +19,19 @@ use crate::types::{Member, NodeId};
 /// probe restarts the node. A raised storage alarm (full disk) is reported but is not
 /// unhealthy: it clears by itself once space is freed (`/ready` is 503 meanwhile).
 pub async fn health(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {
-    if let Err(fatal) = &node.raft.metrics().borrow().running_state {
+    if let Err(fatal) = &node.raft().metrics().borrow().running_state {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "raft_stopped",
             format!("raft stopped: {fatal}; restart this node"),
         ));
     }
-    Ok(Json(json!({ "status": "ok", "node_id": node.id, "storage_alarm": node.sm.disk_alarm() })))
+    Ok(Json(json!({ "status": "ok", "node_id": node.id(), "storage_alarm": node.state_machine().disk_alarm() })))
 }
 
 pub async fn ready(State(node): State<Arc<Node>>) -> ApiResult<Json<Value>> {
     match node.readiness() {
-        Ok(leader) => Ok(Json(json!({ "ready": true, "node_id": node.id, "leader_id": leader }))),
+        Ok(leader) => Ok(Json(json!({ "ready": true, "node_id": node.id(), "leader_id": leader }))),
         Err(reason) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason)),
     }
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use super::state::AppState;
 
 pub async fn metrics(State(s): State<AppState>) -> Response {
-    s.metrics.refresh(&s.node, &s.store).await;
+    s.node.refresh_metrics(&s.store).await;
     let mut resp = s.metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

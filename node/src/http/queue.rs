@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use super::error::{ApiError, ApiResult, ReadParams};
 use super::state::AppState;
 use crate::sm::queue;
-use crate::types::{Command, Response as SmResponse};
+use crate::types::Command;
+use aof_core::answers::NotInDlq;
 
 pub async fn stats(State(app): State<AppState>, Query(p): Query<ReadParams>) -> ApiResult<Json<Value>> {
     let now = crate::node::leader_clock_ms();
@@ -76,15 +77,18 @@ fn selector(body: &[u8]) -> ApiResult<Option<String>> {
 
 async fn dlq_op(app: &AppState, body: &[u8], redrive: bool) -> ApiResult<Json<Value>> {
     let job_id = selector(body)?;
-    let cmd = if redrive { Command::Redrive { job_id } } else { Command::Purge { job_id } };
-    match app.node.write(cmd).await?.0 {
-        SmResponse::Redriven { jobs } | SmResponse::Purged { jobs } => Ok(Json(json!({ "jobs": jobs }))),
-        SmResponse::JobNotFound { job_id } => Err(ApiError::new(
+    let answer = if redrive {
+        app.node.propose(Command::redrive(job_id)).await?.map(|r| r.jobs)
+    } else {
+        app.node.propose(Command::purge(job_id)).await?.map(|p| p.jobs)
+    };
+    match answer {
+        Ok(jobs) => Ok(Json(json!({ "jobs": jobs }))),
+        Err(NotInDlq { job_id }) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("job {job_id} is not in the dead-letter queue (see `aofctl dlq list`)"),
         )),
-        other => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}"))),
     }
 }
 

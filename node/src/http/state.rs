@@ -1,4 +1,6 @@
-//! What the HTTP handlers share.
+//! What the HTTP handlers share. Handlers that need only a part take it as its own
+//! `State` (`Arc<Node>`, `Arc<Gateway>`, through `FromRef`), so the modules that
+//! define those parts never import this one.
 
 use std::sync::Arc;
 
@@ -22,5 +24,11 @@ pub struct AppState {
 impl FromRef<AppState> for Arc<Node> {
     fn from_ref(s: &AppState) -> Arc<Node> {
         s.node.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<super::webhook::Gateway> {
+    fn from_ref(s: &AppState) -> Arc<super::webhook::Gateway> {
+        s.gateway.clone()
     }
 }

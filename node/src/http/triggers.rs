@@ -14,7 +14,8 @@ use super::error::{ApiError, ApiResult, ReadParams};
 use crate::node::Node;
 use crate::registry::{self, TriggerView};
 use crate::sm::triggers;
-use crate::types::{Command, Response as SmResponse, TriggerRecord};
+use crate::types::{Command, TriggerRecord};
+use aof_core::answers::{TriggerDelete, TriggerPut};
 
 fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
@@ -106,16 +107,14 @@ pub async fn put_trigger(
     if params.dry_run()? {
         return put_dry_run(&node, name, doc_json, if_match).await;
     }
-    let (resp, _) = node.write(Command::PutTrigger { name: name.clone(), doc_json, if_match }).await?;
-    match resp {
-        SmResponse::TriggerPut { name, revision, created, unchanged } => {
+    match node.propose(Command::put_trigger(name.clone(), doc_json, if_match)).await? {
+        TriggerPut::Put { name, revision, created, unchanged } => {
             let result = if created { "created" } else if unchanged { "unchanged" } else { "configured" };
             let status = if created { StatusCode::CREATED } else { StatusCode::OK };
             Ok((status, Json(json!({ "name": name, "revision": revision, "result": result })))
                 .into_response())
         }
-        SmResponse::RevisionMismatch { name, expected, actual } => Err(revision_mismatch(&name, expected, actual)),
-        other => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected result {other:?}"))),
+        TriggerPut::RevisionMismatch { name, expected, actual } => Err(revision_mismatch(&name, expected, actual)),
     }
 }
 
@@ -147,14 +146,12 @@ pub async fn delete_trigger(
 ) -> ApiResult<Json<Value>> {
     let if_match = if_match(&headers)?;
     registry::validate_name(&name).map_err(|m| ApiError::bad_request("invalid_trigger", m))?;
-    let (resp, _) = node.write(Command::DeleteTrigger { name: name.clone(), if_match }).await?;
-    match resp {
-        SmResponse::TriggerDeleted { name, revision } => Ok(Json(json!({ "name": name, "revision": revision }))),
-        SmResponse::NotFound { name } => {
+    match node.propose(Command::delete_trigger(name.clone(), if_match)).await? {
+        TriggerDelete::Deleted { name, revision } => Ok(Json(json!({ "name": name, "revision": revision }))),
+        TriggerDelete::NotFound { name } => {
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("trigger {name:?} does not exist")))
         }
-        SmResponse::RevisionMismatch { name, expected, actual } => Err(revision_mismatch(&name, expected, actual)),
-        other => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected result {other:?}"))),
+        TriggerDelete::RevisionMismatch { name, expected, actual } => Err(revision_mismatch(&name, expected, actual)),
     }
 }
 

@@ -206,7 +206,7 @@ pub async fn snapshot(node: &Node) -> Value {
     let ready = node.readiness();
     let local_applied = local.last_applied;
     let mut snap = json!({
-        "node_id": node.id,
+        "node_id": node.id(),
         "at_ms": crate::node::leader_clock_ms(),
         "ready": ready.is_ok(),
         "not_ready": ready.err(),
@@ -237,7 +237,7 @@ pub async fn snapshot(node: &Node) -> Value {
         Ok::<_, crate::node::NodeError>((cluster, data))
     };
     // Two leader round trips, each bounded by the request timeout; bound the pair too.
-    let bound = node.timeouts.request * 2 + Duration::from_secs(1);
+    let bound = node.request_timeout() * 2 + Duration::from_secs(1);
     let answer = tokio::time::timeout(bound, leader_view)
         .await
         .unwrap_or_else(|_| {

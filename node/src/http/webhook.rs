@@ -28,12 +28,11 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
-use super::state::AppState;
 use crate::config::DaemonConfig;
 use crate::github::{facts, secrets, signature};
 use crate::metrics::{Metrics, WebhookOutcome};
 use crate::node::{Node, NodeError};
-use crate::types::{Command, Delivery, EventStatus, Response as SmResponse, SignedBy};
+use crate::types::{Command, Delivery, EventStatus, SignedBy};
 
 /// Webhook secrets known from the node's configuration, read once at start.
 #[derive(Default)]
@@ -116,12 +115,12 @@ fn reject(outcome: WebhookOutcome, status: StatusCode, code: &'static str, messa
 }
 
 /// The handler of `POST /webhook/github`.
-pub async fn webhook(State(app): State<AppState>, req: Request) -> Response {
-    let gw = &app.gateway;
+pub async fn webhook(State(node): State<Arc<Node>>, State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let gw = &gw;
     let started = Instant::now();
     let delivery = header_str(req.headers(), "x-github-delivery").unwrap_or("-").to_string();
     let event = header_str(req.headers(), "x-github-event").unwrap_or("-").to_string();
-    match intake(&app.node, gw, req).await {
+    match intake(&node, gw, req).await {
         Ok((outcome, status, body)) => {
             gw.metrics.count(outcome);
             gw.metrics.webhook_ack_seconds.observe(started.elapsed().as_secs_f64());
@@ -205,23 +204,24 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
     }
     if event == "ping" {
         let zen = payload.get("zen").and_then(Value::as_str).unwrap_or("Keep it logically awesome.");
-        return Ok((WebhookOutcome::ping, StatusCode::OK, json!({ "pong": true, "zen": zen, "hook_id": payload.get("hook_id"), "node_id": node.id })));
+        return Ok((WebhookOutcome::ping, StatusCode::OK, json!({ "pong": true, "zen": zen, "hook_id": payload.get("hook_id"), "node_id": node.id() })));
     }
     let facts = facts::extract(&event, &payload);
-    let cmd = Command::IngestWebhook(Box::new(Delivery {
+    let proposal = Command::ingest(Delivery {
         delivery_id: delivery_id.clone(),
         facts,
         payload: body.to_vec(),
-        received_by: node.id,
+        received_by: node.id(),
         retention_ms: gw.retention_ms,
         traceparent: crate::telemetry::current_traceparent(),
         signed_by,
-    }));
+    });
     let unavailable = |m: String| reject(WebhookOutcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
     if crate::planted::active(crate::planted::Bug::AckBeforeCommit) {
         // Planted bug: acknowledge before the quorum commit.
         tokio::spawn({
-            let raft = node.raft.clone();
+            let raft = node.raft().clone();
+            let cmd = proposal.into_command();
             async move {
                 let _ = raft.client_write(crate::types::Request { time_ms: crate::node::leader_clock_ms(), cmd }).await;
             }
@@ -229,19 +229,16 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
         let body = json!({ "event_id": 0, "delivery_id": delivery_id, "status": "queued", "trigger": null, "jobs": [], "duplicate": false });
         return Ok((WebhookOutcome::accepted, StatusCode::ACCEPTED, body));
     }
-    let res = tokio::time::timeout(gw.ack_timeout, node.write(cmd)).await.map_err(|_| {
+    let res = tokio::time::timeout(gw.ack_timeout, node.propose(proposal)).await.map_err(|_| {
         unavailable(format!(
             "not committed by a quorum within spec.gateway.ack_timeout_ms ({} ms); retry later — delivery {delivery_id} is deduplicated",
             gw.ack_timeout.as_millis()
         ))
     })?;
-    let (resp, _) = res.map_err(|e| match e {
+    let r = res.map_err(|e| match e {
         NodeError::Unavailable(m) | NodeError::Internal(m) => unavailable(m),
         other => unavailable(other.to_string()),
     })?;
-    let SmResponse::Ingested(r) = resp else {
-        return Err(unavailable(format!("unexpected state machine answer {resp:?}")));
-    };
     let outcome = match (r.duplicate, r.status) {
         (true, _) => WebhookOutcome::duplicate,
         (false, EventStatus::Unmatched) => WebhookOutcome::unmatched,
@@ -280,7 +277,7 @@ fn candidate_secrets(node: &Node, gw: &Gateway) -> Vec<(Vec<u8>, SignedBy)> {
     for (org, secret) in &gw.secrets.orgs {
         push(&mut out, secret.clone(), SignedBy::Org(org.clone()));
     }
-    let trigger_secrets: Vec<(String, String)> = node.sm.read(|kv| {
+    let trigger_secrets: Vec<(String, String)> = node.read_local(|kv| {
         crate::sm::triggers::compiled(kv)
             .iter()
             .filter(|t| t.enabled)
