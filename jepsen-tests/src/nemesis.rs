@@ -240,6 +240,23 @@ enum Undo {
     StartCorrupted(usize),
 }
 
+impl Undo {
+    /// The slots that must answer `/ready` again once the fault is undone (all `n`
+    /// for network faults; none when nothing happened).
+    fn nodes(&self, n: usize) -> Vec<usize> {
+        match self {
+            Undo::Nothing => vec![],
+            Undo::Heal | Undo::Slow => (0..n).collect(),
+            Undo::Restart(v) | Undo::Resume(v) => v.clone(),
+            Undo::Join(s) | Undo::FreeDisk(s) | Undo::StartCorrupted(s) => vec![*s],
+        }
+    }
+}
+
+/// How long the nemesis waits for the nodes of a fault to answer `/ready` again
+/// after it is undone (its recovery time; see [`crate::report::recovery_stats`]).
+pub const RECOVERY_WAIT: Duration = Duration::from_secs(30);
+
 pub struct Nemesis {
     pub db: Arc<Db>,
     pub net: Option<Arc<Net>>,
@@ -567,10 +584,44 @@ impl Nemesis {
                 _ = tokio::time::sleep(Duration::from_millis(step.hold_ms)) => {}
                 _ = stop3.wait_for(|s| *s) => {}
             }
+            let nodes = undo.nodes(self.db.len());
+            let undone = Instant::now();
             let info = self.undo(undo).await;
             self.rec.nemesis(&format!("stop-{name}"), info);
+            if !nodes.is_empty() {
+                let ready = self.wait_ready(&nodes, undone, RECOVERY_WAIT).await;
+                self.rec.nemesis(
+                    &format!("recovered-{name}"),
+                    json!({
+                        "nodes": nodes.iter().map(|&i| self.db.name(i)).collect::<Vec<_>>(),
+                        "ready": ready,
+                        "ms": undone.elapsed().as_millis() as u64,
+                    }),
+                );
+            }
         }
         done
+    }
+
+    /// Wait until every slot of `nodes` runs and answers `/ready` (polled every
+    /// 100 ms), at most `limit` after `since`. Whether they all did.
+    async fn wait_ready(&self, nodes: &[usize], since: Instant, limit: Duration) -> bool {
+        let mut left: Vec<usize> = nodes.to_vec();
+        // Bounded by `limit`.
+        while since.elapsed() < limit {
+            let mut still = Vec::new();
+            for &s in &left {
+                if !(self.db.is_running(s) && self.db.ready(s).await) {
+                    still.push(s);
+                }
+            }
+            left = still;
+            if left.is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// Undo everything: heal the network, resume and restart every node, finish
