@@ -588,8 +588,17 @@ impl Nemesis {
             let undone = Instant::now();
             let info = self.undo(undo).await;
             self.rec.nemesis(&format!("stop-{name}"), info);
-            if !nodes.is_empty() {
-                let ready = self.wait_ready(&nodes, undone, RECOVERY_WAIT).await;
+            // Not measured once the run is stopping (the final heal measures that).
+            let mut stop4 = stop.clone();
+            let ready = if nodes.is_empty() {
+                None
+            } else {
+                tokio::select! {
+                    r = self.wait_ready(&nodes, undone, RECOVERY_WAIT) => Some(r),
+                    _ = stop4.wait_for(|s| *s) => None,
+                }
+            };
+            if let Some(ready) = ready {
                 self.rec.nemesis(
                     &format!("recovered-{name}"),
                     json!({

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{status, Ctx};
-use crate::checkers::queue::{FinalEvent, FinalState};
+use crate::checkers::queue::FinalState;
 use crate::cluster::{QueueClient, TARGET};
 use crate::history::Kind;
 use crate::net::Dialer;
