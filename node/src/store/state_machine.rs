@@ -131,7 +131,7 @@ impl std::io::Write for SyncEvery {
         };
         self.unsynced += n as u64;
         if self.unsynced >= SNAPSHOT_SYNC_EVERY {
-            self.file.sync_data()?;
+            sync_waiting_for_space(&self.file, self.alarm.as_ref(), false)?;
             self.unsynced = 0;
             self.syncs += 1;
         }
@@ -139,6 +139,28 @@ impl std::io::Write for SyncEvery {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::Write::flush(&mut self.file)
+    }
+}
+
+/// `fdatasync` (or `fsync` with `all`) `file`; on a full disk (a file system that
+/// reports `ENOSPC` at sync, like one over a FUSE layer) raise the alarm, wait until
+/// it clears and sync again, as log appends do, instead of failing the snapshot
+/// (openraft stops its core on a failed snapshot write: a member that looks alive
+/// but does nothing, found with `disk-full` in docs/JEPSEN.md, F4).
+fn sync_waiting_for_space(
+    file: &std::fs::File,
+    alarm: Option<&(std::sync::Arc<DiskAlarm>, std::path::PathBuf)>,
+    all: bool,
+) -> std::io::Result<()> {
+    loop {
+        let r = if all { file.sync_all() } else { file.sync_data() };
+        match (r, alarm) {
+            (Err(e), Some((alarm, path))) if disk::is_disk_full(&e) => {
+                alarm.raise_disk_full(path, &e);
+                alarm.wait_clear("syncing a snapshot").map_err(std::io::Error::other)?;
+            }
+            (r, _) => return r,
+        }
     }
 }
 
@@ -189,10 +211,12 @@ fn persist_snapshot_file(
             return Ok(None);
         }
         w.flush().map_err(err)?;
-        let mut file = w.into_inner().map_err(|e| err(e.into_error()))?.file;
-        file.sync_all().map_err(err)?;
+        let inner = w.into_inner().map_err(|e| err(e.into_error()))?;
+        sync_waiting_for_space(&inner.file, inner.alarm.as_ref(), true).map_err(err)?;
+        let mut file = inner.file;
         std::fs::rename(&tmp, snapshot_file(store, id)).map_err(err)?;
-        disk::sync_dir(&dir).map_err(err)?;
+        let dir_file = std::fs::File::open(&dir).map_err(err)?;
+        sync_waiting_for_space(&dir_file, Some(&(store.alarm.clone(), dir.clone())), true).map_err(err)?;
         file.seek(std::io::SeekFrom::Start(0)).map_err(err)?;
         let sum = file_sum(&mut file, id).map_err(err)?;
         file.seek(std::io::SeekFrom::Start(0)).map_err(err)?;
