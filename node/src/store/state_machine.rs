@@ -51,7 +51,11 @@ use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError,
 ///   file that exists after any crash (before the flush, sled recovers the old meta,
 ///   whose file is still there; after it, the new one). A data dir left by a build
 ///   without that flush (meta naming a deleted file) is repaired when it is opened:
-///   a new snapshot is built from the applied state ([`StateMachineStore::repair_snapshot`]).
+///   a new snapshot is built from the applied state ([`StateMachineStore::check_snapshot_at_open`]).
+/// - A snapshot's file length and CRC-32 are stored with its meta (same transaction)
+///   and checked when the data dir is opened: a damaged current snapshot is replaced
+///   by one built from the applied state, never served to a member that needs it.
+///   The same check makes the snapshot cover the purge mark openraft will start with.
 /// - While the storage alarm is raised (a full disk, see [`super::disk`]), snapshot
 ///   files are not written: building or installing waits, and a write that meets a
 ///   full disk raises the alarm, waits and writes the same bytes again.
