@@ -446,6 +446,14 @@ impl Nemesis {
                 // A minority: one node of 3, two of 5.
                 let victims = &order[..n.saturating_sub(1) / 2];
                 let v = victims[0];
+                // Damage on top of a node that is already down would be a majority
+                // fault, and the damaged node could not be replaced without quorum.
+                if !self.db.all_ready().await {
+                    return Ok((
+                        Undo::Nothing,
+                        json!({ "node": self.db.name(v), "corrupted": null, "note": "skipped: not every node is ready" }),
+                    ));
+                }
                 self.db.kill(v);
                 match self.db.corrupt(v, &mut rng)? {
                     Some(what) => (
