@@ -519,10 +519,21 @@ impl Nemesis {
                 let r = self.net.as_ref().map(|n| n.heal_slow());
                 json!({ "healed": r.map(|r| r.is_ok()) })
             }
-            Undo::FreeDisk(s) => match self.db.free_disk(s) {
-                Ok(free) => json!({ "freed": self.db.name(s), "free": free }),
-                Err(e) => json!({ "freed": self.db.name(s), "error": e.to_string() }),
-            },
+            Undo::FreeDisk(s) => {
+                let freed = match self.db.free_disk(s) {
+                    Ok(free) => json!({ "freed": self.db.name(s), "free": free }),
+                    Err(e) => json!({ "freed": self.db.name(s), "error": e.to_string() }),
+                };
+                // A node whose sled met the full disk stops (fail-stop, exit code 74);
+                // a supervisor restarts it, and so does the nemesis once space is back.
+                match self.db.exited(s) {
+                    None => freed,
+                    Some(status) => {
+                        let restarted = self.db.start(s).map_err(|e| e.to_string());
+                        json!({ "freed": freed, "exited": status, "restarted": restarted.is_ok(), "error": restarted.err() })
+                    }
+                }
+            }
             Undo::StartCorrupted(s) => self.start_corrupted(s).await,
         }
     }
@@ -648,8 +659,13 @@ impl Nemesis {
         if let Some(n) = &self.net {
             n.heal()?;
         }
+        let mut exited = BTreeMap::new();
         for s in 0..self.db.len() {
             self.db.resume(s);
+            // A node that exited by itself (fail-stop) is restarted like a killed one.
+            if let Some(status) = self.db.exited(s) {
+                exited.insert(self.db.name(s), status);
+            }
             self.db.start(s)?;
         }
         let pending: Vec<usize> = self.pending_join.lock().unwrap().iter().copied().collect();
@@ -662,7 +678,7 @@ impl Nemesis {
         }
         self.rec.nemesis(
             "heal-all",
-            json!({ "ms": start.elapsed().as_millis() as u64 }),
+            json!({ "ms": start.elapsed().as_millis() as u64, "restarted_after_exit": exited }),
         );
         Ok(())
     }
