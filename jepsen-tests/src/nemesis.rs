@@ -240,6 +240,23 @@ enum Undo {
     StartCorrupted(usize),
 }
 
+impl Undo {
+    /// The slots that must answer `/ready` again once the fault is undone (all `n`
+    /// for network faults; none when nothing happened).
+    fn nodes(&self, n: usize) -> Vec<usize> {
+        match self {
+            Undo::Nothing => vec![],
+            Undo::Heal | Undo::Slow => (0..n).collect(),
+            Undo::Restart(v) | Undo::Resume(v) => v.clone(),
+            Undo::Join(s) | Undo::FreeDisk(s) | Undo::StartCorrupted(s) => vec![*s],
+        }
+    }
+}
+
+/// How long the nemesis waits for the nodes of a fault to answer `/ready` again
+/// after it is undone (its recovery time; see [`crate::report::recovery_stats`]).
+pub const RECOVERY_WAIT: Duration = Duration::from_secs(30);
+
 pub struct Nemesis {
     pub db: Arc<Db>,
     pub net: Option<Arc<Net>>,
@@ -429,6 +446,14 @@ impl Nemesis {
                 // A minority: one node of 3, two of 5.
                 let victims = &order[..n.saturating_sub(1) / 2];
                 let v = victims[0];
+                // Damage on top of a node that is already down would be a majority
+                // fault, and the damaged node could not be replaced without quorum.
+                if !self.db.all_ready().await {
+                    return Ok((
+                        Undo::Nothing,
+                        json!({ "node": self.db.name(v), "corrupted": null, "note": "skipped: not every node is ready" }),
+                    ));
+                }
                 self.db.kill(v);
                 match self.db.corrupt(v, &mut rng)? {
                     Some(what) => (
@@ -494,10 +519,21 @@ impl Nemesis {
                 let r = self.net.as_ref().map(|n| n.heal_slow());
                 json!({ "healed": r.map(|r| r.is_ok()) })
             }
-            Undo::FreeDisk(s) => match self.db.free_disk(s) {
-                Ok(free) => json!({ "freed": self.db.name(s), "free": free }),
-                Err(e) => json!({ "freed": self.db.name(s), "error": e.to_string() }),
-            },
+            Undo::FreeDisk(s) => {
+                let freed = match self.db.free_disk(s) {
+                    Ok(free) => json!({ "freed": self.db.name(s), "free": free }),
+                    Err(e) => json!({ "freed": self.db.name(s), "error": e.to_string() }),
+                };
+                // A node whose sled met the full disk stops (fail-stop, exit code 74);
+                // a supervisor restarts it, and so does the nemesis once space is back.
+                match self.db.exited(s) {
+                    None => freed,
+                    Some(status) => {
+                        let restarted = self.db.start(s).map_err(|e| e.to_string());
+                        json!({ "freed": freed, "exited": status, "restarted": restarted.is_ok(), "error": restarted.err() })
+                    }
+                }
+            }
             Undo::StartCorrupted(s) => self.start_corrupted(s).await,
         }
     }
@@ -567,10 +603,53 @@ impl Nemesis {
                 _ = tokio::time::sleep(Duration::from_millis(step.hold_ms)) => {}
                 _ = stop3.wait_for(|s| *s) => {}
             }
+            let nodes = undo.nodes(self.db.len());
+            let undone = Instant::now();
             let info = self.undo(undo).await;
             self.rec.nemesis(&format!("stop-{name}"), info);
+            // Not measured once the run is stopping (the final heal measures that).
+            let mut stop4 = stop.clone();
+            let ready = if nodes.is_empty() {
+                None
+            } else {
+                tokio::select! {
+                    r = self.wait_ready(&nodes, undone, RECOVERY_WAIT) => Some(r),
+                    _ = stop4.wait_for(|s| *s) => None,
+                }
+            };
+            if let Some(ready) = ready {
+                self.rec.nemesis(
+                    &format!("recovered-{name}"),
+                    json!({
+                        "nodes": nodes.iter().map(|&i| self.db.name(i)).collect::<Vec<_>>(),
+                        "ready": ready,
+                        "ms": undone.elapsed().as_millis() as u64,
+                    }),
+                );
+            }
         }
         done
+    }
+
+    /// Wait until every slot of `nodes` runs and answers `/ready` (polled every
+    /// 100 ms), at most `limit` after `since`. Whether they all did.
+    async fn wait_ready(&self, nodes: &[usize], since: Instant, limit: Duration) -> bool {
+        let mut left: Vec<usize> = nodes.to_vec();
+        // Bounded by `limit`.
+        while since.elapsed() < limit {
+            let mut still = Vec::new();
+            for &s in &left {
+                if !(self.db.is_running(s) && self.db.ready(s).await) {
+                    still.push(s);
+                }
+            }
+            left = still;
+            if left.is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// Undo everything: heal the network, resume and restart every node, finish
@@ -580,8 +659,13 @@ impl Nemesis {
         if let Some(n) = &self.net {
             n.heal()?;
         }
+        let mut exited = BTreeMap::new();
         for s in 0..self.db.len() {
             self.db.resume(s);
+            // A node that exited by itself (fail-stop) is restarted like a killed one.
+            if let Some(status) = self.db.exited(s) {
+                exited.insert(self.db.name(s), status);
+            }
             self.db.start(s)?;
         }
         let pending: Vec<usize> = self.pending_join.lock().unwrap().iter().copied().collect();
@@ -594,7 +678,7 @@ impl Nemesis {
         }
         self.rec.nemesis(
             "heal-all",
-            json!({ "ms": start.elapsed().as_millis() as u64 }),
+            json!({ "ms": start.elapsed().as_millis() as u64, "restarted_after_exit": exited }),
         );
         Ok(())
     }

@@ -6,6 +6,57 @@ use serde::Serialize;
 use crate::checkers::linearizable::RegisterReport;
 use crate::checkers::queue::QueueReport;
 use crate::checkers::status::StatusReport;
+use crate::history::{Op, NEMESIS};
+
+/// Recovery times of one nemesis: from the end of each fault (its undo starting)
+/// until every node it touched answered `/ready` again.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RecoveryStats {
+    /// Faults with a recovery measurement (a fault that did nothing has none).
+    pub cycles: usize,
+    /// Of those, how many were not ready within the nemesis's wait (excluded from
+    /// the percentiles).
+    pub not_ready: usize,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Per nemesis, from the history's `recovered-<nemesis>` events.
+pub fn recovery_stats(ops: &[Op]) -> std::collections::BTreeMap<String, RecoveryStats> {
+    let mut times: std::collections::BTreeMap<String, (Vec<u64>, usize)> = Default::default();
+    for o in ops.iter().filter(|o| o.process == NEMESIS) {
+        let Some(name) = o.f.strip_prefix("recovered-") else { continue };
+        let e = times.entry(name.to_string()).or_default();
+        match (o.value["ready"].as_bool(), o.value["ms"].as_u64()) {
+            (Some(true), Some(ms)) => e.0.push(ms),
+            _ => e.1 += 1,
+        }
+    }
+    times
+        .into_iter()
+        .map(|(name, (mut v, not_ready))| {
+            v.sort_unstable();
+            let stats = RecoveryStats {
+                cycles: v.len() + not_ready,
+                not_ready,
+                p50_ms: percentile(&v, 0.50),
+                p99_ms: percentile(&v, 0.99),
+                max_ms: v.last().copied().unwrap_or(0),
+            };
+            (name, stats)
+        })
+        .collect()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -53,6 +104,8 @@ pub struct Results {
     pub status: Option<StatusReport>,
     pub problems: Vec<String>,
     pub verdict: Verdict,
+    /// Recovery time per nemesis (see [`recovery_stats`]).
+    pub recovery_ms: std::collections::BTreeMap<String, RecoveryStats>,
 }
 
 impl Results {
@@ -75,8 +128,10 @@ impl Results {
             }
         }
         if let Some(s) = &self.status {
-            if !s.valid() {
-                invalid = true;
+            match s.valid() {
+                Some(false) => invalid = true,
+                None => unknown = true,
+                _ => {}
             }
         }
         self.verdict = if invalid {
@@ -86,6 +141,36 @@ impl Results {
         } else {
             Verdict::Valid
         };
+    }
+
+    /// An empty result (nothing run, nothing found), for unit tests.
+    #[cfg(test)]
+    pub fn for_tests() -> Results {
+        Results {
+            run: String::new(),
+            dir: String::new(),
+            seed: 0,
+            workloads: vec![],
+            nemeses: vec![],
+            nodes: 3,
+            network: String::new(),
+            planted_bug: None,
+            time_limit_s: 0,
+            operations: 0,
+            ok: 0,
+            fail: 0,
+            info: 0,
+            nemesis_events: 0,
+            recovered: true,
+            recovery: String::new(),
+            drain: None,
+            register: None,
+            queue: None,
+            status: None,
+            problems: vec![],
+            verdict: Verdict::Valid,
+            recovery_ms: Default::default(),
+        }
     }
 
     pub fn stale_reads(&self) -> usize {
@@ -160,6 +245,12 @@ impl Results {
             ));
             rows.push(("duplicated".into(), q.duplicated.len().to_string()));
             rows.push(("unexpected".into(), q.unexpected.len().to_string()));
+            if !q.final_unparsed.is_empty() {
+                rows.push((
+                    "final items unparsed".into(),
+                    format!("{} (the final read counts as incomplete)", q.final_unparsed.len()),
+                ));
+            }
             rows.push((
                 "stale tokens accepted".into(),
                 q.stale_token_accepted.len().to_string(),
@@ -181,7 +272,26 @@ impl Results {
                 "status reads (ok)".into(),
                 format!("{} ({})", s.reads, s.reads_ok),
             ));
-            rows.push(("stale reads".into(), s.stale_reads.len().to_string()));
+            rows.push((
+                "stale reads".into(),
+                match s.valid() {
+                    None => "unknown: no status read succeeded".into(),
+                    _ => s.stale_reads.len().to_string(),
+                },
+            ));
+        }
+        for (name, r) in &self.recovery_ms {
+            rows.push((
+                format!("recovery {name}"),
+                format!(
+                    "{} faults: p50 {} ms, p99 {} ms, max {} ms{}",
+                    r.cycles,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.max_ms,
+                    if r.not_ready > 0 { format!(", {} not ready within 30 s", r.not_ready) } else { String::new() }
+                ),
+            ));
         }
         for p in &self.problems {
             rows.push(("problem".into(), p.clone()));
@@ -261,10 +371,39 @@ impl Results {
             section("duplicated", &q.duplicated);
             section("unexpected", &q.unexpected);
             section("stale tokens accepted", &q.stale_token_accepted);
+            section("final items that did not parse", &q.final_unparsed);
         }
         if let Some(s) = &self.status {
             section("stale reads", &s.stale_reads);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn recovery_times_per_nemesis() {
+        let rec = crate::history::Recorder::new(None).unwrap();
+        rec.nemesis("start-lose-unsynced", json!({}));
+        rec.nemesis("stop-lose-unsynced", json!({}));
+        for ms in [400, 100, 300, 200] {
+            rec.nemesis("recovered-lose-unsynced", json!({"nodes": ["n1"], "ready": true, "ms": ms}));
+        }
+        rec.nemesis("recovered-lose-unsynced", json!({"nodes": ["n2"], "ready": false, "ms": 30000}));
+        rec.nemesis("recovered-disk-full", json!({"nodes": ["n3"], "ready": true, "ms": 1500}));
+        let stats = recovery_stats(&rec.ops());
+        assert_eq!(
+            stats["lose-unsynced"],
+            RecoveryStats { cycles: 5, not_ready: 1, p50_ms: 200, p99_ms: 400, max_ms: 400 }
+        );
+        assert_eq!(stats["disk-full"].p50_ms, 1500);
+        assert_eq!(stats.len(), 2);
+        let mut r = Results::for_tests();
+        r.recovery_ms = stats;
+        assert!(r.table().contains("5 faults: p50 200 ms, p99 400 ms"), "{}", r.table());
     }
 }

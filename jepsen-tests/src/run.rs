@@ -482,6 +482,7 @@ pub async fn run(mut opts: Opts) -> Result<Outcome> {
         status: queue.as_ref().map(|_| scheck::check(&ops)),
         problems,
         verdict: Verdict::Unknown,
+        recovery_ms: crate::report::recovery_stats(&ops),
     };
     results.decide();
     std::fs::write(
@@ -560,6 +561,7 @@ pub fn analyze(dir: &Path) -> Result<Results> {
         status: has(&["post"]).then(|| scheck::check(&ops)),
         problems: strs(&old["problems"]),
         verdict: Verdict::Unknown,
+        recovery_ms: crate::report::recovery_stats(&ops),
     };
     results.decide();
     std::fs::write(

@@ -24,8 +24,17 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    pub fn valid(&self) -> bool {
-        self.stale_reads.is_empty()
+    /// `Some(false)`: stale reads; `None` (unknown): no status read succeeded, so
+    /// nothing was checked (a run whose every read failed proves nothing);
+    /// `Some(true)` otherwise.
+    pub fn valid(&self) -> Option<bool> {
+        if !self.stale_reads.is_empty() {
+            Some(false)
+        } else if self.reads_ok == 0 {
+            None
+        } else {
+            Some(true)
+        }
     }
 }
 
@@ -134,7 +143,7 @@ mod tests {
             .fail(3, "status-read", "", Value::Null, "503")
             .done();
         let r = check(&ops);
-        assert!(r.valid(), "{r:?}");
+        assert_eq!(r.valid(), Some(true), "{r:?}");
         assert_eq!((r.reads, r.reads_ok, r.reads_failed), (3, 2, 1));
 
         let ops = H::new()
@@ -144,8 +153,27 @@ mod tests {
             .ok(2, "status-read", "", json!({"found": false}))
             .done();
         let r = check(&ops);
-        assert!(!r.valid());
+        assert_eq!(r.valid(), Some(false));
         assert!(r.stale_reads[0].contains("did not find it"));
+    }
+
+    #[test]
+    fn a_run_whose_status_reads_all_failed_is_unknown_not_valid() {
+        let ops = H::new()
+            .invoke(1, "post", "", json!({"delivery": "d1"}))
+            .ok(1, "post", "", json!({"code": 202}))
+            .invoke(2, "status-read", "", json!({"delivery": "d1"}))
+            .fail(2, "status-read", "", Value::Null, "503")
+            .invoke(3, "status-read", "", json!({"delivery": "d1"}))
+            .fail(3, "status-read", "", Value::Null, "503")
+            .done();
+        let r = check(&ops);
+        assert_eq!((r.reads, r.reads_ok, r.reads_failed), (2, 0, 2));
+        assert_eq!(r.valid(), None, "{r:?}");
+        let mut results = crate::report::Results::for_tests();
+        results.status = Some(r);
+        results.decide();
+        assert_eq!(results.verdict, crate::report::Verdict::Unknown);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{status, Ctx};
-use crate::checkers::queue::{FinalEvent, FinalState};
+use crate::checkers::queue::FinalState;
 use crate::cluster::{QueueClient, TARGET};
 use crate::history::Kind;
 use crate::net::Dialer;
@@ -642,7 +642,7 @@ enum Mode {
 /// retrying on other nodes, within `timeout`.
 pub async fn final_state(ctx: &Ctx, timeout: Duration) -> FinalState {
     let start = Instant::now();
-    let mut events: Vec<FinalEvent> = Vec::new();
+    let mut fin = FinalState::default();
     let mut after: Option<u64> = None;
     let mut k = 0;
     while start.elapsed() < timeout {
@@ -658,18 +658,12 @@ pub async fn final_state(ctx: &Ctx, timeout: Duration) -> FinalState {
         {
             Ok(r) if r.status == 200 => {
                 let b = r.json();
-                for item in b["items"].as_array().into_iter().flatten() {
-                    if let Some(e) = FinalState::event_from_json(item) {
-                        events.push(e);
-                    }
-                }
+                fin.push_items(b["items"].as_array().map(Vec::as_slice).unwrap_or_default());
                 match b["next_after"].as_u64() {
                     Some(n) => after = Some(n),
                     None => {
-                        return FinalState {
-                            events,
-                            complete: true,
-                        }
+                        fin.complete = true;
+                        return fin;
                     }
                 }
             }
@@ -679,8 +673,5 @@ pub async fn final_state(ctx: &Ctx, timeout: Duration) -> FinalState {
             }
         }
     }
-    FinalState {
-        events,
-        complete: false,
-    }
+    fin
 }

@@ -297,6 +297,11 @@ impl DiskAlarm {
         self.lock().hold_until.is_none_or(|t| Instant::now() >= t)
     }
 
+    /// Whether [`DiskAlarm::close`] was called (the store is stopping).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Stop: wake every waiter, which then gives up.
     pub fn close(&self) {
         self.lock().closed = true;

@@ -28,7 +28,10 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 ///   means re-applying from the state machine's durable `last_applied`).
 /// - The state machine is not flushed when it applies: after a crash it resumes from
 ///   its durable `last_applied` and re-applies from the log. So the log must keep
-///   every entry after it: [`purge`](RaftLogStorage::purge) records `last_purged`
+///   every entry after it. [`purge`](RaftLogStorage::purge) first waits until the
+///   applied state covers the purged entries (an install of a received snapshot runs
+///   concurrently with the purge openraft issues for it: see
+///   [`LogStore::wait_for_install`]); then it records `last_purged`
 ///   and forgets the entries, then flushes sled and only then deletes their WAL
 ///   files, so the snapshot covering them and the applied state are durable first.
 ///   If the process dies before that flush, sled recovers a prefix of its writes:
@@ -50,6 +53,10 @@ pub struct LogStore {
 pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
+
+/// How long a purge of the log waits for the snapshot install that covers it (see
+/// [`LogStore::wait_for_install`]); an install waiting for disk space can take long.
+const INSTALL_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn read_logs_err(e: impl std::error::Error + 'static) -> StorageError {
     io(StorageIOError::read_logs(any(e)))
@@ -107,6 +114,57 @@ impl LogStore {
     fn sled_failed(&self, what: &str, e: sled::Error) -> sled::Error {
         fail_stop_on_sled_io(&self.store.dir, what, &e);
         e
+    }
+
+    /// Before the log is purged up to `log_id`: wait until the state machine covers
+    /// it. openraft 0.9 purges the log up to a snapshot received from the leader in
+    /// the same step as it hands the snapshot to its state-machine worker to install
+    /// (`PurgeLog` has no condition), so the purge mark used to reach the disk while
+    /// the snapshot was still being written; a crash in between left a node whose
+    /// purge mark is ahead of its snapshot, which openraft refuses at every start
+    /// (finding F3 in docs/JEPSEN.md). Everything else openraft purges is covered by
+    /// a snapshot already stored (openraft's own invariant), so this returns at once.
+    /// Gives up (with an error, as the failed install does) if the install fails or
+    /// the store is closing.
+    async fn wait_for_install(&self, log_id: LogId) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        let installs = &self.store.installs;
+        let covered = || {
+            let applied = self.store.applied.read().unwrap_or_else(|p| p.into_inner()).last_applied;
+            applied.map(|a| a.index) >= Some(log_id.index)
+        };
+        // Nothing received and nothing applied: openraft's storage test suite purges
+        // logs it never applied; a running node always has a snapshot or receives one.
+        if covered() || !installs.receiving.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let failed = installs.failed.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let mut said = started;
+        let give_up = |why: String| {
+            write_logs_err(std::io::Error::other(format!("not purging the log up to {log_id}: {why}")))
+        };
+        loop {
+            let notified = installs.done.notified();
+            if covered() {
+                tracing::debug!(%log_id, waited_ms = started.elapsed().as_millis() as u64, "purge waited for the snapshot install");
+                return Ok(());
+            }
+            if installs.failed.load(Ordering::SeqCst) != failed {
+                return Err(give_up("the snapshot install covering it failed".into()));
+            }
+            if self.store.alarm.is_closed() {
+                return Err(give_up("the store is closing".into()));
+            }
+            if started.elapsed() > INSTALL_WAIT_LIMIT {
+                return Err(give_up(format!("no snapshot covering it was installed within {INSTALL_WAIT_LIMIT:?}")));
+            }
+            if said.elapsed() > std::time::Duration::from_secs(10) {
+                tracing::warn!(%log_id, waited_s = started.elapsed().as_secs(), "purging the log waits for the snapshot install that covers it");
+                said = std::time::Instant::now();
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), notified).await;
+        }
     }
 
     /// Wait (off the async runtime) while the storage alarm is raised.
@@ -234,6 +292,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purge log up to (inclusive)");
+        self.wait_for_install(log_id).await?;
         // Never move last_purged backwards (openraft does not ask for that).
         if self.last_purged()?.is_none_or(|prev| prev < log_id) {
             self.store

@@ -79,6 +79,34 @@ pub(crate) mod sm_meta_keys {
 pub(crate) mod snapshot_keys {
     pub const META: &[u8] = b"meta";
     pub const DATA: &[u8] = b"data";
+    /// `codec(SnapshotFileSum)` of the current snapshot's file, written with `meta`.
+    pub const FILE_SUM: &[u8] = b"file_sum";
+}
+
+/// Length and CRC-32 of a snapshot's data file, stored with its meta and checked
+/// when the data dir is opened (a damaged snapshot file must never be served to a
+/// member that needs it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SnapshotFileSum {
+    pub snapshot_id: String,
+    pub len: u64,
+    pub crc32: u32,
+}
+
+/// Snapshot installs as [`LogStore::purge`] sees them. openraft 0.9 issues the purge
+/// of the log up to a received snapshot in the same step as the snapshot's install,
+/// which runs on its state-machine worker: the purge could reach the disk first, and
+/// a crash in between left a purge mark ahead of the durable snapshot, which openraft
+/// refuses at every start (finding F3 in docs/JEPSEN.md). So a purge past the applied
+/// state waits for the install (see [`LogStore`]).
+#[derive(Debug, Default)]
+pub(crate) struct InstallProgress {
+    /// A snapshot was received from a leader (`begin_receiving_snapshot`) since open.
+    pub receiving: std::sync::atomic::AtomicBool,
+    /// Installs that failed since open.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Notified whenever an install ends (stored or failed).
+    pub done: tokio::sync::Notify,
 }
 
 /// Errors of opening and checking a data dir. Each message says what to do next.
@@ -215,6 +243,8 @@ pub struct Store {
     pub(crate) snapshot_undo: Arc<std::sync::Mutex<Option<state_machine::UndoLog>>>,
     /// The Raft log.
     pub(crate) wal: Arc<wal::Wal>,
+    /// Snapshot installs, for purges of the log (see [`InstallProgress`]).
+    pub(crate) installs: Arc<InstallProgress>,
 }
 
 /// Counters of [`LogStore`] appends, for metrics.
@@ -290,15 +320,19 @@ impl Store {
             applied: Arc::default(),
             append_stats: Arc::default(),
             snapshot_undo: Arc::default(),
+            installs: Arc::default(),
         };
         let applied = store.load_applied()?;
         store.applied = Arc::new(RwLock::new(applied));
         store.migrate_log_tree()?;
+        // The current snapshot must be readable, undamaged and cover the purge mark
+        // (openraft's start-up invariant); a purge mark ahead of what this node can
+        // cover is lowered if the log still has the entries, else the open fails.
+        let last_purged = store.state_machine().check_snapshot_at_open(last_purged)?;
         if let Some(p) = last_purged {
             // Entries purged before a restart may still sit in a segment with live ones.
             store.wal.purge(p.index).map_err(|source| StoreError::Wal { dir: dir.to_path_buf(), source })?;
         }
-        store.state_machine().repair_snapshot(last_purged)?;
         // The data dir's entries (sled's files, wal/, snapshots/) and the data dir in
         // its parent are durable from the first open on, whoever created them.
         disk::sync_dir(dir)
@@ -377,6 +411,14 @@ impl Store {
                 source,
             }),
         }
+    }
+
+    /// sled's flush and then an `fsync` of its file: sled 0.34's flush alone ends
+    /// with `sync_file_range`, which is no durability after a power loss (see
+    /// [`LogStore`]'s `flush`). Blocking.
+    pub(crate) fn flush_durable(&self) -> Result<(), sled::Error> {
+        self.db.flush()?;
+        std::fs::File::open(self.dir.join(SLED_FILE)).and_then(|f| f.sync_all()).map_err(sled::Error::Io)
     }
 
     /// Make everything written so far durable.

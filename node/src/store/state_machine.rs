@@ -9,7 +9,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::disk::{self, DiskAlarm};
-use super::{any, fail_stop_on_sled_io, io, sm_meta_keys, snapshot_keys, Applied, SledKv, Store, StoreError};
+use super::{any, fail_stop_on_sled_io, io, sm_meta_keys, snapshot_keys, Applied, SledKv, SnapshotFileSum, Store, StoreError};
 use crate::codec;
 use crate::sm::kv::{Key, Overlay, Value};
 use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -51,7 +51,11 @@ use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError,
 ///   file that exists after any crash (before the flush, sled recovers the old meta,
 ///   whose file is still there; after it, the new one). A data dir left by a build
 ///   without that flush (meta naming a deleted file) is repaired when it is opened:
-///   a new snapshot is built from the applied state ([`StateMachineStore::repair_snapshot`]).
+///   a new snapshot is built from the applied state ([`StateMachineStore::check_snapshot_at_open`]).
+/// - A snapshot's file length and CRC-32 are stored with its meta (same transaction)
+///   and checked when the data dir is opened: a damaged current snapshot is replaced
+///   by one built from the applied state, never served to a member that needs it.
+///   The same check makes the snapshot cover the purge mark openraft will start with.
 /// - While the storage alarm is raised (a full disk, see [`super::disk`]), snapshot
 ///   files are not written: building or installing waits, and a write that meets a
 ///   full disk raises the alarm, waits and writes the same bytes again.
@@ -131,7 +135,7 @@ impl std::io::Write for SyncEvery {
         };
         self.unsynced += n as u64;
         if self.unsynced >= SNAPSHOT_SYNC_EVERY {
-            self.file.sync_data()?;
+            sync_waiting_for_space(&self.file, self.alarm.as_ref(), false)?;
             self.unsynced = 0;
             self.syncs += 1;
         }
@@ -142,21 +146,61 @@ impl std::io::Write for SyncEvery {
     }
 }
 
+/// `fdatasync` (or `fsync` with `all`) `file`; on a full disk (a file system that
+/// reports `ENOSPC` at sync, like one over a FUSE layer) raise the alarm, wait until
+/// it clears and sync again, as log appends do, instead of failing the snapshot
+/// (openraft stops its core on a failed snapshot write: a member that looks alive
+/// but does nothing, found with `disk-full` in docs/JEPSEN.md, F4).
+fn sync_waiting_for_space(
+    file: &std::fs::File,
+    alarm: Option<&(std::sync::Arc<DiskAlarm>, std::path::PathBuf)>,
+    all: bool,
+) -> std::io::Result<()> {
+    loop {
+        let r = if all { file.sync_all() } else { file.sync_data() };
+        match (r, alarm) {
+            (Err(e), Some((alarm, path))) if disk::is_disk_full(&e) => {
+                alarm.raise_disk_full(path, &e);
+                alarm.wait_clear("syncing a snapshot").map_err(std::io::Error::other)?;
+            }
+            (r, _) => return r,
+        }
+    }
+}
+
 impl std::io::Seek for SyncEvery {
     fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
         std::io::Seek::seek(&mut self.file, pos)
     }
 }
 
+/// Length and CRC-32 of a file's bytes from `file`'s current position to its end.
+fn file_sum(file: &mut std::fs::File, snapshot_id: &str) -> std::io::Result<SnapshotFileSum> {
+    use std::io::Read;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok(SnapshotFileSum { snapshot_id: snapshot_id.to_string(), len, crc32: hasher.finalize() })
+}
+
 /// Write snapshot data durably: into a temporary file (synced as it grows, see
 /// [`SyncEvery`]), synced, renamed into place, directory synced. Waits while the
 /// storage alarm is raised. `write` answers `false` to abandon the file (then `None`);
-/// otherwise the file is returned open for reading, at its start. Blocking.
+/// otherwise the file is returned open for reading, at its start, with the length and
+/// checksum of what it holds (read back from it). Blocking.
 fn persist_snapshot_file(
     store: &Store,
     id: &str,
     write: impl FnOnce(&mut std::io::BufWriter<SyncEvery>) -> Result<bool, StorageError>,
-) -> Result<Option<std::fs::File>, StorageError> {
+) -> Result<Option<(std::fs::File, SnapshotFileSum)>, StorageError> {
     use std::io::{Seek, Write};
     let err = |e: std::io::Error| write_snapshot_err(None, e);
     store.alarm.wait_clear("writing a snapshot").map_err(|e| write_snapshot_err(None, e))?;
@@ -171,12 +215,16 @@ fn persist_snapshot_file(
             return Ok(None);
         }
         w.flush().map_err(err)?;
-        let mut file = w.into_inner().map_err(|e| err(e.into_error()))?.file;
-        file.sync_all().map_err(err)?;
+        let inner = w.into_inner().map_err(|e| err(e.into_error()))?;
+        sync_waiting_for_space(&inner.file, inner.alarm.as_ref(), true).map_err(err)?;
+        let mut file = inner.file;
         std::fs::rename(&tmp, snapshot_file(store, id)).map_err(err)?;
-        disk::sync_dir(&dir).map_err(err)?;
+        let dir_file = std::fs::File::open(&dir).map_err(err)?;
+        sync_waiting_for_space(&dir_file, Some(&(store.alarm.clone(), dir.clone())), true).map_err(err)?;
         file.seek(std::io::SeekFrom::Start(0)).map_err(err)?;
-        Ok(Some(file))
+        let sum = file_sum(&mut file, id).map_err(err)?;
+        file.seek(std::io::SeekFrom::Start(0)).map_err(err)?;
+        Ok(Some((file, sum)))
     })();
     if !matches!(written, Ok(Some(_))) {
         let _ = std::fs::remove_file(&tmp);
@@ -196,8 +244,9 @@ fn sled_write<'a>(store: &'a Store, what: &'static str) -> impl Fn(sled::Error) 
 /// Store `meta` (whose file is written) as the current snapshot unless a newer one
 /// is stored (or always, with `replace`); then make that durable and remove the
 /// files of other snapshots. Returns whether it was stored. Blocking.
-fn store_snapshot_meta(store: &Store, meta: &SnapshotMeta, replace: bool) -> Result<bool, StorageError> {
+fn store_snapshot_meta(store: &Store, meta: &SnapshotMeta, sum: &SnapshotFileSum, replace: bool) -> Result<bool, StorageError> {
     let meta_rec = codec::encode(meta);
+    let sum_rec = codec::encode(sum);
     let r = store.snapshot.transaction(|snap| {
         if !replace {
             if let Some(stored) = StateMachineStore::stored_meta(snap)? {
@@ -207,13 +256,14 @@ fn store_snapshot_meta(store: &Store, meta: &SnapshotMeta, replace: bool) -> Res
             }
         }
         snap.insert(snapshot_keys::META, meta_rec.as_slice())?;
+        snap.insert(snapshot_keys::FILE_SUM, sum_rec.as_slice())?;
         snap.remove(snapshot_keys::DATA)?;
         Ok(true)
     });
     let stored = tx_result(r, |e| write_snapshot_err(Some(meta), sled_write(store, "storing a snapshot's meta")(e)))?;
     if stored {
         // The new meta must be durable before the old snapshot's file is removed.
-        store.db.flush().map_err(|e| write_snapshot_err(Some(meta), sled_write(store, "flushing a snapshot's meta")(e)))?;
+        store.flush_durable().map_err(|e| write_snapshot_err(Some(meta), sled_write(store, "flushing a snapshot's meta")(e)))?;
         remove_other_snapshot_files(store, &meta.snapshot_id);
     } else {
         let _ = std::fs::remove_file(snapshot_file(store, &meta.snapshot_id));
@@ -230,10 +280,10 @@ fn build_blocking(
     meta: &SnapshotMeta,
     replace: bool,
 ) -> Result<Option<(bool, std::fs::File)>, StorageError> {
-    let Some(file) = persist_snapshot_file(store, &meta.snapshot_id, |w| encode_captured(store, generation, w))? else {
+    let Some((file, sum)) = persist_snapshot_file(store, &meta.snapshot_id, |w| encode_captured(store, generation, w))? else {
         return Ok(None);
     };
-    let stored = store_snapshot_meta(store, meta, replace)?;
+    let stored = store_snapshot_meta(store, meta, &sum, replace)?;
     Ok(Some((stored, file)))
 }
 
@@ -350,39 +400,88 @@ impl StateMachineStore {
         self.store.disk_alarm()
     }
 
-    /// At open: if the stored snapshot meta names a data file that is gone (left by
-    /// builds that removed the old snapshot's file before the new meta was durable),
-    /// build a new snapshot from the applied state and store it in its place, so
-    /// openraft can start (it reads the current snapshot at start-up). The applied
-    /// state is durable and consistent with `last_applied`, and the log holds every
-    /// entry after it unless it is purged further; then there is nothing to rebuild
-    /// from and the error says so.
-    pub(crate) fn repair_snapshot(&self, last_purged: Option<LogId>) -> Result<(), StoreError> {
+    /// At open, before openraft reads anything: make the stored state one openraft
+    /// accepts, or fail with a clear error. openraft starts with the purge mark, or
+    /// the last applied log id if the log ends before it (it then purges up to it),
+    /// and requires the current snapshot to cover that (else it panics at every
+    /// start: finding F3 in docs/JEPSEN.md); it also reads the current snapshot's
+    /// data, and later sends it to members that need it.
+    ///
+    /// - The current snapshot's data file must exist and match the length and
+    ///   checksum stored with its meta (files of older builds have none).
+    /// - If it does not, or it does not cover that purge mark, a new snapshot is built
+    ///   from the applied state (durable, and consistent with `last_applied`) when
+    ///   that reaches the mark.
+    /// - If the applied state is behind the purge mark too, the mark is lowered to
+    ///   the applied state when the log still holds every entry after it (a crash
+    ///   between recording the mark and deleting the entries); else those entries
+    ///   are gone from this node and the open fails saying so.
+    ///
+    /// Returns the purge mark to use.
+    pub(crate) fn check_snapshot_at_open(&self, last_purged: Option<LogId>) -> Result<Option<LogId>, StoreError> {
         let store = &self.store;
         let dir = || store.dir.to_path_buf();
         let io_err = |source| StoreError::Io { dir: dir(), source };
-        let Some(v) = store.snapshot.get(snapshot_keys::META).map_err(io_err)? else { return Ok(()) };
-        if store.snapshot.get(snapshot_keys::DATA).map_err(io_err)?.is_some() {
-            return Ok(()); // kept in sled by an older build
-        }
-        let meta: SnapshotMeta =
-            codec::decode(&v).map_err(|source| StoreError::Corrupt { dir: dir(), what: "the snapshot meta", source })?;
-        let path = snapshot_file(store, &meta.snapshot_id);
-        if path.exists() {
-            return Ok(());
-        }
+        let meta: Option<SnapshotMeta> = match store.snapshot.get(snapshot_keys::META).map_err(io_err)? {
+            None => None,
+            Some(v) => Some(
+                codec::decode(&v).map_err(|source| StoreError::Corrupt { dir: dir(), what: "the snapshot meta", source })?,
+            ),
+        };
+        let in_sled = store.snapshot.get(snapshot_keys::DATA).map_err(io_err)?.is_some();
+        let damage = match &meta {
+            Some(m) if !in_sled => self.snapshot_file_damage(m)?,
+            _ => None,
+        };
         let applied = self.applied().last_applied;
-        if last_purged.map(|p| p.index) > applied.map(|a| a.index) {
-            return Err(StoreError::Damaged {
-                dir: dir(),
-                message: format!(
-                    "the current snapshot's data file {} is missing, and the log is purged up to {} past the applied state ({applied:?}), so it cannot be rebuilt",
-                    path.display(),
-                    last_purged.map_or(0, |p| p.index)
-                ),
-            });
+        if meta.is_none() && applied.is_none() {
+            return Ok(last_purged); // nothing was ever applied: nothing to check against
         }
-        tracing::warn!(path = %path.display(), snapshot = %meta, "the current snapshot's data file is missing; building a new snapshot from the applied state");
+        let idx = |l: Option<LogId>| l.map(|l| l.index);
+        let log_end = store.wal.bounds().map(|(_, last)| last).max(idx(last_purged));
+        let purge_at_start = if idx(applied) > log_end { applied } else { last_purged };
+        let covered_by = if damage.is_some() { None } else { meta.as_ref().and_then(|m| m.last_log_id) };
+        if damage.is_none() && (idx(purge_at_start) <= idx(covered_by) || (meta.is_none() && purge_at_start.is_none())) {
+            return Ok(last_purged);
+        }
+        let snapshot_desc = match (&meta, &damage) {
+            (_, Some(d)) => d.clone(),
+            (Some(m), None) => format!("the current snapshot ({m}) covers the log only up to {:?}", idx(m.last_log_id)),
+            (None, None) => "there is no snapshot".to_string(),
+        };
+        let mut last_purged = last_purged;
+        if idx(applied) < idx(purge_at_start) {
+            // purge_at_start is the purge mark here (else it is `applied`).
+            let (Some(a), Some(p)) = (applied, purge_at_start) else {
+                return Err(self.entries_gone(&snapshot_desc, applied, purge_at_start));
+            };
+            let kept = store.wal.bounds().is_some_and(|(first, last)| first <= a.index + 1 && last >= p.index);
+            if !kept {
+                return Err(self.entries_gone(&snapshot_desc, applied, purge_at_start));
+            }
+            tracing::warn!(
+                dir = %store.dir.display(),
+                "the Raft log is purged up to {p} but {snapshot_desc}, and the state machine has applied up to {a}; \
+                 the log still holds the entries after {a}: lowering the purge mark to {a}"
+            );
+            store
+                .raft_meta
+                .insert(super::raft_meta_keys::LAST_PURGED, codec::encode(&a))
+                .and_then(|_| store.flush_durable())
+                .map_err(io_err)?;
+            last_purged = Some(a);
+            if damage.is_none() && idx(covered_by) >= Some(a.index) {
+                return Ok(last_purged);
+            }
+        }
+        if applied.is_none() {
+            return Err(self.entries_gone(&snapshot_desc, applied, purge_at_start));
+        }
+        tracing::warn!(
+            dir = %store.dir.display(),
+            "{snapshot_desc}; openraft would start with the log purged up to {:?}: building a new snapshot from the applied state ({applied:?})",
+            idx(purge_at_start)
+        );
         let capture = self.begin_snapshot();
         let seq = store.db.generate_id().map_err(io_err)?;
         let new_meta = SnapshotMeta {
@@ -390,13 +489,66 @@ impl StateMachineStore {
             last_membership: capture.membership,
             snapshot_id: snapshot_id(capture.last_applied.as_ref(), seq),
         };
-        let damaged = |e: StorageError| StoreError::Damaged { dir: dir(), message: format!("rebuilding the missing snapshot failed: {e}") };
+        let damaged = |e: StorageError| StoreError::Damaged {
+            dir: dir(),
+            message: format!("{snapshot_desc}, and building a new snapshot from the applied state failed: {e}"),
+        };
         match build_blocking(store, capture.generation, &new_meta, true).map_err(damaged)? {
             Some(_) => {
                 tracing::info!(snapshot = %new_meta, "rebuilt the current snapshot");
-                Ok(())
+                Ok(last_purged)
             }
             None => Err(damaged(io(StorageIOError::write_snapshot(None, AnyError::error("the build was overtaken"))))),
+        }
+    }
+
+    /// What is wrong with the current snapshot's data file, if anything: missing,
+    /// or not the length and checksum stored with its meta.
+    fn snapshot_file_damage(&self, meta: &SnapshotMeta) -> Result<Option<String>, StoreError> {
+        let store = &self.store;
+        let path = snapshot_file(store, &meta.snapshot_id);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Some(format!("the current snapshot's data file {} is missing", path.display())));
+            }
+            Err(e) => return Err(StoreError::Io { dir: store.dir.to_path_buf(), source: sled::Error::Io(e) }),
+        };
+        let stored: Option<SnapshotFileSum> = match store.snapshot.get(snapshot_keys::FILE_SUM) {
+            Ok(Some(v)) => codec::decode(&v).ok(),
+            Ok(None) => None,
+            Err(source) => return Err(StoreError::Io { dir: store.dir.to_path_buf(), source }),
+        };
+        let Some(stored) = stored.filter(|s| s.snapshot_id == meta.snapshot_id) else {
+            return Ok(None); // written by an older build: nothing to check against
+        };
+        let found = file_sum(&mut file, &meta.snapshot_id)
+            .map_err(|e| StoreError::Io { dir: store.dir.to_path_buf(), source: sled::Error::Io(e) })?;
+        if found == stored {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "the current snapshot's data file {} is damaged: {} bytes with CRC-32 {:08x}, {} bytes with CRC-32 {:08x} were written",
+            path.display(),
+            found.len,
+            found.crc32,
+            stored.len,
+            stored.crc32
+        )))
+    }
+
+    fn entries_gone(&self, snapshot_desc: &str, applied: Option<LogId>, purged: Option<LogId>) -> StoreError {
+        let from = applied.map_or(0, |a| a.index + 1);
+        StoreError::Damaged {
+            dir: self.store.dir.to_path_buf(),
+            message: format!(
+                "the Raft log is purged up to index {}, but {snapshot_desc} and the state machine has applied only up to {}: \
+                 log entries {from}..={} are gone from this node, so it cannot start with this data dir. Remove this node \
+                 from the cluster and add it back with an empty data dir (as a new node id) so it catches up from the cluster",
+                purged.map_or(0, |p| p.index),
+                applied.map_or("nothing".to_string(), |a| a.index.to_string()),
+                purged.map_or(0, |p| p.index)
+            ),
         }
     }
 
@@ -536,9 +688,11 @@ fn install_blocking(store: &Store, meta: &SnapshotMeta, data: &[u8], pairs: &Sna
         batch.insert(k.as_slice(), v.as_slice());
     }
 
-    persist_snapshot_file(store, &meta.snapshot_id, |w| {
+    let written = persist_snapshot_file(store, &meta.snapshot_id, |w| {
         std::io::Write::write_all(w, data).map_err(|e| write_snapshot_err(Some(meta), e)).map(|_| true)
     })?;
+    let sum = written.map(|(_, sum)| sum).ok_or_else(|| write_snapshot_err(Some(meta), std::io::Error::other("snapshot file not written")))?;
+    let sum_rec = codec::encode(&sum);
     let last_applied_rec = meta.last_log_id.as_ref().map(codec::encode);
     let membership_rec = codec::encode(&meta.last_membership);
     let meta_rec = codec::encode(meta);
@@ -550,13 +704,14 @@ fn install_blocking(store: &Store, meta: &SnapshotMeta, data: &[u8], pairs: &Sna
         };
         sm_meta.insert(sm_meta_keys::MEMBERSHIP, membership_rec.as_slice())?;
         snap.insert(snapshot_keys::META, meta_rec.as_slice())?;
+        snap.insert(snapshot_keys::FILE_SUM, sum_rec.as_slice())?;
         snap.remove(snapshot_keys::DATA)?;
         Ok::<_, ConflictableTransactionError<StorageError>>(())
     });
     let on_sled = |e| io(StorageIOError::write_snapshot(Some(meta.signature()), any(sled_write(store, "installing a snapshot")(e))));
     tx_result(r, on_sled)?;
     // Durable before the old snapshot's file goes (see `store_snapshot_meta`).
-    store.db.flush().map_err(|e| write_snapshot_err(Some(meta), sled_write(store, "flushing an installed snapshot")(e)))?;
+    store.flush_durable().map_err(|e| write_snapshot_err(Some(meta), sled_write(store, "flushing an installed snapshot")(e)))?;
     remove_other_snapshot_files(store, &meta.snapshot_id);
     Ok(())
 }
@@ -635,6 +790,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         // An install that never completes leaves nothing behind.
+        self.store.installs.receiving.store(true, std::sync::atomic::Ordering::SeqCst);
         let store = self.store.clone();
         let file = tokio::task::spawn_blocking(move || anonymous_file(&store, "receiving"))
             .await
@@ -649,10 +805,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         tracing::info!(%meta, "installing snapshot");
+        let r = self.install_snapshot_inner(meta, &mut snapshot).await;
+        // Wake a purge of the log waiting for this install (see `LogStore`).
+        if r.is_err() {
+            self.store.installs.failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.store.installs.done.notify_waiters();
+        r
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.current_snapshot().await
+    }
+}
+
+impl StateMachineStore {
+    async fn install_snapshot_inner(&mut self, meta: &SnapshotMeta, snapshot: &mut tokio::fs::File) -> Result<(), StorageError> {
         if let Some(u) = self.store.snapshot_undo.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             u.overtaken = true;
         }
-        let data = read_snapshot_data(&mut snapshot)
+        let data = read_snapshot_data(snapshot)
             .await
             .map_err(|e| io(StorageIOError::read_snapshot(Some(meta.signature()), any(e))))?;
         let pairs: SnapshotPairs =
@@ -665,7 +837,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+    async fn current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         // Data dirs from before snapshot files kept the data in sled, under `data`.
         let r = self.store.snapshot.transaction(|snap| {
             let Some(meta) = Self::stored_meta(snap)? else { return Ok(None) };

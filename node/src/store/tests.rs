@@ -489,3 +489,212 @@ async fn snapshot_data_kept_in_sled_by_older_builds_is_served() {
     assert_eq!(data_of(&mut current.snapshot).await, bytes);
     assert_eq!(std::fs::read_dir(&snap_dir).unwrap().count(), 0, "the served copy has no name");
 }
+
+/// Start a store as openraft does (`get_initial_state`: its start-up purge, its
+/// snapshot) and check openraft's start-up invariants: the purge mark within the
+/// current snapshot, the snapshot within what is committed. Returns
+/// `(purge mark, snapshot's last log id)`.
+async fn start_as_openraft(store: &Store) -> (Option<LogId>, Option<LogId>) {
+    let mut log = store.log_store();
+    let mut sm = store.state_machine();
+    let state = openraft::storage::StorageHelper::new(&mut log, &mut sm).get_initial_state().await.expect("initial state");
+    let purged = log.get_log_state().await.unwrap().last_purged_log_id;
+    let snap = state.snapshot_meta.last_log_id;
+    if snap.is_some() || purged.is_some() {
+        assert!(purged.map(|p| p.index) <= snap.map(|s| s.index), "purge mark {purged:?} ahead of the snapshot {snap:?}");
+    }
+    assert!(snap <= state.committed, "snapshot {snap:?} ahead of committed {:?}", state.committed);
+    if let Some(mut current) = sm.get_current_snapshot().await.unwrap() {
+        state_machine::decode_snapshot_pairs(&data_of(&mut current.snapshot).await).expect("the served snapshot decodes");
+    }
+    (purged, snap)
+}
+
+/// Copy a data dir as it is on disk right now: what a SIGKILL would leave.
+fn crash_image(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            crash_image(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Finding F3 (docs/JEPSEN.md): openraft 0.9 purges the log up to a received
+/// snapshot in the same step as it hands the snapshot to the state machine to
+/// install. The purge mark used to be durable at once; a crash before the install
+/// left a node whose purge mark is ahead of its snapshot, which openraft refuses at
+/// every start. The purge must wait for the install.
+#[tokio::test]
+async fn a_purge_up_to_a_received_snapshot_is_never_durable_before_the_snapshot() {
+    // The leader's snapshot at (2, 20).
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = open(&dir_a);
+    let mut sm_a = a.state_machine();
+    sm_a.apply((1..=20).map(|i| put(1 + i / 11, i, &format!("k{i}"), "{}"))).await.unwrap();
+    let mut snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(2, 20)));
+    let bytes = data_of(&mut snap.snapshot).await;
+
+    // A lagging follower: log 0..=5, applied and snapshotted up to 3.
+    let dir_b = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    {
+        let b = open(&dir_b);
+        let mut log_b = b.log_store();
+        let mut sm_b = b.state_machine();
+        log_b.blocking_append((0..=5).map(|i| blank(1, i))).await.unwrap();
+        sm_b.apply((0..=3).map(|i| blank(1, i))).await.unwrap();
+        sm_b.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+        // As openraft does: receive, then install on the state machine worker while
+        // the core purges the log up to the snapshot.
+        let mut receiving = sm_b.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut receiving, &bytes).await.unwrap();
+        let purge = tokio::spawn(async move { log_b.purge(log_id(2, 20)).await });
+        // Let the purge get as far as it gets on its own (bounded), then crash.
+        for _ in 0..100 {
+            if purge.is_finished() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        crash_image(dir_b.path(), &image.path().join("b"));
+        sm_b.install_snapshot(&snap.meta, receiving).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), purge).await.expect("purge ends after the install").unwrap().unwrap();
+    }
+
+    // The crash image opens and starts: the purge mark did not get ahead.
+    let crashed = Store::open(&image.path().join("b"), CACHE).expect("a crash during the install leaves a data dir that opens");
+    start_as_openraft(&crashed).await;
+    // After the install: the snapshot, the applied state and the purge mark at (2, 20).
+    let b = open(&dir_b);
+    assert_eq!(start_as_openraft(&b).await, (Some(log_id(2, 20)), Some(log_id(2, 20))));
+}
+
+/// Data dirs left by F3 (or any purge mark ahead of the snapshot) are repaired at
+/// open when the node still has what the mark needs, and refused with a clear
+/// message when it does not — never handed to openraft as they are.
+#[tokio::test]
+async fn a_purge_mark_ahead_of_the_snapshot_is_repaired_or_refused_at_open() {
+    let set_purged = |store: &Store, p: LogId| {
+        store.raft_meta.insert(raft_meta_keys::LAST_PURGED, codec::encode(&p)).unwrap();
+        store.db.flush().unwrap();
+    };
+    // (1) Applied state past the mark: a new snapshot of the applied state.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.log_store().blocking_append((1..=10).map(|i| put(1, i, &format!("k{i}"), "{}"))).await.unwrap();
+        let mut sm = store.state_machine();
+        sm.apply((1..=3).map(|i| put(1, i, &format!("k{i}"), "{}"))).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.apply((4..=8).map(|i| put(1, i, &format!("k{i}"), "{}"))).await.unwrap();
+        set_purged(&store, log_id(1, 6));
+    }
+    let store = open(&dir);
+    assert_eq!(start_as_openraft(&store).await, (Some(log_id(1, 6)), Some(log_id(1, 8))));
+    drop(store);
+
+    // (2) Applied state behind the mark, but the log still has the entries: the
+    // mark goes back to the applied state.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.log_store().blocking_append((1..=10).map(|i| blank(1, i))).await.unwrap();
+        let mut sm = store.state_machine();
+        sm.apply((1..=3).map(|i| blank(1, i))).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        set_purged(&store, log_id(1, 6));
+    }
+    let store = open(&dir);
+    assert_eq!(start_as_openraft(&store).await.0, Some(log_id(1, 3)));
+    let idx: Vec<u64> = store.log_store().try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
+    assert_eq!(idx, (4..=10).collect::<Vec<_>>());
+    drop(store);
+
+    // (3) The log ends before the applied state (openraft then purges up to it):
+    // the snapshot must reach the applied state.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.log_store().blocking_append((1..=4).map(|i| blank(1, i))).await.unwrap();
+        let mut sm = store.state_machine();
+        sm.apply((1..=2).map(|i| blank(1, i))).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.apply((3..=7).map(|i| blank(1, i))).await.unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(start_as_openraft(&store).await, (Some(log_id(1, 7)), Some(log_id(1, 7))));
+    drop(store);
+
+    // (4) Neither the applied state nor the log has entries up to the mark: refused.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.log_store().blocking_append((1..=10).map(|i| blank(1, i))).await.unwrap();
+        let mut sm = store.state_machine();
+        sm.apply((1..=3).map(|i| blank(1, i))).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        set_purged(&store, log_id(1, 6));
+    }
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    let err = Store::open(dir.path(), CACHE).unwrap_err();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("log entries 4..=6 are gone") && msg.contains("empty data dir"), "{msg}");
+}
+
+/// A snapshot file damaged on disk is found at open (its stored length and CRC-32)
+/// and replaced by a snapshot of the applied state; the damaged bytes are never
+/// served. If the node cannot rebuild it, it refuses to start naming the file.
+#[tokio::test]
+async fn a_damaged_snapshot_file_is_detected_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (damaged_id, pairs) = {
+        let store = open(&dir);
+        store.log_store().blocking_append((0..=5).map(|i| put(1, i, &format!("k{i}"), "{}"))).await.unwrap();
+        let mut sm = store.state_machine();
+        sm.apply((0..=5).map(|i| put(1, i, &format!("k{i}"), "{\"x\":1}"))).await.unwrap();
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        (snap.meta.snapshot_id, sm_pairs(&store))
+    };
+    let file = dir.path().join("snapshots").join(format!("{damaged_id}.snap"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let store = open(&dir);
+    start_as_openraft(&store).await;
+    let mut current = store.state_machine().get_current_snapshot().await.unwrap().unwrap();
+    assert_ne!(current.meta.snapshot_id, damaged_id, "the damaged snapshot is still current");
+    let mut served = state_machine::decode_snapshot_pairs(&data_of(&mut current.snapshot).await).unwrap();
+    served.sort();
+    assert_eq!(served, pairs);
+    drop(store);
+
+    // Damaged again, and the log purged past the applied state: refused, naming the file.
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = open(&dir);
+        store.log_store().blocking_append((1..=5).map(|i| blank(1, i))).await.unwrap();
+        let mut sm = store.state_machine();
+        sm.apply((1..=3).map(|i| blank(1, i))).await.unwrap();
+        let id = sm.get_snapshot_builder().await.build_snapshot().await.unwrap().meta.snapshot_id;
+        store.raft_meta.insert(raft_meta_keys::LAST_PURGED, codec::encode(&log_id(1, 5))).unwrap();
+        store.db.flush().unwrap();
+        id
+    };
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    let file = dir.path().join("snapshots").join(format!("{id}.snap"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[3] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let msg = Store::open(dir.path(), CACHE).unwrap_err().to_string();
+    assert!(msg.contains(&format!("{id}.snap")) && msg.contains("is damaged"), "{msg}");
+}
