@@ -32,6 +32,11 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         "aofctl get jobs --state ready -w    # state changes as they happen, until Ctrl-C",
         "aofctl get jobs --state dead -o name   # job/<id>, one per line",
     ]),
+    ("get callbacks", &[
+        "aofctl get callbacks                # pending and dead completion notices",
+        "aofctl get callbacks --state dead -o wide",
+        "aofctl get callbacks -o json        # with each notice's body",
+    ]),
     ("cancel job", &["aofctl cancel job 12-0", "aofctl cancel job 12-0 --reason superseded"]),
     ("rerun event", &["aofctl rerun event 12", "aofctl rerun event 12 -o json"]),
     ("queue limits", &["aofctl queue limits", "aofctl queue limits -o yaml"]),

@@ -12,6 +12,7 @@
 //! Errors are printed as `error: <message>` (with a hint when the cluster
 //! cannot be reached) and exit with code 1; usage errors exit with code 2.
 
+mod callbacks;
 mod certs;
 mod cluster;
 mod context;

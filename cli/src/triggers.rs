@@ -46,6 +46,9 @@ pub enum GetCommand {
     /// List jobs with their state, target and event (filter by state, target, event).
     #[command(visible_alias = "job")]
     Jobs(crate::jobs::GetJobsArgs),
+    /// List completion-callback notices not yet delivered (pending, dead) with their last error.
+    #[command(visible_alias = "callback")]
+    Callbacks(crate::callbacks::GetCallbacksArgs),
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +245,7 @@ pub async fn get(cmd: GetCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         GetCommand::Triggers(args) => args,
         GetCommand::Events(args) => return crate::events::get(args, global).await,
         GetCommand::Jobs(args) => return crate::jobs::get(args, global).await,
+        GetCommand::Callbacks(args) => return crate::callbacks::get(args, global).await,
     };
     let client = global.client();
     let consistency = args.consistency.into();

@@ -46,6 +46,7 @@
 //!
 //! Proxies from the environment are not used.
 
+mod callbacks;
 mod controls;
 mod error;
 mod events;
@@ -65,6 +66,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 
+pub use callbacks::*;
 pub use controls::*;
 pub use error::{ClientError, WorkerError};
 use error::Hints;

@@ -95,6 +95,27 @@ pub enum Command {
     RerunEvent { event_id: u64, by: String },
     /// Set a target's queue limits (all zero = remove them).
     SetTargetLimits { target: String, limits: TargetLimits },
+    /// Completion callbacks: the leader's sender reports one attempt to deliver an
+    /// outbox notice (`sm::outbox`). Delivered removes the notice; a failure is
+    /// counted and, at `max_attempts`, the notice is dead. A report for another
+    /// attempt than the notice's next one, or for a notice no longer pending,
+    /// changes nothing.
+    CallbackAttempt(CallbackAttempt),
+}
+
+/// One delivery attempt of an outbox notice, as reported by the leader's sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackAttempt {
+    /// The notice (`<seq>-<job id>`, see `sm::outbox`).
+    pub id: String,
+    /// Which attempt this was (1-based): the notice's attempts so far + 1.
+    pub attempt: u32,
+    /// The receiver answered 2xx.
+    pub delivered: bool,
+    /// Why the attempt failed ("" when delivered).
+    pub error: String,
+    /// Attempts after which the notice is dead (the sender's `spec.callbacks`).
+    pub max_attempts: u32,
 }
 
 /// Where delivery recovery of one GitHub hook got to (see `sm::recovery`).
@@ -246,6 +267,7 @@ impl Command {
             Command::CancelJob { .. } => "cancel_job",
             Command::RerunEvent { .. } => "rerun_event",
             Command::SetTargetLimits { .. } => "set_target_limits",
+            Command::CallbackAttempt(_) => "callback_attempt",
         }
     }
 
@@ -321,6 +343,10 @@ pub enum Response {
     TargetLimitsSet { target: String, limits: TargetLimits },
     /// A queue-control command refused by the replicated state; nothing changed.
     Refused { reason: String },
+    /// `CallbackAttempt`: the notice's state after it (`pending`, `delivered`,
+    /// `dead`, or `gone` when no such notice is kept); `changed` is false for a
+    /// stale report (nothing changed).
+    CallbackRecorded { id: String, state: String, attempts: u32, changed: bool },
 }
 
 /// What the gateway answers for a delivery.

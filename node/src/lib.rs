@@ -6,6 +6,7 @@ pub use aof_core::{codec, sm};
 pub mod auth;
 pub mod backup;
 pub mod bootstrap;
+pub mod callbacks;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -120,6 +120,14 @@ pub struct Metrics {
     pub recovery_last_sweep_timestamp_seconds: Gauge<f64, AtomicU64>,
     /// Waits for a GitHub rate-limit reset during recovery.
     pub recovery_rate_limit_waits: Counter,
+    /// Completion notices delivered (2xx) by this node (see `crate::callbacks`).
+    pub callbacks_sent: Counter,
+    /// Completion notice attempts of this node that failed (retried or dead).
+    pub callbacks_failed: Counter,
+    /// Completion notices that went dead after this node's last attempt.
+    pub callbacks_dead: Counter,
+    /// Notices in the replicated outbox waiting to be delivered (this node's copy).
+    pub callbacks_pending: Gauge,
     // Totals last copied from the store's append counters.
     flushes_seen: AtomicU64,
     entries_seen: AtomicU64,
@@ -231,6 +239,14 @@ impl Metrics {
         );
         let recovery_rate_limit_waits = Counter::default();
         r.register("recovery_rate_limit_waits", "Waits for a GitHub API rate-limit reset during delivery recovery", recovery_rate_limit_waits.clone());
+        let callbacks_sent = Counter::default();
+        r.register("callbacks_sent", "Completion notices delivered (2xx) by this node as leader", callbacks_sent.clone());
+        let callbacks_failed = Counter::default();
+        r.register("callbacks_failed", "Completion notice attempts of this node that failed (retried later, or dead)", callbacks_failed.clone());
+        let callbacks_dead = Counter::default();
+        r.register("callbacks_dead", "Completion notices that went dead (max_attempts failed attempts) after this node's last attempt", callbacks_dead.clone());
+        let callbacks_pending = Gauge::default();
+        r.register("callbacks_pending", "Completion notices in the replicated outbox waiting to be delivered", callbacks_pending.clone());
         Metrics {
             registry: r,
             recovery_sweeps,
@@ -238,6 +254,10 @@ impl Metrics {
             recovery_errors,
             recovery_last_sweep_timestamp_seconds,
             recovery_rate_limit_waits,
+            callbacks_sent,
+            callbacks_failed,
+            callbacks_dead,
+            callbacks_pending,
             webhook_requests,
             webhook_json_parses,
             webhook_ack_seconds,

@@ -307,6 +307,7 @@ pub async fn run_with_listeners(
     if let Some(rec) = recovery {
         background.spawn(crate::github::recovery::run(rec, node.clone(), stop_rx.clone()));
     }
+    background.spawn(crate::callbacks::run(node.clone(), cfg.spec.callbacks.clone(), stop_rx.clone()));
     let snapshot_policy = crate::snapshot_trigger::Policy {
         every_entries: c.raft.snapshot_every,
         log_percent: c.raft.snapshot_log_percent,

@@ -4,7 +4,9 @@
 //! rate-limit answer on the way. After the cluster starts, the leader's sweep
 //! ingests exactly the missing ones, each once; later sweeps change nothing; the
 //! replicated checkpoint survives a leader change (the new leader reads only the
-//! first page); a dry run changes nothing.
+//! first page); a dry run changes nothing. A GitHub App's hook
+//! (`/app/hook/deliveries`) is read with an App JWT (RS256, `iss` = the App id) that
+//! the fake verifies with the App's public key.
 
 mod common;
 
@@ -517,4 +519,145 @@ async fn missed_deliveries_are_recovered_once_and_the_checkpoint_survives_a_lead
         want8,
         "each delivery accepted once"
     );
+}
+
+// --- A GitHub App's webhook: `/app/hook/deliveries`, authenticated with an App JWT. ---
+
+const APP_ID: u64 = 4242;
+const APP_KEY_ENV: &str = "AOF_TEST_RECOVERY_APP_KEY";
+/// A throwaway 2048-bit RSA key pair, made for this test only.
+const APP_PRIVATE_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA82783sID5hLBTMU08afJGDitrlrrcI+z5pJHWp0FsXcNNX+D\nD319D2k6AyuwsS8eLcCdJQelfQb93G8Jsa+G9s4jFdakLWjMJ+R0cZUnFZ2TBuuv\n4OvGv0zI/e7ZDYfQPyVmyenlNhdF66SXIlLmZOjEAemOXXry6mm+bILwTIbjTndE\n+OZqLZXOs4QwULD4P//3/KAZ8MJ62M45mjDcuI05sf/M+43a+jpuS9wRJxN4Ftvq\nbFKXCA/gkkELmh/j6rCP3m5tpR0ouwR/+0DbhRdfJ7L5Z6M/DOMKoYulYa+Tnc9F\nB5sRKLyuvwg3OTn/0/ZEKQXzX2b25+ZmGO7gcwIDAQABAoIBABaMPBs/89xLXKDJ\nQjQN9MtSPwtMYmYv97UoIGugUE1id+E+kqIMXz/E4RNqtRHviaD2qDeS8HBwhaWo\nzUhdhNrdN64hDitWLruVM0OGa3/awBCrvPc24r2H/BsoYYdmaIYPNBwIsGsYF1xe\n7h0tefSn0LWJCUXXiqKzl7VCU/kQ3F2QCLvTCEVw8hZv1oav120xFGP1PtqXFoda\nKdv1RzPRfk3uJwtU7C4X4PqkkkKtcVGjXXdz5+0Nj+A12fl3+VUciVzdoWAb5CR9\nqsNUIJTSb2GpKoEjUrcs85AUbGUIVlLmMymW34UgutfmQ/E85w0w26d6JFyYMpWb\nr8dcEaECgYEA+hhLX+B2yvhXdNAiJJddvU+XPL36TrFONU1DegsQppkOD2q8MeGz\nJEtVmiyIo6GpMeElxbHlV/n4bqFv7vsoM90L7323WxRx6jY5cDhwQEbxdii5/lc4\nP2Vm7td2g/NV0+cL+pJDrmJm3rhDRY1vUZQ1/8E2XbDJkWsGM30h2OECgYEA+S5t\nuOEZQLI6yDiEAB8HoH9kAS+xFUFFInXF2TDOK61SvEQdmMlQiw8psX1GmDXaLvgm\nEKLwEyr1jdOLMc/Tm+qg5kZDybTHSWq3r2sCALDi4HGNqmvveRcTIp/OHginhFMz\nbvjIglLwyhu/8d+T5Q6G32jCigHXADS6a4oh/9MCgYEA1WgzsU2FsK73WctcxyKO\nr8Mhx4hI9itgFCWpBZQ5kh+amtc2Xc49IiRSmGuV8SM6kECSDb8+d7LrJeQF8sRI\nSvE9hRAejM7GYdgBbVwLlR20X2JjS8A7VAWALyCWlgPnYhmO5DM5I63+H+DWLpyA\nt/kjlujVLl9zsO3FbdxCLKECgYBNcyLjfgOtWjhvFzHgH8TtG+tnev1dj+X/KgAO\n296ZMMwwfDN+08PXFSVuZ3PTx5lDVBnwvdRFAOtF4+S13NT291x/doOHZEs1BJiH\nS4lZ0aETBfh0agwK5SMrdeRI7YOz23B3I5ie+UyiZTGp6kY7weIl+pfM8Xl0NO9k\nkZCzxQKBgBvAMEMP1enIR/4+lmWljA7SbnZMpA/nIMUxDJuXKOdo3zm5FO6giuFV\nBlE0bO3bZBbtmNwJAdiel+pp23uvx4GFALQVDtcrjat8EG47FkLEjAv8oUiEG070\ncKZxm6F/7eeA3iS3G3QcPKqZ4az/WfTgOuHGNIrTVqY3uekCVQ1P\n-----END RSA PRIVATE KEY-----";
+const APP_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA82783sID5hLBTMU08afJ\nGDitrlrrcI+z5pJHWp0FsXcNNX+DD319D2k6AyuwsS8eLcCdJQelfQb93G8Jsa+G\n9s4jFdakLWjMJ+R0cZUnFZ2TBuuv4OvGv0zI/e7ZDYfQPyVmyenlNhdF66SXIlLm\nZOjEAemOXXry6mm+bILwTIbjTndE+OZqLZXOs4QwULD4P//3/KAZ8MJ62M45mjDc\nuI05sf/M+43a+jpuS9wRJxN4FtvqbFKXCA/gkkELmh/j6rCP3m5tpR0ouwR/+0Db\nhRdfJ7L5Z6M/DOMKoYulYa+Tnc9FB5sRKLyuvwg3OTn/0/ZEKQXzX2b25+ZmGO7g\ncwIDAQAB\n-----END PUBLIC KEY-----";
+
+#[derive(Default)]
+struct FakeApp {
+    deliveries: Vec<FakeDelivery>,
+    /// `(request, whether its JWT verified)`.
+    log: Vec<(String, Result<(), String>)>,
+}
+
+type SharedApp = Arc<Mutex<FakeApp>>;
+
+#[derive(serde::Deserialize)]
+struct AppClaims {
+    iss: u64,
+    iat: u64,
+    exp: u64,
+}
+
+/// Check the request's App JWT as GitHub does: RS256 under the App's public key,
+/// `iss` = the App id, issued in the past, expiring within 10 minutes.
+fn app_jwt_ok(h: &HeaderMap) -> Result<(), String> {
+    use octocrab::jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+    let auth = h.get("authorization").and_then(|v| v.to_str().ok()).ok_or("no Authorization")?;
+    let jwt = auth.strip_prefix("Bearer ").ok_or("not a bearer credential")?;
+    let header = decode_header(jwt).map_err(|e| e.to_string())?;
+    if header.alg != Algorithm::RS256 {
+        return Err(format!("alg {:?}", header.alg));
+    }
+    let key = DecodingKey::from_rsa_pem(APP_PUBLIC_KEY.as_bytes()).map_err(|e| e.to_string())?;
+    let data = decode::<AppClaims>(jwt, &key, &Validation::new(Algorithm::RS256)).map_err(|e| e.to_string())?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let c = data.claims;
+    if c.iss != APP_ID {
+        return Err(format!("iss {}", c.iss));
+    }
+    if c.iat > now || c.exp <= now || c.exp > now + 600 {
+        return Err(format!("iat {} exp {} now {now}", c.iat, c.exp));
+    }
+    Ok(())
+}
+
+async fn app_list(State(f): State<SharedApp>, Query(q): Query<BTreeMap<String, String>>, h: HeaderMap) -> Response {
+    let mut f = f.lock().unwrap();
+    let ok = app_jwt_ok(&h);
+    f.log.push((format!("GET /app/hook/deliveries?per_page={}", q.get("per_page").cloned().unwrap_or_default()), ok.clone()));
+    if let Err(e) = ok {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"message": format!("A JSON web token could not be decoded: {e}")}))).into_response();
+    }
+    let page: Vec<Value> = f
+        .deliveries
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id, "guid": d.guid, "delivered_at": d.delivered_at, "redelivery": d.redelivery,
+                "duration": 0.1, "status": if d.status_code < 300 { "OK" } else { "failed" }, "status_code": d.status_code,
+                "event": d.event, "action": d.action, "installation_id": 7, "repository_id": 1,
+            })
+        })
+        .collect();
+    Json(Value::Array(page)).into_response()
+}
+
+async fn app_detail(State(f): State<SharedApp>, Path(id): Path<u64>, h: HeaderMap) -> Response {
+    let mut f = f.lock().unwrap();
+    let ok = app_jwt_ok(&h);
+    f.log.push((format!("GET /app/hook/deliveries/{id}"), ok.clone()));
+    if ok.is_err() {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match f.deliveries.iter().find(|d| d.id == id) {
+        Some(d) => Json(json!({
+            "id": d.id, "guid": d.guid, "delivered_at": d.delivered_at, "event": d.event, "action": d.action,
+            "status_code": d.status_code,
+            "request": {
+                "headers": {"X-GitHub-Event": d.event, "X-GitHub-Delivery": d.guid, "Content-Type": "application/json"},
+                "payload": d.payload,
+            },
+            "response": {"headers": {}, "payload": "upstream unreachable"},
+        }))
+        .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_github_apps_missed_deliveries_are_recovered_with_an_app_jwt() {
+    std::env::set_var(APP_KEY_ENV, APP_PRIVATE_KEY);
+    let fake: SharedApp = Arc::default();
+    let issues = fixture("issues/00-edited.json");
+    let payload: Value = serde_json::from_slice(&issues).unwrap();
+    let d = |id: u64, guid: &str, status: u16| FakeDelivery {
+        id,
+        guid: guid.into(),
+        event: "issues".into(),
+        action: Some("edited".into()),
+        delivered_at: rfc3339(5),
+        status_code: status,
+        redelivery: false,
+        payload: payload.clone(),
+    };
+    fake.lock().unwrap().deliveries = vec![d(202, "app-2", 502), d(201, "app-1", 202)];
+    let app = Router::new()
+        .route("/app/hook/deliveries", get(app_list))
+        .route("/app/hook/deliveries/{id}", get(app_detail))
+        .with_state(fake.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+
+    let c = TestCluster::start_with(3, 10_000, move |cfg: &mut DaemonConfig| {
+        let yaml = format!(
+            "enabled: true\nwebhook_secret: \"{SECRET}\"\napi_url: \"{base}\"\nrecovery:\n  interval: 1s\n  since: 2h\n  hooks:\n    - {{ app_id: {APP_ID}, private_key_env: {APP_KEY_ENV} }}\n"
+        );
+        let gh: GithubConfig = serde_yaml::from_str(&yaml).unwrap();
+        cfg.spec.platforms.github = Some(gh);
+    })
+    .await;
+    c.wait_ready(30).await;
+    // The cluster got app-1 itself; app-2 failed at GitHub.
+    let r = signed_webhook(&c.http, &c.nodes[0].url("/webhook/github"), "issues", "app-1", &issues, SECRET).await;
+    assert_eq!(r.status().as_u16(), 202);
+    let want: BTreeMap<String, usize> = [("app-1".to_string(), 1), ("app-2".to_string(), 1)].into();
+    c.eventually("app-2 recovered", 30, || async { event_ids(&c, 1).await == want }).await;
+    c.eventually("the App hook's checkpoint at 202", 20, || async {
+        let (_, st) = c.get_json(2, "/v1/github/recovery").await;
+        st["hooks"][0]["source"] == format!("app:{APP_ID}") && st["hooks"][0]["checkpoint"]["last_delivery_id"] == 202
+    })
+    .await;
+    let log = fake.lock().unwrap().log.clone();
+    assert!(log.iter().all(|(_, ok)| ok.is_ok()), "every request carried a valid App JWT: {log:?}");
+    assert!(log.iter().any(|(r, _)| r == "GET /app/hook/deliveries/202"), "{log:?}");
+    assert!(!log.iter().any(|(r, _)| r == "GET /app/hook/deliveries/201"), "what the cluster has is not fetched: {log:?}");
+    assert_eq!(event_ids(&c, 0).await, want, "each accepted once");
 }

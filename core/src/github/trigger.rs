@@ -37,6 +37,9 @@
 //!     push:               {flow: deploy-flow}
 //!   default_agent: backend-helper # also defaultAgent, default_fleet/defaultFleet,
 //!                                 # default_flow/defaultFlow
+//!   callback:                     # optional: signed completion notices (sm::outbox)
+//!     url: https://ci.example/aof-done        # http:// or https://
+//!     secret_env: AOF_CALLBACK_SECRET         # env var on the nodes with the HMAC key
 //! ```
 //!
 //! # Validation rules
@@ -129,6 +132,7 @@ const SPEC_KEYS: &[&str] = &[
     "defaultFleet",
     "default_flow",
     "defaultFlow",
+    "callback",
 ];
 const CONFIG_KEYS: &[&str] = &[
     "webhook_secret",
@@ -148,6 +152,22 @@ const CONFIG_KEYS: &[&str] = &[
 ];
 const COMMAND_KEYS: &[&str] = &["agent", "fleet", "flow", "description", "params"];
 const RATE_LIMIT_KEYS: &[&str] = &["per", "events_per_minute", "burst"];
+const CALLBACK_KEYS: &[&str] = &["url", "secret_env"];
+/// Longest `spec.callback.url`.
+pub const MAX_CALLBACK_URL_LEN: usize = 2048;
+/// Longest `spec.callback.secret_env`.
+pub const MAX_CALLBACK_ENV_LEN: usize = 128;
+
+/// `spec.callback`: where the cluster POSTs a signed notice when a job of this
+/// trigger completes or is dead-lettered (see `sm::outbox`). The secret itself is
+/// never stored: the sending node reads the variable `secret_env` at send time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// Name of the environment variable holding the HMAC secret.
+    pub secret_env: String,
+}
 
 /// How urgent a trigger's deliveries are. `Ord`: `Low < Normal < High < Critical`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -324,6 +344,8 @@ pub struct Trigger {
     pub webhook_secret: Option<String>,
     /// `spec.config.rate_limit`.
     pub rate_limit: Option<RateLimit>,
+    /// `spec.callback`.
+    pub callback: Option<Callback>,
     /// `spec.type` in AOF's canonical spelling (`GitHub`, `Slack`, ...).
     pub trigger_type: String,
     pub(super) filters: Filters,
@@ -721,6 +743,41 @@ fn rate_limit(v: &Value, path: &str) -> Res<RateLimit> {
     Ok(RateLimit { per, events_per_minute, burst })
 }
 
+fn parse_callback(v: &Value, path: &str) -> Res<Callback> {
+    let obj = as_object(v, path)?;
+    check_keys(obj, path, CALLBACK_KEYS, "callback")?;
+    let (url_path, env_path) = (child(path, "url"), child(path, "secret_env"));
+    let Some(url) = get(obj, "url") else {
+        return fail(url_path, "required: the http:// or https:// URL notices are POSTed to");
+    };
+    let url = as_string(url, &url_path)?.trim();
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    if host.is_none_or(|h| h.is_empty() || h.starts_with(':')) {
+        return fail(url_path, format!("{url:?}: expected an http:// or https:// URL with a host"));
+    }
+    if url.len() > MAX_CALLBACK_URL_LEN || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return fail(url_path, format!("at most {MAX_CALLBACK_URL_LEN} characters, without spaces or control characters"));
+    }
+    let Some(env) = get(obj, "secret_env") else {
+        return fail(env_path, "required: the environment variable (on every node) holding the HMAC secret notices are signed with");
+    };
+    let env = as_string(env, &env_path)?.trim();
+    let ok = env.len() <= MAX_CALLBACK_ENV_LEN
+        && env.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return fail(env_path, format!("{env:?}: expected an environment variable name (A-Z, a-z, 0-9, _; not starting with a digit; at most {MAX_CALLBACK_ENV_LEN})"));
+    }
+    Ok(Callback { url: url.to_string(), secret_env: env.to_string() })
+}
+
+/// The `spec.callback` of a stored (already validated) Trigger document, if any.
+pub fn callback_of(doc_json: &str) -> Option<Callback> {
+    let doc: Value = serde_json::from_str(doc_json).ok()?;
+    parse_callback(doc.get("spec")?.get("callback").filter(|v| !v.is_null())?, "spec.callback").ok()
+}
+
 fn string_map(v: &Value, path: &str) -> Res<()> {
     for (k, val) in as_object(v, path)? {
         if !val.is_string() {
@@ -791,6 +848,7 @@ pub fn parse_trigger(name: &str, doc: &Value) -> Result<Trigger, TriggerError> {
         );
     };
     let enabled = get(spec, "enabled").map_or(Ok(true), |v| as_bool(v, "spec.enabled"))?;
+    let callback = get(spec, "callback").map(|v| parse_callback(v, "spec.callback")).transpose()?;
 
     let mut trigger = Trigger {
         name: name.to_string(),
@@ -798,6 +856,7 @@ pub fn parse_trigger(name: &str, doc: &Value) -> Result<Trigger, TriggerError> {
         priority: Priority::Normal,
         webhook_secret: None,
         rate_limit: None,
+        callback,
         trigger_type: trigger_type.to_string(),
         filters: Filters::default(),
         commands: Vec::new(),
@@ -978,6 +1037,34 @@ spec:
         assert!(!t.is_github());
         assert_eq!(t.trigger_type, "Slack");
         assert_eq!(parse_err(yaml("spec:\n  type: Githb\n")).path, "spec.type");
+    }
+
+    #[test]
+    fn callback_parses_and_is_validated() {
+        let with = |cb: Value| {
+            json!({"apiVersion": "aof.dev/v1", "kind": "Trigger", "spec": {"type": "GitHub", "callback": cb}})
+        };
+        let t = parse_trigger("t", &with(json!({"url": "https://ci.example/hooks/aof", "secret_env": "AOF_CB_SECRET"}))).unwrap();
+        let cb = Callback { url: "https://ci.example/hooks/aof".into(), secret_env: "AOF_CB_SECRET".into() };
+        assert_eq!(t.callback, Some(cb.clone()));
+        assert_eq!(callback_of(&with(json!({"url": cb.url, "secret_env": cb.secret_env})).to_string()), Some(cb));
+        assert_eq!(parse_trigger("t", &spec(json!({}))).unwrap().callback, None);
+        assert_eq!(callback_of(&spec(json!({})).to_string()), None);
+        for (cb, path, want) in [
+            (json!({"url": "ftp://x/y", "secret_env": "S"}), "spec.callback.url", "http"),
+            (json!({"url": "https://", "secret_env": "S"}), "spec.callback.url", "host"),
+            (json!({"url": "http://a b/", "secret_env": "S"}), "spec.callback.url", "spaces"),
+            (json!({"url": "http://a/"}), "spec.callback.secret_env", "required"),
+            (json!({"secret_env": "S"}), "spec.callback.url", "required"),
+            (json!({"url": "http://a/", "secret_env": "1BAD"}), "spec.callback.secret_env", "variable name"),
+            (json!({"url": "http://a/", "secret_env": "A-B"}), "spec.callback.secret_env", "variable name"),
+            (json!({"url": "http://a/", "secret_env": "S", "secret": "x"}), "spec.callback.secret", "unknown key"),
+            (json!("http://a/"), "spec.callback", "mapping"),
+        ] {
+            let e = parse_err(with(cb.clone()));
+            assert_eq!(e.path, path, "{cb}: {e}");
+            assert!(e.message.contains(want), "{cb}: {e}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod controls;
 pub mod events;
 pub mod kv;
+pub mod outbox;
 pub mod payload;
 pub mod queue;
 pub mod recovery;
@@ -48,6 +49,7 @@ pub fn apply(state: &mut Overlay<'_>, index: u64, req: &Request, planted: Plante
     // Retention is enforced a little on every entry (first, so a command never sees
     // a record whose time is up), and in bulk by `Tick`.
     let expired = events::expire(state, now, events::GC_BUDGET_PER_COMMAND);
+    outbox::expire(state, now, outbox::GC_BUDGET_PER_COMMAND);
     match &req.cmd {
         Command::Batch(cmds) => Response::Batch(
             cmds.iter()
@@ -75,6 +77,7 @@ fn apply_one(state: &mut Overlay<'_>, index: u64, seq: u64, now: u64, cmd: &Comm
         Command::Tick { policy } => {
             let (expired_leases, released) = queue::tick(state, seq, now, policy);
             let expired_events = expired + events::expire(state, now, events::GC_BUDGET_PER_TICK);
+            outbox::expire(state, now, outbox::GC_BUDGET_PER_TICK);
             Response::Ticked { expired_events, expired_leases, released }
         }
         Command::Grant(g) => queue::grant(state, seq, now, g),
@@ -90,6 +93,7 @@ fn apply_one(state: &mut Overlay<'_>, index: u64, seq: u64, now: u64, cmd: &Comm
         Command::CancelJob { job_id, by, reason } => controls::cancel(state, seq, now, job_id, by, reason),
         Command::RerunEvent { event_id, by } => controls::rerun(state, seq, now, *event_id, by),
         Command::SetTargetLimits { target, limits } => controls::set_limits(state, target, *limits),
+        Command::CallbackAttempt(a) => outbox::attempt(state, now, a),
     }
 }
 

@@ -56,6 +56,10 @@ pub(super) fn transition(state: &mut Overlay<'_>, job: &mut JobRecord, to: JobSt
         state.put(k, Vec::new());
     }
     state.put(job_key(job), codec::Record::encode_record(job));
+    // A finished job's completion notice goes into the outbox in this same apply.
+    if matches!(to, JobState::Completed | JobState::Dead) {
+        super::outbox::on_job_finished(state, job, index, now);
+    }
 }
 
 pub(super) fn truncate(s: &str) -> String {
@@ -361,7 +365,7 @@ pub fn next_due(state: &dyn KvRead) -> Option<u64> {
     let first = |p: &[u8]| {
         state.range(p, &prefix_end(p)).next().and_then(|(k, _)| k.get(p.len()..p.len() + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
     };
-    [first(LEASED), first(DELAYED), super::controls::next_ttl_due(state)].into_iter().flatten().min()
+    [first(LEASED), first(DELAYED), super::controls::next_ttl_due(state), super::outbox::next_expiry(state)].into_iter().flatten().min()
 }
 
 /// Whether some ready job serves one of `targets` (empty = any), scanning a bounded

@@ -139,7 +139,7 @@ pub use platforms::{
     parse_duration, GithubConfig, GithubOrgConfig, PlatformsConfig, RecoveryConfig, RecoveryHook, Secret, UnusedSection,
 };
 pub use sections::{
-    CheckRunConfig, DecisionLogConfig, ExecutorConfig, GatewayConfig, QueueConfig, ResourceDirConfig, RuntimeConfig,
+    CallbacksConfig, CheckRunConfig, DecisionLogConfig, ExecutorConfig, GatewayConfig, QueueConfig, ResourceDirConfig, RuntimeConfig,
     TriggersConfig, WorkerConfig,
 };
 pub use suggest::did_you_mean;
@@ -231,6 +231,9 @@ pub struct Spec {
     /// AOF's decision log (kept for compatibility).
     #[serde(default)]
     pub decision_log: DecisionLogConfig,
+    /// Signed completion callbacks (triggers' `spec.callback`): how the leader sends them.
+    #[serde(default)]
+    pub callbacks: CallbacksConfig,
 }
 
 /// `spec.mode` (AOF scaling proposal: `standalone` | `gateway` | `worker`).
@@ -341,6 +344,7 @@ impl DaemonConfig {
                 queue: QueueConfig::default(),
                 worker: WorkerConfig::default(),
                 decision_log: DecisionLogConfig::default(),
+                callbacks: CallbacksConfig::default(),
             },
             hostname: None,
         }

@@ -162,6 +162,7 @@ pub struct GithubOrgConfig {
 ///   hooks:
 ///     - { repo: acme/api, hook_id: 123456 }
 ///     - { org: acme, hook_id: 654321, token_env: ACME_HOOKS_TOKEN }
+///     - { app_id: 123456, private_key_file: /secrets/app.pem }   # a GitHub App's hook
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,7 +202,18 @@ pub struct RecoveryHook {
     /// Login of an organisation hook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org: Option<String>,
-    /// The hook's id (Settings → Webhooks → the hook's URL ends with it).
+    /// A GitHub App's id: its webhook (`/app/hook/deliveries`), read with an App JWT
+    /// (RS256) signed by `private_key_env` or `private_key_file`. No `hook_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<u64>,
+    /// Variable holding the App's private key (PEM), for `app_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_env: Option<String>,
+    /// File holding the App's private key (PEM), for `app_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// The hook's id (Settings → Webhooks → the hook's URL ends with it); not for `app_id`.
+    #[serde(default)]
     pub hook_id: u64,
     /// Token variable for this hook; default: the organisation's `orgs.<org>.token_env`,
     /// then `spec.platforms.github.token_env` (or `token`).
@@ -213,6 +225,9 @@ impl RecoveryHook {
     /// The checkpoint key of the hook: `repo:<owner>/<name>/<id>` or `org:<org>/<id>`
     /// (lower case: GitHub logins are case-insensitive).
     pub fn source(&self) -> String {
+        if let Some(app) = self.app_id {
+            return format!("app:{app}");
+        }
         match (&self.repo, &self.org) {
             (Some(r), _) => format!("repo:{}/{}", r.to_ascii_lowercase(), self.hook_id),
             (None, Some(o)) => format!("org:{}/{}", o.to_ascii_lowercase(), self.hook_id),
@@ -222,6 +237,9 @@ impl RecoveryHook {
 
     /// The API path of the hook: `repos/<owner>/<name>/hooks/<id>` or `orgs/<org>/hooks/<id>`.
     pub fn api_path(&self) -> String {
+        if self.app_id.is_some() {
+            return "app/hook".into();
+        }
         match (&self.repo, &self.org) {
             (Some(r), _) => format!("repos/{r}/hooks/{}", self.hook_id),
             (None, Some(o)) => format!("orgs/{o}/hooks/{}", self.hook_id),
@@ -267,9 +285,27 @@ impl RecoveryConfig {
         let mut seen = std::collections::BTreeSet::new();
         for (i, h) in self.hooks.iter().enumerate() {
             let key = format!("hooks[{i}]");
+            if let Some(app) = h.app_id {
+                if h.repo.is_some() || h.org.is_some() || h.hook_id != 0 || h.token_env.is_some() {
+                    out.push((key.clone(), "an `app_id` hook takes no repo, org, hook_id or token_env (GitHub Apps have one webhook, read with an App JWT)".into()));
+                }
+                if app == 0 {
+                    out.push((format!("{key}.app_id"), "must be the App's id (a positive number)".into()));
+                }
+                if h.private_key_env.is_some() == h.private_key_file.is_some() {
+                    out.push((key.clone(), "set exactly one of `private_key_env` or `private_key_file` (the App's private key, PEM)".into()));
+                }
+                if !seen.insert(h.source()) {
+                    out.push((key, "this hook is listed twice".into()));
+                }
+                continue;
+            }
+            if h.private_key_env.is_some() || h.private_key_file.is_some() {
+                out.push((key.clone(), "`private_key_env` / `private_key_file` are for `app_id` hooks only".into()));
+            }
             match (&h.repo, &h.org) {
                 (Some(_), Some(_)) | (None, None) => {
-                    out.push((key.clone(), "set exactly one of `repo: owner/name` or `org: login`".into()))
+                    out.push((key.clone(), "set exactly one of `repo: owner/name`, `org: login` or `app_id: N`".into()))
                 }
                 (Some(r), None) => {
                     let ok = r.split_once('/').is_some_and(|(o, n)| login_ok(o) && name_ok(n));

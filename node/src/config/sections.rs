@@ -281,3 +281,29 @@ impl Default for WorkerConfig {
     }
 }
 
+
+/// `spec.callbacks`: how the leader sends the completion notices of triggers with a
+/// `spec.callback` (see `crate::callbacks` and docs/WEBHOOKS.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbacksConfig {
+    /// Send notices at all (default true). A node with `false` never sends, even as
+    /// leader; notices wait in the outbox for a leader that does.
+    pub enabled: bool,
+    /// Attempts before a notice is dead (default 10).
+    pub max_attempts: u32,
+    /// Delay before the first retry, ms, doubled per attempt with jitter (default 1000) ...
+    pub initial_backoff_ms: u64,
+    /// ... up to this, ms (default 300000).
+    pub max_backoff_ms: u64,
+    /// Time limit of one POST, ms (default 10000).
+    pub timeout_ms: u64,
+    /// Notices being sent at once (default 16).
+    pub concurrency: usize,
+}
+
+impl Default for CallbacksConfig {
+    fn default() -> Self {
+        CallbacksConfig { enabled: true, max_attempts: 10, initial_backoff_ms: 1000, max_backoff_ms: 300_000, timeout_ms: 10_000, concurrency: 16 }
+    }
+}

@@ -36,6 +36,8 @@ use crate::types::{Command, Delivery, RecoveryCheckpoint, SignedBy};
 pub enum RecoveryError {
     #[error("no GitHub token for {hook}: set the variable named by token_env (needs admin:repo_hook read, or admin:org_hook for organisation hooks)")]
     NoToken { hook: String },
+    #[error("no usable GitHub App private key for {hook}: {why}; set private_key_env or private_key_file to the App's PEM key (GitHub: App settings > Private keys)")]
+    NoAppKey { hook: String, why: String },
     #[error("GitHub rate limit: reset in {wait_secs}s, more than max_rate_limit_wait; the next sweep continues")]
     RateLimited { wait_secs: u64 },
     #[error("GitHub answered {status} for {url}: {body}; check the hook id and that the token may read the hook (admin:repo_hook / admin:org_hook)")]
@@ -56,6 +58,7 @@ impl RecoveryError {
     pub fn reason(&self) -> &'static str {
         match self {
             RecoveryError::NoToken { .. } => "no_token",
+            RecoveryError::NoAppKey { .. } => "no_app_key",
             RecoveryError::RateLimited { .. } => "rate_limited",
             RecoveryError::Http { .. } => "http",
             RecoveryError::Transport { .. } => "transport",
@@ -65,10 +68,39 @@ impl RecoveryError {
     }
 }
 
-/// One configured hook with its token.
+/// One configured hook with its token (or, for a GitHub App, its private key).
 struct Hook {
     hook: RecoveryHook,
     token: Option<String>,
+    /// An `app_id` hook's key, or why there is none.
+    app_key: Option<Result<octocrab::auth::EncodingKey, String>>,
+}
+
+impl Hook {
+    /// The bearer credential of a request: the token, or a fresh App JWT (RS256,
+    /// `iss` = the App id, issued 60 s in the past, valid 9 minutes).
+    fn bearer(&self) -> Result<String, RecoveryError> {
+        let hook = self.hook.source();
+        match (&self.app_key, self.hook.app_id) {
+            (Some(Ok(key)), Some(app)) => octocrab::auth::create_jwt(octocrab::models::AppId(app), key)
+                .map_err(|e| RecoveryError::NoAppKey { hook, why: format!("cannot sign a JWT: {e}") }),
+            (Some(Err(why)), _) => Err(RecoveryError::NoAppKey { hook, why: why.clone() }),
+            _ => self.token.clone().ok_or(RecoveryError::NoToken { hook }),
+        }
+    }
+}
+
+/// Read an `app_id` hook's private key (PEM) from its variable or file.
+fn app_key(h: &RecoveryHook) -> Option<Result<octocrab::auth::EncodingKey, String>> {
+    h.app_id?;
+    let pem = match (&h.private_key_env, &h.private_key_file) {
+        (Some(var), _) => std::env::var(var).ok().filter(|v| !v.trim().is_empty()).ok_or_else(|| format!("the variable {var} is not set")),
+        (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display())),
+        (None, None) => Err("neither private_key_env nor private_key_file is set".into()),
+    };
+    Some(pem.and_then(|p| {
+        octocrab::auth::EncodingKey::from_rsa_pem(p.as_bytes()).map_err(|e| format!("not an RSA private key in PEM: {e}"))
+    }))
 }
 
 /// The recovery settings and client of one node.
@@ -176,10 +208,15 @@ impl Recovery {
                     .or_else(|| org.and_then(|o| gh.org(&o).and_then(|oc| env(&oc.token_env))))
                     .or_else(|| env(&gh.token_env))
                     .or_else(|| gh.token.as_ref().map(|t| t.expose().to_string()));
-                if token.is_none() {
-                    tracing::warn!(source = %h.source(), "delivery recovery: no GitHub token for this hook; set token_env");
+                let app_key = app_key(h);
+                match &app_key {
+                    Some(Err(why)) => tracing::warn!(source = %h.source(), "delivery recovery: no usable GitHub App key: {why}"),
+                    None if token.is_none() => {
+                        tracing::warn!(source = %h.source(), "delivery recovery: no GitHub token for this hook; set token_env")
+                    }
+                    _ => {}
                 }
-                Hook { hook: h.clone(), token }
+                Hook { hook: h.clone(), token, app_key }
             })
             .collect();
         let dur = |s: &str, d: u64| parse_duration(s).unwrap_or(Duration::from_secs(d));
@@ -228,7 +265,7 @@ impl Recovery {
             .map(|(h, cp)| {
                 serde_json::json!({
                     "source": h.hook.source(),
-                    "token": h.token.is_some(),
+                    "token": h.bearer().is_ok(),
                     "checkpoint": cp.map(|c| serde_json::json!({
                         "last_delivery_id": c.last_delivery_id,
                         "last_delivered_at_ms": c.last_delivered_at_ms,
@@ -282,9 +319,7 @@ impl Recovery {
         sr: &mut SourceReport,
     ) -> Result<(), RecoveryError> {
         let source = h.hook.source();
-        let token = h.token.as_deref().ok_or_else(|| RecoveryError::NoToken {
-            hook: source.clone(),
-        })?;
+        h.bearer()?;
         let now = crate::node::leader_clock_ms();
         let checkpoint = match opts.since {
             Some(_) => None,
@@ -312,7 +347,7 @@ impl Recovery {
         let mut reached = false;
         for _ in 0..self.max_pages {
             let Some(u) = url.take() else { break };
-            let (body, next) = self.get(&u, token).await?;
+            let (body, next) = self.get(&u, &h.bearer()?).await?;
             let items = body.as_array().ok_or_else(|| RecoveryError::Invalid {
                 url: u.clone(),
                 message: "not a JSON array".into(),
@@ -425,8 +460,7 @@ impl Recovery {
             return Ok(());
         }
         let url = format!("{}/{}/deliveries/{}", self.api_url, h.hook.api_path(), d.id);
-        let token = h.token.as_deref().unwrap_or_default();
-        let detail = match self.get(&url, token).await {
+        let detail = match self.get(&url, &h.bearer()?).await {
             Ok((detail, _)) => detail,
             // Gone from GitHub's log since it was listed: nothing left to recover, and
             // the sweep must not stall on it.

@@ -8,11 +8,13 @@
 //!   membership), [`triggers`], [`events`] (status API), [`queue`] (queue stats, DLQ),
 //!   [`jobs`] (queue controls: list / cancel jobs, re-run events, per-target limits),
 //!   [`prometheus`] (`/metrics`), [`ui`] (the status page `/ui` and its live feed
-//!   `/v1/watch`), [`github`] (delivery recovery).
+//!   `/v1/watch`), [`github`] (delivery recovery), [`callbacks`] (the completion
+//!   callback outbox).
 //!
 //! **API Boundary**: the routes and JSON shapes here are the public REST API used by
 //! `aofctl` and the `aof-client` crate.
 
+pub mod callbacks;
 pub mod cluster;
 pub mod error;
 pub mod events;

@@ -11,7 +11,7 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use super::state::AppState;
-use super::{cluster, events, github, jobs, prometheus, queue, triggers, ui, webhook};
+use super::{callbacks, cluster, events, github, jobs, prometheus, queue, triggers, ui, webhook};
 
 /// The public listener: `POST /webhook/github`, `GET /health`, `GET /ready`.
 pub fn public(state: AppState) -> Router {
@@ -63,5 +63,7 @@ pub fn api(state: AppState) -> Router {
         .route("/v1/events/{id}/rerun", post(jobs::rerun_event))
         .route("/v1/queue/limits", get(jobs::list_limits))
         .route("/v1/targets/{target}/limits", put(jobs::put_limits))
+        // Completion callbacks.
+        .route("/v1/callbacks", get(callbacks::list_callbacks))
         .with_state(state)
 }
