@@ -24,6 +24,7 @@ mod github;
 mod jobs;
 mod leave;
 mod output;
+mod progress;
 mod queue;
 mod serve;
 mod signals;
