@@ -67,6 +67,13 @@ pub struct JobTargetLabels {
     pub target: String,
 }
 
+/// A refused request: which listener (`api`, `grpc`) and why (see `crate::refusals`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -120,6 +127,8 @@ pub struct Metrics {
     pub recovery_last_sweep_timestamp_seconds: Gauge<f64, AtomicU64>,
     /// Waits for a GitHub rate-limit reset during recovery.
     pub recovery_rate_limit_waits: Counter,
+    /// Requests refused by the API (4xx) and workers' gRPC listeners (`crate::refusals`).
+    pub requests_refused: Family<RefusalLabels, Counter>,
     // Totals last copied from the store's append counters.
     flushes_seen: AtomicU64,
     entries_seen: AtomicU64,
@@ -231,8 +240,15 @@ impl Metrics {
         );
         let recovery_rate_limit_waits = Counter::default();
         r.register("recovery_rate_limit_waits", "Waits for a GitHub API rate-limit reset during delivery recovery", recovery_rate_limit_waits.clone());
+        let requests_refused = Family::<RefusalLabels, Counter>::default();
+        r.register(
+            "requests_refused",
+            "Requests refused by the API listener (4xx) and the workers' gRPC listener (client-fault status), by listener and reason",
+            requests_refused.clone(),
+        );
         Metrics {
             registry: r,
+            requests_refused,
             recovery_sweeps,
             recovery_recovered,
             recovery_errors,
