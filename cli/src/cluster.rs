@@ -308,12 +308,19 @@ async fn join(client: &Client, args: JoinArgs, global: &GlobalArgs) -> anyhow::R
     let mut last_printed = None::<(Option<u64>, u64)>;
     let mut last_print_at = Instant::now() - Duration::from_secs(10);
     let mut last_error: Option<String> = None;
+    // On a terminal: a bar of the learner's matched index against the commit index
+    // (instead of the "catching up" lines).
+    let bar = crate::progress::bar(0, &format!("node {id} catching up"), false);
     loop {
         match bounded(deadline, poller.cluster_status(Consistency::Linearizable)).await {
             None => break,
             Some(Err(e)) => {
                 if last_error.as_deref() != Some(&e.to_string()) {
-                    eprintln!("warning: reading cluster status: {e} (retrying)");
+                    let msg = format!("warning: reading cluster status: {e} (retrying)");
+                    match &bar {
+                        Some(pb) => pb.println(msg),
+                        None => eprintln!("{msg}"),
+                    }
                 }
                 last_error = Some(e.to_string());
             }
@@ -326,6 +333,7 @@ async fn join(client: &Client, args: JoinArgs, global: &GlobalArgs) -> anyhow::R
                 match judge(&status, id, args.max_lag, prev_commit) {
                     Progress::CaughtUp => break,
                     Progress::Voter => {
+                        drop(bar);
                         println!("node {id} joined as voter");
                         return Ok(());
                     }
@@ -335,7 +343,10 @@ async fn join(client: &Client, args: JoinArgs, global: &GlobalArgs) -> anyhow::R
                     Progress::Behind { matched, commit } => {
                         last = Some((matched, commit));
                         let changed = last_printed != last;
-                        if changed && last_print_at.elapsed() >= Duration::from_millis(900) {
+                        if let Some(pb) = &bar {
+                            pb.set_length(commit);
+                            pb.set_position(matched.unwrap_or(0).min(commit));
+                        } else if changed && last_print_at.elapsed() >= Duration::from_millis(900) {
                             match matched {
                                 Some(m) => eprintln!("catching up: matched {m}/{commit}"),
                                 None => eprintln!("catching up: waiting for the first entries (commit index {commit})"),
@@ -354,6 +365,7 @@ async fn join(client: &Client, args: JoinArgs, global: &GlobalArgs) -> anyhow::R
         }
         tokio::time::sleep((deadline - now).min(Duration::from_millis(300))).await;
     }
+    drop(bar);
 
     if Instant::now() >= deadline {
         let progress = match last {

@@ -25,6 +25,7 @@ mod github;
 mod jobs;
 mod leave;
 mod output;
+mod progress;
 mod queue;
 mod serve;
 mod signals;
@@ -692,7 +693,7 @@ mod tests {
         let Command::Dlq(queue::DlqCommand::Redrive(r)) = cli.command else {
             panic!()
         };
-        assert!(r.all && r.job_id.is_none());
+        assert!(r.select.all && r.select.job_id.is_none());
         let cli = parse(&["dlq", "purge", "7-0", "--yes"]).unwrap();
         let Command::Dlq(queue::DlqCommand::Purge(p)) = cli.command else {
             panic!()

@@ -39,7 +39,12 @@ pub enum DlqCommand {
     /// List dead-lettered jobs (retries used up, or failed as not retryable).
     List(DlqListArgs),
     /// Put dead jobs back in the queue (their attempts start over).
-    Redrive(DlqSelectArgs),
+    ///
+    /// `--all` redrives the jobs listed in the dead-letter queue one by one (a bar
+    /// shows how many of them are back, on a terminal), then any beyond the first
+    /// 10 000 in one go.
+    #[command(after_help = "Examples:\n  aofctl dlq redrive 7-0\n  aofctl dlq redrive --all\n  aofctl dlq redrive --all -o json   # {\"jobs\": [...]}")]
+    Redrive(DlqRedriveArgs),
     /// Drop dead jobs for good (their events stay, as `failed`).
     Purge(DlqPurgeArgs),
 }
@@ -83,6 +88,15 @@ impl DlqSelectArgs {
             None => "every job in the dead-letter queue".into(),
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct DlqRedriveArgs {
+    #[command(flatten)]
+    pub select: DlqSelectArgs,
+    /// `json`/`yaml`: the redriven job ids as `{"jobs": [...]}`.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -205,11 +219,12 @@ pub async fn dlq(cmd: DlqCommand, global: &GlobalArgs) -> anyhow::Result<()> {
             eprintln!("(redrive with `aofctl dlq redrive JOB_ID|--all`, drop with `aofctl dlq purge JOB_ID|--all`)");
         }
         DlqCommand::Redrive(args) => {
-            let r = client
-                .redrive_dlq(&args.selector())
+            let r = redrive(&client, &args.select, args.output)
                 .await
-                .with_context(|| format!("redriving {}", args.describe()))?;
-            println!("{}", done_message("redriven", "back in the queue", &r));
+                .with_context(|| format!("redriving {}", args.select.describe()))?;
+            if !print_structured(args.output, &r)? {
+                println!("{}", done_message("redriven", "back in the queue", &r));
+            }
         }
         DlqCommand::Purge(args) => {
             if !args.yes {
@@ -223,6 +238,62 @@ pub async fn dlq(cmd: DlqCommand, global: &GlobalArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Most dead jobs `dlq redrive --all` lists and redrives one by one; the rest go in
+/// one `{"all": true}` request.
+const REDRIVE_LISTED: usize = 10_000;
+
+/// Redrives in flight at once (the leader batches them into few log entries).
+const REDRIVE_PARALLEL: usize = 8;
+
+/// `dlq redrive`: one job, or every dead job — those listed one by one, with a
+/// progress bar of how many of them are back in the queue, then whatever lay
+/// beyond the listing in one request. A listed job that is no longer dead when its
+/// turn comes (redriven or purged meanwhile) is skipped.
+async fn redrive(client: &aof_client::Client, select: &DlqSelectArgs, output: OutputFormat) -> anyhow::Result<DlqResult> {
+    if select.job_id.is_some() {
+        return Ok(client.redrive_dlq(&select.selector()).await?);
+    }
+    let listed = client
+        .list_dlq(Some(REDRIVE_LISTED), aof_client::Consistency::Linearizable)
+        .await
+        .context("listing the dead-letter queue")?
+        .items;
+    let structured = matches!(output, OutputFormat::Json | OutputFormat::Yaml);
+    let bar = crate::progress::bar(listed.len() as u64, "redriving dead jobs", structured);
+    let mut done: Vec<Option<Vec<String>>> = vec![None; listed.len()];
+    let mut running = tokio::task::JoinSet::new();
+    let mut next = 0;
+    while next < listed.len() || !running.is_empty() {
+        while next < listed.len() && running.len() < REDRIVE_PARALLEL {
+            let (client, i, id) = (client.clone(), next, listed[next].job_id.clone());
+            running.spawn(async move { (i, client.redrive_dlq(&DlqSelector::Job(id.clone())).await, id) });
+            next += 1;
+        }
+        let Some(joined) = running.join_next().await else { break };
+        let (i, r, id) = joined.context("a redrive task failed")?;
+        done[i] = Some(match r {
+            Ok(r) => r.jobs,
+            Err(e) if e.is_not_found() => Vec::new(), // no longer dead: skipped
+            Err(e) => {
+                let back = done.iter().flatten().map(Vec::len).sum::<usize>();
+                return Err(anyhow::Error::new(e).context(format!(
+                    "redriving job {id} ({back} of {} listed jobs are back in the queue; run the command again for the rest)",
+                    listed.len()
+                )));
+            }
+        });
+        if let Some(pb) = &bar {
+            pb.inc(1);
+        }
+    }
+    drop(bar);
+    let mut jobs: Vec<String> = done.into_iter().flatten().flatten().collect();
+    if listed.len() >= REDRIVE_LISTED {
+        jobs.extend(client.redrive_dlq(&DlqSelector::All).await?.jobs);
+    }
+    Ok(DlqResult { jobs })
 }
 
 /// `redriven 2 jobs (back in the queue): 7-0, 9-0`.

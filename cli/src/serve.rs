@@ -71,12 +71,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accepted but ignored AOF keys, and risky values, once per start.
+/// Accepted but ignored AOF keys, and risky values, once per start — as warnings
+/// both: a key that silently does nothing is what an operator must be told.
 fn log_notices(cfg: &DaemonConfig) {
     for n in cfg.notices() {
-        match n.severity {
-            Severity::Info => tracing::info!(key = %n.key, "config: {}", n.message),
-            Severity::Warn => tracing::warn!(key = %n.key, "config: {}", n.message),
-        }
+        let kind = match n.severity {
+            Severity::Info => "accepted, not used",
+            Severity::Warn => "risky value",
+        };
+        tracing::warn!(key = %n.key, "config ({kind}): {}", n.message);
     }
 }

@@ -157,6 +157,10 @@ struct Fake {
     catch_up_step: u64,
     /// Reads of /v1/queue/stats so far.
     stats_reads: u64,
+    /// Dead jobs listed after 7-0; those starting with `gone-` answer 404 to a redrive.
+    more_dead: Vec<String>,
+    /// Bodies POSTed to /v1/dlq/redrive.
+    redrives: Vec<Value>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -305,10 +309,27 @@ fn fake_node(state: Shared) -> Router {
         )
         .route(
             "/v1/dlq",
-            get(|| async {
-                Json(json!({"items": [{"job_id": "7-0", "event_id": 7, "delivery_id": "d-7",
+            get(|State(s): State<Shared>| async move {
+                let dead = |id: &str| json!({"job_id": id, "event_id": 7, "delivery_id": "d-7",
                     "target": {"kind": "flow", "name": "deploy"}, "trigger": "push-main", "attempts": 2,
-                    "last_error": "exit status 3", "dead_since_ms": 1000}]}))
+                    "last_error": "exit status 3", "dead_since_ms": 1000});
+                let mut items = vec![dead("7-0")];
+                items.extend(s.lock().unwrap().more_dead.iter().map(|id| dead(id)));
+                Json(json!({"items": items}))
+            }),
+        )
+        .route(
+            "/v1/dlq/redrive",
+            post(|State(s): State<Shared>, Json(body): Json<Value>| async move {
+                s.lock().unwrap().redrives.push(body.clone());
+                match body["job_id"].as_str() {
+                    Some(id) if id.starts_with("gone-") => (
+                        StatusCode::NOT_FOUND,
+                        Json(json!({"error": "not_found", "message": format!("job {id} is not in the dead-letter queue")})),
+                    ),
+                    Some(id) => (StatusCode::OK, Json(json!({"jobs": [id]}))),
+                    None => (StatusCode::OK, Json(json!({"jobs": []}))),
+                }
             }),
         )
         .layer(axum::middleware::from_fn(require_token))
@@ -772,4 +793,66 @@ async fn a_watch_ends_on_ctrl_c_with_exit_code_0() {
     unsafe { libc::kill(watch.pid(), libc::SIGINT) };
     let status = watch.wait_exit(30).await.expect("the watch exits after SIGINT");
     assert!(status.success(), "{status:?}");
+}
+
+/// `dlq redrive --all` redrives the listed jobs one by one, skipping those no longer
+/// dead. Without a terminal (here: pipes) no progress bar is drawn and the output
+/// stays parseable: JSON with `-o json`, the one-line summary otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_redrive_all_without_a_terminal_prints_no_progress_and_parseable_output() {
+    let state = Shared::default();
+    state.lock().unwrap().more_dead = vec!["8-0".into(), "gone-9".into(), "10-0".into()];
+    let endpoint = serve(fake_node(state.clone())).await;
+
+    let out = aofctl(&["dlq", "redrive", "--all", "-o", "json", "--endpoint", &endpoint]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", text(&out.stdout)));
+    assert_eq!(v, json!({"jobs": ["7-0", "8-0", "10-0"]}));
+    assert_eq!(text(&out.stderr), "", "no progress without a terminal");
+    let mut asked: Vec<String> = state.lock().unwrap().redrives.iter().map(|b| b.to_string()).collect();
+    asked.sort();
+    assert_eq!(
+        asked,
+        [r#"{"job_id":"10-0"}"#, r#"{"job_id":"7-0"}"#, r#"{"job_id":"8-0"}"#, r#"{"job_id":"gone-9"}"#],
+        "one request per listed job"
+    );
+
+    let out = aofctl(&["dlq", "redrive", "--all", "--endpoint", &endpoint]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "redriven 3 jobs (back in the queue): 7-0, 8-0, 10-0\n");
+    assert_eq!(text(&out.stderr), "");
+}
+
+/// On a terminal (`script` gives aofctl a pseudo-terminal) the same redrive draws a
+/// progress bar of the jobs back in the queue, then prints the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_redrive_all_on_a_terminal_shows_a_progress_bar() {
+    let Some(script) = ["/usr/bin/script", "/bin/script"].into_iter().find(|p| std::path::Path::new(p).exists()) else {
+        eprintln!("SKIP: no script(1) to run aofctl on a pseudo-terminal");
+        return;
+    };
+    let state = Shared::default();
+    state.lock().unwrap().more_dead = vec!["8-0".into()];
+    let endpoint = serve(fake_node(state.clone())).await;
+    let line = format!("{} dlq redrive --all --endpoint {endpoint}", common::BIN);
+    let dir = config_dir();
+    let out = tokio::task::spawn_blocking(move || {
+        // script(1) runs the line under a pseudo-terminal: stdout and stderr are terminals.
+        let mut cmd = std::process::Command::new(script);
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env("AOF_CONFIG", dir.join("aofctl-config.yaml"))
+            .env("AOF_TOKEN", TOKEN)
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::null());
+        for v in ["AOF_ENDPOINT", "AOF_CONTEXT", "RUST_LOG"] {
+            cmd.env_remove(v);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let all = text(&out.stdout);
+    assert!(out.status.success(), "{all}{}", text(&out.stderr));
+    assert!(all.contains("redriving dead jobs"), "a progress bar on the terminal: {all:?}");
+    assert!(all.contains("redriven 2 jobs (back in the queue): 7-0, 8-0"), "{all:?}");
 }

@@ -225,6 +225,29 @@ impl Cluster {
         None
     }
 
+    /// The lease deadline of a leased job (`GET /v1/jobs?state=leased`).
+    async fn lease_deadline(&self, job_id: &str) -> Option<u64> {
+        for url in self.urls() {
+            let r = self
+                .http
+                .get(format!("{url}/v1/jobs?state=leased&target={TARGET}"))
+                .bearer_auth(&self.creds.read)
+                .send()
+                .await;
+            if let Ok(r) = r {
+                if r.status().is_success() {
+                    let v: Value = r.json().await.ok()?;
+                    return v["items"]
+                        .as_array()?
+                        .iter()
+                        .find(|j| j["job_id"] == job_id)
+                        .and_then(|j| j["lease"]["deadline_ms"].as_u64());
+                }
+            }
+        }
+        None
+    }
+
     async fn wait_job_state(&self, delivery: &str, state: &str, secs: u64) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut last = Value::Null;
@@ -598,8 +621,9 @@ async fn failing_jobs_are_retried_then_dead_and_redrive_runs_them_again() {
         &["sh", "-c", r#"cat > "$OUTDIR/$AOF_JOB_ID""#],
         &good_out,
     );
-    // Nothing to do yet: the job is dead.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing to do yet: the job is dead, and a dead job is never leased (the state
+    // says so; no waiting for something not to happen).
+    assert_eq!(c.delivery(&delivery).await.unwrap()["jobs"][0]["state"], "dead");
     assert!(files(&good_out).is_empty());
     let o = c.aofctl(&["dlq", "redrive", "--all"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -641,8 +665,22 @@ async fn a_job_of_a_sigkilled_worker_is_completed_once_by_another() {
     c.post(1, "push", &delivery, &body(3, "push")).await;
     let v = c.wait_job_state(&delivery, "leased", 30).await;
     let (job_id, _) = job_of(&v);
-    // Heartbeats keep the lease past its timeout while the command runs.
-    tokio::time::sleep(Duration::from_millis(LEASE_TIMEOUT_MS + 1500)).await;
+    // Heartbeats keep the lease past its timeout while the command runs: wait
+    // (bounded) until its deadline has moved (an Extend was committed) and the first
+    // deadline has passed; the job is still leased, on its first attempt.
+    let first = c.lease_deadline(&job_id).await.expect("the leased job is listed");
+    let bound = Instant::now() + Duration::from_millis(10 * LEASE_TIMEOUT_MS);
+    loop {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let current = c.lease_deadline(&job_id).await;
+        if now > first && current.is_some_and(|d| d > first) {
+            break;
+        }
+        if Instant::now() > bound {
+            c.fail(format!("the lease of {job_id} was not extended past {first} (now {now}, deadline {current:?})"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let v = c.delivery(&delivery).await.unwrap();
     assert_eq!(
         (

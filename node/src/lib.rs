@@ -21,6 +21,7 @@ pub mod node;
 pub mod planted;
 pub mod proposer;
 pub mod queue_service;
+pub mod refusals;
 pub mod registry;
 pub mod server;
 pub mod snapshot_trigger;

@@ -67,6 +67,13 @@ pub struct JobTargetLabels {
     pub target: String,
 }
 
+/// A refused request: which listener (`api`, `grpc`) and why (see `crate::refusals`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -128,6 +135,8 @@ pub struct Metrics {
     pub callbacks_dead: Counter,
     /// Notices in the replicated outbox waiting to be delivered (this node's copy).
     pub callbacks_pending: Gauge,
+    /// Requests refused by the API (4xx) and workers' gRPC listeners (`crate::refusals`).
+    pub requests_refused: Family<RefusalLabels, Counter>,
     // Totals last copied from the store's append counters.
     flushes_seen: AtomicU64,
     entries_seen: AtomicU64,
@@ -247,8 +256,15 @@ impl Metrics {
         r.register("callbacks_dead", "Completion notices that went dead (max_attempts failed attempts) after this node's last attempt", callbacks_dead.clone());
         let callbacks_pending = Gauge::default();
         r.register("callbacks_pending", "Completion notices in the replicated outbox waiting to be delivered", callbacks_pending.clone());
+        let requests_refused = Family::<RefusalLabels, Counter>::default();
+        r.register(
+            "requests_refused",
+            "Requests refused by the API listener (4xx) and the workers' gRPC listener (client-fault status), by listener and reason",
+            requests_refused.clone(),
+        );
         Metrics {
             registry: r,
+            requests_refused,
             recovery_sweeps,
             recovery_recovered,
             recovery_errors,

@@ -265,6 +265,7 @@ pub async fn run_with_listeners(
         }
         let auth = WorkerAuth { tokens: security.tokens.clone() };
         let router = builder
+            .layer(crate::refusals::CountGrpcLayer(metrics.clone()))
             .add_service(health_service)
             .add_service(tonic::service::interceptor::InterceptedService::new(queue.clone().server(), auth));
         tokio::spawn(router.serve_with_incoming_shutdown(no_delay(TcpListenerStream::new(listeners.grpc)), stopped(stop_rx.clone())))
@@ -284,8 +285,10 @@ pub async fn run_with_listeners(
         tokio::spawn(crate::http::serve::run(listeners.public, crate::http::routes::public(state.clone()), opts, stop_rx.clone()))
     };
     let api_task = {
+        let refusals = state.metrics.clone();
         let app = crate::http::routes::api(state)
-            .layer(axum::middleware::from_fn_with_state(security.tokens.clone(), crate::auth::require_api));
+            .layer(axum::middleware::from_fn_with_state(security.tokens.clone(), crate::auth::require_api))
+            .layer(axum::middleware::from_fn_with_state(refusals, crate::refusals::count_api));
         let opts = ServeOptions { tls: security.api.as_ref().map(ServerIdentity::acceptor), ..ServeOptions::with_timeout(timeout) };
         tokio::spawn(crate::http::serve::run(listeners.api, app, opts, stop_rx.clone()))
     };

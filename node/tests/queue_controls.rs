@@ -472,3 +472,140 @@ async fn jobs_pending_past_the_ttl_are_dead_lettered() {
     );
     assert_eq!(ev["status"], "failed");
 }
+
+/// Whether process `pid` has ended (gone, or a zombie no one reaped yet).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Cancelling a job a built-in executor is running stops the command: its next
+/// heartbeat (Extend) is refused as cancelled, and the executor kills the
+/// command's whole process group — long before the command would end by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_leased_job_kills_the_built_in_executors_command() {
+    let out = tempfile::tempdir().unwrap();
+    let pidfile = out.path().join("sleep.pid");
+    // The command's child, in the command's process group, writes its pid.
+    let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+    let c = TestCluster::start_with(3, 10_000, move |cfg: &mut DaemonConfig| {
+        let gh: GithubConfig =
+            serde_yaml::from_str(&format!("enabled: true\nwebhook_secret: {SECRET}\n")).unwrap();
+        cfg.spec.platforms.github = Some(gh);
+        // Heartbeats every second (a third of the lease).
+        cfg.spec.queue.lease_timeout_ms = 3_000;
+        cfg.spec.runtime.executors.insert(
+            "sleeper".into(),
+            aof_node::config::ExecutorConfig::Command {
+                command: vec!["sh".into(), "-c".into(), script.clone()],
+                timeout_secs: None,
+            },
+        );
+    })
+    .await;
+    c.wait_ready(30).await;
+    put_trigger(&c, "sleepy", "sleeper", "issues").await;
+    let (_, job) = post(&c, 0, "issues", "cancel-running").await;
+
+    // Wait until a node's built-in worker runs the command.
+    let mut pid = None;
+    for _ in 0..500 {
+        pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = pid.expect("the built-in executor starts the command within 10 s");
+    assert!(!process_gone(pid), "the command runs");
+    let (_, ev) = c.get_json(1, "/v1/deliveries/cancel-running").await;
+    assert_eq!(job_of(&ev, &job)["state"], "leased", "{ev}");
+
+    let (s, v) = send(
+        &c,
+        2,
+        reqwest::Method::POST,
+        &format!("/v1/jobs/{job}/cancel"),
+        json!({"reason": "wrong branch"}),
+    )
+    .await;
+    assert_eq!((s, v["was"].as_str()), (200, Some("leased")), "{v}");
+
+    // The next heartbeat (within a second) is refused and the group is killed.
+    let started = Instant::now();
+    while !process_gone(pid) && started.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        process_gone(pid),
+        "the cancelled job's command (pid {pid}) still runs {:?} after the cancel",
+        started.elapsed()
+    );
+    // The job stays cancelled: the executor reported nothing for it.
+    let (_, ev) = c.get_json(0, "/v1/deliveries/cancel-running").await;
+    let j = job_of(&ev, &job);
+    assert_eq!(j["state"], "cancelled", "{ev}");
+    assert!(j["result"].is_null(), "{ev}");
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, 0 when absent.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Every refused request is counted, by listener and reason: the API listener's
+/// 4xx answers (the token check's included) and the workers' gRPC refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_requests_are_counted_by_listener_and_reason() {
+    use common::{client_with_token, READ_TOKEN, WORKER_TOKEN};
+    let c = TestCluster::start_secure(1, 10_000).await;
+    c.wait_ready(30).await;
+    let url = |p: &str| c.nodes[0].url(p);
+    let series = |listener: &str, reason: &str| {
+        format!("aof_requests_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}}")
+    };
+    let read_metrics = || async { c.http.get(url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    let before = read_metrics().await;
+
+    // API: no token, a read token changing something, a bad job id, an unknown job.
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(reqwest::Client::new().get(url("/v1/jobs")).send().await.unwrap()), 401);
+    let json_post = |client: &reqwest::Client, path: &str| {
+        client.post(url(path)).header("content-type", "application/json").body("{}")
+    };
+    assert_eq!(status(json_post(&client_with_token(READ_TOKEN), "/v1/jobs/1-0/cancel").send().await.unwrap()), 403);
+    assert_eq!(status(json_post(&c.http, "/v1/jobs/nope/cancel").send().await.unwrap()), 400);
+    assert_eq!(status(json_post(&c.http, "/v1/jobs/999999-0/cancel").send().await.unwrap()), 404);
+
+    // gRPC: no token, then a worker token with an empty job id.
+    let mut wq = WorkQueueClient::connect(format!("http://{}", c.nodes[0].grpc)).await.unwrap();
+    let complete = || pb::CompleteRequest { job_id: String::new(), fencing_token: 1, result: String::new() };
+    let err = wq.complete(complete()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let mut req = tonic::Request::new(complete());
+    req.metadata_mut().insert("authorization", format!("Bearer {WORKER_TOKEN}").parse().unwrap());
+    let err = wq.complete(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    let after = read_metrics().await;
+    for (listener, reason) in [
+        ("api", "unauthenticated"),
+        ("api", "forbidden"),
+        ("api", "invalid"),
+        ("api", "not_found"),
+        ("grpc", "unauthenticated"),
+        ("grpc", "invalid_argument"),
+    ] {
+        let s = series(listener, reason);
+        assert_eq!(sample(&after, &s) - sample(&before, &s), 1, "{s} once:\n{after}");
+    }
+}

@@ -202,7 +202,8 @@ fn js_str(s: &str) -> String {
 
 /// Three secured nodes; trigger `issues` runs the command executor `done` (`true`),
 /// trigger `comments` runs `flaky`, which fails until the file `ok` exists in `dir`;
-/// no retries, so its first failure dead-letters the job.
+/// no retries, so its first failure dead-letters the job; trigger `held` sends
+/// pull requests to `nobody`, which no worker runs (its jobs wait, ready).
 async fn cluster(dir: &Path) -> TestCluster {
     let certs = tempfile::tempdir().unwrap();
     let mut opts = aof_node::tls::CertsInit::new(certs.path());
@@ -245,6 +246,7 @@ async fn cluster(dir: &Path) -> TestCluster {
     for (name, doc) in [
         ("issues", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {github_events: [issues]}\n  default_agent: done\n"),
         ("comments", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {github_events: [issue_comment]}\n  default_agent: flaky\n"),
+        ("held", "apiVersion: aof.dev/v1\nkind: Trigger\nspec:\n  type: GitHub\n  config: {github_events: [pull_request]}\n  default_agent: nobody\n"),
     ] {
         let r = c.http.put(c.nodes[0].url(&format!("/v1/triggers/{name}"))).header("content-type", "application/yaml").body(doc).send().await.unwrap();
         assert!(r.status().is_success(), "{:?}", r.text().await);
@@ -397,6 +399,12 @@ async fn status_page_shows_the_cluster_live_and_redrives_with_an_admin_token() {
         15,
     )
     .await;
+    assert_eq!(
+        b.eval("document.querySelectorAll('#event-detail button, #limits button, #limits-form:not([hidden])').length")
+            .await,
+        0,
+        "read token: no cancel, re-run or limit controls"
+    );
 
     // Admin token: the redrive button moves the job back; the API agrees.
     b.eval("document.getElementById('logout').click(); true")
@@ -433,6 +441,131 @@ async fn status_page_shows_the_cluster_live_and_redrives_with_an_admin_token() {
     )
     .await;
     b.screenshot("admin-redriven").await;
+
+    // Cancel a waiting job from its event's detail: two clicks; the API agrees.
+    post(
+        &c,
+        2,
+        "pull_request",
+        "ui-held-1",
+        &fixture("pull_request/00-opened.json"),
+    )
+    .await;
+    let ev = wait_status(&c, 0, "ui-held-1", "queued", 30).await;
+    let held = ev["jobs"][0]["job_id"].as_str().unwrap().to_string();
+    assert_eq!(ev["jobs"][0]["state"], "ready", "{ev}");
+    b.wait_for(
+        "the held delivery in recent events",
+        "!!document.querySelector('#recent tbody tr[data-delivery=\"ui-held-1\"]')",
+        15,
+    )
+    .await;
+    b.eval("document.querySelector('#recent tbody tr[data-delivery=\"ui-held-1\"]').click(); true")
+        .await;
+    let cancel = format!("#event-detail button.cancel-job[data-job=\"{held}\"]");
+    b.wait_for(
+        "the cancel button (admin, ready job)",
+        &format!("!!document.querySelector('{cancel}')"),
+        15,
+    )
+    .await;
+    b.eval(&format!("document.querySelector('{cancel}').click(); true"))
+        .await;
+    assert_eq!(
+        b.eval(&format!("document.querySelector('{cancel}').textContent"))
+            .await,
+        "Confirm cancel",
+        "the first click only arms the button"
+    );
+    let (_, ev) = c.get_json(1, "/v1/deliveries/ui-held-1").await;
+    assert_eq!(ev["jobs"][0]["state"], "ready", "one click changes nothing: {ev}");
+    b.eval(&format!("document.querySelector('{cancel}').click(); true"))
+        .await;
+    b.wait_for(
+        "the cancel confirmed on the page",
+        &format!(
+            "(() => {{ const f = document.getElementById('flash');
+                return !f.hidden && f.textContent.includes('Cancelled job {held} (was ready)')
+                    && !document.querySelector('{cancel}'); }})()"
+        ),
+        15,
+    )
+    .await;
+    let (_, ev) = c.get_json(2, "/v1/deliveries/ui-held-1").await;
+    let job = &ev["jobs"][0];
+    assert_eq!(job["state"], "cancelled", "{ev}");
+    let note = job["history"].as_array().unwrap().last().unwrap()["note"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(note.contains("cancelled on the status page"), "{note}");
+    b.screenshot("admin-cancelled").await;
+
+    // Re-run a finished event: a new job, run by the built-in worker again.
+    b.eval("document.querySelector('#recent tbody tr[data-delivery=\"ui-live-1\"]').click(); true")
+        .await;
+    let (_, ev) = c.get_json(0, "/v1/deliveries/ui-live-1").await;
+    let event_id = ev["event_id"].as_u64().unwrap();
+    let rerun = format!("#rerun-event[data-event=\"{event_id}\"]");
+    b.wait_for(
+        "the re-run button (admin)",
+        &format!("!!document.querySelector('{rerun}')"),
+        15,
+    )
+    .await;
+    for _ in 0..2 {
+        b.eval(&format!("document.querySelector('{rerun}').click(); true"))
+            .await;
+    }
+    b.wait_for(
+        "the re-run confirmed on the page",
+        &format!(
+            "(() => {{ const f = document.getElementById('flash');
+                return !f.hidden && f.textContent.includes('Re-running event {event_id}: new job(s) {event_id}-1'); }})()"
+        ),
+        15,
+    )
+    .await;
+    c.eventually("the re-run job completes", 30, || async {
+        let (_, ev) = c.get_json(1, "/v1/deliveries/ui-live-1").await;
+        ev["jobs"].as_array().is_some_and(|j| j.len() == 2 && j[1]["state"] == "completed")
+            && ev["status"] == "completed"
+    })
+    .await;
+    b.screenshot("admin-rerun").await;
+
+    // Target limits: set from the form (two clicks), then cleared from the table.
+    b.eval("document.getElementById('limit-target').value = 'nobody'; document.getElementById('limit-max').value = '2'; document.getElementById('limit-ttl').value = '1h'; true").await;
+    for _ in 0..2 {
+        b.eval("document.getElementById('limits-form').requestSubmit(); true")
+            .await;
+    }
+    b.wait_for(
+        "the limits in the table",
+        "(() => { const r = document.querySelector('#limits tbody tr[data-target=\"nobody\"]');
+            return !!r && r.cells[1].textContent === '2' && r.cells[2].textContent === '1h'; })()",
+        15,
+    )
+    .await;
+    let (_, limits) = c.get_json(2, "/v1/queue/limits").await;
+    assert_eq!(
+        (&limits["items"][0]["target"], &limits["items"][0]["max_in_flight"], &limits["items"][0]["ttl"]),
+        (&json!("nobody"), &json!(2), &json!("1h")),
+        "{limits}"
+    );
+    b.screenshot("admin-limits").await;
+    for _ in 0..2 {
+        b.eval("document.querySelector('#limits button.clear-limits[data-target=\"nobody\"]').click(); true")
+            .await;
+    }
+    b.wait_for(
+        "the limits cleared",
+        "!document.querySelector('#limits tbody tr[data-target]')",
+        15,
+    )
+    .await;
+    let (_, limits) = c.get_json(0, "/v1/queue/limits").await;
+    assert_eq!(limits["items"], json!([]), "{limits}");
 
     // Search by delivery id.
     b.eval("document.getElementById('q-delivery').value = 'ui-live-1'; document.getElementById('search').requestSubmit(); true").await;

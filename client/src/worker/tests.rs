@@ -231,6 +231,19 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for: {what}");
 }
 
+/// Waits (bounded) until `job` has had `n` more extensions than now: a witness
+/// that the worker's heartbeat timers have run that long, so a check that something
+/// did *not* happen meanwhile (another lease's heartbeat, a reconnect) is not a
+/// guess about how long to sleep.
+async fn witness_extensions(fake: &Fake, job: &str, n: usize) {
+    let prefix = format!("extend {job} ");
+    let start = fake.calls(&prefix).len();
+    eventually(&format!("{n} more extensions of {job}"), || {
+        fake.calls(&prefix).len() >= start + n
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_lease_carries_the_jobs_data() {
     let a = Fake::new("a");
@@ -291,6 +304,7 @@ async fn stream_end_moves_to_the_next_endpoint_and_dead_ones_are_skipped() {
 async fn no_reconnect_while_every_slot_is_taken() {
     let a = Fake {
         per_stream: 2,
+        lease_ms: 300,
         ..Fake::new("a")
     };
     let mut w = fast(Worker::builder([serve(a.clone()).await]))
@@ -299,8 +313,9 @@ async fn no_reconnect_while_every_slot_is_taken() {
         .unwrap();
     let l1 = next(&mut w).await;
     let l2 = next(&mut w).await;
-    // The stream ended, but both slots are held: no new stream.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The stream ended, but both slots are held: no new stream, for as long as four
+    // heartbeats of a held lease took (far beyond the 20–100 ms reconnect backoff).
+    witness_extensions(&a, "a-0-1", 4).await;
     assert_eq!(a.streams.load(Ordering::SeqCst), 1);
     l1.complete("").await.unwrap();
     eventually("a second stream once a slot is free", || {
@@ -315,32 +330,39 @@ async fn heartbeat_extends_at_a_third_of_the_lease_and_stops_on_complete() {
     let a = Fake {
         lease_ms: 600,
         end_stream: false,
+        per_stream: 2,
         ..Fake::new("a")
     };
     let mut w = fast(Worker::builder([serve(a.clone()).await]))
+        .max_in_flight(2)
         .start()
         .unwrap();
     let l = next(&mut w).await;
-    // 600 ms leases: an extension about every 200 ms.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let n = a.calls("extend").len();
+    let started = std::time::Instant::now();
+    let _witness = next(&mut w).await;
+    // 600 ms leases: an extension about every 200 ms — so three of them take at
+    // least ~600 ms (timers never fire early; the bound only catches a heartbeat
+    // that runs far too often), and arrive within the wait's bound.
+    witness_extensions(&a, "a-0-0", 3).await;
     assert!(
-        (3..=8).contains(&n),
-        "{n} extensions in 1.1 s: {:?}",
-        a.calls("extend")
+        started.elapsed() >= Duration::from_millis(450),
+        "3 extensions after {:?}: {:?}",
+        started.elapsed(),
+        a.calls("extend a-0-0 ")
     );
     assert!(
-        a.calls("extend").iter().all(|c| c == "extend a-0-0 100 0"),
+        a.calls("extend a-0-0 ").iter().all(|c| c == "extend a-0-0 100 0"),
         "{:?}",
         a.calls("extend")
     );
     let before = l.deadline_ms();
     assert!(before > now_ms(), "the deadline follows the extensions");
     l.complete("done").await.unwrap();
-    let after = a.calls("extend").len();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = a.calls("extend a-0-0 ").len();
+    // No heartbeat after complete: none while the other lease was extended 3 times.
+    witness_extensions(&a, "a-0-1", 3).await;
     assert_eq!(
-        a.calls("extend").len(),
+        a.calls("extend a-0-0 ").len(),
         after,
         "no heartbeat after complete"
     );
@@ -351,19 +373,23 @@ async fn dropping_a_lease_stops_its_heartbeat() {
     let a = Fake {
         lease_ms: 300,
         end_stream: false,
+        per_stream: 2,
         ..Fake::new("a")
     };
     let mut w = fast(Worker::builder([serve(a.clone()).await]))
         .extend_by(Duration::from_millis(900))
+        .max_in_flight(2)
         .start()
         .unwrap();
     let l = next(&mut w).await;
-    eventually("a first extension", || !a.calls("extend").is_empty()).await;
-    assert_eq!(a.calls("extend")[0], "extend a-0-0 100 900");
+    let _witness = next(&mut w).await;
+    eventually("a first extension", || !a.calls("extend a-0-0 ").is_empty()).await;
+    assert_eq!(a.calls("extend a-0-0 ")[0], "extend a-0-0 100 900");
     drop(l);
-    let n = a.calls("extend").len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(a.calls("extend").len() <= n + 1);
+    let n = a.calls("extend a-0-0 ").len();
+    // At most the one in flight at the drop, while the other lease was extended 3 times.
+    witness_extensions(&a, "a-0-1", 3).await;
+    assert!(a.calls("extend a-0-0 ").len() <= n + 1, "{:?}", a.calls("extend"));
 }
 
 #[tokio::test]

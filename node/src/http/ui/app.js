@@ -27,6 +27,8 @@
     nextAfter: null,
     searchQuery: null,
     purgeArmed: null,
+    armed: null, // the queue-control button waiting for its confirming click
+    detail: null, // event id shown in the detail pane
     stats: { snapshots: 0, connects: 0 },
   };
 
@@ -112,6 +114,38 @@
     return r.status ? r.status + ": " + msg : msg;
   }
 
+  // Two clicks for a change: the first arms `button` (its text says what the second
+  // does) for 5 s; returns true on the confirming click.
+  function confirmed(key, button, idle, armedText) {
+    if (state.armed && state.armed.key === key) {
+      disarm();
+      return true;
+    }
+    disarm();
+    button.textContent = armedText;
+    state.armed = { key, button, idle };
+    setTimeout(() => { if (state.armed && state.armed.key === key) disarm(); }, 5000);
+    return false;
+  }
+
+  function disarm() {
+    if (state.armed) state.armed.button.textContent = state.armed.idle;
+    state.armed = null;
+  }
+
+  // A button running `action` on its confirming click.
+  function confirmButton(attrs, idle, armedText, key, action) {
+    const b = el("button", Object.assign({ type: "button" }, attrs), idle);
+    b.addEventListener("click", () => { if (confirmed(key, b, idle, armedText)) action(); });
+    return b;
+  }
+
+  // The message for a refused change.
+  function refused(what, r) {
+    if (r.status === 403) flash("Refused (403): " + what + " needs an admin token; this one is " + (state.role || "not admin") + ". " + errText(r), true);
+    else flash("Could not " + what + " (" + errText(r) + ")", true);
+  }
+
   // ---- sign-in ----------------------------------------------------------
 
   async function signIn(token) {
@@ -127,6 +161,7 @@
     show("logout", true);
     startFeed();
     loadTriggers();
+    loadLimits();
   }
 
   function loginError(text) {
@@ -144,6 +179,10 @@
     state.lastSnap = null;
     sessionStorage.removeItem(TOKEN_KEY);
     document.body.classList.remove("is-admin");
+    disarm();
+    state.detail = null;
+    $("limits").tBodies[0].replaceChildren();
+    show("limits-form", false);
     show("app", false);
     show("logout", false);
     show("login", true);
@@ -258,6 +297,8 @@
       state.role = s.role;
       document.body.classList.toggle("is-admin", s.role === "admin");
       $("whoami").textContent = "token role: " + s.role;
+      show("limits-form", s.role === "admin");
+      loadLimits(); // with or without the admin buttons
     }
     $("node-label").textContent = "node " + s.node_id;
     if (s.error) {
@@ -422,8 +463,84 @@
     return r.status;
   }
 
+  // ---- queue controls (admin): cancel a job, re-run an event, target limits --
+
+  async function cancelJob(jobId, reason) {
+    const r = await api("POST", "/v1/jobs/" + encodeURIComponent(jobId) + "/cancel", { reason: reason || "cancelled on the status page" });
+    if (r.status === 200) {
+      flash("Cancelled job " + jobId + " (was " + r.body.was + ")" + (r.body.was === "leased" ? "; its worker's next heartbeat or completion is refused." : "."));
+      refreshDetail();
+    } else refused("cancel job " + jobId, r);
+    return r.status;
+  }
+
+  async function rerunEvent(eventId) {
+    const r = await api("POST", "/v1/events/" + encodeURIComponent(eventId) + "/rerun", {});
+    if (r.status === 200) {
+      flash("Re-running event " + eventId + ": new job(s) " + (r.body.jobs || []).join(", ") + ".");
+      refreshDetail();
+    } else refused("re-run event " + eventId, r);
+    return r.status;
+  }
+
+  // max_in_flight 0 and no ttl remove the target's limits.
+  async function setLimits(target, maxInFlight, ttl) {
+    const body = { max_in_flight: maxInFlight || 0 };
+    if (ttl) body.ttl = ttl;
+    const r = await api("PUT", "/v1/targets/" + encodeURIComponent(target) + "/limits", body);
+    if (r.status === 200) {
+      const l = r.body;
+      flash(l.max_in_flight || l.ttl
+        ? "Limits of " + target + ": at most " + (l.max_in_flight || "any number of") + " job(s) in flight, pending ttl " + (l.ttl || "none") + "."
+        : "Limits of " + target + " removed.");
+      loadLimits();
+    } else refused("set the limits of " + target, r);
+    return r.status;
+  }
+
+  async function loadLimits() {
+    if (!state.token) return;
+    const r = await api("GET", "/v1/queue/limits");
+    const tbody = $("limits").tBodies[0];
+    if (r.status !== 200) {
+      fill(tbody, [], 5, "cannot read the limits (" + errText(r) + ")");
+      return;
+    }
+    const admin = state.role === "admin";
+    const rows = (r.body.items || []).map((l) => el("tr", { "data-target": l.target },
+      el("td", {}, l.target),
+      el("td", {}, l.max_in_flight || "none"),
+      el("td", {}, l.ttl || "none"),
+      el("td", {}, l.leased),
+      el("td", {}, admin ? confirmButton({ class: "clear-limits danger", "data-target": l.target }, "Clear", "Confirm clear",
+        "clear:" + l.target, () => setLimits(l.target, 0, "")) : null)));
+    fill(tbody, rows, 5, "no limits: every target unlimited");
+  }
+
+  function submitLimits(e) {
+    e.preventDefault();
+    const target = $("limit-target").value.trim();
+    const max = $("limit-max").value.trim();
+    const ttl = $("limit-ttl").value.trim();
+    if (!target) return;
+    if (max && !/^\d+$/.test(max)) {
+      flash("Max in flight: a whole number (0: no limit), not " + JSON.stringify(max) + ".", true);
+      return;
+    }
+    const n = max ? Number(max) : 0;
+    const what = n || ttl ? "Confirm: " + target + " at most " + (n || "any number") + " in flight, ttl " + (ttl || "none") : "Confirm: remove the limits of " + target;
+    if (confirmed("limits:" + target + ":" + n + ":" + ttl, $("limit-set"), "Set limits", what)) setLimits(target, n, ttl);
+  }
+
+  function refreshDetail() {
+    if (state.detail !== null) showEvent(state.detail);
+  }
+
   function renderEvent(v) {
     const box = $("event-detail");
+    state.detail = v.event_id;
+    const admin = state.role === "admin";
+    const live = ["ready", "delayed", "leased"];
     const facts = el("div", { class: "facts" });
     const fact = (k, x) => facts.append(el("span", {}, k + ": ", el("b", {}, x === null || x === undefined ? "–" : String(x))));
     fact("event", v.event_id);
@@ -448,11 +565,19 @@
         el("span", {}, "state: ", el("b", { class: statusClass(j.state) }, j.state)),
         el("span", {}, "priority: ", el("b", {}, j.priority)),
         el("span", {}, "attempts: ", el("b", {}, j.attempts))),
+      admin && live.includes(j.state)
+        ? el("div", { class: "actions" }, confirmButton({ class: "cancel-job danger", "data-job": j.job_id }, "Cancel job",
+          "Confirm cancel" + (j.state === "leased" ? " (its worker is stopped)" : ""), "cancel:" + j.job_id, () => cancelJob(j.job_id)))
+        : null,
       j.last_error ? el("div", { class: "error" }, "last error: " + j.last_error) : null,
       j.result !== null && j.result !== undefined && j.result !== "" ? el("pre", {}, "result: " + (typeof j.result === "string" ? j.result : JSON.stringify(j.result, null, 2))) : null,
       el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "state"), el("th", {}, "at"), el("th", {}, "log seq"), el("th", {}, "note"))),
         el("tbody", {}, (j.history || []).map((h) => el("tr", {}, el("td", {}, h.state), el("td", {}, new Date(h.at_ms).toISOString()), el("td", {}, h.index), el("td", {}, h.note || "")))))));
-    box.replaceChildren(el("h3", {}, "Event " + v.event_id), facts, ctx.length ? ctxTable : null, jobs.length ? el("h3", {}, "Jobs") : null, ...jobs);
+    const actions = admin
+      ? el("div", { class: "actions" }, confirmButton({ id: "rerun-event", "data-event": v.event_id }, "Re-run event",
+        "Confirm re-run (new jobs, new fencing tokens)", "rerun:" + v.event_id, () => rerunEvent(v.event_id)))
+      : null;
+    box.replaceChildren(el("h3", {}, "Event " + v.event_id), facts, actions, ctx.length ? ctxTable : null, jobs.length ? el("h3", {}, "Jobs") : null, ...jobs);
   }
 
   async function showEvent(id) {
@@ -535,9 +660,11 @@
     $("search").addEventListener("submit", (e) => { e.preventDefault(); search(false); });
     $("more").addEventListener("click", () => search(true));
     $("triggers-refresh").addEventListener("click", loadTriggers);
+    $("limits-refresh").addEventListener("click", loadLimits);
+    $("limits-form").addEventListener("submit", submitLimits);
     if (state.token) signIn(state.token);
   });
 
   // For tests and the browser console: the actions the buttons take.
-  window.aofStatus = { redrive, purge, showEvent, showDelivery, state };
+  window.aofStatus = { redrive, purge, cancelJob, rerunEvent, setLimits, loadLimits, showEvent, showDelivery, state };
 })();
