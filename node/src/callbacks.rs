@@ -118,7 +118,7 @@ async fn attempt(
 ) -> String {
     let outcome = send(
         &http,
-        node.id,
+        node.id(),
         &n,
         Duration::from_millis(cfg.timeout_ms.max(1)),
     )
@@ -131,10 +131,10 @@ async fn attempt(
         max_attempts: cfg.max_attempts.max(1),
     };
     if let Err(e) = &outcome {
-        node.metrics.callbacks_failed.inc();
+        node.metrics().callbacks_failed.inc();
         tracing::info!(notice = %n.id, attempt = report.attempt, "callback attempt failed: {e}");
     } else {
-        node.metrics.callbacks_sent.inc();
+        node.metrics().callbacks_sent.inc();
     }
     match node.write(Command::CallbackAttempt(report)).await {
         Ok((
@@ -145,7 +145,7 @@ async fn attempt(
             },
             _,
         )) if state == "dead" => {
-            node.metrics.callbacks_dead.inc();
+            node.metrics().callbacks_dead.inc();
             tracing::warn!(notice = %n.id, url = %n.url, "callback notice is dead after {} attempts", cfg.max_attempts.max(1));
         }
         Ok(_) => {}
@@ -184,7 +184,7 @@ pub async fn run(node: Arc<Node>, cfg: CallbacksConfig, mut stop: watch::Receive
             }
             _ = stop.wait_for(|s| *s) => return,
         }
-        let leader = node.current_leader() == Some(node.id);
+        let leader = node.current_leader() == Some(node.id());
         let Ok((count, due)) = node
             .read(Consistency::Stale, |kv| {
                 (
@@ -200,7 +200,7 @@ pub async fn run(node: Arc<Node>, cfg: CallbacksConfig, mut stop: watch::Receive
         else {
             continue;
         };
-        node.metrics.callbacks_pending.set(count as i64);
+        node.metrics().callbacks_pending.set(count as i64);
         if !leader || !cfg.enabled {
             jitter.clear();
             continue;
