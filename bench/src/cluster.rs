@@ -33,6 +33,8 @@ pub struct NodeTuning {
     pub snapshot_every: Option<u64>,
     /// `spec.queue.retention_secs`; `None` = the product default (7 days).
     pub retention_secs: Option<u64>,
+    /// `spec.cluster.storage.cache_capacity_mb` (sled's page cache).
+    pub cache_mb: u64,
 }
 
 pub struct NodeProc {
@@ -47,6 +49,8 @@ pub struct NodeProc {
     pub peer: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Its DaemonConfig file.
+    pub config: PathBuf,
     child: Option<Child>,
 }
 
@@ -59,6 +63,12 @@ impl NodeProc {
 pub struct AofCluster {
     pub nodes: Vec<NodeProc>,
     pub dir: PathBuf,
+    /// The `aofctl` the nodes run, and how they are started (for restarts).
+    bin: PathBuf,
+    secret: String,
+    log_level: String,
+    certs: PathBuf,
+    tuning: NodeTuning,
     /// Sent by every API call of the benchmark.
     pub admin_token: String,
     /// Sent by the workers.
@@ -131,7 +141,11 @@ spec:
     if let Some(s) = t.snapshot_every {
         y.push_str(&format!("      snapshot_every: {s}\n"));
     }
-    y.push_str("    storage:\n      cache_capacity_mb: 64\n    initial_members:\n");
+    y.push_str(&format!("    storage:\n      cache_capacity_mb: {}\n", t.cache_mb));
+    // Without initial members the node bootstraps nothing: it waits to be added.
+    if !members.is_empty() {
+        y.push_str("    initial_members:\n");
+    }
     for (id, http, grpc, api, peer) in members {
         y.push_str(&format!(
             "      - {{ id: {id}, peer_addr: 127.0.0.1:{peer}, grpc_addr: 127.0.0.1:{grpc}, api_addr: 127.0.0.1:{api}, http_addr: 127.0.0.1:{http} }}\n"
@@ -160,7 +174,8 @@ impl AofCluster {
     pub async fn start(bin: &Path, n: usize, dir: &Path, secret: &str, tuning: &NodeTuning) -> anyhow::Result<AofCluster> {
         std::fs::create_dir_all(dir)?;
         let certs = dir.join("certs");
-        make_certs(bin, &certs, n)?;
+        // One certificate more than nodes: for a member that joins later.
+        make_certs(bin, &certs, n + 1)?;
         let members: Vec<(u64, u16, u16, u16, u16)> =
             (1..=n as u64).map(|id| (id, free_port(), free_port(), free_port(), free_port())).collect();
         let mut nodes = Vec::new();
@@ -173,41 +188,197 @@ impl AofCluster {
                 peer,
                 data_dir: dir.join(format!("data{id}")),
                 log: dir.join(format!("node{id}.log")),
+                config: dir.join(format!("node{id}.yaml")),
                 child: None,
             };
-            let cfg = dir.join(format!("node{id}.yaml"));
-            std::fs::write(&cfg, node_config(&node, &members, &certs, tuning))?;
-            nodes.push((node, cfg));
+            std::fs::write(&node.config, node_config(&node, &members, &certs, tuning))?;
+            nodes.push(node);
         }
         let mut cluster = AofCluster {
-            nodes: Vec::new(),
+            nodes,
             dir: dir.to_path_buf(),
+            bin: bin.to_path_buf(),
+            secret: secret.to_string(),
+            log_level: tuning.log_level.clone(),
+            certs,
+            tuning: tuning.clone(),
             admin_token: random_token("admin")?,
             worker_token: random_token("worker")?,
             client: crate::load::http_client(),
         };
-        for (mut node, cfg) in nodes {
-            let log = std::fs::File::create(&node.log)?;
-            let mut cmd = Command::new(bin);
-            crate::sys::die_with_parent(&mut cmd);
-            let child = cmd
-                .args(["serve", "--config"])
-                .arg(&cfg)
-                .env(SECRET_ENV, secret)
-                .env("AOF_ADMIN_TOKEN", &cluster.admin_token)
-                .env("AOF_WORKER_TOKEN", &cluster.worker_token)
-                .env("RUST_LOG", &tuning.log_level)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .with_context(|| format!("spawning {} serve", bin.display()))?;
-            node.child = Some(child);
-            cluster.nodes.push(node);
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn_node(i)?;
         }
         cluster.wait_ready(Duration::from_secs(90)).await?;
         cluster.put_trigger().await?;
         Ok(cluster)
+    }
+
+    /// Start node `i` (not running) with its config; its log is appended to. Call it
+    /// from the runtime's `block_on` thread (see [`crate::sys::die_with_parent`]).
+    fn spawn_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        if node.child.is_some() {
+            bail!("node {} is already running", node.id);
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let mut cmd = Command::new(&self.bin);
+        crate::sys::die_with_parent(&mut cmd);
+        let child = cmd
+            .args(["serve", "--config"])
+            .arg(&node.config)
+            .env(SECRET_ENV, &self.secret)
+            .env("AOF_ADMIN_TOKEN", &self.admin_token)
+            .env("AOF_WORKER_TOKEN", &self.worker_token)
+            .env("RUST_LOG", &self.log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("spawning {} serve", self.bin.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Stop node `i` gracefully (SIGTERM, as a service manager would) and wait for it to
+    /// exit; SIGKILL after `within`. Returns how long it took to exit.
+    pub async fn stop_node(&mut self, i: usize, within: Duration) -> anyhow::Result<Duration> {
+        let node = &mut self.nodes[i];
+        let Some(mut child) = node.child.take() else { bail!("node {} is not running", node.id) };
+        let t0 = Instant::now();
+        // SAFETY: kill(2) on a child of ours that has not been reaped (its pid is ours to signal).
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = t0 + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    eprintln!("aof-bench: node {} exited with {status} after SIGTERM", node.id);
+                }
+                return Ok(t0.elapsed());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("node {} did not exit within {within:?} of SIGTERM (killed; log {})", node.id, node.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Start node `i` again (after [`Self::stop_node`]) and wait until its `/ready`
+    /// answers 200. Returns the time from the spawn to ready.
+    pub async fn restart_node(&mut self, i: usize, within: Duration) -> anyhow::Result<Duration> {
+        self.spawn_node(i)?;
+        let t0 = Instant::now();
+        let url = format!("http://127.0.0.1:{}/ready", self.nodes[i].http);
+        loop {
+            self.check_alive()?;
+            if matches!(http_call(&self.client, "GET", &url, None, Bytes::new()).await, Ok((200, _))) {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() >= within {
+                bail!("node {} not ready within {within:?} of its restart (log {})", self.nodes[i].id, self.nodes[i].log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Start one more node (no initial members: it waits to be added) and add it with
+    /// `aofctl cluster join` (learner, then voter once caught up). Returns the time
+    /// from its start until the command reported it a voter.
+    pub async fn join_node(&mut self, within: Duration) -> anyhow::Result<Duration> {
+        let id = self.nodes.len() as u64 + 1;
+        let node = NodeProc {
+            id,
+            http: free_port(),
+            grpc: free_port(),
+            api: free_port(),
+            peer: free_port(),
+            data_dir: self.dir.join(format!("data{id}")),
+            log: self.dir.join(format!("node{id}.log")),
+            config: self.dir.join(format!("node{id}.yaml")),
+            child: None,
+        };
+        std::fs::write(&node.config, node_config(&node, &[], &self.certs, &self.tuning))?;
+        let addr = |p: u16| format!("127.0.0.1:{p}");
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["cluster", "join", "--node-id", &id.to_string()])
+            .args(["--peer-addr", &addr(node.peer), "--grpc-addr", &addr(node.grpc), "--api-addr", &addr(node.api)])
+            .args(["--http-addr", &addr(node.http), "--timeout", &format!("{}s", within.as_secs().max(1))])
+            .env("AOF_ENDPOINT", self.api_urls().join(","))
+            .env("AOF_TOKEN", &self.admin_token)
+            .env_remove("AOF_CONTEXT")
+            .stdin(Stdio::null());
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        self.spawn_node(i)?;
+        let t0 = Instant::now();
+        // Its public listener answers /health once it runs (it is not ready until added).
+        let health = format!("http://127.0.0.1:{}/health", self.nodes[i].http);
+        loop {
+            self.check_alive()?;
+            if matches!(http_call(&self.client, "GET", &health, None, Bytes::new()).await, Ok((200, _))) {
+                break;
+            }
+            if t0.elapsed() >= within {
+                bail!("node {id} did not answer /health within {within:?} of its start (log {})", self.nodes[i].log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output()).await?.context("running aofctl cluster join")?;
+        if !out.status.success() {
+            bail!(
+                "aofctl cluster join --node-id {id} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(t0.elapsed())
+    }
+
+    /// `snapshot_index` of node `i`'s own Raft view (`GET /v1/cluster?consistency=stale`
+    /// on that node): `Ok(None)` while it has none.
+    pub async fn snapshot_index(&self, i: usize) -> anyhow::Result<Option<u64>> {
+        let url = format!("{}/v1/cluster?consistency=stale", self.api_urls()[i]);
+        let (status, body) = self.api_call("GET", &url, None, Bytes::new()).await?;
+        if status != 200 {
+            bail!("GET {url}: HTTP {status}: {body}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("GET {url}: not JSON"))?;
+        Ok(v.get("snapshot_index").and_then(serde_json::Value::as_u64))
+    }
+
+    /// `GET /v1/snapshot` on node `i` (admin): the node builds a Raft snapshot at the
+    /// read index unless it has one, and answers with a backup file of it. The body
+    /// is read and dropped; returns its length.
+    pub async fn fetch_backup(&self, i: usize, within: Duration) -> anyhow::Result<u64> {
+        let url = format!("{}/v1/snapshot", self.api_urls()[i]);
+        let req = hyper::Request::get(&url)
+            .header("authorization", format!("Bearer {}", self.admin_token))
+            .body(Full::new(Bytes::new()))?;
+        let call = async {
+            let resp = self.client.request(req).await?;
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut len = 0u64;
+            let mut text = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    len += data.len() as u64;
+                    if status != 200 && text.len() < 500 {
+                        text.extend_from_slice(&data);
+                    }
+                }
+            }
+            if status != 200 {
+                bail!("GET {url}: HTTP {status}: {}", String::from_utf8_lossy(&text));
+            }
+            Ok(len)
+        };
+        tokio::time::timeout(within, call).await.with_context(|| format!("GET {url}: no answer within {within:?}"))?
     }
 
     /// The public listeners (webhooks).
@@ -359,9 +530,9 @@ mod tests {
 
     #[test]
     fn node_configs_have_four_listeners_tokens_and_peer_tls() {
-        let n = NodeProc { id: 2, http: 3002, grpc: 4002, api: 5002, peer: 6002, data_dir: "/d/data2".into(), log: "/d/n2.log".into(), child: None };
+        let n = NodeProc { id: 2, http: 3002, grpc: 4002, api: 5002, peer: 6002, data_dir: "/d/data2".into(), log: "/d/n2.log".into(), config: "/d/node2.yaml".into(), child: None };
         let members = [(1, 3001, 4001, 5001, 6001), (2, 3002, 4002, 5002, 6002)];
-        let t = NodeTuning { log_level: "warn".into(), snapshot_every: None, retention_secs: None };
+        let t = NodeTuning { log_level: "warn".into(), snapshot_every: None, retention_secs: None, cache_mb: 64 };
         let y = node_config(&n, &members, Path::new("/d/certs"), &t);
         let v: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
         let c = &v["spec"]["cluster"];
@@ -372,6 +543,11 @@ mod tests {
         assert!(v["spec"]["auth"]["insecure"].is_null());
         assert_eq!(c["initial_members"][1]["api_addr"].as_str(), Some("127.0.0.1:5002"));
         assert_eq!(c["initial_members"][0]["peer_addr"].as_str(), Some("127.0.0.1:6001"));
+        // A node that joins later bootstraps nothing.
+        let y = node_config(&n, &[], Path::new("/d/certs"), &t);
+        let v: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+        assert!(v["spec"]["cluster"]["initial_members"].is_null(), "{y}");
+        assert_eq!(v["spec"]["cluster"]["storage"]["cache_capacity_mb"].as_u64(), Some(64));
     }
 
     #[test]

@@ -551,6 +551,52 @@ pub async fn open_loop(sender: Sender, phase: Arc<Phase>, rate: f64, warmup: Dur
     w
 }
 
+/// Deliveries `0..phase.cap` of `phase`, each sent until it is accepted: `concurrency`
+/// senders back to back (a closed loop without a time window), every request
+/// measured. A delivery that fails is sent again with the same delivery id (at most
+/// `ATTEMPTS` times, 100 ms apart); a 200 `duplicate` to a retry means an earlier
+/// attempt was accepted after all, and counts as accepted. Bounded by `within`.
+/// Returns the seconds it took.
+pub async fn fill(sender: Sender, phase: Arc<Phase>, concurrency: usize, within: Duration) -> f64 {
+    const ATTEMPTS: u32 = 10;
+    let start = Instant::now();
+    let end = start + within;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (sender, phase, next) = (sender.clone(), phase.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= phase.cap || Instant::now() >= end {
+                    break;
+                }
+                let id = phase.delivery_id(seq);
+                for attempt in 0..ATTEMPTS {
+                    let t = Instant::now();
+                    if attempt == 0 {
+                        phase.mark_sent(seq, t, true);
+                    }
+                    let outcome = match sender.send(seq, &id).await {
+                        Outcome::Status(200, body) if attempt > 0 && body.contains("\"duplicate\":true") => Outcome::Accepted,
+                        o => o,
+                    };
+                    let accepted = matches!(outcome, Outcome::Accepted);
+                    phase.record_response(outcome, t, true);
+                    if accepted || Instant::now() >= end {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    start.elapsed().as_secs_f64()
+}
+
 /// Wait (bounded) until every delivery accepted in the window has completed.
 pub async fn drain(phase: &Phase, within: Duration) -> u64 {
     let deadline = Instant::now() + within;

@@ -7,6 +7,7 @@
 //! cargo run --release -p aof-bench                 # full run, prints the tables
 //! cargo run --release -p aof-bench -- --append-doc # ... and appends them to docs/BENCHMARKS.md
 //! cargo run -p aof-bench -- --smoke                # a few seconds; what CI runs
+//! cargo run --release -p aof-bench -- --retained 100000 --concurrency 64  # what a node costs at that size
 //! ```
 //!
 //! Per system: closed loop at each `--concurrency` (max sustained throughput), then an
@@ -18,6 +19,7 @@ mod cluster;
 mod load;
 mod nats;
 mod report;
+mod retained;
 mod sys;
 mod workers;
 
@@ -91,6 +93,9 @@ struct Args {
     /// spec.queue.retention_secs of the nodes (default: the product default, 7 days).
     #[arg(long)]
     retention_secs: Option<u64>,
+    /// spec.cluster.storage.cache_capacity_mb of the nodes (sled's page cache).
+    #[arg(long, default_value_t = 64)]
+    cache_mb: u64,
     /// Webhook fixtures (default: AOF_FIXTURES_DIR, or shared/fixtures/github-webhooks beside the repository).
     #[arg(long)]
     fixtures: Option<PathBuf>,
@@ -103,6 +108,16 @@ struct Args {
     /// A note to print under the tables (repeatable), e.g. which build was measured.
     #[arg(long)]
     note: Vec<String>,
+    /// Instead of the throughput phases: load N events into a three-node aof-cluster
+    /// (closed loop at the first --concurrency value, workers completing the jobs),
+    /// then report per node RSS, data dir, bytes written per event, a forced snapshot's
+    /// size and build time, and a follower's restart to ready (issue #15).
+    #[arg(long, value_name = "N")]
+    retained: Option<u64>,
+    /// --retained: longest time for sending the N events, and again for their jobs to
+    /// complete, seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    retained_wait: f64,
 }
 
 fn workspace_root() -> PathBuf {
@@ -196,6 +211,7 @@ impl Bench {
         let pids = target.pids();
         let dirs = target.data_dirs();
         let disk0: u64 = dirs.iter().map(|d| sys::disk_bytes(d)).sum();
+        let written0: Vec<Option<u64>> = pids.iter().map(|p| sys::write_bytes(*p)).collect();
         let m0 = match target {
             Target::Aof(c) => Some((c.metrics(&RAFT_METRICS).await, c.leader_index().await)),
             Target::Nats(_) => None,
@@ -220,6 +236,16 @@ impl Bench {
         } else {
             f64::NAN
         };
+        // Written by each node from the start of the phase to the end of its drain,
+        // per accepted event (unreadable: NaN).
+        let write_kib_per_1k = pids
+            .iter()
+            .zip(&written0)
+            .map(|(p, w0)| match (w0, sys::write_bytes(*p)) {
+                (Some(a), Some(b)) if accepted_total > 0 => (b.saturating_sub(*a)) as f64 / 1024.0 / accepted_total as f64 * 1000.0,
+                _ => f64::NAN,
+            })
+            .collect();
         let rss_mib = pids.iter().map(|p| sys::rss_bytes(*p).map_or(f64::NAN, |(r, _)| r as f64 / 1048576.0)).collect();
         let (mut leader_entries_per_flush, mut entries_per_event) = (None, None);
         if let (Target::Aof(c), Some((before, leader))) = (target, m0) {
@@ -249,6 +275,7 @@ impl Bench {
             bench_cpu,
             other_cpu,
             disk_kib_per_1k,
+            write_kib_per_1k,
             leader_entries_per_flush,
             entries_per_event,
             error_samples: phase.error_samples(),
@@ -294,6 +321,7 @@ impl Bench {
             log_level: self.args.node_log.clone(),
             snapshot_every: self.args.snapshot_every,
             retention_secs: self.args.retention_secs,
+            cache_mb: self.args.cache_mb,
         };
         let dir = self.work_dir.join(system.short());
         eprintln!("aof-bench: starting {} ({})", system.label(), dir.display());
@@ -405,6 +433,54 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     b.notes.extend(args.note.iter().cloned());
     if let Some(a) = &aofctl {
         b.notes.push(format!("aofctl: {}", a.display()));
+    }
+    if let Some(n) = args.retained {
+        let aofctl = match &aofctl {
+            Some(a) => a.clone(),
+            None => find_aofctl(args.aofctl.as_deref())?,
+        };
+        let r = retained::run(&args, n, &aofctl, payloads.clone(), &b.run_id, &work_dir).await?;
+        b.notes.push(format!(
+            "method: RSS = VmRSS (peak = VmHWM) after the jobs completed; data dir per event = its growth from the cluster's start over the accepted events \
+             (wal/ = Raft log, snapshots/, reserved-space = space held for a full disk, sled = the rest); written = /proc/<pid>/io write_bytes from the cluster's start \
+             over the accepted events; snapshot: one more webhook, then GET /v1/snapshot on that node (it builds a Raft snapshot at the read index), \
+             build time = request until the node's snapshot_index moves (polled every 20 ms), size = its snapshots/*.snap file; restart: SIGTERM to a follower, \
+             start again, time until its /ready answers 200; join: a 4th node started empty, time from its start until `aofctl cluster join` reports it a voter"
+        ));
+        if n < 1_000_000 {
+            b.notes.push(format!("the targets are for 1 000 000 retained events; this run holds {n}: sizes that grow with the state (RSS, snapshot, build and restart times) are lower bounds of those at 1 000 000"));
+        }
+        b.notes.push(format!(
+            "run took {:.0} s; load average {load_at_start:.1} at the start, {:.1} at the end",
+            started.elapsed().as_secs_f64(),
+            sys::loadavg()
+        ));
+        let header = format!(
+            "### {} — commit `{}` — {} — retained {n}\n\n{}; {} workers × max_in_flight {}; nodes: fsync on, RUST_LOG={}, snapshot_every {}, retention {}, sled cache {} MiB",
+            sys::utc_now(),
+            sys::git_commit(&workspace_root()),
+            machine.describe(),
+            payloads.describe(),
+            args.workers,
+            args.max_in_flight,
+            args.node_log,
+            args.snapshot_every.map_or("default (10000)".into(), |s| s.to_string()),
+            args.retention_secs.map_or("default (7 d)".into(), |s| format!("{s} s")),
+            args.cache_mb,
+        );
+        let text = retained::render(&r, &header, &b.notes);
+        println!("{text}");
+        println!("{}", retained::result_line(&r));
+        if args.append_doc {
+            report::append_doc(&args.doc, &text)?;
+            eprintln!("aof-bench: appended to {}", args.doc.display());
+        }
+        if args.keep {
+            if let Some(t) = _tmp_guard {
+                eprintln!("aof-bench: kept {}", t.keep().display());
+            }
+        }
+        return Ok(());
     }
     let mut reference = args.reference_rate;
     for s in &args.systems {

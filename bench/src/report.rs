@@ -71,6 +71,9 @@ pub struct Row {
     pub other_cpu: f64,
     /// Growth of the data dirs per 1 000 accepted events, KiB, average per node.
     pub disk_kib_per_1k: f64,
+    /// Bytes each node wrote to disk (`/proc/<pid>/io` `write_bytes`, phase + drain)
+    /// per 1 000 accepted events, KiB.
+    pub write_kib_per_1k: Vec<f64>,
     /// aof-cluster: log entries per flush (fsync) in this phase, on the leader and on
     /// average on the followers: the group-commit batch size.
     pub leader_entries_per_flush: Option<(f64, f64)>,
@@ -97,7 +100,7 @@ impl Row {
     }
 }
 
-fn f(x: f64) -> String {
+pub(crate) fn f(x: f64) -> String {
     if x.is_nan() {
         "–".into()
     } else if x >= 100.0 {
@@ -124,12 +127,12 @@ fn ratio(a: f64, b: f64) -> String {
 /// The main table: every phase of every system.
 pub fn phases_table(rows: &[Row]) -> String {
     let mut s = String::new();
-    s.push_str("| system | load | accepted/s | completed/s | 202 p50 | 202 p99 | 202 p99.9 | 202 max | claim p50 | claim p99 | complete p50 | complete p99 | errors | not done | CPU % per node | node CPU ms / event | RSS MiB per node | bench CPU % | other CPU % | disk KiB / 1k ev | entries / fsync (leader / followers) | entries / event |\n");
-    s.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    s.push_str("| system | load | accepted/s | completed/s | 202 p50 | 202 p99 | 202 p99.9 | 202 max | claim p50 | claim p99 | complete p50 | complete p99 | errors | not done | CPU % per node | node CPU ms / event | RSS MiB per node | bench CPU % | other CPU % | disk KiB / 1k ev | written KiB / 1k ev per node | entries / fsync (leader / followers) | entries / event |\n");
+    s.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} |",
             r.system.label(),
             r.load.label(),
             r.window.accepted_rate(),
@@ -150,6 +153,7 @@ pub fn phases_table(rows: &[Row]) -> String {
             r.bench_cpu,
             r.other_cpu,
             f(r.disk_kib_per_1k),
+            list(&r.write_kib_per_1k),
             r.leader_entries_per_flush.map_or("–".into(), |(l, fo)| format!("{} / {}", f(l), f(fo))),
             r.entries_per_event.map_or("–".into(), f),
         );
@@ -298,6 +302,7 @@ mod tests {
             bench_cpu: 10.0,
             other_cpu: 0.0,
             disk_kib_per_1k: 12.5,
+            write_kib_per_1k: vec![20.0, 18.0, 18.0],
             leader_entries_per_flush: Some((1.0, 4.0)),
             entries_per_event: None,
             error_samples: vec![],

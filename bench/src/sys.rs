@@ -56,6 +56,14 @@ pub fn rss_bytes(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:").unwrap_or(0)))
 }
 
+/// Bytes a process has caused to be written to the storage layer so far
+/// (`write_bytes` of `/proc/<pid>/io`: what reaches the disk, page-cache writeback
+/// included, unlike the data dir's growth, which misses rewrites and deletions).
+pub fn write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
+}
+
 /// Bytes allocated on disk under `dir` (like `du -s --block-size=1`).
 pub fn disk_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -202,6 +210,7 @@ mod tests {
         assert!(cpu_seconds(pid).is_some());
         let (rss, hwm) = rss_bytes(pid).unwrap();
         assert!(rss > 0 && hwm >= rss / 2);
+        assert!(write_bytes(pid).is_some(), "/proc/self/io is readable");
     }
 
     #[test]

@@ -10,8 +10,8 @@
 use std::marker::PhantomData;
 
 use crate::types::{
-    Command, Delivery, GrantRequest, IngestResult, LeaseGrant, QueuePolicy, RecoveryCheckpoint,
-    Response, TargetLimits,
+    Command, Delivery, GrantRequest, IngestResult, LeaseGrant, PackedDelivery, QueuePolicy,
+    RecoveryCheckpoint, Response, TargetLimits,
 };
 
 /// The state machine answered a command with a [`Response`] its answer type does not
@@ -280,8 +280,10 @@ impl Command {
     pub fn delete_trigger(name: String, if_match: Option<u64>) -> Proposal<TriggerDelete> {
         Proposal::new(Command::DeleteTrigger { name, if_match })
     }
+    /// Packs the payload (LZ4 when that pays, `sm::payload`): call it on the node that
+    /// received the delivery, so the forward hop and the log carry the packed bytes.
     pub fn ingest(d: Delivery) -> Proposal<IngestResult> {
-        Proposal::new(Command::IngestWebhook(Box::new(d)))
+        Proposal::new(Command::IngestPacked(Box::new(PackedDelivery::from(d))))
     }
     pub fn tick(policy: QueuePolicy) -> Proposal<Ticked> {
         Proposal::new(Command::Tick { policy })

@@ -3,7 +3,8 @@
 //! Everything the replicated state machine needs to decide an outcome lives here:
 //! the commands and their answers ([`types`]), their versioned encoding ([`codec`]),
 //! the state machine itself ([`sm`]), AOF's Trigger model, event facts and matcher
-//! ([`github`]) and the validation of Trigger documents ([`registry`]).
+//! ([`github`]) the validation of Trigger documents ([`registry`]) and the one "did you mean"
+//! ([`suggest`]).
 //!
 //! **Architecture Invariant**: this crate does no IO, reads no clock, environment or
 //! random source, and depends on no async runtime, Raft library, storage engine or
@@ -15,4 +16,5 @@ pub mod codec;
 pub mod github;
 pub mod registry;
 pub mod sm;
+pub mod suggest;
 pub mod types;

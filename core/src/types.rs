@@ -58,8 +58,11 @@ pub enum Command {
     PutTrigger { name: String, doc_json: String, if_match: Option<u64> },
     /// Delete a trigger, optionally compare-and-set on its revision.
     DeleteTrigger { name: String, if_match: Option<u64> },
-    /// A verified GitHub webhook delivery: dedup by delivery id, match against the
-    /// registry as of this log index, record the event and create its jobs.
+    /// A verified GitHub webhook delivery with its payload as received: the layout
+    /// of builds before the payload was compressed at the gateway. Still applied (the
+    /// state machine compresses the payload then, as those builds did: the migration
+    /// to [`Command::IngestPacked`], [`PackedDelivery::from`]); this build proposes
+    /// `IngestPacked` only.
     IngestWebhook(Box<Delivery>),
     /// Housekeeping proposed by the leader: expire leases past their deadline (retry
     /// or dead-letter), release delayed jobs whose time came, expire records past
@@ -101,6 +104,13 @@ pub enum Command {
     /// attempt than the notice's next one, or for a notice no longer pending,
     /// changes nothing.
     CallbackAttempt(CallbackAttempt),
+    /// A verified GitHub webhook delivery, its payload compressed once by the node
+    /// that received it: dedup by delivery id, match against the registry as of this
+    /// log index, record the event and create its jobs. The payload travels (forward
+    /// hop, log, AppendEntries) and is stored as it is; a payload whose record is
+    /// damaged or whose raw size is past [`crate::sm::payload::MAX_RAW_BYTES`] is
+    /// refused in apply, on every replica alike.
+    IngestPacked(Box<PackedDelivery>),
 }
 
 /// One delivery attempt of an outbox notice, as reported by the leader's sender.
@@ -212,8 +222,11 @@ pub struct LeaseGrant {
     pub traceparent: String,
 }
 
-/// A webhook delivery as proposed: the facts the matcher needs (extracted at the
-/// edge) plus the raw payload handed to workers.
+/// A webhook delivery: the facts the matcher needs (extracted at the edge) plus the
+/// raw payload handed to workers. What the gateway builds; it is proposed packed
+/// ([`PackedDelivery`], through `answers::Proposal::ingest`). As the content of
+/// [`Command::IngestWebhook`] this is layout 2 of the ingest command, kept so that log
+/// entries of earlier builds still decode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     /// `X-GitHub-Delivery`.
@@ -222,6 +235,29 @@ pub struct Delivery {
     /// The request body as received (what the signature covered). Encoded as one byte
     /// string (`serde_bytes`), not as a sequence of numbers: the same bincode bytes,
     /// far less CPU.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// The node whose gateway accepted the request.
+    pub received_by: NodeId,
+    /// How long a finished event, its payload and its dedup entry are kept.
+    pub retention_ms: u64,
+    /// W3C trace context of the gateway's span ("" when not traced).
+    pub traceparent: String,
+    /// Which secret authenticated the delivery at the gateway.
+    pub signed_by: SignedBy,
+}
+
+/// A webhook delivery as proposed (layout 3 of the ingest command, see
+/// [`Command::IngestPacked`]): [`Delivery`] with its payload already in the stored
+/// form of `crate::sm::payload` (LZ4-compressed when that pays, else plain), packed
+/// once by the gateway that accepted it. Every other field is [`Delivery`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedDelivery {
+    /// `X-GitHub-Delivery`.
+    pub delivery_id: String,
+    pub facts: crate::github::facts::EventFacts,
+    /// The request body as a payload record (`crate::sm::payload::pack`): what the
+    /// state machine stores under `p/<event_id>` as it is.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// The node whose gateway accepted the request.
@@ -254,7 +290,7 @@ impl Command {
         match self {
             Command::PutTrigger { .. } => "put_trigger",
             Command::DeleteTrigger { .. } => "delete_trigger",
-            Command::IngestWebhook(_) => "ingest_webhook",
+            Command::IngestWebhook(_) | Command::IngestPacked(_) => "ingest_webhook",
             Command::Tick { .. } => "tick",
             Command::Grant(_) => "grant",
             Command::Extend { .. } => "extend",
@@ -277,7 +313,7 @@ impl Command {
     pub fn is_batchable(&self) -> bool {
         matches!(
             self,
-            Command::IngestWebhook(_) | Command::Grant(_) | Command::Extend { .. } | Command::Complete { .. } | Command::Fail { .. }
+            Command::IngestWebhook(_) | Command::IngestPacked(_) | Command::Grant(_) | Command::Extend { .. } | Command::Complete { .. } | Command::Fail { .. }
         )
     }
 }

@@ -144,3 +144,151 @@ fn aofctl_reaches_into_the_node_only_where_listed() {
          or list the module in core/tests/layering.rs with its reason"
     );
 }
+
+/// The modules of `node/src/http` (file stem, text without comment lines).
+fn http_modules() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/src/http");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("read node/src/http") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).expect("read an http module");
+            let code: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect();
+            let stem = path
+                .file_stem()
+                .expect("file stem")
+                .to_string_lossy()
+                .into_owned();
+            out.push((stem, code.join("\n")));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The sibling modules `code` names (`super::x`, `crate::http::x`, `use super::{x, y}`).
+fn http_imports(code: &str, modules: &[String]) -> Vec<String> {
+    let mut names = Vec::new();
+    for prefix in ["super::", "crate::http::"] {
+        for (at, _) in code.match_indices(prefix) {
+            let rest = &code[at + prefix.len()..];
+            let group = if let Some(inner) = rest.strip_prefix('{') {
+                inner
+                    .split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            } else {
+                vec![rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect::<String>()]
+            };
+            for name in group {
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if modules.contains(&name) && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Architecture Invariant check (node's HTTP edge, as tokio's mini-redis lays it out):
+/// handlers never import the router (`routes`) nor the assembled state (`state`; they
+/// take their parts through `FromRef`), and no two modules of `node/src/http` import
+/// each other, directly or through others.
+#[test]
+fn node_http_modules_form_no_import_circle() {
+    let modules = http_modules();
+    let names: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
+    for expected in ["routes", "state", "ui", "jobs", "webhook"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "the scan must see node/src/http/{expected}.rs: {names:?}"
+        );
+    }
+    let edges: Vec<(String, Vec<String>)> = modules
+        .iter()
+        .filter(|(n, _)| n != "mod")
+        .map(|(n, code)| {
+            (
+                n.clone(),
+                http_imports(code, &names)
+                    .into_iter()
+                    .filter(|m| m != "mod" && m != n)
+                    .collect(),
+            )
+        })
+        .collect();
+    let wired = ["routes", "state", "serve"];
+    let bad: Vec<String> = edges
+        .iter()
+        .filter(|(n, _)| !wired.contains(&n.as_str()))
+        .flat_map(|(n, to)| {
+            to.iter()
+                .filter(|m| *m == "routes" || *m == "state")
+                .map(move |m| format!("{n} -> {m}"))
+        })
+        .collect();
+    assert!(bad.is_empty(), "handlers must not import the router or the assembled state (take parts via FromRef): {bad:?}");
+
+    // Depth-first search for a circle.
+    fn visit(
+        n: &str,
+        edges: &[(String, Vec<String>)],
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == n) {
+            let mut circle = path[at..].to_vec();
+            circle.push(n.to_string());
+            return Some(circle);
+        }
+        if done.iter().any(|d| d == n) {
+            return None;
+        }
+        path.push(n.to_string());
+        let to = edges
+            .iter()
+            .find(|(m, _)| m == n)
+            .map(|(_, to)| to.clone())
+            .unwrap_or_default();
+        for m in to {
+            if let Some(c) = visit(&m, edges, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.push(n.to_string());
+        None
+    }
+    let mut done = Vec::new();
+    for (n, _) in &edges {
+        let circle = visit(n, &edges, &mut Vec::new(), &mut done);
+        assert!(
+            circle.is_none(),
+            "node/src/http modules import each other in a circle: {}",
+            circle.unwrap().join(" -> ")
+        );
+    }
+}
+
+#[test]
+fn the_http_import_scan_reads_use_groups() {
+    let modules: Vec<String> = ["a", "b", "c", "state"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let code = "use super::{a, b::X};\nuse super::state::AppState;\nlet x = crate::http::c::f();\nsuper::super::z";
+    assert_eq!(http_imports(code, &modules), ["a", "b", "state", "c"]);
+}

@@ -46,6 +46,25 @@ impl History {
     }
 }
 
+/// The delivery of the history (its payload is short: stored plain).
+fn delivery() -> Delivery {
+    let facts = EventFacts {
+        event: "push".into(),
+        repo_full_name: Some("acme/api".into()),
+        org: Some("acme".into()),
+        ..Default::default()
+    };
+    Delivery {
+        delivery_id: "d-1".into(),
+        facts,
+        payload: br#"{"ref":"refs/heads/main"}"#.to_vec(),
+        received_by: 1,
+        retention_ms: 3_600_000,
+        traceparent: String::new(),
+        signed_by: Default::default(),
+    }
+}
+
 fn history() -> History {
     let mut h = History {
         kv: MemKv::default(),
@@ -63,22 +82,8 @@ fn history() -> History {
             if_match: None,
         },
     );
-    let facts = EventFacts {
-        event: "push".into(),
-        repo_full_name: Some("acme/api".into()),
-        org: Some("acme".into()),
-        ..Default::default()
-    };
-    let d = Delivery {
-        delivery_id: "d-1".into(),
-        facts,
-        payload: br#"{"ref":"refs/heads/main"}"#.to_vec(),
-        received_by: 1,
-        retention_ms: 3_600_000,
-        traceparent: String::new(),
-        signed_by: Default::default(),
-    };
-    h.run(2_000, Command::IngestWebhook(Box::new(d)));
+    // The ingest command as the gateway proposes it (payload packed).
+    h.run(2_000, Command::ingest(delivery()).into_command());
     let policy = QueuePolicy::default();
     let granted = h.run(
         3_000,
@@ -198,6 +203,58 @@ fn records_written_by_this_release_decode() {
     envelope("log_ingest_request", &h.log[1].0);
     envelope("log_ingest_response", &h.log[1].1);
     envelope("log_fail_request", &h.log[3].0);
+    // A packed payload of the LZ4 layout (a body long enough to compress).
+    let mut d = delivery();
+    d.payload = format!(
+        "{{\"commits\":[{}{{}}]}}",
+        "{\"message\":\"fix\"},".repeat(40)
+    )
+    .into_bytes();
+    let lz4 = Request {
+        time_ms: 2_000,
+        cmd: Command::ingest(d).into_command(),
+    };
+    envelope("log_ingest_request_lz4", &lz4);
+}
+
+/// The ingest command of earlier builds (layout 2, `IngestWebhook`, raw payload)
+/// still decodes from their log entries, and applies to the same state as the
+/// packed command this build proposes (layout 3, `IngestPacked`).
+#[test]
+fn the_ingest_layout_of_earlier_builds_decodes_and_migrates() {
+    let h = history();
+    let old = Request {
+        time_ms: 2_000,
+        cmd: Command::IngestWebhook(Box::new(delivery())),
+    };
+    envelope("log_ingest_request.v2", &old);
+    let stored = std::fs::read(dir().join("log_ingest_request.v2.bin")).unwrap();
+    let decoded: Request = codec::decode(&stored).unwrap();
+    assert!(
+        matches!(decoded.cmd, Command::IngestWebhook(_)),
+        "{decoded:?}"
+    );
+    assert!(
+        matches!(&h.log[1].0.cmd, Command::IngestPacked(_)),
+        "this build proposes the packed layout: {:?}",
+        h.log[1].0
+    );
+    // Replay the first two entries, once with the old ingest entry: same answers,
+    // same state.
+    let replay = |ingest: &Request| {
+        let mut r = History {
+            kv: MemKv::default(),
+            index: 0,
+            log: Vec::new(),
+        };
+        r.run(h.log[0].0.time_ms, h.log[0].0.cmd.clone());
+        let resp = r.run(ingest.time_ms, ingest.cmd.clone());
+        (resp, r.kv.0)
+    };
+    let (new_resp, new_state) = replay(&h.log[1].0);
+    let (old_resp, old_state) = replay(&decoded);
+    assert_eq!(old_resp, new_resp);
+    assert_eq!(old_state, new_state);
 }
 
 #[test]

@@ -263,6 +263,9 @@ pub struct Nemesis {
     pub rec: Recorder,
     /// Membership changes not completed (slot whose new node still has to join).
     pending_join: std::sync::Mutex<BTreeSet<usize>>,
+    /// Slots whose node refused to start on damaged data but could not be removed
+    /// yet (another membership change was still in flight): replaced at the heal.
+    pending_replace: std::sync::Mutex<BTreeSet<usize>>,
 }
 
 /// A grudge for a symmetric split into `a` and `b`.
@@ -312,6 +315,7 @@ impl Nemesis {
             net,
             rec,
             pending_join: Default::default(),
+            pending_replace: Default::default(),
         }
     }
 
@@ -446,6 +450,30 @@ impl Nemesis {
                 // A minority: one node of 3, two of 5.
                 let victims = &order[..n.saturating_sub(1) / 2];
                 let v = victims[0];
+                // A node left damaged by an earlier step (its removal waited on a
+                // membership change) is replaced first, as an operator would.
+                let waiting: Vec<usize> = self.pending_replace.lock().unwrap().iter().copied().collect();
+                for s in waiting {
+                    if let Ok(r) = self.replace(s, Duration::from_secs(10)).await {
+                        self.pending_replace.lock().unwrap().remove(&s);
+                        self.rec.nemesis("late-replace", json!({ "slot": self.db.name(s), "replaced": r }));
+                    }
+                }
+                // A replacement still a learner leaves the cluster with a voter short:
+                // damage now would be a majority fault. Finish its join first.
+                let joining: Vec<usize> = self.pending_join.lock().unwrap().iter().copied().collect();
+                for s in joining {
+                    if self.db.join(s, Duration::from_secs(10)).await.is_ok() {
+                        self.pending_join.lock().unwrap().remove(&s);
+                        self.rec.nemesis("late-join", json!({ "slot": self.db.name(s), "joined": self.db.node_id(s) }));
+                    }
+                }
+                if !self.pending_join.lock().unwrap().is_empty() || !self.pending_replace.lock().unwrap().is_empty() {
+                    return Ok((
+                        Undo::Nothing,
+                        json!({ "node": self.db.name(v), "corrupted": null, "note": "skipped: a replacement has not joined yet" }),
+                    ));
+                }
                 // Damage on top of a node that is already down would be a majority
                 // fault, and the damaged node could not be replaced without quorum.
                 if !self.db.all_ready().await {
@@ -551,15 +579,14 @@ impl Nemesis {
         while start.elapsed() < Duration::from_secs(15) {
             if let Some(status) = self.db.exited(s) {
                 let said = self.db.log_tail(s, 3);
-                let replaced = match self.db.leave(s, Duration::from_secs(10)).await {
-                    Ok((old, new)) => match self.db.join(s, Duration::from_secs(20)).await {
-                        Ok(()) => json!({ "removed": old, "joined": new }),
-                        Err(e) => {
-                            self.pending_join.lock().unwrap().insert(s);
-                            json!({ "removed": old, "join_pending": new, "error": e.to_string() })
-                        }
-                    },
-                    Err(e) => json!({ "error": e.to_string() }),
+                // The removal waits for a membership change still in flight (the
+                // previous replacement's, committed once its learner caught up).
+                let replaced = match self.replace(s, Duration::from_secs(30)).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.pending_replace.lock().unwrap().insert(s);
+                        json!({ "replace_pending": self.db.name(s), "error": e.to_string() })
+                    }
                 };
                 return json!({ "node": self.db.name(s), "refused_to_start": status, "said": said, "replaced": replaced });
             }
@@ -569,6 +596,21 @@ impl Nemesis {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         json!({ "node": self.db.name(s), "started": "running but not ready after 15 s" })
+    }
+
+    /// Replace the node of slot `s` as an operator would: remove it from the cluster,
+    /// then bring a new node with fresh data into its slot. A removal that cannot be
+    /// confirmed within `timeout` is an error (nothing changed); a join that does not
+    /// finish is left pending for the heal.
+    async fn replace(&self, s: usize, timeout: Duration) -> Result<serde_json::Value> {
+        let (old, new) = self.db.leave(s, timeout).await?;
+        Ok(match self.db.join(s, Duration::from_secs(20)).await {
+            Ok(()) => json!({ "removed": old, "joined": new }),
+            Err(e) => {
+                self.pending_join.lock().unwrap().insert(s);
+                json!({ "removed": old, "join_pending": new, "error": e.to_string() })
+            }
+        })
     }
 
     /// Run `steps` from `start` until done or `stop` is set; the current fault is
@@ -660,13 +702,23 @@ impl Nemesis {
             n.heal()?;
         }
         let mut exited = BTreeMap::new();
+        let replace: Vec<usize> = self.pending_replace.lock().unwrap().iter().copied().collect();
         for s in 0..self.db.len() {
             self.db.resume(s);
+            if replace.contains(&s) {
+                continue; // its data is damaged: replaced below
+            }
             // A node that exited by itself (fail-stop) is restarted like a killed one.
             if let Some(status) = self.db.exited(s) {
                 exited.insert(self.db.name(s), status);
             }
             self.db.start(s)?;
+        }
+        for s in replace {
+            let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(1));
+            let r = self.replace(s, left).await?;
+            self.pending_replace.lock().unwrap().remove(&s);
+            self.rec.nemesis("heal-replace", json!({ "slot": self.db.name(s), "replaced": r }));
         }
         let pending: Vec<usize> = self.pending_join.lock().unwrap().iter().copied().collect();
         for s in pending {

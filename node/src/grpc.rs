@@ -35,11 +35,36 @@ fn is_member_or_pending(node: &Node, initial: &[NodeId], caller: NodeId) -> bool
     membership.get_node(&caller).is_some() || membership.nodes().next().is_none() || initial.contains(&caller)
 }
 
+/// Set by the Raft gate on a request from a node of the cluster CA that this node's
+/// applied membership does not list (yet). Only [`may_replicate`] lets such a request
+/// through; votes from it are refused.
+#[derive(Clone, Copy, Debug)]
+struct NotAMember(NodeId);
+
+/// Whether AppendEntries / InstallSnapshot from `caller` may reach Raft when this
+/// node's applied membership does not list it.
+///
+/// A member that joined as a learner, or was rebuilt from a snapshot, can hold a
+/// membership older than its leader's own joining (the snapshot it installed predates
+/// it): refusing the leader then leaves the member unable ever to catch up to the
+/// entry that names the leader. So the membership check yields to Raft's own: a
+/// caller that sends, as itself, a committed vote (a leader a quorum elected) no older
+/// than this node's vote is the leader this node must follow. Anything else from a
+/// non-member (a removed node with a stale vote, a candidate's campaign) is refused
+/// before Raft sees it.
+fn may_replicate(caller: NodeId, rpc_vote: &crate::types::Vote, mine: &crate::types::Vote) -> bool {
+    rpc_vote.is_committed()
+        && rpc_vote.leader_id().voted_for() == Some(caller)
+        && matches!(rpc_vote.partial_cmp(mine), Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal))
+}
+
 impl tonic::service::Interceptor for PeerGate {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if self.tls {
-            let members_only = self.members_only;
-            crate::tls::require_peer(&req, |id| !members_only || is_member_or_pending(&self.node, &self.initial, id))?;
+            let id = crate::tls::require_peer(&req)?;
+            if self.members_only && !is_member_or_pending(&self.node, &self.initial, id) {
+                req.extensions_mut().insert(NotAMember(id));
+            }
         }
         if self.members_only {
             let theirs = req.metadata().get(crate::network::CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok());
@@ -71,7 +96,21 @@ fn same_cluster(ours: Option<&str>, theirs: Option<&str>, has_state: bool) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::same_cluster;
+    use super::{may_replicate, same_cluster};
+    use crate::types::Vote;
+
+    #[test]
+    fn a_non_member_is_followed_only_as_the_committed_leader_of_a_current_term() {
+        let leader_23 = Vote::new_committed(18, 23);
+        // The F5 case: a learner whose installed snapshot's membership predates node 23
+        // joining; its own vote is 23's (taken from that snapshot's install).
+        assert!(may_replicate(23, &leader_23, &Vote::new_committed(18, 23)));
+        assert!(may_replicate(23, &leader_23, &Vote::new_committed(17, 21)), "a newer term's leader");
+        assert!(may_replicate(23, &leader_23, &Vote::default()), "a node that voted for no one yet");
+        assert!(!may_replicate(23, &Vote::new(18, 23), &Vote::default()), "a candidate is not a leader");
+        assert!(!may_replicate(23, &leader_23, &Vote::new_committed(19, 21)), "a removed node's stale term");
+        assert!(!may_replicate(22, &leader_23, &Vote::default()), "a vote relayed by another node");
+    }
 
     #[test]
     fn restored_and_old_clusters_refuse_each_other() {
@@ -116,20 +155,37 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
     Ok(Response::new(RaftPayload { data: codec::encode(v) }))
 }
 
+impl Services {
+    /// The membership half of the Raft gate (see [`PeerGate`]), for a request whose
+    /// caller this node's membership does not list: let it through only as
+    /// [`may_replicate`] says.
+    fn check_non_member<T>(&self, req: &Request<T>, rpc_vote: Option<&crate::types::Vote>) -> Result<(), Status> {
+        let Some(NotAMember(caller)) = req.extensions().get::<NotAMember>().copied() else { return Ok(()) };
+        let mine = self.node.raft().metrics().borrow().vote;
+        match rpc_vote {
+            Some(v) if may_replicate(caller, v, &mine) => Ok(()),
+            _ => Err(Status::permission_denied(format!("node {caller} is not a member of this cluster"))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for Services {
     async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(req.get_ref())?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = decode(req.get_ref())?;
+        self.check_non_member(&req, Some(&rpc.vote))?;
         reply(&self.node.raft().append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_non_member(&req, None)?;
         let rpc = decode(req.get_ref())?;
         reply(&self.node.raft().vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(req.get_ref())?;
+        let rpc: openraft::raft::InstallSnapshotRequest<crate::types::TypeConfig> = decode(req.get_ref())?;
+        self.check_non_member(&req, Some(&rpc.vote))?;
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
 }

@@ -30,6 +30,8 @@ pub enum WebhookOutcome {
     invalid,
     too_large,
     unavailable,
+    /// Refused because the queue's backlog reached `spec.queue.max_ready` (503).
+    queue_full,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +95,9 @@ pub struct Metrics {
     pub proposal_batch_commands: Histogram,
     pub queue_jobs: Family<QueueLabels, Gauge>,
     pub queue_oldest_ready_seconds: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    /// `spec.queue.max_ready` of this node (0 = no limit): webhook intake answers 503
+    /// `queue_full` while ready + delayed jobs reach it.
+    pub queue_max_ready: Gauge,
     pub lease_grants: Counter,
     pub lease_expiries: Counter,
     /// Failed attempts scheduled for retry, by target.
@@ -199,6 +204,12 @@ impl Metrics {
         r.register("queue_jobs", "Jobs by target, priority and state (ready, delayed, leased, dead)", queue_jobs.clone());
         let queue_oldest_ready_seconds = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
         r.register("queue_oldest_ready_seconds", "Age of the oldest ready job", queue_oldest_ready_seconds.clone());
+        let queue_max_ready = Gauge::default();
+        r.register(
+            "queue_max_ready",
+            "spec.queue.max_ready of this node: webhook intake answers 503 queue_full while ready + delayed jobs reach it (0 = no limit)",
+            queue_max_ready.clone(),
+        );
         let lease_grants = Counter::default();
         r.register("lease_grants", "Leases granted to workers through this node", lease_grants.clone());
         let lease_expiries = Counter::default();
@@ -288,6 +299,7 @@ impl Metrics {
             proposal_batch_commands,
             queue_jobs,
             queue_oldest_ready_seconds,
+            queue_max_ready,
             lease_grants,
             lease_expiries,
             job_retries,

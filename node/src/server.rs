@@ -200,14 +200,17 @@ pub async fn run_with_listeners(
     let pristine = store.is_pristine()?;
     let metrics = Arc::new(crate::metrics::Metrics::for_store(&store));
     let raft_cfg = c.raft.openraft_config("aof-cluster").map_err(|e| ServerError::RaftConfig(e.to_string()))?;
-    let network = Network { channels: Channels::new(security.peer.clone()), state: Some(store.state_machine()) };
-    let raft = Raft::new(id, Arc::new(raft_cfg), network.clone(), store.log_store(), store.state_machine())
+    // One state-machine handle, cloned: the clones share its compiled-trigger cache, so
+    // the applies, the gateway and the executors compile each trigger once.
+    let sm = store.state_machine();
+    let network = Network { channels: Channels::new(security.peer.clone()), state: Some(sm.clone()) };
+    let raft = Raft::new(id, Arc::new(raft_cfg), network.clone(), store.log_store(), sm.clone())
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     let node = Arc::new(Node::new(NodeParts {
         id,
         raft: raft.clone(),
-        sm: store.state_machine(),
+        sm,
         channels: network.channels.clone(),
         timeouts: Timeouts { request: c.raft.request_timeout() },
         queue_policy: crate::types::QueuePolicy {
@@ -400,7 +403,7 @@ fn trigger_lookup(node: &Arc<Node>) -> crate::executor::github::TriggerLookup {
         Box::pin(async move {
             let node = node.upgrade().ok_or("the node is stopping")?;
             node.read(crate::node::Consistency::Stale, |kv| {
-                crate::sm::triggers::compiled(kv).into_iter().find(|t| t.name == name)
+                node.state_machine().trigger_cache().compiled(kv).into_iter().find(|t| t.name == name)
             })
             .await
             .map_err(|e| e.to_string())

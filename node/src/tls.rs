@@ -112,26 +112,15 @@ pub fn peer_node_id<T>(req: &tonic::Request<T>) -> Option<u64> {
     node_id_of_cert(certs.first()?)
 }
 
-/// The caller's node id if `allowed(id)` (e.g. "is a member, or the learner being
-/// added"); otherwise `Unauthenticated` (no node certificate) or
-/// `PermissionDenied` (a node that may not call). For the peer services'
-/// handlers or an interceptor.
-pub fn require_peer<T>(
-    req: &tonic::Request<T>,
-    allowed: impl FnOnce(u64) -> bool,
-) -> Result<u64, tonic::Status> {
-    let id = peer_node_id(req).ok_or_else(|| {
+/// The caller's node id, from its node certificate; `Unauthenticated` without one.
+/// Whether that node may call (is a member) is the peer gate's question
+/// (`grpc::PeerGate`), asked against the applied membership.
+pub fn require_peer<T>(req: &tonic::Request<T>) -> Result<u64, tonic::Status> {
+    peer_node_id(req).ok_or_else(|| {
         tonic::Status::unauthenticated(
             "peer requests need a node certificate of the cluster CA (DNS name aof-node-<id>)",
         )
-    })?;
-    if allowed(id) {
-        Ok(id)
-    } else {
-        Err(tonic::Status::permission_denied(format!(
-            "node {id} is not a member of this cluster"
-        )))
-    }
+    })
 }
 
 /// The rustls crypto provider of the node: `ring`.

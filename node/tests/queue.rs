@@ -100,7 +100,7 @@ async fn built_in_executors_run_commands_and_call_github() {
     let mut claims = 0.0;
     let mut leaders = 0.0;
     for i in 0..3 {
-        let text = c.http.get(c.nodes[i].url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = c.metrics_text(i).await;
         let value = |name: &str| -> f64 {
             text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         };
@@ -141,7 +141,7 @@ async fn external_worker_leases_are_fenced_and_survive_leader_loss() {
     let want = r#"aof_queue_jobs{target="ext",priority="normal",state="leased"} 1"#;
     let mut text = String::new();
     for _ in 0..50 {
-        text = c.http.get(c.nodes[follower].url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text = c.metrics_text(follower).await;
         if text.contains(want) {
             break;
         }

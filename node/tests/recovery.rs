@@ -125,19 +125,9 @@ async fn list(
     resp
 }
 
-async fn detail(
-    State(f): State<Shared>,
-    Path((owner, repo, hook, id)): Path<(String, String, u64, u64)>,
-    h: HeaderMap,
-) -> Response {
-    let mut f = f.lock().unwrap();
-    f.log.push(format!(
-        "GET /repos/{owner}/{repo}/hooks/{hook}/deliveries/{id}"
-    ));
-    if !authorized(&h) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    match f.deliveries.iter().find(|d| d.id == id) {
+/// GitHub's answer to `GET …/deliveries/{id}`: the delivery with its request.
+fn delivery_detail(deliveries: &[FakeDelivery], id: u64) -> Response {
+    match deliveries.iter().find(|d| d.id == id) {
         Some(d) => Json(json!({
             "id": d.id, "guid": d.guid, "delivered_at": d.delivered_at, "event": d.event, "action": d.action,
             "status_code": d.status_code,
@@ -150,6 +140,21 @@ async fn detail(
         .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+async fn detail(
+    State(f): State<Shared>,
+    Path((owner, repo, hook, id)): Path<(String, String, u64, u64)>,
+    h: HeaderMap,
+) -> Response {
+    let mut f = f.lock().unwrap();
+    f.log.push(format!(
+        "GET /repos/{owner}/{repo}/hooks/{hook}/deliveries/{id}"
+    ));
+    if !authorized(&h) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    delivery_detail(&f.deliveries, id)
 }
 
 async fn redeliver(
@@ -596,19 +601,7 @@ async fn app_detail(State(f): State<SharedApp>, Path(id): Path<u64>, h: HeaderMa
     if ok.is_err() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    match f.deliveries.iter().find(|d| d.id == id) {
-        Some(d) => Json(json!({
-            "id": d.id, "guid": d.guid, "delivered_at": d.delivered_at, "event": d.event, "action": d.action,
-            "status_code": d.status_code,
-            "request": {
-                "headers": {"X-GitHub-Event": d.event, "X-GitHub-Delivery": d.guid, "Content-Type": "application/json"},
-                "payload": d.payload,
-            },
-            "response": {"headers": {}, "payload": "upstream unreachable"},
-        }))
-        .into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
+    delivery_detail(&f.deliveries, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -160,6 +160,22 @@ async fn the_peer_port_needs_a_cluster_certificate_of_a_member() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // Replication from a non-member reaches Raft only as the committed leader of a term
+    // no older than this node's vote (a member whose membership predates its leader):
+    // a campaign's vote, a committed vote relayed for another node, or a stale term is
+    // refused before Raft sees it.
+    for (vote, what) in [
+        (aof_node::types::Vote::new(1000, 7), "an uncommitted vote"),
+        (aof_node::types::Vote::new_committed(1000, 2), "another node's vote"),
+        (aof_node::types::Vote::new_committed(0, 7), "a stale term"),
+    ] {
+        let rpc = openraft::raft::AppendEntriesRequest::<aof_node::types::TypeConfig> { vote, prev_log_id: None, entries: vec![], leader_commit: None };
+        let e = aof_proto::v1::raft_service_client::RaftServiceClient::new(ch.clone())
+            .append_entries(pb::RaftPayload { data: aof_node::codec::encode(&rpc) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{what}: {e:?}");
+    }
     let e = ClusterServiceClient::new(ch.clone())
         .join(pb::JoinRequest { node_id: 2, peer_addr: "x:1".into(), grpc_addr: "x:2".into(), api_addr: "x:3".into(), http_addr: "x:4".into(), max_voters: 5 })
         .await

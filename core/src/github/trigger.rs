@@ -48,8 +48,11 @@
 //!   `spec.config`, in a command entry and in `rate_limit` — so a typo such as
 //!   `repositores` is reported (with a "did you mean" hint) instead of silently
 //!   matching everything. `metadata` is not checked beyond `name`, `labels` and
-//!   `annotations`: it never changes behaviour.
-//! * A YAML `null` (e.g. `config:` with nothing under it) counts as absent.
+//!   `annotations`: it never changes behaviour. The unknown keys of a mapping are
+//!   reported before any problem with its known keys.
+//! * A YAML `null` (e.g. `config:` with nothing under it) counts as absent; a
+//!   mapping is required wherever one is described (a list is not read field by
+//!   field).
 //! * Filter lists must be lists of non-empty strings; an empty list is the same as
 //!   an absent one (no filter). `repositories` and `allowed_repos` (the spelling in
 //!   AOF's security docs) are the same filter; set one of them.
@@ -85,6 +88,19 @@
 //! (their `config` has a different schema) is left alone. Such a trigger reports
 //! [`Trigger::is_github`] `false` and never matches a GitHub event.
 //!
+//! # How it is parsed
+//!
+//! The schema is a set of `#[derive(Deserialize)]` structs with
+//! `deny_unknown_fields` (their field lists are the known keys, so the "did you
+//! mean" hint of [`crate::suggest`] reads them from the derive); each single-field rule
+//! (a glob compiles, an event name is well formed, a URL has a host) is the
+//! `Deserialize` of that field's type; `serde_path_to_error` locates every error.
+//! Only the rules that span fields are code in [`parse_trigger`]: one place per
+//! setting (`repositories`/`allowed_repos`, `default_*` and `priority` in `spec` or
+//! `spec.config`), `spec.commands` merged with `spec.config.commands` with unique
+//! keys, exactly one target per command, and `metadata.name` equal to the registry
+//! name.
+//!
 //! Everything here is pure: no IO, no clock, no environment. `webhook_secret` is kept
 //! raw (e.g. `${GITHUB_WEBHOOK_SECRET}`); the edge expands it with
 //! [`expand_env`](super::secrets::expand_env).
@@ -93,8 +109,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::de::value::{MapDeserializer, SeqDeserializer};
+use serde::de::{self, IgnoredAny, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 /// The only `apiVersion` accepted.
 pub const API_VERSION: &str = "aof.dev/v1";
@@ -119,40 +137,6 @@ pub const AOF_TRIGGER_TYPES: &[&str] = &[
 
 /// Path of `spec.config` in error messages.
 const CONFIG: &str = "spec.config";
-const DOC_KEYS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
-const SPEC_KEYS: &[&str] = &[
-    "type",
-    "enabled",
-    "priority",
-    "config",
-    "commands",
-    "default_agent",
-    "defaultAgent",
-    "default_fleet",
-    "defaultFleet",
-    "default_flow",
-    "defaultFlow",
-    "callback",
-];
-const CONFIG_KEYS: &[&str] = &[
-    "webhook_secret",
-    "github_events",
-    "actions",
-    "repositories",
-    "allowed_repos",
-    "branches",
-    "allowed_users",
-    "labels",
-    "commands",
-    "default_agent",
-    "default_fleet",
-    "default_flow",
-    "priority",
-    "rate_limit",
-];
-const COMMAND_KEYS: &[&str] = &["agent", "fleet", "flow", "description", "params"];
-const RATE_LIMIT_KEYS: &[&str] = &["per", "events_per_minute", "burst"];
-const CALLBACK_KEYS: &[&str] = &["url", "secret_env"];
 /// Longest `spec.callback.url`.
 pub const MAX_CALLBACK_URL_LEN: usize = 2048;
 /// Longest `spec.callback.secret_env`.
@@ -391,97 +375,681 @@ fn index(base: &str, i: usize) -> String {
     format!("{base}[{i}]")
 }
 
-/// A key of `obj`, treating YAML `null` as absent.
-fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|v| !v.is_null())
+// ---------------------------------------------------------------------------------
+// The schema, as serde derives. Every key a document may hold is a field below, so
+// `deny_unknown_fields` rejects the rest and hands over the known keys for the hint;
+// single-field rules (a glob compiles, a URL has a host) live in the `Deserialize`
+// of the field's type, so serde_path_to_error locates them. Only the rules that span
+// several fields are code, in `parse_trigger`.
+// ---------------------------------------------------------------------------------
+
+/// The whole document. `S` is [`GithubSpec`] or, for AOF's other trigger types,
+/// [`OtherSpec`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a Trigger document: a mapping with apiVersion, kind, metadata and spec")]
+struct Doc<S> {
+    /// Checked by its type: must be `aof.dev/v1`.
+    #[serde(rename = "apiVersion")]
+    _api_version: Option<Exactly<ApiVersionTag>>,
+    /// Checked by its type: must be `Trigger`.
+    #[serde(rename = "kind")]
+    _kind: Option<Exactly<KindTag>>,
+    metadata: Option<Metadata>,
+    spec: S,
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
+/// `metadata`: only `name`, `labels` and `annotations` are read; other keys are left
+/// alone (they never change behaviour).
+#[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
+struct Metadata {
+    name: Option<Value>,
+    #[serde(rename = "labels")]
+    _labels: Option<BTreeMap<String, String>>,
+    #[serde(rename = "annotations")]
+    _annotations: Option<BTreeMap<String, String>>,
+}
+
+/// `spec`, with its GitHub-only parts typed by `C` (config), `K` (commands) and `S`
+/// (`priority` and the default targets): checked for GitHub triggers, skipped
+/// ([`IgnoredAny`]) for AOF's other types.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with at least `type: GitHub`")]
+struct Spec<C, K, S> {
+    #[serde(rename = "type")]
+    trigger_type: TriggerType,
+    enabled: Option<Flag>,
+    callback: Option<CallbackDoc>,
+    config: Option<C>,
+    commands: Option<K>,
+    default_agent: Option<S>,
+    #[serde(rename = "defaultAgent")]
+    default_agent_camel: Option<S>,
+    default_fleet: Option<S>,
+    #[serde(rename = "defaultFleet")]
+    default_fleet_camel: Option<S>,
+    default_flow: Option<S>,
+    #[serde(rename = "defaultFlow")]
+    default_flow_camel: Option<S>,
+    priority: Option<S>,
+}
+
+type GithubSpec = Spec<GithubConfig, Commands, NonEmpty>;
+type OtherSpec = Spec<IgnoredAny, IgnoredAny, IgnoredAny>;
+
+/// `spec.config` of a GitHub trigger.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping (the GitHub trigger's settings)")]
+struct GithubConfig {
+    /// Kept as written (not trimmed): it may be `${ENV}`.
+    webhook_secret: Option<NonEmpty>,
+    github_events: Option<List<EventFilter>>,
+    actions: Option<List<ActionName>>,
+    repositories: Option<List<RepoGlob>>,
+    allowed_repos: Option<List<RepoGlob>>,
+    branches: Option<List<BranchGlob>>,
+    allowed_users: Option<List<Login>>,
+    labels: Option<List<RunnerLabel>>,
+    commands: Option<Commands>,
+    default_agent: Option<NonEmpty>,
+    default_fleet: Option<NonEmpty>,
+    default_flow: Option<NonEmpty>,
+    priority: Option<NonEmpty>,
+    rate_limit: Option<RateLimitDoc>,
+}
+
+/// One `commands` entry: exactly one of `agent`, `fleet`, `flow` (checked in code).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with one of agent, fleet or flow")]
+struct CommandDoc {
+    agent: Option<NonEmpty>,
+    fleet: Option<NonEmpty>,
+    flow: Option<NonEmpty>,
+    description: Option<String>,
+    params: Option<Value>,
+}
+
+/// `spec.config.rate_limit`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with per, events_per_minute and burst")]
+struct RateLimitDoc {
+    per: Option<Scope>,
+    events_per_minute: Positive,
+    burst: Option<Positive>,
+}
+
+/// `spec.callback`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with url and secret_env")]
+struct CallbackDoc {
+    url: CallbackUrl,
+    secret_env: EnvName,
+}
+
+/// What a required key's "required" says it should hold.
+fn required_hint(field: &str) -> &'static str {
+    match field {
+        "spec" => ": a mapping with at least `type: GitHub`",
+        "type" => " (e.g. `type: GitHub`)",
+        "url" => ": the http:// or https:// URL notices are POSTed to",
+        "secret_env" => ": the environment variable (on every node) holding the HMAC secret notices are signed with",
+        _ => "",
     }
 }
 
-fn as_object<'a>(v: &'a Value, path: &str) -> Res<&'a Map<String, Value>> {
-    v.as_object().map_or_else(|| fail(path, format!("expected a mapping, found {}", type_name(v))), Ok)
-}
-
-fn as_string<'a>(v: &'a Value, path: &str) -> Res<&'a str> {
-    match v.as_str() {
-        Some(s) if !s.trim().is_empty() => Ok(s),
-        Some(_) => fail(path, "must not be empty"),
-        None => fail(path, format!("expected a string, found {}", type_name(v))),
-    }
-}
-
-fn as_bool(v: &Value, path: &str) -> Res<bool> {
-    v.as_bool().map_or_else(|| fail(path, format!("expected true or false, found {}", type_name(v))), Ok)
-}
-
-/// A list of non-empty strings, each with its path.
-fn string_list<'a>(v: &'a Value, path: &str) -> Res<Vec<(String, &'a str)>> {
-    let Some(items) = v.as_array() else {
-        return fail(path, format!("expected a list of strings, found {}", type_name(v)));
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let p = index(path, i);
-            as_string(item, &p).map(|s| (p, s.trim()))
-        })
-        .collect()
-}
-
-/// Levenshtein distance, for "did you mean" hints.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-fn suggestion(key: &str, known: &[&str]) -> Option<String> {
-    let special = match key {
+/// Misspellings that are not near their key by edit distance.
+fn synonym(key: &str) -> Option<&'static str> {
+    match key {
         "events" => Some("github_events"),
         "users" | "allowed_user" => Some("allowed_users"),
         "repos" | "repository" => Some("repositories"),
         "secret" => Some("webhook_secret"),
         _ => None,
-    };
-    if let Some(s) = special.filter(|s| known.contains(s)) {
-        return Some(s.to_string());
     }
-    known
-        .iter()
-        .map(|k| (edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min()
-        .map(|(_, k)| k.to_string())
 }
 
-/// Reject keys of `obj` that are not in `known`.
-fn check_keys(obj: &Map<String, Value>, base: &str, known: &[&str], what: &str) -> Res<()> {
-    for key in obj.keys() {
-        if !known.contains(&key.as_str()) {
-            let hint = suggestion(key, known).map(|s| format!("did you mean {s:?}? ")).unwrap_or_default();
-            return fail(child(base, key), format!("unknown key in {what}; {hint}known keys: {}", known.join(", ")));
+// --- Field types: one rule each ----------------------------------------------------
+
+/// A string that is not empty or blank (kept as written; [`NonEmpty::trimmed`]).
+struct NonEmpty(String);
+
+impl NonEmpty {
+    fn trimmed(&self) -> &str {
+        self.0.trim()
+    }
+}
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Err(de::Error::custom("must not be empty"));
+        }
+        Ok(NonEmpty(s))
+    }
+}
+
+/// A non-empty string checked (and converted) by `check`, whose error is the message.
+fn checked<'de, D: Deserializer<'de>, T>(d: D, check: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error> {
+    let s = NonEmpty::deserialize(d)?;
+    check(s.trimmed()).map_err(de::Error::custom)
+}
+
+/// A fixed string (`apiVersion`, `kind`).
+trait Tag {
+    const VALUE: &'static str;
+}
+struct ApiVersionTag;
+impl Tag for ApiVersionTag {
+    const VALUE: &'static str = API_VERSION;
+}
+struct KindTag;
+impl Tag for KindTag {
+    const VALUE: &'static str = KIND;
+}
+
+struct Exactly<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Tag> Deserialize<'de> for Exactly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        if v.as_str() != Some(T::VALUE) {
+            return Err(de::Error::custom(format!("expected {:?}, found {v}", T::VALUE)));
+        }
+        Ok(Exactly(std::marker::PhantomData))
+    }
+}
+
+/// `spec.type`: one of [`AOF_TRIGGER_TYPES`], any case; holds the canonical spelling.
+struct TriggerType(&'static str);
+
+impl<'de> Deserialize<'de> for TriggerType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |ty| {
+            AOF_TRIGGER_TYPES.iter().find(|t| t.eq_ignore_ascii_case(ty)).map(|t| TriggerType(t)).ok_or_else(|| {
+                format!(
+                    "unknown trigger type {ty:?}; AOF's types are {} (aof-cluster serves GitHub)",
+                    AOF_TRIGGER_TYPES.join(", ")
+                )
+            })
+        })
+    }
+}
+
+/// `true` or `false`.
+struct Flag(bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Flag;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Flag, E> {
+                Ok(Flag(b))
+            }
+        }
+        d.deserialize_bool(V)
+    }
+}
+
+/// A list of strings, each an item of type `T`. An empty list is no filter.
+struct List<T>(Vec<T>);
+
+impl<T> Default for List<T> {
+    fn default() -> Self {
+        List(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = List<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<List<T>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(List(items))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
+
+/// A `github_events` entry: `event`, `event.action` or `*`.
+struct EventFilter(EventPattern);
+
+impl<'de> Deserialize<'de> for EventFilter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |s| event_pattern(s, true).map(EventFilter))
+    }
+}
+
+/// An `actions` entry, lowercased.
+struct ActionName(String);
+
+impl<'de> Deserialize<'de> for ActionName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |s| {
+            let a = s.to_ascii_lowercase();
+            if is_event_word(&a) {
+                Ok(ActionName(a))
+            } else {
+                Err(format!("{s:?} is not an action name (e.g. opened, synchronize, created)"))
+            }
+        })
+    }
+}
+
+/// A glob, compiled, with its source pattern.
+struct GlobItem {
+    glob: globset::Glob,
+    pattern: String,
+}
+
+fn glob_item(pattern: &str, case_insensitive: bool) -> Result<GlobItem, String> {
+    let glob = GlobBuilder::new(pattern)
+        .case_insensitive(case_insensitive)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| format!("invalid glob pattern: {e}"))?;
+    Ok(GlobItem { glob, pattern: pattern.to_string() })
+}
+
+/// A `repositories` entry: an `owner/name` glob, case-insensitive; `*` is `*/*`.
+struct RepoGlob(GlobItem);
+
+impl<'de> Deserialize<'de> for RepoGlob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |pat| {
+            if pat == "*" {
+                return glob_item("*/*", true).map(RepoGlob);
+            }
+            if pat.matches('/').count() != 1 || pat.starts_with('/') || pat.ends_with('/') {
+                return Err(format!(
+                    "{pat:?} is not an owner/name pattern: write \"myorg/api\", \"myorg/*\", \
+                     \"myorg/prefix-*\", or \"*\" for every repository"
+                ));
+            }
+            glob_item(pat, true).map(RepoGlob)
+        })
+    }
+}
+
+/// A `branches` entry: a branch-name glob, case-sensitive; `refs/heads/` is stripped.
+struct BranchGlob(GlobItem);
+
+impl<'de> Deserialize<'de> for BranchGlob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |pat| {
+            let pat = pat.strip_prefix("refs/heads/").unwrap_or(pat);
+            if pat.starts_with("refs/") {
+                return Err(format!(
+                    "{pat:?}: branches are matched by branch name (\"main\", \"release/*\"); \
+                     tag pushes have no branch, so a branches filter never matches them"
+                ));
+            }
+            if pat.is_empty() {
+                return Err("must not be empty".into());
+            }
+            glob_item(pat, false).map(BranchGlob)
+        })
+    }
+}
+
+fn no_whitespace(s: &str, what: &str) -> Result<String, String> {
+    if s.chars().any(char::is_whitespace) {
+        return Err(format!("{s:?}: a {what} has no whitespace"));
+    }
+    Ok(s.to_lowercase())
+}
+
+/// An `allowed_users` entry, lowercased.
+struct Login(String);
+
+impl<'de> Deserialize<'de> for Login {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |s| no_whitespace(s, "GitHub login").map(Login))
+    }
+}
+
+/// A `labels` entry, lowercased.
+struct RunnerLabel(String);
+
+impl<'de> Deserialize<'de> for RunnerLabel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |s| no_whitespace(s, "runner label").map(RunnerLabel))
+    }
+}
+
+/// A `commands` mapping, in document order; keys are checked in code (they are
+/// normalized and must be unique across both places).
+#[derive(Default)]
+struct Commands(Vec<(String, CommandDoc)>);
+
+impl<'de> Deserialize<'de> for Commands {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Commands;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of commands")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Commands, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Commands(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `rate_limit.per`.
+struct Scope(RateLimitScope);
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |s| match s.to_ascii_lowercase().as_str() {
+            "org" | "organization" => Ok(Scope(RateLimitScope::Org)),
+            "repo" | "repository" => Ok(Scope(RateLimitScope::Repo)),
+            other => Err(format!("{other:?}: expected org or repo")),
+        })
+    }
+}
+
+/// An integer from 1 to `u32::MAX`.
+struct Positive(u32);
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Positive;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a positive integer")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Positive, E> {
+                match u32::try_from(n) {
+                    Ok(0) => Err(E::custom("expected a positive integer, found 0")),
+                    Ok(n) => Ok(Positive(n)),
+                    Err(_) => Err(E::custom("too large (at most 4294967295)")),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Positive, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!("expected a positive integer, found {n}"))),
+                }
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Positive, E> {
+                Err(E::custom(format!("expected a positive integer, found {}", Value::from(n))))
+            }
+        }
+        d.deserialize_u64(V)
+    }
+}
+
+/// `callback.url`: `http://` or `https://` with a host, no spaces, bounded.
+struct CallbackUrl(String);
+
+impl<'de> Deserialize<'de> for CallbackUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |url| {
+            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+            let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+            if host.is_none_or(|h| h.is_empty() || h.starts_with(':')) {
+                return Err(format!("{url:?}: expected an http:// or https:// URL with a host"));
+            }
+            if url.len() > MAX_CALLBACK_URL_LEN || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!("at most {MAX_CALLBACK_URL_LEN} characters, without spaces or control characters"));
+            }
+            Ok(CallbackUrl(url.to_string()))
+        })
+    }
+}
+
+/// `callback.secret_env`: an environment variable name.
+struct EnvName(String);
+
+impl<'de> Deserialize<'de> for EnvName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |env| {
+            let ok = env.len() <= MAX_CALLBACK_ENV_LEN
+                && env.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!(
+                    "{env:?}: expected an environment variable name (A-Z, a-z, 0-9, _; not starting with a digit; \
+                     at most {MAX_CALLBACK_ENV_LEN})"
+                ));
+            }
+            Ok(EnvName(env.to_string()))
+        })
+    }
+}
+
+// --- Reading a `serde_json::Value` with typed errors ---------------------------------
+
+/// What went wrong, as serde's derives report it — kept structured (no message
+/// strings to pick apart): an unknown key comes with the keys its mapping knows.
+#[derive(Debug)]
+enum SchemaError {
+    UnknownKey { key: String, known: &'static [&'static str] },
+    Missing(&'static str),
+    Invalid(String),
+}
+
+impl fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchemaError::UnknownKey { key, .. } => write!(f, "unknown key {key:?}"),
+            SchemaError::Missing(field) => write!(f, "{field}: required"),
+            SchemaError::Invalid(msg) => f.write_str(msg),
         }
     }
-    Ok(())
 }
+
+impl std::error::Error for SchemaError {}
+
+/// How a found value is named in messages.
+fn found(u: de::Unexpected<'_>) -> String {
+    use de::Unexpected as U;
+    match u {
+        U::Unit | U::Option => "null".into(),
+        U::Bool(_) => "a boolean".into(),
+        U::Unsigned(_) | U::Signed(_) | U::Float(_) => "a number".into(),
+        U::Char(_) | U::Str(_) => "a string".into(),
+        U::Seq => "a list".into(),
+        U::Map => "a mapping".into(),
+        other => other.to_string(),
+    }
+}
+
+impl de::Error for SchemaError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        SchemaError::Invalid(msg.to_string())
+    }
+    fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        SchemaError::Invalid(format!("expected {exp}, found {}", found(unexp)))
+    }
+    fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        SchemaError::Invalid(format!("expected {exp}, found {unexp}"))
+    }
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        SchemaError::UnknownKey { key: field.to_string(), known: expected }
+    }
+    fn missing_field(field: &'static str) -> Self {
+        SchemaError::Missing(field)
+    }
+    fn duplicate_field(field: &'static str) -> Self {
+        SchemaError::Invalid(format!("{field} is set twice; set it once"))
+    }
+}
+
+/// A `serde_json::Value` as a serde `Deserializer` whose errors are [`SchemaError`].
+/// A struct's keys are read unknown ones first, then in the struct's declaration
+/// order, so the first error reported does not depend on the document's key order.
+/// Two rules of the format live here: a key whose value is `null` counts as absent
+/// when the mapping knows it (so `config:` with nothing under it is no config, and a
+/// required key set to null is "required"); and a mapping is required where a struct
+/// is expected (serde's derives would otherwise take a list, field by field).
+#[derive(Clone, Copy)]
+struct Input<'a>(&'a Value);
+
+impl Input<'_> {
+    fn unexpected(&self) -> de::Unexpected<'_> {
+        use de::Unexpected as U;
+        match self.0 {
+            Value::Null => U::Unit,
+            Value::Bool(b) => U::Bool(*b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => U::Unsigned(u),
+                (None, Some(i)) => U::Signed(i),
+                _ => U::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => U::Str(s),
+            Value::Array(_) => U::Seq,
+            Value::Object(_) => U::Map,
+        }
+    }
+}
+
+impl<'de> IntoDeserializer<'de, SchemaError> for Input<'de> {
+    type Deserializer = Self;
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+impl<'de> Deserializer<'de> for Input<'de> {
+    type Error = SchemaError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, SchemaError> {
+        match self.0 {
+            Value::Null => visitor.visit_unit(),
+            Value::Bool(b) => visitor.visit_bool(*b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => visitor.visit_u64(u),
+                (None, Some(i)) => visitor.visit_i64(i),
+                _ => visitor.visit_f64(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => visitor.visit_borrowed_str(s),
+            Value::Array(items) => {
+                let mut seq = SeqDeserializer::new(items.iter().map(Input));
+                let out = visitor.visit_seq(&mut seq)?;
+                seq.end()?;
+                Ok(out)
+            }
+            Value::Object(map) => {
+                let mut map = MapDeserializer::new(map.iter().map(|(k, v)| (k.as_str(), Input(v))));
+                let out = visitor.visit_map(&mut map)?;
+                map.end()?;
+                Ok(out)
+            }
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, SchemaError> {
+        match self.0 {
+            Value::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, SchemaError> {
+        let Value::Object(map) = self.0 else {
+            return Err(de::Error::invalid_type(self.unexpected(), &visitor));
+        };
+        // Unknown keys first (a typo is reported before whatever its absence broke),
+        // then the known ones in declaration order: the order of the checks.
+        let rank = |k: &str| fields.iter().position(|f| *f == k).map_or(0, |p| p + 1);
+        let mut present: Vec<(&String, &Value)> =
+            map.iter().filter(|(k, v)| !(v.is_null() && fields.contains(&k.as_str()))).collect();
+        present.sort_by_key(|(k, _)| rank(k));
+        let mut map = MapDeserializer::new(present.into_iter().map(|(k, v)| (k.as_str(), Input(v))));
+        let out = visitor.visit_map(&mut map)?;
+        map.end()?;
+        Ok(out)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, SchemaError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, SchemaError> {
+        visitor.visit_unit()
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf unit unit_struct seq tuple tuple_struct map enum identifier
+    }
+}
+
+/// Deserialize `T` from `v`, found at `base`, into a [`TriggerError`] naming the
+/// exact key (`spec.commands["/deploy"].agnet`) and, for an unknown key, the nearest
+/// known one.
+fn schema<'a, T: Deserialize<'a>>(v: &'a Value, base: &str) -> Res<T> {
+    serde_path_to_error::deserialize(Input(v)).map_err(|e| {
+        use serde_path_to_error::Segment;
+        let (mut parent, mut path) = (String::new(), base.to_string());
+        for seg in e.path().iter() {
+            parent = path.clone();
+            path = match seg {
+                Segment::Seq { index: i } => index(&path, *i),
+                Segment::Map { key } | Segment::Enum { variant: key } => child(&path, key),
+                Segment::Unknown => child(&path, "?"),
+            };
+        }
+        let located = |path: String| if path.is_empty() { "document".to_string() } else { path };
+        match e.into_inner() {
+            SchemaError::UnknownKey { key, known } => {
+                // The path ends at the unknown key; name the mapping that holds it.
+                if !path.ends_with(&child("", &key)) {
+                    parent = path.clone();
+                    path = child(&path, &key);
+                }
+                let hint = synonym(&key)
+                    .filter(|s| known.contains(s))
+                    .or_else(|| crate::suggest::did_you_mean(&key, known.iter().copied()))
+                    .map(|s| format!("did you mean {s:?}? "))
+                    .unwrap_or_default();
+                let holder = if parent.is_empty() { "the Trigger document".to_string() } else { parent };
+                TriggerError {
+                    path,
+                    message: format!("unknown key in {holder}; {hint}known keys: {}", known.join(", ")),
+                }
+            }
+            SchemaError::Missing(field) => {
+                TriggerError { path: child(&path, field), message: format!("required{}", required_hint(field)) }
+            }
+            SchemaError::Invalid(message) => TriggerError { path: located(path), message },
+        }
+    })
+}
+
+// --- Rules over the parsed document ----------------------------------------------
 
 /// Canonical JSON: object keys sorted, no insignificant whitespace. Independent of
 /// `serde_json`'s `preserve_order` feature, so every replica stores the same bytes.
@@ -525,7 +1093,7 @@ fn is_event_word(s: &str) -> bool {
 }
 
 /// Parse `event` / `event.action` (lowercased); `allow_star` admits `*`.
-fn event_pattern(raw: &str, path: &str, allow_star: bool) -> Res<EventPattern> {
+fn event_pattern(raw: &str, allow_star: bool) -> Result<EventPattern, String> {
     let s = raw.trim().to_ascii_lowercase();
     if allow_star && s == "*" {
         return Ok(EventPattern { event: s, action: None });
@@ -535,129 +1103,36 @@ fn event_pattern(raw: &str, path: &str, allow_star: bool) -> Res<EventPattern> {
         None => (s.clone(), None),
     };
     if !is_event_word(&event) || action.as_deref().is_some_and(|a| !is_event_word(a)) {
-        return fail(
-            path,
-            format!(
-                "{raw:?} is not a GitHub event: use the X-GitHub-Event name, optionally with an action \
-                 (\"push\", \"pull_request\", \"pull_request.opened\"){}",
-                if allow_star { " or \"*\"" } else { "" }
-            ),
-        );
+        return Err(format!(
+            "{raw:?} is not a GitHub event: use the X-GitHub-Event name, optionally with an action \
+             (\"push\", \"pull_request\", \"pull_request.opened\"){}",
+            if allow_star { " or \"*\"" } else { "" }
+        ));
     }
     Ok(EventPattern { event, action })
 }
 
-fn compile_globs(pats: &[(String, String)], case_insensitive: bool) -> Res<Option<Globs>> {
-    if pats.is_empty() {
+/// The globs of one filter list found at `path`, as one set (`None`: no filter).
+fn compile_globs(items: Vec<GlobItem>, path: &str) -> Res<Option<Globs>> {
+    if items.is_empty() {
         return Ok(None);
     }
     let mut set = GlobSetBuilder::new();
-    for (path, pat) in pats {
-        let glob = GlobBuilder::new(pat)
-            .case_insensitive(case_insensitive)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| TriggerError { path: path.clone(), message: format!("invalid glob pattern: {e}") })?;
-        set.add(glob);
+    for item in &items {
+        set.add(item.glob.clone());
     }
     match set.build() {
-        Ok(set) => Ok(Some(Globs { set, patterns: pats.iter().map(|(_, p)| p.clone()).collect() })),
-        Err(e) => fail(pats[0].0.clone(), format!("invalid glob patterns: {e}")),
+        Ok(set) => Ok(Some(Globs { set, patterns: items.into_iter().map(|i| i.pattern).collect() })),
+        Err(e) => fail(index(path, 0), format!("invalid glob patterns: {e}")),
     }
 }
 
-fn repository_patterns(list: Vec<(String, &str)>) -> Res<Vec<(String, String)>> {
-    list.into_iter()
-        .map(|(path, pat)| {
-            if pat == "*" {
-                return Ok((path, "*/*".to_string()));
-            }
-            if pat.matches('/').count() != 1 || pat.starts_with('/') || pat.ends_with('/') {
-                return fail(
-                    path,
-                    format!(
-                        "{pat:?} is not an owner/name pattern: write \"myorg/api\", \"myorg/*\", \
-                         \"myorg/prefix-*\", or \"*\" for every repository"
-                    ),
-                );
-            }
-            Ok((path, pat.to_string()))
-        })
-        .collect()
-}
-
-fn branch_patterns(list: Vec<(String, &str)>) -> Res<Vec<(String, String)>> {
-    list.into_iter()
-        .map(|(path, pat)| {
-            let pat = pat.strip_prefix("refs/heads/").unwrap_or(pat);
-            if pat.starts_with("refs/") {
-                return fail(
-                    path,
-                    format!(
-                        "{pat:?}: branches are matched by branch name (\"main\", \"release/*\"); \
-                         tag pushes have no branch, so a branches filter never matches them"
-                    ),
-                );
-            }
-            if pat.is_empty() {
-                return fail(path, "must not be empty");
-            }
-            Ok((path, pat.to_string()))
-        })
-        .collect()
-}
-
-fn login_list(list: Vec<(String, &str)>, what: &str) -> Res<Vec<String>> {
-    list.into_iter()
-        .map(|(path, s)| {
-            if s.chars().any(char::is_whitespace) {
-                return fail(path, format!("{s:?}: a {what} has no whitespace"));
-            }
-            Ok(s.to_lowercase())
-        })
-        .collect()
-}
-
-/// Parse one command entry `{agent|fleet|flow: NAME, description?, params?}`.
-fn command_route(v: &Value, path: &str) -> Res<(Route, Option<String>)> {
-    let obj = as_object(v, path)?;
-    check_keys(obj, path, COMMAND_KEYS, "a command")?;
-    let mut target: Option<(TargetKind, &str)> = None;
-    for (key, kind) in [("agent", TargetKind::Agent), ("fleet", TargetKind::Fleet), ("flow", TargetKind::Flow)] {
-        if let Some(v) = get(obj, key) {
-            let p = child(path, key);
-            let name = as_string(v, &p)?;
-            if let Some((prev, _)) = &target {
-                return fail(p, format!("a command routes to exactly one target, but both {prev} and {key} are set"));
-            }
-            target = Some((kind, name.trim()));
-        }
-    }
-    let Some((kind, name)) = target else {
-        return fail(path, "a command needs exactly one of agent, fleet or flow");
-    };
-    let description = match get(obj, "description") {
-        Some(v) => Some(
-            v.as_str()
-                .map_or_else(
-                    || fail(child(path, "description"), format!("expected a string, found {}", type_name(v))),
-                    Ok,
-                )?
-                .to_string(),
-        ),
-        None => None,
-    };
-    let params_json = get(obj, "params").map_or_else(|| "{}".to_string(), canonical_json);
-    Ok((Route { kind, name: name.to_string(), params_json }, description))
-}
-
-/// Parse a `commands` mapping found at `path`, adding to `out` (keyed by the
-/// lowercased normalized key, to catch duplicates across both places).
-fn commands_into(v: &Value, path: &str, out: &mut BTreeMap<String, (String, CommandRoute)>) -> Res<()> {
-    let obj = as_object(v, path)?;
-    for (raw_key, entry) in obj {
-        let p = child(path, raw_key);
+/// Add the `commands` mapping found at `path` to `out` (keyed by the lowercased
+/// normalized key, to catch duplicates across both places): each key a slash
+/// command or an event, each entry exactly one target.
+fn commands_into(commands: Commands, path: &str, out: &mut BTreeMap<String, (String, CommandRoute)>) -> Res<()> {
+    for (raw_key, entry) in commands.0 {
+        let p = child(path, &raw_key);
         let trimmed = raw_key.trim();
         let (key, pattern) = if trimmed.starts_with('/') {
             let words: Vec<&str> = trimmed.split_whitespace().collect();
@@ -667,124 +1142,71 @@ fn commands_into(v: &Value, path: &str, out: &mut BTreeMap<String, (String, Comm
             let pattern = CommandPattern::Slash(words.iter().map(|w| w.to_lowercase()).collect());
             (words.join(" "), pattern)
         } else {
-            let ev = event_pattern(trimmed, &p, false).map_err(|_| TriggerError {
-                path: p.clone(),
-                message: format!(
-                    "{raw_key:?} is neither a slash command (\"/review\", \"/deploy staging\") nor an event \
-                     (\"push\", \"pull_request.opened\")"
-                ),
-            })?;
+            let Ok(ev) = event_pattern(trimmed, false) else {
+                return fail(
+                    p,
+                    format!(
+                        "{raw_key:?} is neither a slash command (\"/review\", \"/deploy staging\") nor an event \
+                         (\"push\", \"pull_request.opened\")"
+                    ),
+                );
+            };
             let key = match &ev.action {
                 Some(a) => format!("{}.{a}", ev.event),
                 None => ev.event.clone(),
             };
             (key, CommandPattern::Event(ev))
         };
-        let (route, description) = command_route(entry, &p)?;
+        let mut target: Option<(TargetKind, String)> = None;
+        for (kind, name) in
+            [(TargetKind::Agent, entry.agent), (TargetKind::Fleet, entry.fleet), (TargetKind::Flow, entry.flow)]
+        {
+            let Some(name) = name else { continue };
+            if let Some((prev, _)) = &target {
+                return fail(
+                    child(&p, kind.as_str()),
+                    format!("a command routes to exactly one target, but both {prev} and {kind} are set"),
+                );
+            }
+            target = Some((kind, name.trimmed().to_string()));
+        }
+        let Some((kind, name)) = target else {
+            return fail(p, "a command needs exactly one of agent, fleet or flow");
+        };
+        let params_json = entry.params.as_ref().map_or_else(|| "{}".to_string(), canonical_json);
         let dedup = key.to_lowercase();
         if let Some((first, _)) = out.get(&dedup) {
             return fail(p, format!("duplicate command: {first} already defines {key:?}"));
         }
-        out.insert(dedup, (p, CommandRoute { key, route, description, pattern }));
+        let route = Route { kind, name, params_json };
+        out.insert(dedup, (p, CommandRoute { key, route, description: entry.description, pattern }));
     }
     Ok(())
 }
 
-/// A value that may be set in exactly one of several places.
-fn one_of<'a>(places: &[(&'a Map<String, Value>, &str, &str)]) -> Res<Option<(String, &'a Value)>> {
-    let mut found: Option<(String, &'a Value)> = None;
-    for (obj, base, key) in places {
-        if let Some(v) = get(obj, key) {
-            let p = child(base, key);
-            if let Some((prev, _)) = &found {
-                return fail(p, format!("also set at {prev}; set it in one place"));
-            }
-            found = Some((p, v));
+/// A value that may be set in one of several places (given in order): the value and
+/// its path, or an error at the second place set.
+fn one_of<T>(places: Vec<(Option<T>, String)>) -> Res<Option<(T, String)>> {
+    let mut found: Option<(T, String)> = None;
+    for (value, path) in places {
+        let Some(value) = value else { continue };
+        if let Some((_, prev)) = &found {
+            return fail(path, format!("also set at {prev}; set it in one place"));
         }
+        found = Some((value, path));
     }
     Ok(found)
 }
 
-fn positive_u32(v: &Value, path: &str) -> Res<u32> {
-    match v.as_u64() {
-        Some(n) if n >= 1 => u32::try_from(n).map_or_else(|_| fail(path, "too large (at most 4294967295)"), Ok),
-        _ => fail(
-            path,
-            format!(
-                "expected a positive integer, found {}",
-                if v.is_number() { v.to_string() } else { type_name(v).to_string() }
-            ),
-        ),
-    }
-}
-
-fn rate_limit(v: &Value, path: &str) -> Res<RateLimit> {
-    let obj = as_object(v, path)?;
-    check_keys(obj, path, RATE_LIMIT_KEYS, "rate_limit")?;
-    let per = match get(obj, "per") {
-        None => RateLimitScope::Repo,
-        Some(v) => {
-            let p = child(path, "per");
-            match as_string(v, &p)?.trim().to_ascii_lowercase().as_str() {
-                "org" | "organization" => RateLimitScope::Org,
-                "repo" | "repository" => RateLimitScope::Repo,
-                other => return fail(p, format!("{other:?}: expected org or repo")),
-            }
-        }
-    };
-    let Some(epm) = get(obj, "events_per_minute") else {
-        return fail(child(path, "events_per_minute"), "required");
-    };
-    let events_per_minute = positive_u32(epm, &child(path, "events_per_minute"))?;
-    let burst = match get(obj, "burst") {
-        Some(v) => positive_u32(v, &child(path, "burst"))?,
-        None => events_per_minute,
-    };
-    Ok(RateLimit { per, events_per_minute, burst })
-}
-
-fn parse_callback(v: &Value, path: &str) -> Res<Callback> {
-    let obj = as_object(v, path)?;
-    check_keys(obj, path, CALLBACK_KEYS, "callback")?;
-    let (url_path, env_path) = (child(path, "url"), child(path, "secret_env"));
-    let Some(url) = get(obj, "url") else {
-        return fail(url_path, "required: the http:// or https:// URL notices are POSTed to");
-    };
-    let url = as_string(url, &url_path)?.trim();
-    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
-    if host.is_none_or(|h| h.is_empty() || h.starts_with(':')) {
-        return fail(url_path, format!("{url:?}: expected an http:// or https:// URL with a host"));
-    }
-    if url.len() > MAX_CALLBACK_URL_LEN || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return fail(url_path, format!("at most {MAX_CALLBACK_URL_LEN} characters, without spaces or control characters"));
-    }
-    let Some(env) = get(obj, "secret_env") else {
-        return fail(env_path, "required: the environment variable (on every node) holding the HMAC secret notices are signed with");
-    };
-    let env = as_string(env, &env_path)?.trim();
-    let ok = env.len() <= MAX_CALLBACK_ENV_LEN
-        && env.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !ok {
-        return fail(env_path, format!("{env:?}: expected an environment variable name (A-Z, a-z, 0-9, _; not starting with a digit; at most {MAX_CALLBACK_ENV_LEN})"));
-    }
-    Ok(Callback { url: url.to_string(), secret_env: env.to_string() })
+fn callback(doc: CallbackDoc) -> Callback {
+    Callback { url: doc.url.0, secret_env: doc.secret_env.0 }
 }
 
 /// The `spec.callback` of a stored (already validated) Trigger document, if any.
 pub fn callback_of(doc_json: &str) -> Option<Callback> {
     let doc: Value = serde_json::from_str(doc_json).ok()?;
-    parse_callback(doc.get("spec")?.get("callback").filter(|v| !v.is_null())?, "spec.callback").ok()
-}
-
-fn string_map(v: &Value, path: &str) -> Res<()> {
-    for (k, val) in as_object(v, path)? {
-        if !val.is_string() {
-            return fail(child(path, k), format!("expected a string, found {}", type_name(val)));
-        }
-    }
-    Ok(())
+    let cb = doc.get("spec")?.get("callback").filter(|v| !v.is_null())?;
+    schema::<CallbackDoc>(cb, "spec.callback").ok().map(callback)
 }
 
 /// Parse and validate a Trigger document (already decoded from YAML/JSON) registered
@@ -795,146 +1217,128 @@ fn string_map(v: &Value, path: &str) -> Res<()> {
 /// A [`TriggerError`] whose `path` locates the first problem found: an unknown key,
 /// a value of the wrong type, a bad glob, a command with zero or two targets, ...
 pub fn parse_trigger(name: &str, doc: &Value) -> Result<Trigger, TriggerError> {
-    let Some(root) = doc.as_object() else {
-        return fail(
-            "document",
-            format!(
-                "a Trigger document must be a mapping with apiVersion, kind, metadata and spec, found {}",
-                type_name(doc)
-            ),
-        );
-    };
-    check_keys(root, "", DOC_KEYS, "a Trigger document")?;
-    if let Some(v) = get(root, "apiVersion") {
-        if v.as_str() != Some(API_VERSION) {
-            return fail("apiVersion", format!("expected {API_VERSION:?}, found {v}"));
-        }
+    let github =
+        doc.pointer("/spec/type").and_then(Value::as_str).is_some_and(|t| t.trim().eq_ignore_ascii_case("github"));
+    if !github {
+        // AOF's other types (or a document too broken to say): the common keys only.
+        let doc: Doc<OtherSpec> = schema(doc, "")?;
+        check_name(name, doc.metadata.as_ref())?;
+        return Ok(envelope(name, &doc.spec.trigger_type, doc.spec.enabled, doc.spec.callback));
     }
-    if let Some(v) = get(root, "kind") {
-        if v.as_str() != Some(KIND) {
-            return fail("kind", format!("expected {KIND:?}, found {v}"));
-        }
-    }
-    if let Some(meta) = get(root, "metadata") {
-        let meta = as_object(meta, "metadata")?;
-        if let Some(v) = get(meta, "name") {
-            if v.as_str() != Some(name) {
-                return fail("metadata.name", format!("{v} does not match the trigger's registry name {name:?}"));
-            }
-        }
-        for key in ["labels", "annotations"] {
-            if let Some(v) = get(meta, key) {
-                string_map(v, &child("metadata", key))?;
-            }
-        }
-    }
-    let Some(spec) = get(root, "spec") else {
-        return fail("spec", "required: a mapping with at least `type: GitHub`");
-    };
-    let spec = as_object(spec, "spec")?;
-    check_keys(spec, "spec", SPEC_KEYS, "spec")?;
+    let doc: Doc<GithubSpec> = schema(doc, "")?;
+    check_name(name, doc.metadata.as_ref())?;
+    let spec = doc.spec;
+    let mut trigger = envelope(name, &spec.trigger_type, spec.enabled, spec.callback);
+    let config = spec.config.unwrap_or_default();
 
-    let Some(ty) = get(spec, "type") else {
-        return fail("spec.type", "required (e.g. `type: GitHub`)");
-    };
-    let ty = as_string(ty, "spec.type")?.trim();
-    let Some(trigger_type) = AOF_TRIGGER_TYPES.iter().find(|t| t.eq_ignore_ascii_case(ty)) else {
-        return fail(
-            "spec.type",
-            format!(
-                "unknown trigger type {ty:?}; AOF's types are {} (aof-cluster serves GitHub)",
-                AOF_TRIGGER_TYPES.join(", ")
-            ),
-        );
-    };
-    let enabled = get(spec, "enabled").map_or(Ok(true), |v| as_bool(v, "spec.enabled"))?;
-    let callback = get(spec, "callback").map(|v| parse_callback(v, "spec.callback")).transpose()?;
-
-    let mut trigger = Trigger {
-        name: name.to_string(),
-        enabled,
-        priority: Priority::Normal,
-        webhook_secret: None,
-        rate_limit: None,
-        callback,
-        trigger_type: trigger_type.to_string(),
-        filters: Filters::default(),
-        commands: Vec::new(),
-        default_route: None,
-    };
-    if !trigger.is_github() {
-        return Ok(trigger);
-    }
-
-    let empty = Map::new();
-    let config = match get(spec, "config") {
-        Some(v) => as_object(v, "spec.config")?,
-        None => &empty,
-    };
-    check_keys(config, "spec.config", CONFIG_KEYS, "spec.config of a GitHub trigger")?;
-    let list = |key: &str| -> Res<Vec<(String, &str)>> {
-        get(config, key).map_or(Ok(Vec::new()), |v| string_list(v, &child(CONFIG, key)))
-    };
-
-    if let Some(v) = get(config, "webhook_secret") {
-        trigger.webhook_secret = Some(as_string(v, &child(CONFIG, "webhook_secret"))?.to_string());
-    }
-
+    trigger.webhook_secret = config.webhook_secret.map(|s| s.0);
     let filters = &mut trigger.filters;
-    filters.events = list("github_events")?.into_iter().map(|(p, s)| event_pattern(s, &p, true)).collect::<Res<_>>()?;
-    filters.actions = list("actions")?
-        .into_iter()
-        .map(|(p, s)| {
-            let a = s.to_ascii_lowercase();
-            if is_event_word(&a) {
-                Ok(a)
-            } else {
-                fail(p, format!("{s:?} is not an action name (e.g. opened, synchronize, created)"))
-            }
-        })
-        .collect::<Res<_>>()?;
-    let repos = match one_of(&[(config, CONFIG, "repositories"), (config, CONFIG, "allowed_repos")])? {
-        Some((p, v)) => string_list(v, &p)?,
-        None => Vec::new(),
-    };
-    filters.repositories = compile_globs(&repository_patterns(repos)?, true)?;
-    filters.branches = compile_globs(&branch_patterns(list("branches")?)?, false)?;
-    filters.allowed_users = login_list(list("allowed_users")?, "GitHub login")?;
-    filters.labels = login_list(list("labels")?, "runner label")?;
+    filters.events = config.github_events.unwrap_or_default().0.into_iter().map(|e| e.0).collect();
+    filters.actions = config.actions.unwrap_or_default().0.into_iter().map(|a| a.0).collect();
+    let repos = one_of(vec![
+        (config.repositories, child(CONFIG, "repositories")),
+        (config.allowed_repos, child(CONFIG, "allowed_repos")),
+    ])?;
+    if let Some((list, path)) = repos {
+        filters.repositories = compile_globs(list.0.into_iter().map(|r| r.0).collect(), &path)?;
+    }
+    let branches = config.branches.unwrap_or_default().0.into_iter().map(|b| b.0).collect();
+    filters.branches = compile_globs(branches, &child(CONFIG, "branches"))?;
+    filters.allowed_users = config.allowed_users.unwrap_or_default().0.into_iter().map(|u| u.0).collect();
+    filters.labels = config.labels.unwrap_or_default().0.into_iter().map(|l| l.0).collect();
 
     let mut commands = BTreeMap::new();
-    if let Some(v) = get(spec, "commands") {
-        commands_into(v, "spec.commands", &mut commands)?;
+    if let Some(c) = spec.commands {
+        commands_into(c, "spec.commands", &mut commands)?;
     }
-    if let Some(v) = get(config, "commands") {
-        commands_into(v, &child(CONFIG, "commands"), &mut commands)?;
+    if let Some(c) = config.commands {
+        commands_into(c, &child(CONFIG, "commands"), &mut commands)?;
     }
     trigger.commands = commands.into_values().map(|(_, c)| c).collect();
 
     let defaults = [
-        (TargetKind::Agent, "default_agent", "defaultAgent"),
-        (TargetKind::Fleet, "default_fleet", "defaultFleet"),
-        (TargetKind::Flow, "default_flow", "defaultFlow"),
+        (
+            TargetKind::Agent,
+            spec.default_agent,
+            spec.default_agent_camel,
+            config.default_agent,
+            "default_agent",
+            "defaultAgent",
+        ),
+        (
+            TargetKind::Fleet,
+            spec.default_fleet,
+            spec.default_fleet_camel,
+            config.default_fleet,
+            "default_fleet",
+            "defaultFleet",
+        ),
+        (
+            TargetKind::Flow,
+            spec.default_flow,
+            spec.default_flow_camel,
+            config.default_flow,
+            "default_flow",
+            "defaultFlow",
+        ),
     ];
-    for (kind, snake, camel) in defaults {
-        let found = one_of(&[(spec, "spec", snake), (spec, "spec", camel), (config, CONFIG, snake)])?;
-        if let Some((p, v)) = found {
-            let target = as_string(v, &p)?.trim().to_string();
+    for (kind, snake, camel, in_config, snake_key, camel_key) in defaults {
+        let found = one_of(vec![
+            (snake, child("spec", snake_key)),
+            (camel, child("spec", camel_key)),
+            (in_config, child(CONFIG, snake_key)),
+        ])?;
+        if let Some((target, _)) = found {
             if trigger.default_route.is_none() {
-                trigger.default_route = Some(Route { kind, name: target, params_json: "{}".into() });
+                trigger.default_route =
+                    Some(Route { kind, name: target.trimmed().to_string(), params_json: "{}".into() });
             }
         }
     }
 
-    if let Some((p, v)) = one_of(&[(spec, "spec", "priority"), (config, CONFIG, "priority")])? {
-        let s = as_string(v, &p)?;
-        trigger.priority = Priority::parse(s)
-            .map_or_else(|| fail(&p, format!("{s:?}: expected critical, high, normal or low")), Ok)?;
+    let priority =
+        one_of(vec![(spec.priority, "spec.priority".to_string()), (config.priority, child(CONFIG, "priority"))])?;
+    if let Some((s, path)) = priority {
+        let Some(p) = Priority::parse(&s.0) else {
+            return fail(path, format!("{:?}: expected critical, high, normal or low", s.0));
+        };
+        trigger.priority = p;
     }
-    if let Some(v) = get(config, "rate_limit") {
-        trigger.rate_limit = Some(rate_limit(v, &child(CONFIG, "rate_limit"))?);
-    }
+    trigger.rate_limit = config.rate_limit.map(|r| {
+        let events_per_minute = r.events_per_minute.0;
+        RateLimit {
+            per: r.per.map_or(RateLimitScope::Repo, |s| s.0),
+            events_per_minute,
+            burst: r.burst.map_or(events_per_minute, |b| b.0),
+        }
+    });
     Ok(trigger)
+}
+
+/// `metadata.name`, when set, must be the registry name.
+fn check_name(name: &str, metadata: Option<&Metadata>) -> Res<()> {
+    match metadata.and_then(|m| m.name.as_ref()).filter(|v| !v.is_null()) {
+        Some(v) if v.as_str() != Some(name) => {
+            fail("metadata.name", format!("{v} does not match the trigger's registry name {name:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A trigger with the keys every AOF type shares; no GitHub filters or routes yet.
+fn envelope(name: &str, ty: &TriggerType, enabled: Option<Flag>, cb: Option<CallbackDoc>) -> Trigger {
+    Trigger {
+        name: name.to_string(),
+        enabled: enabled.is_none_or(|f| f.0),
+        priority: Priority::Normal,
+        webhook_secret: None,
+        rate_limit: None,
+        callback: cb.map(callback),
+        trigger_type: ty.0.to_string(),
+        filters: Filters::default(),
+        commands: Vec::new(),
+        default_route: None,
+    }
 }
 
 #[cfg(test)]
@@ -1041,10 +1445,10 @@ spec:
 
     #[test]
     fn callback_parses_and_is_validated() {
-        let with = |cb: Value| {
-            json!({"apiVersion": "aof.dev/v1", "kind": "Trigger", "spec": {"type": "GitHub", "callback": cb}})
-        };
-        let t = parse_trigger("t", &with(json!({"url": "https://ci.example/hooks/aof", "secret_env": "AOF_CB_SECRET"}))).unwrap();
+        let with = |cb: Value| json!({"apiVersion": "aof.dev/v1", "kind": "Trigger", "spec": {"type": "GitHub", "callback": cb}});
+        let t =
+            parse_trigger("t", &with(json!({"url": "https://ci.example/hooks/aof", "secret_env": "AOF_CB_SECRET"})))
+                .unwrap();
         let cb = Callback { url: "https://ci.example/hooks/aof".into(), secret_env: "AOF_CB_SECRET".into() };
         assert_eq!(t.callback, Some(cb.clone()));
         assert_eq!(callback_of(&with(json!({"url": cb.url, "secret_env": cb.secret_env})).to_string()), Some(cb));
@@ -1155,6 +1559,51 @@ spec:
             assert_eq!(e.path, path, "{e}");
             assert!(e.message.contains(msg), "{e} should mention {msg:?}");
         }
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_before_other_problems_whatever_the_key_order() {
+        // `callback` sorts before `zzz`: the typo is still the error reported.
+        let e = parse_err(json!({"spec": {"type": "GitHub", "callback": 3, "zzz": 1}}));
+        assert_eq!(e.path, "spec.zzz", "{e}");
+        let e = parse_err(spec(json!({"actions": [1], "zactions": ["opened"]})));
+        assert_eq!(e.path, "spec.config.zactions", "{e}");
+    }
+
+    #[test]
+    fn a_list_is_not_read_as_a_mapping() {
+        let e = parse_err(json!({"spec": {"type": "GitHub", "callback": ["http://a/", "S"]}}));
+        assert_eq!((e.path.as_str(), e.message.contains("mapping")), ("spec.callback", true), "{e}");
+        let e = parse_err(spec(json!({"rate_limit": ["org", 5, 5]})));
+        assert_eq!(e.path, "spec.config.rate_limit", "{e}");
+        let e = parse_err(json!(["aof.dev/v1", "Trigger", {}, {"type": "GitHub"}]));
+        assert_eq!(e.path, "document", "{e}");
+    }
+
+    #[test]
+    fn null_is_absent_for_known_keys_only() {
+        let e = parse_err(spec(json!({"rate_limit": {"events_per_minute": null}})));
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("spec.config.rate_limit.events_per_minute", "required"));
+        let e = parse_err(json!({"spec": {"type": null}}));
+        assert_eq!(e.path, "spec.type", "{e}");
+        assert!(e.message.starts_with("required"), "{e}");
+        let e = parse_err(spec(json!({"repositores": null})));
+        assert_eq!(e.path, "spec.config.repositores", "{e}");
+        let e = parse_err(spec(json!({"commands": {"/x": null}})));
+        assert_eq!(e.path, "spec.config.commands[\"/x\"]", "{e}");
+    }
+
+    #[test]
+    fn messages_name_types_and_suggest_from_the_derived_key_lists() {
+        let e = parse_err(spec(json!({"allowed_users": "alice"})));
+        assert_eq!(e.message, "expected a list of strings, found a string");
+        let e = parse_err(spec(json!({"rate_limit": {"events_per_minute": -3}})));
+        assert_eq!(e.message, "expected a positive integer, found -3");
+        let e = parse_err(json!({"spec": {"type": "GitHub", "defaultAgnt": "a"}}));
+        assert!(e.message.contains("did you mean \"defaultAgent\"?"), "{e}");
+        assert!(e.message.contains("known keys: type, enabled, callback, config"), "{e}");
+        let e = parse_err(json!({"spec": {"type": "GitHub", "config": {"users": []}}}));
+        assert!(e.message.contains("did you mean \"allowed_users\"?"), "{e}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::github::facts::CtxValue;
 use crate::github::matcher::{self, MatchOutcome};
 use crate::github::facts::EventFacts;
 use crate::github::trigger::{Priority, RateLimit, RateLimitScope, Route};
-use crate::types::{Delivery, EventStatus, IngestResult, Response, SignedBy};
+use crate::types::{Delivery, EventStatus, IngestResult, PackedDelivery, Response, SignedBy};
 
 const EVENT: &[u8] = b"e/";
 const PAYLOAD: &[u8] = b"p/";
@@ -337,17 +337,48 @@ pub fn ready_count(state: &dyn KvRead) -> usize {
     state.range(READY, &prefix_end(READY)).count()
 }
 
-pub(super) fn ingest(state: &mut Overlay<'_>, seq: u64, now: u64, d: &Delivery) -> Response {
-    if let Some(orig) = event_by_delivery(state, &d.delivery_id) {
-        return Response::Ingested(IngestResult {
-            event_id: orig.event_id,
-            delivery_id: orig.delivery_id,
-            status: orig.accepted_status,
-            trigger: orig.trigger,
-            jobs: orig.jobs,
-            duplicate: true,
-        });
+/// Apply `IngestPacked`: the payload record comes packed by the gateway and is
+/// stored as it is, once [checked](super::payload::check) (a damaged record, or one
+/// past [`super::payload::MAX_RAW_BYTES`], is refused and changes nothing).
+pub(super) fn ingest_packed(state: &mut Overlay<'_>, seq: u64, now: u64, d: &PackedDelivery) -> Response {
+    // The dedup lookup comes first: a replay gets the original answer even when its
+    // payload is damaged or oversized, and pays no decompression.
+    if let Some(answer) = replay(state, &d.delivery_id) {
+        return answer;
     }
+    match super::payload::check(&d.payload, super::payload::MAX_RAW_BYTES) {
+        Ok(raw_len) => ingest_new(state, seq, now, d, raw_len),
+        Err(e) => Response::Refused { reason: format!("delivery {}: {e}", d.delivery_id) },
+    }
+}
+
+/// Apply `IngestWebhook` (the layout of earlier builds, raw payload): packed here, as
+/// those builds did, and never refused for its size (they did not refuse it either,
+/// and every replica must keep applying their log entries the same way).
+pub(super) fn ingest_raw(state: &mut Overlay<'_>, seq: u64, now: u64, d: &Delivery) -> Response {
+    if let Some(answer) = replay(state, &d.delivery_id) {
+        return answer;
+    }
+    let raw_len = d.payload.len() as u64;
+    ingest_new(state, seq, now, &PackedDelivery::from(d.clone()), raw_len)
+}
+
+/// The original answer to a delivery id already accepted (and still retained), marked
+/// `duplicate`; `None` for a delivery id not seen.
+fn replay(state: &Overlay<'_>, delivery_id: &str) -> Option<Response> {
+    let orig = event_by_delivery(state, delivery_id)?;
+    Some(Response::Ingested(IngestResult {
+        event_id: orig.event_id,
+        delivery_id: orig.delivery_id,
+        status: orig.accepted_status,
+        trigger: orig.trigger,
+        jobs: orig.jobs,
+        duplicate: true,
+    }))
+}
+
+/// Record a delivery not seen before (the caller checked with [`replay`]).
+fn ingest_new(state: &mut Overlay<'_>, seq: u64, now: u64, d: &PackedDelivery, raw_len: u64) -> Response {
     let event_id = seq;
     // A delivery signed with a trigger's own secret may reach that trigger only.
     let triggers: Vec<_> = super::triggers::compiled(state)
@@ -408,7 +439,7 @@ pub(super) fn ingest(state: &mut Overlay<'_>, seq: u64, now: u64, d: &Delivery) 
         command,
         jobs: jobs.clone(),
         context,
-        payload_bytes: d.payload.len() as u64,
+        payload_bytes: raw_len,
         retention_ms: d.retention_ms,
         finished_ms: None,
         expires_ms: None,
@@ -419,7 +450,7 @@ pub(super) fn ingest(state: &mut Overlay<'_>, seq: u64, now: u64, d: &Delivery) 
     } else {
         state.put(ek(event_id), codec::Record::encode_record(&rec));
     }
-    state.put(pk(event_id), super::payload::pack(&d.payload));
+    state.put(pk(event_id), d.payload.clone());
     state.put(dk(&d.delivery_id), event_id.to_be_bytes().to_vec());
     Response::Ingested(IngestResult { event_id, delivery_id: d.delivery_id.clone(), status, trigger, jobs, duplicate: false })
 }
@@ -477,6 +508,113 @@ pub(super) fn expire(state: &mut Overlay<'_>, now: u64, budget: usize) -> u64 {
 mod tests {
     use super::*;
     use crate::sm::kv::MemKv;
+    use crate::types::{Command, Request};
+
+    fn run(kv: &mut MemKv, index: u64, cmd: Command) -> Response {
+        let req = Request { time_ms: 1_000, cmd };
+        let mut o = Overlay::new(kv);
+        let r = crate::sm::apply(&mut o, index, &req, Default::default());
+        let w = o.into_writes();
+        kv.commit(w);
+        r
+    }
+
+    fn delivery(id: &str, payload: Vec<u8>) -> Delivery {
+        Delivery {
+            delivery_id: id.into(),
+            facts: EventFacts { event: "push".into(), ..Default::default() },
+            payload,
+            received_by: 2,
+            retention_ms: 60_000,
+            traceparent: String::new(),
+            signed_by: SignedBy::Daemon,
+        }
+    }
+
+    /// A GitHub-like body: JSON that LZ4 compresses well.
+    fn body() -> Vec<u8> {
+        let mut b = String::from("{\"ref\":\"refs/heads/main\",\"commits\":[");
+        for i in 0..100 {
+            b.push_str(&format!("{{\"id\":\"{i:040}\",\"message\":\"fix the build\",\"author\":{{\"name\":\"octocat\"}}}},"));
+        }
+        b.push_str("{}]}");
+        b.into_bytes()
+    }
+
+    /// The packed payload is stored as it came (no second compression); the event
+    /// counts the raw size; workers and the API get the body as received.
+    #[test]
+    fn a_packed_payload_is_stored_as_it_came() {
+        let mut kv = MemKv::default();
+        let raw = body();
+        let packed = PackedDelivery::from(delivery("d-1", raw.clone()));
+        assert!(packed.payload.len() < raw.len() / 2, "the body compresses: {} of {}", packed.payload.len(), raw.len());
+        let r = run(&mut kv, 1, Command::IngestPacked(Box::new(packed.clone())));
+        let Response::Ingested(res) = r else { panic!("{r:?}") };
+        assert_eq!(kv.get(&pk(res.event_id)), Some(packed.payload.clone()));
+        assert_eq!(get_payload(&kv, res.event_id), Some(raw.clone()));
+        assert_eq!(get_event(&kv, res.event_id).unwrap().payload_bytes, raw.len() as u64);
+    }
+
+    /// A log entry of the earlier layout (raw payload) applies to the same state as
+    /// the packed command of the same delivery: the migration.
+    #[test]
+    fn the_raw_layout_applies_like_the_packed_one() {
+        let raw = body();
+        let (mut old, mut new) = (MemKv::default(), MemKv::default());
+        let a = run(&mut old, 1, Command::IngestWebhook(Box::new(delivery("d-1", raw.clone()))));
+        let b = run(&mut new, 1, Command::IngestPacked(Box::new(PackedDelivery::from(delivery("d-1", raw)))));
+        assert_eq!(a, b);
+        assert_eq!(old.0, new.0);
+    }
+
+    /// A damaged or oversized payload record (a buggy or hostile forwarder) is refused
+    /// in apply: nothing is stored, not even the dedup entry, so the delivery can
+    /// still be accepted later with a sound payload.
+    #[test]
+    fn a_damaged_or_oversized_payload_is_refused_and_changes_nothing() {
+        let raw = body();
+        let good = PackedDelivery::from(delivery("d-1", raw.clone()));
+        let mut lying = good.clone();
+        lying.payload[1..5].copy_from_slice(&(crate::sm::payload::MAX_RAW_BYTES as u32 + 1).to_le_bytes());
+        let mut damaged = good.clone();
+        let n = damaged.payload.len();
+        damaged.payload.truncate(n - 5);
+        let mut short = good.clone();
+        short.payload[1..5].copy_from_slice(&(raw.len() as u32 + 100).to_le_bytes());
+        let mut kv = MemKv::default();
+        let mut index = 0;
+        for bad in [lying, damaged, short] {
+            index += 1;
+            let before = kv.0.clone();
+            let r = run(&mut kv, index, Command::IngestPacked(Box::new(bad)));
+            assert!(matches!(&r, Response::Refused { reason } if reason.contains("d-1")), "{r:?}");
+            // Only the applied clock moves.
+            let changed: Vec<_> = kv.0.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+            assert!(changed.iter().all(|k| k.starts_with("m/")), "a refused ingest wrote {changed:?}");
+        }
+        let r = run(&mut kv, index + 1, Command::IngestPacked(Box::new(good)));
+        assert!(matches!(&r, Response::Ingested(res) if !res.duplicate), "{r:?}");
+    }
+
+    /// A replay of an accepted delivery gets the original answer even when the
+    /// replayed payload is damaged: the dedup lookup comes before the payload check.
+    #[test]
+    fn a_replay_with_a_damaged_payload_gets_the_original_answer() {
+        let good = PackedDelivery::from(delivery("d-1", body()));
+        let mut damaged = good.clone();
+        let n = damaged.payload.len();
+        damaged.payload.truncate(n - 5);
+        let mut kv = MemKv::default();
+        let Response::Ingested(first) = run(&mut kv, 1, Command::IngestPacked(Box::new(good))) else { panic!() };
+        let before = kv.0.clone();
+        let r = run(&mut kv, 2, Command::IngestPacked(Box::new(damaged)));
+        let Response::Ingested(again) = r else { panic!("a replay must get the original answer: {r:?}") };
+        assert!(again.duplicate);
+        assert_eq!((again.event_id, again.status, again.jobs), (first.event_id, first.status, first.jobs));
+        let changed: Vec<_> = kv.0.iter().filter(|(k, v)| before.get(*k) != Some(*v)).map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+        assert!(changed.iter().all(|k| k.starts_with("m/")), "a replay wrote {changed:?}");
+    }
 
     fn record(event_id: u64, repo: &str) -> EventRecord {
         EventRecord {

@@ -62,11 +62,22 @@ impl KvRead for MemKv {
 pub struct Overlay<'b> {
     base: &'b dyn KvRead,
     writes: BTreeMap<Key, Option<Value>>,
+    /// Compiled triggers kept by the caller between applies (see `super::triggers`).
+    triggers: Option<&'b super::triggers::TriggerCache>,
 }
 
 impl<'b> Overlay<'b> {
     pub fn new(base: &'b dyn KvRead) -> Self {
-        Overlay { base, writes: BTreeMap::new() }
+        Overlay { base, writes: BTreeMap::new(), triggers: None }
+    }
+    /// Let `apply` reuse the caller's compiled triggers.
+    pub fn with_triggers(mut self, cache: &'b super::triggers::TriggerCache) -> Self {
+        self.triggers = Some(cache);
+        self
+    }
+    /// The compiled-trigger cache this overlay carries, if any.
+    pub fn trigger_cache(&self) -> Option<&'b super::triggers::TriggerCache> {
+        self.triggers
     }
     pub fn put(&mut self, key: Key, value: Value) {
         self.writes.insert(key, Some(value));

@@ -73,7 +73,8 @@ fn apply_one(state: &mut Overlay<'_>, index: u64, seq: u64, now: u64, cmd: &Comm
             triggers::put(state, index, now, name, doc_json, *if_match)
         }
         Command::DeleteTrigger { name, if_match } => triggers::delete(state, index, name, *if_match),
-        Command::IngestWebhook(d) => events::ingest(state, seq, now, d),
+        Command::IngestWebhook(d) => events::ingest_raw(state, seq, now, d),
+        Command::IngestPacked(d) => events::ingest_packed(state, seq, now, d),
         Command::Tick { policy } => {
             let (expired_leases, released) = queue::tick(state, seq, now, policy);
             let expired_events = expired + events::expire(state, now, events::GC_BUDGET_PER_TICK);

@@ -423,8 +423,9 @@ mod tests {
         })
     }
 
-    /// A cluster state with trigger `t` (callback or not) and one completed job.
-    fn completed(doc: &str) -> MemKv {
+    /// A cluster state with trigger `t` (callback or not) and one event (delivery
+    /// `d-1`) it matched.
+    fn delivered(doc: &str) -> MemKv {
         let mut kv = MemKv::default();
         run(
             &mut kv,
@@ -437,6 +438,12 @@ mod tests {
             },
         );
         run(&mut kv, 2, 1100, delivery("d-1"));
+        kv
+    }
+
+    /// A cluster state with trigger `t` (callback or not) and one completed job.
+    fn completed(doc: &str) -> MemKv {
+        let mut kv = delivered(doc);
         let (job, token) = grant(&mut kv, 3, 1200);
         assert_eq!(
             run(
@@ -505,18 +512,7 @@ mod tests {
 
     #[test]
     fn a_dead_lettered_job_gets_a_dead_outcome_notice() {
-        let mut kv = MemKv::default();
-        run(
-            &mut kv,
-            1,
-            1000,
-            Command::PutTrigger {
-                name: "t".into(),
-                doc_json: TRIGGER.into(),
-                if_match: None,
-            },
-        );
-        run(&mut kv, 2, 1100, delivery("d-1"));
+        let mut kv = delivered(TRIGGER);
         let (job, token) = grant(&mut kv, 3, 1200);
         let fail = Command::Fail {
             job_id: job,

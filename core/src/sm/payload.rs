@@ -15,10 +15,17 @@
 //!
 //! Layout `1` is what every build before compression wrote; it still decodes.
 //!
-//! Packing is a pure function of the bytes (no clock, no randomness), so every
-//! replica that applies the same command stores a payload that unpacks the same.
+//! Since the ingest command's layout 3 ([`crate::types::Command::IngestPacked`]) the
+//! gateway that accepted a delivery packs its payload, once, and the record travels
+//! as it is through the forward hop, the log and AppendEntries into every replica's
+//! state: no replica compresses. Apply only [checks](check) the record, the same way
+//! on every replica: a known layout, a raw size within [`MAX_RAW_BYTES`], and bytes
+//! that unpack to exactly that size (so nothing damaged is stored, and a stored
+//! payload always unpacks). Commands of layout 2 (raw payload) are packed in apply,
+//! as before ([`PackedDelivery::from`]).
 
 use crate::codec;
+use crate::types::{Delivery, PackedDelivery};
 
 /// Layout byte of an uncompressed payload.
 const PLAIN: u8 = 1;
@@ -27,6 +34,12 @@ const LZ4: u8 = 2;
 
 /// Payloads smaller than this are stored as they are (LZ4 gains little on them).
 const MIN_COMPRESS: usize = 256;
+
+/// The largest raw payload the state machine accepts (64 MiB; GitHub sends at most
+/// 25 MB). A constant of the replicated state, not a node's setting, so every
+/// replica refuses the same commands; the gateway's `spec.gateway.max_body_bytes`
+/// is checked on the raw body before packing and is clamped to it.
+pub const MAX_RAW_BYTES: usize = 64 << 20;
 
 /// Why a stored payload cannot be read back.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +50,71 @@ pub enum PayloadError {
     UnknownLayout(u8),
     #[error("stored payload is not valid LZ4 ({0}); the data dir is damaged: restore it or rejoin the node from a snapshot")]
     Lz4(#[from] lz4_flex::block::DecompressError),
+    #[error("payload of {size} bytes is larger than the {max} bytes the state machine accepts; lower spec.gateway.max_body_bytes")]
+    TooLarge { size: u64, max: usize },
+    #[error("payload record says {declared} bytes but holds {actual}; the record is damaged (a node running a broken build forwarded it?)")]
+    LengthMismatch { declared: u64, actual: u64 },
+    #[error("payload record is cut short ({0} bytes, shorter than its header); the record is damaged")]
+    Truncated(usize),
+}
+
+/// Check a payload record carried by a command before it is stored: a known layout,
+/// a raw size of at most `max_raw`, and bytes that unpack to exactly that size. The
+/// raw size is checked before anything is decompressed, and LZ4 output is bounded
+/// by it, so a record cannot make a replica allocate more than `max_raw`. Returns
+/// the raw size. A pure function of the bytes: every replica decides alike.
+pub fn check(stored: &[u8], max_raw: usize) -> Result<u64, PayloadError> {
+    let too_large = |size: u64| PayloadError::TooLarge { size, max: max_raw };
+    match stored.first() {
+        Some(&LZ4) => {
+            let block = &stored[1..];
+            let Some(prefix) = block.get(..4) else {
+                return Err(PayloadError::Truncated(stored.len()));
+            };
+            let declared = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as u64;
+            if declared > max_raw as u64 {
+                return Err(too_large(declared));
+            }
+            let raw = lz4_flex::block::decompress(&block[4..], declared as usize)?;
+            if raw.len() as u64 != declared {
+                return Err(PayloadError::LengthMismatch { declared, actual: raw.len() as u64 });
+            }
+            Ok(declared)
+        }
+        Some(&PLAIN) => {
+            let Some(prefix) = stored.get(1..9) else {
+                return Err(PayloadError::Truncated(stored.len()));
+            };
+            let declared = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+            let actual = (stored.len() - 9) as u64;
+            if actual > max_raw as u64 {
+                return Err(too_large(actual));
+            }
+            if declared != actual {
+                return Err(PayloadError::LengthMismatch { declared, actual });
+            }
+            Ok(actual)
+        }
+        Some(&other) => Err(PayloadError::UnknownLayout(other)),
+        None => Err(codec::CodecError::Empty.into()),
+    }
+}
+
+/// The migration of the ingest command from layout 2 (raw payload) to layout 3:
+/// pack the payload. The gateway proposes through it, and apply brings log entries
+/// of earlier builds up with it.
+impl From<Delivery> for PackedDelivery {
+    fn from(d: Delivery) -> Self {
+        PackedDelivery {
+            payload: pack(&d.payload),
+            delivery_id: d.delivery_id,
+            facts: d.facts,
+            received_by: d.received_by,
+            retention_ms: d.retention_ms,
+            traceparent: d.traceparent,
+            signed_by: d.signed_by,
+        }
+    }
 }
 
 /// The stored record for a payload: compressed when that saves ≥ 1/8, else plain.
@@ -97,6 +175,54 @@ mod tests {
         // Layout 1: what builds before compression wrote (then also codec version 1).
         let old = [&[1u8][..], &bincode::serialize(serde_bytes::Bytes::new(b"{\"zen\":\"x\"}")).unwrap()].concat();
         assert_eq!(unpack(&old).unwrap(), b"{\"zen\":\"x\"}");
+    }
+
+    /// What a gateway packs passes the check in apply, with its raw size.
+    #[test]
+    fn packed_records_pass_the_check() {
+        for raw in [b"{}".to_vec(), vec![b'a'; 10_000], Vec::new()] {
+            assert_eq!(check(&pack(&raw), MAX_RAW_BYTES).unwrap(), raw.len() as u64);
+        }
+    }
+
+    /// A record whose raw size is past the limit is refused from its header, before
+    /// anything is decompressed; one that lies about its size is refused too.
+    #[test]
+    fn the_check_refuses_oversized_and_lying_records() {
+        let raw = vec![b'a'; 10_000];
+        let packed = pack(&raw);
+        assert_eq!(packed[0], LZ4);
+        // Within a smaller limit: refused, and the error names the raw size.
+        assert!(matches!(check(&packed, 9_999), Err(PayloadError::TooLarge { size: 10_000, max: 9_999 })));
+        assert_eq!(check(&packed, 10_000).unwrap(), 10_000);
+        // A header claiming 4 GiB: refused without allocating it.
+        let mut huge = packed.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(check(&huge, MAX_RAW_BYTES), Err(PayloadError::TooLarge { .. })));
+        // A header claiming more than the block holds (within the limit).
+        let mut more = packed.clone();
+        more[1..5].copy_from_slice(&20_000u32.to_le_bytes());
+        assert!(matches!(check(&more, MAX_RAW_BYTES), Err(PayloadError::LengthMismatch { declared: 20_000, actual: 10_000 })));
+        // A header claiming less: the block does not fit it.
+        let mut less = packed.clone();
+        less[1..5].copy_from_slice(&5_000u32.to_le_bytes());
+        assert!(matches!(check(&less, MAX_RAW_BYTES), Err(PayloadError::Lz4(_))));
+        // A damaged block.
+        let mut cut = packed.clone();
+        cut.truncate(cut.len() - 3);
+        assert!(check(&cut, MAX_RAW_BYTES).is_err());
+        // Plain records: the length must match, and count against the limit.
+        let plain = pack(b"{}");
+        assert_eq!(plain[0], PLAIN);
+        let mut longer = plain.clone();
+        longer.push(b' ');
+        assert!(matches!(check(&longer, MAX_RAW_BYTES), Err(PayloadError::LengthMismatch { declared: 2, actual: 3 })));
+        assert!(matches!(check(&plain, 1), Err(PayloadError::TooLarge { size: 2, max: 1 })));
+        // Cut-off headers, unknown layouts, nothing at all.
+        assert!(matches!(check(&[LZ4, 1, 2], MAX_RAW_BYTES), Err(PayloadError::Truncated(3))));
+        assert!(matches!(check(&[PLAIN, 1], MAX_RAW_BYTES), Err(PayloadError::Truncated(2))));
+        assert!(matches!(check(&[7, 0, 0], MAX_RAW_BYTES), Err(PayloadError::UnknownLayout(7))));
+        assert!(matches!(check(&[], MAX_RAW_BYTES), Err(PayloadError::Codec(_))));
     }
 
     #[test]

@@ -378,6 +378,17 @@ pub fn has_ready(state: &dyn KvRead, targets: &[String]) -> bool {
         .any(|j| targets.is_empty() || targets.iter().any(|t| *t == j.route.name))
 }
 
+/// Jobs waiting for a worker — ready now, or delayed until a retry's backoff has
+/// passed — counted up to `limit`: the answer is `min(backlog, limit)`, so a call
+/// reads at most `limit` index keys (no job record). Leased jobs are not counted:
+/// a worker holds them, and they leave the queue by completing, failing (back to
+/// delayed, then counted) or expiring. What the gateway's intake limit
+/// (`spec.queue.max_ready`) is compared with.
+pub fn backlog(state: &dyn KvRead, limit: usize) -> usize {
+    let ready = state.range(events::READY, &prefix_end(events::READY)).take(limit).count();
+    ready + state.range(DELAYED, &prefix_end(DELAYED)).take(limit - ready).count()
+}
+
 /// The dead-letter queue, oldest first.
 pub fn list_dead(state: &dyn KvRead, limit: usize) -> Vec<JobRecord> {
     state.range(DEAD, &prefix_end(DEAD)).take(limit).filter_map(|(k, _)| job_from_index_key(state, &k, DEAD.len())).collect()

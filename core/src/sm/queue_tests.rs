@@ -482,3 +482,28 @@ fn job_records_written_before_cancelled_existed_still_load() {
     let stored = sm.job(&job);
     assert_eq!(crate::codec::decode::<events::JobRecord>(&crate::codec::encode(&stored)).unwrap(), stored);
 }
+
+#[test]
+fn backlog_counts_ready_and_delayed_jobs_not_leased_ones_up_to_the_limit() {
+    let mut sm = Sm::new();
+    catch_all(&mut sm);
+    for k in 0..4 {
+        sm.deliver(0, &format!("d{k}"), "push", "acme/api");
+    }
+    assert_eq!(queue::backlog(&sm.kv, 100), 4);
+    // Two leased: not counted.
+    let leased = sm.grant(0, 2);
+    assert_eq!(queue::backlog(&sm.kv, 100), 2);
+    // One lease expires: its job waits for a retry (delayed) and counts again.
+    sm.run(1, Command::Extend { job_id: leased[1].0.clone(), token: leased[1].1, extend_ms: 60_000 });
+    sm.tick(30_000);
+    assert_eq!(sm.job(&leased[0].0).state, JobState::Delayed);
+    assert_eq!(queue::backlog(&sm.kv, 100), 3);
+    // The count stops at the limit.
+    assert_eq!(queue::backlog(&sm.kv, 2), 2);
+    assert_eq!(queue::backlog(&sm.kv, 3), 3);
+    assert_eq!(queue::backlog(&sm.kv, 0), 0);
+    // Completed: gone from the backlog.
+    assert_eq!(sm.run(2, Command::Complete { job_id: leased[1].0.clone(), token: leased[1].1, result: "ok".into() }), Response::Completed);
+    assert_eq!(queue::backlog(&sm.kv, 100), 3);
+}

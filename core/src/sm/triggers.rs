@@ -21,36 +21,79 @@ pub fn get(state: &dyn KvRead, name: &str) -> Option<TriggerRecord> {
     state.get(&key(name)).map(|v| <TriggerRecord as codec::Record>::decode_record(&v).expect("trigger record of a known layout"))
 }
 
-/// Compiled triggers, memoized by (name, document). Compiling is a pure function of
-/// the stored document, so sharing the result between replicas' applies and the
-/// gateway changes no outcome; it only saves re-parsing every trigger per event.
-/// (Keyed by the document, not the revision: revisions of different clusters in one
-/// process — tests — or across a data-dir swap may coincide.)
-static COMPILED: std::sync::LazyLock<Mutex<HashMap<(String, String), Arc<Trigger>>>> =
-    std::sync::LazyLock::new(Default::default);
-/// Memo entries kept before the memo is cleared.
-const COMPILED_CAP: usize = 4096;
+/// Compiled triggers, memoized by (name, document): a value its owner holds (the
+/// node's state machine store for `apply`, the node for its gateway and executor), not
+/// process-global state. Compiling is a pure function of the stored document, so a
+/// memo hit changes no outcome; it only saves re-parsing every trigger per event.
+/// (Keyed by the document, not the revision: revisions of different clusters or
+/// across a data-dir swap may coincide.)
+#[derive(Default)]
+pub struct TriggerCache {
+    memo: Mutex<HashMap<(String, String), Arc<Trigger>>>,
+}
 
-/// The registry's triggers, compiled, in name order. A stored document that no longer
-/// compiles (it passed validation when written) is skipped — on every replica alike.
-pub fn compiled(state: &dyn KvRead) -> Vec<Arc<Trigger>> {
+impl std::fmt::Debug for TriggerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.memo.lock().map_or(0, |m| m.len());
+        f.debug_struct("TriggerCache").field("entries", &len).finish()
+    }
+}
+
+impl TriggerCache {
+    /// Memo entries kept before the memo is cleared.
+    pub const CAP: usize = 4096;
+
+    /// The registry's triggers, compiled, in name order (see [`compiled`]).
+    pub fn compiled(&self, state: &dyn KvRead) -> Vec<Arc<Trigger>> {
+        compile_all(state, Some(self))
+    }
+
+    /// Entries held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.memo.lock().map_or(0, |m| m.len())
+    }
+
+    /// Whether the memo is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get_or_compile(&self, r: &TriggerRecord) -> Option<Arc<Trigger>> {
+        let key = (r.name.clone(), r.doc_json.clone());
+        if let Some(t) = self.memo.lock().ok()?.get(&key) {
+            return Some(t.clone());
+        }
+        let t = Arc::new(compile(r)?);
+        let mut memo = self.memo.lock().ok()?;
+        if memo.len() >= Self::CAP {
+            memo.clear();
+        }
+        memo.insert(key, t.clone());
+        Some(t)
+    }
+}
+
+fn compile(r: &TriggerRecord) -> Option<Trigger> {
+    let doc: serde_json::Value = serde_json::from_str(&r.doc_json).ok()?;
+    crate::github::trigger::parse_trigger(&r.name, &doc).ok()
+}
+
+fn compile_all(state: &dyn KvRead, cache: Option<&TriggerCache>) -> Vec<Arc<Trigger>> {
     list(state)
-        .into_iter()
-        .filter_map(|r| {
-            let key = (r.name.clone(), r.doc_json.clone());
-            if let Some(t) = COMPILED.lock().expect("memo lock").get(&key) {
-                return Some(t.clone());
-            }
-            let doc: serde_json::Value = serde_json::from_str(&r.doc_json).ok()?;
-            let t = Arc::new(crate::github::trigger::parse_trigger(&r.name, &doc).ok()?);
-            let mut memo = COMPILED.lock().expect("memo lock");
-            if memo.len() >= COMPILED_CAP {
-                memo.clear();
-            }
-            memo.insert(key, t.clone());
-            Some(t)
+        .iter()
+        .filter_map(|r| match cache {
+            Some(c) => c.get_or_compile(r),
+            None => compile(r).map(Arc::new),
         })
         .collect()
+}
+
+/// The registry's triggers as `apply` sees them, compiled, in name order, through the
+/// [`TriggerCache`] the overlay carries (compiled afresh when it carries none). A
+/// stored document that no longer compiles (it passed validation when written) is
+/// skipped — on every replica alike.
+pub fn compiled(state: &Overlay<'_>) -> Vec<Arc<Trigger>> {
+    compile_all(state, state.trigger_cache())
 }
 
 /// All triggers, in name order (AOF's stable matching order).
@@ -168,5 +211,29 @@ mod tests {
         );
         assert_eq!(run(&mut s, 13, Command::DeleteTrigger { name: "a".into(), if_match: None }), Response::NotFound { name: "a".into() });
         assert!(get(&s, "a").is_none());
+    }
+
+    #[test]
+    fn the_cache_is_a_value_its_owner_holds() {
+        let mut s = MemKv::default();
+        let doc = r#"{"apiVersion":"aof.dev/v1","kind":"Trigger","spec":{"type":"GitHub"}}"#;
+        run(&mut s, 1, put("a", doc, None));
+        run(&mut s, 2, put("bad", "not json", None));
+        let cache = TriggerCache::default();
+        let first = cache.compiled(&s);
+        assert_eq!(first.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(cache.len(), 1);
+        // apply's view shares the same compiled trigger through the overlay.
+        let overlay = Overlay::new(&s).with_triggers(&cache);
+        assert!(Arc::ptr_eq(&compiled(&overlay)[0], &first[0]));
+        // Without a cache: compiled afresh, same meaning.
+        let fresh = compiled(&Overlay::new(&s));
+        assert!(!Arc::ptr_eq(&fresh[0], &first[0]));
+        assert_eq!(format!("{:?}", fresh[0]), format!("{:?}", first[0]));
+        // Another owner's cache starts empty: nothing is shared through the process.
+        assert!(TriggerCache::default().is_empty());
+        // A changed document is compiled again.
+        run(&mut s, 3, put("a", &doc.replace("GitHub", "Slack"), None));
+        assert!(!cache.compiled(&s)[0].is_github());
     }
 }

@@ -140,7 +140,7 @@ pub use platforms::{
 };
 pub use sections::{
     CallbacksConfig, CheckRunConfig, DecisionLogConfig, ExecutorConfig, GatewayConfig, QueueConfig, ResourceDirConfig, RuntimeConfig,
-    TriggersConfig, WorkerConfig,
+    TriggersConfig, WorkerConfig, DEFAULT_MAX_READY, MAX_READY_LIMIT,
 };
 pub use suggest::did_you_mean;
 

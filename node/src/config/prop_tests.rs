@@ -288,5 +288,6 @@ const TYPED: &[&str] = &[
     "spec.runtime.max_concurrent_tasks",
     "spec.gateway.max_in_flight",
     "spec.queue.max_retries",
+    "spec.queue.max_ready",
     "spec.worker.concurrency",
 ];

@@ -421,6 +421,18 @@ pub(crate) fn validate(cfg: &DaemonConfig) -> Vec<Problem> {
     if s.gateway.max_body_bytes == 0 {
         bad("spec.gateway.max_body_bytes".into(), "must be >= 1".into());
     }
+    // The replicated state refuses payloads past this size on every replica alike, so
+    // a larger body limit would accept bodies only to have them refused in apply.
+    if s.gateway.max_body_bytes > crate::sm::payload::MAX_RAW_BYTES {
+        bad(
+            "spec.gateway.max_body_bytes".into(),
+            format!(
+                "{} is more than the largest payload the cluster stores ({} bytes, 64 MiB); set it to at most that (GitHub sends at most 25 MiB)",
+                s.gateway.max_body_bytes,
+                crate::sm::payload::MAX_RAW_BYTES
+            ),
+        );
+    }
     if s.gateway.max_in_flight == 0 {
         bad("spec.gateway.max_in_flight".into(), "must be >= 1".into());
     }
@@ -438,6 +450,16 @@ pub(crate) fn validate(cfg: &DaemonConfig) -> Vec<Problem> {
     }
     if s.queue.retention_secs == 0 {
         bad("spec.queue.retention_secs".into(), "must be >= 1".into());
+    }
+    if s.queue.max_ready > super::sections::MAX_READY_LIMIT {
+        bad(
+            "spec.queue.max_ready".into(),
+            format!(
+                "{} is more than {}; set a lower limit, or 0 for no limit",
+                s.queue.max_ready,
+                super::sections::MAX_READY_LIMIT
+            ),
+        );
     }
     if s.worker.concurrency == 0 {
         bad("spec.worker.concurrency".into(), "must be >= 1".into());

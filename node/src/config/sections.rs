@@ -187,6 +187,15 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Default of `spec.queue.max_ready`.
+/// Off by default for now: the intake's count is a sampled key scan under a lock on
+/// the request path, and an A/B with the limit at 100000 measured lower throughput
+/// and one stalled run (docs/BENCHMARKS.md row 19); it turns on by default once apply
+/// keeps the backlog as a counter.
+pub const DEFAULT_MAX_READY: usize = 0;
+/// Largest `spec.queue.max_ready` (0 is the way to say "no limit").
+pub const MAX_READY_LIMIT: usize = 100_000_000;
+
 /// `spec.queue`: the event queue.
 ///
 /// The queue is built into the cluster (replicated through Raft), so the backend keys
@@ -208,6 +217,13 @@ pub struct QueueConfig {
     pub max_retry_delay_ms: u64,
     /// Finished and dead-lettered events are kept this long, seconds (default 7 days).
     pub retention_secs: u64,
+    /// Back-pressure: while this many jobs wait for a worker (ready, or delayed
+    /// until a retry; leased jobs do not count), webhook intake answers 503 +
+    /// `Retry-After` (`queue_full`) and stores nothing (default 0 = no limit; 0 = no
+    /// limit; at most [`MAX_READY_LIMIT`]). A soft limit, checked against the
+    /// receiving node's applied state (RabbitMQ's `max-length` with
+    /// `overflow: reject-publish`, JetStream's `max_msgs` with `discard: new`).
+    pub max_ready: usize,
     /// Ignored (AOF proposal: `redis` | `nats`).
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
@@ -233,6 +249,7 @@ impl Default for QueueConfig {
             retry_delay_ms: 1000,
             max_retry_delay_ms: 60_000,
             retention_secs: 7 * 24 * 3600,
+            max_ready: DEFAULT_MAX_READY,
             backend: None,
             url: None,
             stream: None,

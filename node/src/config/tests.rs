@@ -112,6 +112,7 @@ fn defaults_applied() {
     assert_eq!(s.queue.retry_delay_ms, 1000);
     assert_eq!(s.queue.max_retry_delay_ms, 60_000);
     assert_eq!(s.queue.retention_secs, 604_800);
+    assert_eq!(s.queue.max_ready, 0);
     assert_eq!(s.worker, WorkerConfig { concurrency: 10, prefetch: 5 });
     assert_eq!(s.platforms.github.as_ref().unwrap().bot_name, "aofbot");
     assert!(s.flows.enabled && !s.flows.watch);
@@ -928,4 +929,35 @@ fn github_recovery_section() {
     // A typo in the section is an error, like everywhere.
     let e = err(&with("        intervall: 5m\n"));
     assert!(e.to_string().contains("interval"), "{e}");
+}
+
+#[test]
+fn queue_max_ready_defaults_to_no_limit_and_bad_values_name_the_key() {
+    assert_eq!(parse(NODE1).unwrap().spec.queue.max_ready, crate::config::DEFAULT_MAX_READY);
+    let with = |v: &str| format!("{NODE1}  queue:\n    max_ready: {v}\n");
+    assert_eq!(parse(&with("0")).unwrap().spec.queue.max_ready, 0);
+    assert_eq!(parse(&with("25")).unwrap().spec.queue.max_ready, 25);
+    let cfg = with_env(Some(NODE1), &[("AOF__QUEUE__MAX_READY", "7")]).unwrap();
+    assert_eq!(cfg.spec.queue.max_ready, 7);
+    // Past the cap: named, with what to do.
+    let e = err(&with(&(crate::config::MAX_READY_LIMIT + 1).to_string()));
+    assert_eq!(e.keys(), vec!["spec.queue.max_ready"], "{e}");
+    assert!(e.to_string().contains("0 for no limit"), "{e}");
+    // Negative, or not a number: a schema error on the key.
+    for v in ["-1", "lots"] {
+        let e = err(&with(v));
+        assert_eq!(e.keys(), vec!["spec.queue.max_ready"], "{v}: {e}");
+    }
+}
+
+/// A body limit past the largest payload the replicated state stores is refused
+/// with the key named (it would accept bodies only to have them refused in apply).
+#[test]
+fn gateway_max_body_bytes_is_at_most_what_the_cluster_stores() {
+    let with = |v: usize| format!("{NODE1}  gateway:\n    max_body_bytes: {v}\n");
+    let max = crate::sm::payload::MAX_RAW_BYTES;
+    assert_eq!(parse(&with(max)).unwrap().spec.gateway.max_body_bytes, max);
+    let e = err(&with(max + 1));
+    assert_eq!(e.keys(), vec!["spec.gateway.max_body_bytes"], "{e}");
+    assert!(e.to_string().contains("at most"), "{e}");
 }

@@ -3,13 +3,15 @@
 //! first; linearizable unless `consistency=stale`. A delivered notice leaves the
 //! outbox, so it is not listed.
 
+use std::sync::Arc;
+
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult, ReadParams};
-use super::state::AppState;
+use crate::node::Node;
 use crate::sm::outbox::{self, NoticeRecord, NoticeState};
 
 /// Largest page.
@@ -47,7 +49,7 @@ pub fn notice_view(n: &NoticeRecord) -> Value {
 }
 
 pub async fn list_callbacks(
-    State(app): State<AppState>,
+    State(node): State<Arc<Node>>,
     Query(p): Query<ListParams>,
 ) -> ApiResult<Json<Value>> {
     let consistency = ReadParams {
@@ -64,8 +66,7 @@ pub async fn list_callbacks(
         })?),
     };
     let limit = p.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let (items, pending) = app
-        .node
+    let (items, pending) = node
         .read(consistency, |kv| {
             (
                 outbox::list(kv, state, limit)

@@ -4,6 +4,8 @@
 //! `GET /v1/events?repo=&status=&event=&limit=&after=` — linearizable by default
 //! (read-index), `?consistency=stale` for the local copy.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -11,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult, ReadParams};
-use super::state::AppState;
+use crate::node::Node;
 use crate::sm::events::{self, EventFilter, EventRecord, JobRecord};
 use crate::sm::KvRead;
 use crate::types::EventStatus;
@@ -64,25 +66,25 @@ fn view_with_jobs(kv: &dyn KvRead, e: Option<EventRecord>) -> Option<Value> {
 }
 
 pub async fn get_event(
-    State(app): State<AppState>,
+    State(node): State<Arc<Node>>,
     Path(id): Path<String>,
     Query(p): Query<ReadParams>,
 ) -> ApiResult<Json<Value>> {
     let event_id: u64 = id
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_event_id", format!("{id:?} is not an event id (a number, as returned by the webhook)")))?;
-    let v = app.node.read(p.consistency()?, |kv| view_with_jobs(kv, events::get_event(kv, event_id))).await?;
+    let v = node.read(p.consistency()?, |kv| view_with_jobs(kv, events::get_event(kv, event_id))).await?;
     v.map(Json).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no event {event_id} (never received, or expired after its retention)"))
     })
 }
 
 pub async fn get_delivery(
-    State(app): State<AppState>,
+    State(node): State<Arc<Node>>,
     Path(delivery_id): Path<String>,
     Query(p): Query<ReadParams>,
 ) -> ApiResult<Json<Value>> {
-    let v = app.node.read(p.consistency()?, |kv| view_with_jobs(kv, events::event_by_delivery(kv, &delivery_id))).await?;
+    let v = node.read(p.consistency()?, |kv| view_with_jobs(kv, events::event_by_delivery(kv, &delivery_id))).await?;
     v.map(Json).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -102,7 +104,7 @@ pub struct ListParams {
     after: Option<u64>,
 }
 
-pub async fn list_events(State(app): State<AppState>, Query(p): Query<ListParams>) -> ApiResult<Json<Value>> {
+pub async fn list_events(State(node): State<Arc<Node>>, Query(p): Query<ListParams>) -> ApiResult<Json<Value>> {
     let consistency = ReadParams { consistency: p.consistency.clone() }.consistency()?;
     let status = match p.status.as_deref() {
         None => None,
@@ -117,8 +119,7 @@ pub async fn list_events(State(app): State<AppState>, Query(p): Query<ListParams
         after: p.after,
         limit: p.limit.unwrap_or(100).clamp(1, MAX_PAGE),
     };
-    let (items, next) = app
-        .node
+    let (items, next) = node
         .read(consistency, |kv| {
             let page = events::list_events(kv, &filter);
             (page.items.iter().map(|e| event_view(e, &events::jobs_of(kv, e))).collect::<Vec<_>>(), page.next_after)

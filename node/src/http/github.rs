@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult, ReadParams};
-use super::state::AppState;
 use crate::github::recovery::{Recovery, SweepOptions};
+use crate::node::Node;
 
-fn configured(app: &AppState) -> ApiResult<Arc<Recovery>> {
-    app.recovery.clone().ok_or_else(|| {
+fn configured(recovery: Option<Arc<Recovery>>) -> ApiResult<Arc<Recovery>> {
+    recovery.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "recovery_not_configured",
@@ -25,11 +25,12 @@ fn configured(app: &AppState) -> ApiResult<Arc<Recovery>> {
 }
 
 pub async fn status(
-    State(app): State<AppState>,
+    State(node): State<Arc<Node>>,
+    State(recovery): State<Option<Arc<Recovery>>>,
     Query(p): Query<ReadParams>,
 ) -> ApiResult<Json<Value>> {
-    let rec = configured(&app)?;
-    let s = rec.status(&app.node, p.consistency()?).await?;
+    let rec = configured(recovery)?;
+    let s = rec.status(&node, p.consistency()?).await?;
     Ok(Json(serde_json::to_value(s).unwrap_or(Value::Null)))
 }
 
@@ -43,10 +44,11 @@ struct RecoverBody {
 }
 
 pub async fn recover(
-    State(app): State<AppState>,
+    State(node): State<Arc<Node>>,
+    State(recovery): State<Option<Arc<Recovery>>>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    let rec = configured(&app)?;
+    let rec = configured(recovery)?;
     let b: RecoverBody = serde_json::from_slice(if body.is_empty() { b"{}" } else { &body })
         .map_err(|e| {
             ApiError::bad_request(
@@ -67,7 +69,7 @@ pub async fn recover(
     }
     let report = rec
         .sweep(
-            &app.node,
+            &node,
             SweepOptions {
                 since: Some(since),
                 dry_run: b.dry_run,

@@ -12,6 +12,9 @@
 //! Writes need an admin token (the API's auth layer); the caller's token name is
 //! recorded in the job history. Input is checked here, before anything is proposed.
 
+use std::sync::Arc;
+
+use aof_core::answers::{Cancel, LimitsSet, Rerun};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -19,11 +22,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult, ReadParams};
-use super::state::AppState;
 use crate::auth::Principal;
 use crate::sm::controls::{self, JobFilter};
 use crate::sm::events::{self, JobRecord, JobState};
-use crate::types::{Command, Response as SmResponse, TargetLimits};
+use crate::node::Node;
+use crate::types::{Command, TargetLimits};
 
 /// Largest page of `GET /v1/jobs`.
 pub const MAX_PAGE: usize = 1000;
@@ -64,7 +67,7 @@ pub struct ListParams {
     after: Option<String>,
 }
 
-pub async fn list_jobs(State(app): State<AppState>, Query(p): Query<ListParams>) -> ApiResult<Json<Value>> {
+pub async fn list_jobs(State(node): State<Arc<Node>>, Query(p): Query<ListParams>) -> ApiResult<Json<Value>> {
     let consistency = ReadParams { consistency: p.consistency.clone() }.consistency()?;
     let state = match p.state.as_deref() {
         None => None,
@@ -86,8 +89,7 @@ pub async fn list_jobs(State(app): State<AppState>, Query(p): Query<ListParams>)
         return Err(ApiError::bad_request("invalid_event", "event: at most 64 bytes (a GitHub event name such as push)"));
     }
     let filter = JobFilter { state, target: p.target, event: p.event, after, limit: p.limit.unwrap_or(100).clamp(1, MAX_PAGE) };
-    let (items, next) = app
-        .node
+    let (items, next) = node
         .read(consistency, |kv| {
             let page = controls::list_jobs(kv, &filter);
             (page.items.iter().map(|(j, e)| job_json(j, e)).collect::<Vec<_>>(), page.next_after)
@@ -125,7 +127,7 @@ struct CancelBody {
 }
 
 pub async fn cancel_job(
-    State(app): State<AppState>,
+    State(node): State<Arc<Node>>,
     Path(id): Path<String>,
     principal: Option<Extension<Principal>>,
     body: axum::body::Bytes,
@@ -142,36 +144,33 @@ pub async fn cancel_job(
             format!("reason: one line of at most {MAX_REASON_BYTES} bytes ({} given)", b.reason.len()),
         ));
     }
-    let cmd = Command::CancelJob { job_id: id.clone(), by: who(principal), reason: b.reason };
-    match app.node.write(cmd).await?.0 {
-        SmResponse::JobCancelled { job_id, was } => Ok(Json(json!({ "job_id": job_id, "state": "cancelled", "was": was }))),
-        SmResponse::NotCancellable { job_id, state } => Err(ApiError::new(
+    match node.propose(Command::cancel_job(id, who(principal), b.reason)).await? {
+        Cancel::Cancelled { job_id, was } => Ok(Json(json!({ "job_id": job_id, "state": "cancelled", "was": was }))),
+        Cancel::NotCancellable { job_id, state } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_cancellable",
             format!("job {job_id} is already {state}: only ready, delayed or leased jobs can be cancelled; nothing changed"),
         )),
-        SmResponse::JobNotFound { job_id } => Err(ApiError::new(
+        Cancel::JobNotFound { job_id } => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no job {job_id} (never existed, or removed with its event after retention; see `aofctl get jobs`)"),
         )),
-        other => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}"))),
     }
 }
 
-pub async fn rerun_event(State(app): State<AppState>, Path(id): Path<String>, principal: Option<Extension<Principal>>) -> ApiResult<Json<Value>> {
+pub async fn rerun_event(State(node): State<Arc<Node>>, Path(id): Path<String>, principal: Option<Extension<Principal>>) -> ApiResult<Json<Value>> {
     let event_id: u64 = id
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_event_id", format!("{id:?} is not an event id (a number, see `aofctl get events`)")))?;
-    match app.node.write(Command::RerunEvent { event_id, by: who(principal) }).await?.0 {
-        SmResponse::Rerun { event_id, jobs } => Ok(Json(json!({ "event_id": event_id, "jobs": jobs }))),
-        SmResponse::EventNotFound { event_id } => Err(ApiError::new(
+    match node.propose(Command::rerun_event(event_id, who(principal))).await? {
+        Rerun::Rerun { event_id, jobs } => Ok(Json(json!({ "event_id": event_id, "jobs": jobs }))),
+        Rerun::EventNotFound { event_id } => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no event {event_id}: never received, or expired after its retention together with its payload, so it cannot be re-run; redeliver it from the webhook's Recent Deliveries in GitHub"),
         )),
-        SmResponse::RerunRefused { reason, .. } => Err(ApiError::new(StatusCode::CONFLICT, "not_rerunnable", format!("{reason}; nothing changed"))),
-        other => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}"))),
+        Rerun::Refused { reason, .. } => Err(ApiError::new(StatusCode::CONFLICT, "not_rerunnable", format!("{reason}; nothing changed"))),
     }
 }
 
@@ -184,9 +183,8 @@ fn limits_json(target: &str, l: &TargetLimits) -> Value {
     })
 }
 
-pub async fn list_limits(State(app): State<AppState>, Query(p): Query<ReadParams>) -> ApiResult<Json<Value>> {
-    let items = app
-        .node
+pub async fn list_limits(State(node): State<Arc<Node>>, Query(p): Query<ReadParams>) -> ApiResult<Json<Value>> {
+    let items = node
         .read(p.consistency()?, |kv| {
             controls::all_limits(kv)
                 .iter()
@@ -231,7 +229,7 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
     }
 }
 
-pub async fn put_limits(State(app): State<AppState>, Path(target): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+pub async fn put_limits(State(node): State<Arc<Node>>, Path(target): Path<String>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
     check_target(&target)?;
     let b: LimitsBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("invalid_limits", format!("expected {{\"max_in_flight\": N, \"ttl\": \"1h\"}} (0 / absent = no limit): {e}"))
@@ -244,10 +242,9 @@ pub async fn put_limits(State(app): State<AppState>, Path(target): Path<String>,
         Some(s) => parse_ttl(s).map_err(|m| ApiError::bad_request("invalid_limits", m))?,
     };
     let limits = TargetLimits { max_in_flight: b.max_in_flight, pending_ttl_ms };
-    match app.node.write(Command::SetTargetLimits { target, limits }).await?.0 {
-        SmResponse::TargetLimitsSet { target, limits } => Ok(Json(limits_json(&target, &limits))),
-        SmResponse::Refused { reason } => Err(ApiError::new(StatusCode::CONFLICT, "too_many_limits", reason)),
-        other => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}"))),
+    match node.propose(Command::set_target_limits(target, limits)).await? {
+        LimitsSet::Set { target, limits } => Ok(Json(limits_json(&target, &limits))),
+        LimitsSet::Refused { reason } => Err(ApiError::new(StatusCode::CONFLICT, "too_many_limits", reason)),
     }
 }
 

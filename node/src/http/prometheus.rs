@@ -4,11 +4,19 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use super::state::AppState;
+use std::sync::Arc;
 
-pub async fn metrics(State(s): State<AppState>) -> Response {
-    s.node.refresh_metrics(&s.store).await;
-    let mut resp = s.metrics.encode().into_response();
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::store::Store;
+
+pub async fn metrics(
+    State(node): State<Arc<Node>>,
+    State(store): State<Store>,
+    State(metrics): State<Arc<Metrics>>,
+) -> Response {
+    node.refresh_metrics(&store).await;
+    let mut resp = metrics.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -2,6 +2,8 @@
 //! `GET /v1/queue/stats`, `GET /v1/dlq`, `POST /v1/dlq/redrive`, `POST /v1/dlq/purge`
 //! (body `{"job_id": ID}` or `{"all": true}`). Reads are linearizable by default.
 
+use std::sync::Arc;
+
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -9,14 +11,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult, ReadParams};
-use super::state::AppState;
+use crate::node::Node;
 use crate::sm::queue;
 use crate::types::Command;
 use aof_core::answers::NotInDlq;
 
-pub async fn stats(State(app): State<AppState>, Query(p): Query<ReadParams>) -> ApiResult<Json<Value>> {
+pub async fn stats(State(node): State<Arc<Node>>, Query(p): Query<ReadParams>) -> ApiResult<Json<Value>> {
     let now = crate::node::leader_clock_ms();
-    let depths = app.node.read(p.consistency()?, queue::stats).await?;
+    let depths = node.read(p.consistency()?, queue::stats).await?;
     let items: Vec<Value> = depths
         .into_iter()
         .map(|d| {
@@ -36,11 +38,10 @@ pub struct DlqParams {
     limit: Option<usize>,
 }
 
-pub async fn list_dlq(State(app): State<AppState>, Query(p): Query<DlqParams>) -> ApiResult<Json<Value>> {
+pub async fn list_dlq(State(node): State<Arc<Node>>, Query(p): Query<DlqParams>) -> ApiResult<Json<Value>> {
     let c = ReadParams { consistency: p.consistency }.consistency()?;
     let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
-    let items = app
-        .node
+    let items = node
         .read(c, |kv| {
             queue::list_dead(kv, limit)
                 .into_iter()
@@ -75,12 +76,12 @@ fn selector(body: &[u8]) -> ApiResult<Option<String>> {
     }
 }
 
-async fn dlq_op(app: &AppState, body: &[u8], redrive: bool) -> ApiResult<Json<Value>> {
+async fn dlq_op(node: &Node, body: &[u8], redrive: bool) -> ApiResult<Json<Value>> {
     let job_id = selector(body)?;
     let answer = if redrive {
-        app.node.propose(Command::redrive(job_id)).await?.map(|r| r.jobs)
+        node.propose(Command::redrive(job_id)).await?.map(|r| r.jobs)
     } else {
-        app.node.propose(Command::purge(job_id)).await?.map(|p| p.jobs)
+        node.propose(Command::purge(job_id)).await?.map(|p| p.jobs)
     };
     match answer {
         Ok(jobs) => Ok(Json(json!({ "jobs": jobs }))),
@@ -92,10 +93,10 @@ async fn dlq_op(app: &AppState, body: &[u8], redrive: bool) -> ApiResult<Json<Va
     }
 }
 
-pub async fn redrive(State(app): State<AppState>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
-    dlq_op(&app, &body, true).await
+pub async fn redrive(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+    dlq_op(&node, &body, true).await
 }
 
-pub async fn purge(State(app): State<AppState>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
-    dlq_op(&app, &body, false).await
+pub async fn purge(State(node): State<Arc<Node>>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+    dlq_op(&node, &body, false).await
 }

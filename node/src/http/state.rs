@@ -1,34 +1,46 @@
-//! What the HTTP handlers share. Handlers that need only a part take it as its own
-//! `State` (`Arc<Node>`, `Arc<Gateway>`, through `FromRef`), so the modules that
-//! define those parts never import this one.
+//! What the HTTP handlers share, assembled once for the router. Handlers take only the
+//! parts they need, each as its own `State` (`State<Arc<Node>>`, `State<Arc<Metrics>>`,
+//! …, through the `FromRef` impls below), so no handler module imports this one and
+//! this module names only the parts' types (checked by `core/tests/layering.rs`).
 
 use std::sync::Arc;
 
 use axum::extract::FromRef;
 
+use super::ui::Streams;
+use super::webhook::Gateway;
+use crate::github::recovery::Recovery;
+use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::store::Store;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub node: Arc<Node>,
-    pub gateway: Arc<super::webhook::Gateway>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub store: crate::store::Store,
+    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
     /// The status page's live feeds (cap and count).
-    pub ui: Arc<super::ui::Streams>,
+    pub ui: Arc<Streams>,
     /// Delivery recovery, when `spec.platforms.github.recovery` lists hooks.
-    pub recovery: Option<Arc<crate::github::recovery::Recovery>>,
+    pub recovery: Option<Arc<Recovery>>,
 }
 
-impl FromRef<AppState> for Arc<Node> {
-    fn from_ref(s: &AppState) -> Arc<Node> {
-        s.node.clone()
-    }
+/// `impl FromRef<AppState> for $part` from the field `$field`.
+macro_rules! part {
+    ($part:ty, $field:ident) => {
+        impl FromRef<AppState> for $part {
+            fn from_ref(s: &AppState) -> $part {
+                s.$field.clone()
+            }
+        }
+    };
 }
 
-impl FromRef<AppState> for Arc<super::webhook::Gateway> {
-    fn from_ref(s: &AppState) -> Arc<super::webhook::Gateway> {
-        s.gateway.clone()
-    }
-}
+part!(Arc<Node>, node);
+part!(Arc<Gateway>, gateway);
+part!(Arc<Metrics>, metrics);
+part!(Store, store);
+part!(Arc<Streams>, ui);
+part!(Option<Arc<Recovery>>, recovery);

@@ -38,7 +38,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 use super::events::event_view;
-use super::state::AppState;
 use crate::auth::Principal;
 use crate::metrics::Metrics;
 use crate::node::{Consistency, Node};
@@ -139,7 +138,9 @@ impl Drop for Slot {
 /// `GET /v1/watch[?interval_ms=N]` (read token): `text/event-stream` of `snapshot`
 /// events, each one JSON object (see [`snapshot`]).
 pub async fn watch(
-    State(app): State<AppState>,
+    State(node): State<Arc<Node>>,
+    State(metrics): State<Arc<Metrics>>,
+    State(streams): State<Arc<Streams>>,
     principal: Option<Extension<Principal>>,
     Query(p): Query<WatchParams>,
 ) -> Response {
@@ -147,8 +148,8 @@ pub async fn watch(
         .interval_ms
         .map_or(Duration::from_secs(1), Duration::from_millis)
         .clamp(MIN_INTERVAL, MAX_INTERVAL);
-    let Ok(permit) = app.ui.permits.clone().try_acquire_owned() else {
-        app.metrics.ui_stream_refusals.inc();
+    let Ok(permit) = streams.permits.clone().try_acquire_owned() else {
+        metrics.ui_stream_refusals.inc();
         let mut resp = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_streams",
@@ -159,16 +160,16 @@ pub async fn watch(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return resp;
     };
-    app.metrics.ui_streams.inc();
+    metrics.ui_streams.inc();
     let slot = Slot {
         _permit: permit,
-        metrics: app.metrics.clone(),
+        metrics: metrics.clone(),
     };
     let role = principal
         .map_or("admin", |Extension(p)| p.role.as_str())
         .to_string();
     // Weak: an open feed must not keep a stopping node's store alive.
-    let node: Weak<Node> = Arc::downgrade(&app.node);
+    let node: Weak<Node> = Arc::downgrade(&node);
     let started = Instant::now();
     let feed = futures::stream::unfold((slot, node, 0u64), move |(slot, node, n)| {
         let role = role.clone();

@@ -10,18 +10,26 @@
 //! 4. `X-Hub-Signature-256` against every candidate secret (daemon secrets, every
 //!    organisation's secrets, enabled triggers' `webhook_secret`) over the raw bytes,
 //!    **before** the body is parsed → 401; the secret that matched sets the scope;
-//! 5. body is JSON → 400; a scope the delivery is outside of (an organisation's
+//! 5. back-pressure (`spec.queue.max_ready`): while the jobs waiting for a worker
+//!    (ready or delayed, counted on this node's applied state: no Raft round trip)
+//!    reach the limit → 503 `queue_full` + `Retry-After`, except for a `ping` and
+//!    for a delivery id this node's state already holds (a replay goes on and gets
+//!    its original answer). See [`Backlog`];
+//! 6. body is JSON → 400; a scope the delivery is outside of (an organisation's
 //!    secret on another owner's repository) → 401; `ping` → 200 pong, not stored;
-//! 6. propose `IngestWebhook` through Raft and answer **202** once it is committed, or
+//! 7. pack the payload (LZ4 when that pays, once, here: the forward hop, the log and
+//!    every replica carry and store these bytes), propose it (`IngestPacked`) through
+//!    Raft and answer **202** once it is committed, or
 //!    200 with `"duplicate": true` for a delivery id seen before. No commit within
 //!    `spec.gateway.ack_timeout_ms` → 503 + `Retry-After` (a retry is safe: dedup).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -87,21 +95,126 @@ pub struct Gateway {
     pub body_timeout: Duration,
     pub retention_ms: u64,
     pub in_flight: Semaphore,
+    /// Back-pressure on the queue's backlog (`spec.queue.max_ready`).
+    pub backlog: Backlog,
     pub metrics: Arc<Metrics>,
 }
 
 impl Gateway {
     pub fn from_config(cfg: &DaemonConfig, secrets: Secrets, metrics: Arc<Metrics>) -> Self {
         let g = &cfg.spec.gateway;
+        metrics.queue_max_ready.set(i64::try_from(cfg.spec.queue.max_ready).unwrap_or(i64::MAX));
         Gateway {
             secrets,
-            max_body_bytes: g.max_body_bytes,
+            // The replicated state refuses payloads past `MAX_RAW_BYTES` (the same on
+            // every node): a larger body is refused here, before it is packed. Config
+            // validation refuses a larger limit; the `min` guards unvalidated configs.
+            max_body_bytes: g.max_body_bytes.min(crate::sm::payload::MAX_RAW_BYTES),
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
             body_timeout: Duration::from_secs(cfg.spec.server.timeout_secs.max(1)),
             retention_ms: cfg.spec.queue.retention_secs.saturating_mul(1000),
             in_flight: Semaphore::new(g.max_in_flight),
+            backlog: Backlog::new(cfg.spec.queue.max_ready),
             metrics,
         }
+    }
+}
+
+/// `Retry-After` of a `queue_full` answer, seconds: a backlog drains in seconds to
+/// minutes, not in the one second of the other 503s.
+pub const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 30;
+
+/// A backlog below this is counted again, inline, at every newly applied log entry
+/// (at most this many index keys: ~0.1 ms), so the limit is exact for small
+/// backlogs and small limits.
+const EXACT_BELOW: usize = 256;
+/// A larger backlog is counted again on a blocking thread while intake goes on with
+/// the last count: at most this often ...
+const RECOUNT_EVERY: Duration = Duration::from_millis(10);
+/// ... and at most once per this many times the last count took: a count reads up to
+/// `max_ready` index keys (100000 took 63 ms here), so counting stays under ~5 % of
+/// one core however deep the queue (about once a second at the default limit).
+const RECOUNT_COST_FACTOR: u32 = 20;
+
+/// The queue's backlog as the intake sees it: jobs ready or delayed (waiting for a
+/// retry), counted in this node's applied state up to the limit, without a Raft
+/// round trip. Leased jobs are not counted: a worker holds them, and they leave
+/// the queue by completing (never back to the backlog) or by failing or expiring
+/// (then they are delayed, and counted again).
+///
+/// A **soft** limit: the count is of this node's applied state (a follower's lags
+/// the leader's by its replication delay); a backlog of [`EXACT_BELOW`] or more is
+/// recounted in the background (see [`RECOUNT_EVERY`], [`RECOUNT_COST_FACTOR`]) and
+/// the last count is used meanwhile; and the deliveries being accepted at once when
+/// the limit is reached (up to `spec.gateway.max_in_flight` per node, each with its
+/// jobs) all get through.
+pub struct Backlog {
+    /// `spec.queue.max_ready`; 0 = no limit.
+    pub limit: usize,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    sample: Mutex<Sample>,
+    /// A background count is running.
+    counting: AtomicBool,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    /// When it was taken and the applied log index it was taken at (`None`: never).
+    taken: Option<(Instant, Option<u64>)>,
+    count: usize,
+    /// How long the last background count took.
+    cost: Duration,
+}
+
+impl Backlog {
+    pub fn new(limit: usize) -> Self {
+        Backlog { limit, shared: Arc::default() }
+    }
+
+    /// `Some(backlog)` when the backlog has reached the limit (counted up to it).
+    pub fn full(&self, node: &Arc<Node>) -> Option<usize> {
+        if self.limit == 0 {
+            return None;
+        }
+        let n = self.count(node);
+        (n >= self.limit).then_some(n)
+    }
+
+    fn count(&self, node: &Arc<Node>) -> usize {
+        // Read before counting: the count sees at least this index's state.
+        let applied = node.state_machine().last_applied().map(|l| l.index);
+        let mut s = self.shared.sample.lock().unwrap_or_else(|e| e.into_inner());
+        if s.taken.is_some_and(|(_, index)| index == applied) {
+            return s.count;
+        }
+        let mut due = s.taken.is_some_and(|(at, _)| at.elapsed() >= RECOUNT_EVERY.max(s.cost * RECOUNT_COST_FACTOR));
+        if s.taken.is_none() || s.count < EXACT_BELOW {
+            let bound = self.limit.min(EXACT_BELOW);
+            let n = node.read_local(|kv| crate::sm::queue::backlog(kv, bound));
+            s.count = n;
+            s.taken = Some((Instant::now(), applied));
+            if n < bound || bound == self.limit {
+                return n; // exact, or at a limit of at most EXACT_BELOW
+            }
+            // At least EXACT_BELOW, under a larger limit: count all in the background.
+            due = true;
+        }
+        if due && !self.shared.counting.swap(true, Ordering::AcqRel) {
+            let (node, shared, limit) = (node.clone(), self.shared.clone(), self.limit);
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let n = node.read_local(|kv| crate::sm::queue::backlog(kv, limit));
+                let cost = started.elapsed();
+                *shared.sample.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Sample { taken: Some((Instant::now(), applied)), count: n, cost };
+                shared.counting.store(false, Ordering::Release);
+            });
+        }
+        s.count
     }
 }
 
@@ -130,7 +243,12 @@ pub async fn webhook(State(node): State<Arc<Node>>, State(gw): State<Arc<Gateway
         Err(r) => {
             gw.metrics.count(r.outcome);
             tracing::warn!(delivery_id = %delivery, event = %event, outcome = ?r.outcome, "webhook rejected: {}", r.err.message);
-            r.err.into_response()
+            let queue_full = r.outcome == WebhookOutcome::queue_full;
+            let mut resp = r.err.into_response();
+            if queue_full {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(QUEUE_FULL_RETRY_AFTER_SECS));
+            }
+            resp
         }
     }
 }
@@ -140,7 +258,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 #[tracing::instrument(name = "webhook", skip_all, fields(delivery_id, event))]
-async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutcome, StatusCode, Value), Reject> {
+async fn intake(node: &Arc<Node>, gw: &Gateway, req: Request) -> Result<(WebhookOutcome, StatusCode, Value), Reject> {
     let _permit = gw.in_flight.try_acquire().map_err(|_| {
         reject(
             WebhookOutcome::unavailable,
@@ -196,6 +314,16 @@ async fn intake(node: &Node, gw: &Gateway, req: Request) -> Result<(WebhookOutco
         Ok(i) => candidates.swap_remove(i).1,
         Err(e) => return Err(reject(WebhookOutcome::bad_signature, StatusCode::UNAUTHORIZED, "bad_signature", e.to_string())),
     };
+    if event != "ping" {
+        if let Some(backlog) = gw.backlog.full(node) {
+            // A replay of a delivery this node already holds goes on: dedup gives it
+            // its original answer and stores nothing new. One key read, when full only.
+            let seen = node.read_local(|kv| crate::sm::events::event_by_delivery(kv, &delivery_id).is_some());
+            if !seen {
+                return Err(queue_full(gw, backlog));
+            }
+        }
+    }
     gw.metrics.webhook_json_parses.inc();
     let payload: Value = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("the body is not JSON ({e}); set the webhook's content type to application/json")))?;
@@ -278,7 +406,7 @@ fn candidate_secrets(node: &Node, gw: &Gateway) -> Vec<(Vec<u8>, SignedBy)> {
         push(&mut out, secret.clone(), SignedBy::Org(org.clone()));
     }
     let trigger_secrets: Vec<(String, String)> = node.read_local(|kv| {
-        crate::sm::triggers::compiled(kv)
+        node.state_machine().trigger_cache().compiled(kv)
             .iter()
             .filter(|t| t.enabled)
             .filter_map(|t| t.webhook_secret.clone().map(|s| (t.name.clone(), s)))
@@ -314,6 +442,23 @@ pub(crate) fn check_scope(signed_by: &SignedBy, payload: &Value) -> Result<(), S
             "signed with the secret of organisation {org:?}, but the delivery names no repository owner or organisation"
         )),
     }
+}
+
+/// The answer while the backlog is at `spec.queue.max_ready`.
+fn queue_full(gw: &Gateway, backlog: usize) -> Reject {
+    let limit = gw.backlog.limit;
+    let mut r = reject(
+        WebhookOutcome::queue_full,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "queue_full",
+        format!(
+            "the queue is full: at least {backlog} jobs wait for a worker (spec.queue.max_ready = {limit}) and nothing was stored; \
+             add workers (or raise their max_in_flight) so the backlog drains, or raise spec.queue.max_ready; \
+             then redeliver this delivery (GitHub: Recent Deliveries → Redeliver; delivery recovery picks it up when configured)"
+        ),
+    );
+    r.err.extra = Some(json!({ "backlog": backlog, "max_ready": limit, "retry_after_secs": QUEUE_FULL_RETRY_AFTER_SECS }));
+    r
 }
 
 /// The answer for a body that could not be read: too large, or broken off.

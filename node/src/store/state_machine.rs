@@ -63,6 +63,8 @@ use crate::types::{Entry, LogId, Response, Snapshot, SnapshotMeta, StorageError,
 #[derive(Clone)]
 pub struct StateMachineStore {
     store: Store,
+    /// Compiled triggers reused across applies (`aof_core::sm::triggers::TriggerCache`).
+    triggers: std::sync::Arc<crate::sm::triggers::TriggerCache>,
 }
 
 /// The contents of a snapshot's data: every `(key, value)` pair of the `sm` tree (in
@@ -368,7 +370,12 @@ fn snapshot_id(last_applied: Option<&LogId>, seq: u64) -> String {
 
 impl StateMachineStore {
     pub(crate) fn new(store: Store) -> Self {
-        StateMachineStore { store }
+        StateMachineStore { store, triggers: Default::default() }
+    }
+
+    /// The compiled triggers this store's applies reuse (shared by its clones).
+    pub fn trigger_cache(&self) -> &crate::sm::triggers::TriggerCache {
+        &self.triggers
     }
 
     /// Run a read-only closure against the local applied state (used for reads after
@@ -734,7 +741,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut responses = Vec::new();
 
         let kv = SledKv::new(&self.store.sm);
-        let mut overlay = Overlay::new(&kv);
+        let mut overlay = Overlay::new(&kv).with_triggers(&self.triggers);
         for entry in entries {
             let log_id = entry.log_id;
             let resp = match entry.payload {

@@ -581,10 +581,6 @@ async fn a_purge_up_to_a_received_snapshot_is_never_durable_before_the_snapshot(
 /// message when it does not — never handed to openraft as they are.
 #[tokio::test]
 async fn a_purge_mark_ahead_of_the_snapshot_is_repaired_or_refused_at_open() {
-    let set_purged = |store: &Store, p: LogId| {
-        store.raft_meta.insert(raft_meta_keys::LAST_PURGED, codec::encode(&p)).unwrap();
-        store.db.flush().unwrap();
-    };
     // (1) Applied state past the mark: a new snapshot of the applied state.
     let dir = tempfile::tempdir().unwrap();
     {
@@ -602,15 +598,7 @@ async fn a_purge_mark_ahead_of_the_snapshot_is_repaired_or_refused_at_open() {
 
     // (2) Applied state behind the mark, but the log still has the entries: the
     // mark goes back to the applied state.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(&dir);
-        store.log_store().blocking_append((1..=10).map(|i| blank(1, i))).await.unwrap();
-        let mut sm = store.state_machine();
-        sm.apply((1..=3).map(|i| blank(1, i))).await.unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        set_purged(&store, log_id(1, 6));
-    }
+    let dir = applied_to_3_purged_to_6().await;
     let store = open(&dir);
     assert_eq!(start_as_openraft(&store).await.0, Some(log_id(1, 3)));
     let idx: Vec<u64> = store.log_store().try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
@@ -633,20 +621,32 @@ async fn a_purge_mark_ahead_of_the_snapshot_is_repaired_or_refused_at_open() {
     drop(store);
 
     // (4) Neither the applied state nor the log has entries up to the mark: refused.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let store = open(&dir);
-        store.log_store().blocking_append((1..=10).map(|i| blank(1, i))).await.unwrap();
-        let mut sm = store.state_machine();
-        sm.apply((1..=3).map(|i| blank(1, i))).await.unwrap();
-        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        set_purged(&store, log_id(1, 6));
-    }
+    let dir = applied_to_3_purged_to_6().await;
     std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
     let err = Store::open(dir.path(), CACHE).unwrap_err();
     assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("log entries 4..=6 are gone") && msg.contains("empty data dir"), "{msg}");
+}
+
+/// Record `p` as the purge mark, durably (what openraft's purge leaves behind).
+fn set_purged(store: &Store, p: LogId) {
+    store.raft_meta.insert(raft_meta_keys::LAST_PURGED, codec::encode(&p)).unwrap();
+    store.db.flush().unwrap();
+}
+
+/// A data dir whose log holds entries 1..=10, whose state machine applied (and
+/// snapshotted) 1..=3, and whose purge mark says 6: a mark past the applied state.
+async fn applied_to_3_purged_to_6() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.log_store().blocking_append((1..=10).map(|i| blank(1, i))).await.unwrap();
+    let mut sm = store.state_machine();
+    sm.apply((1..=3).map(|i| blank(1, i))).await.unwrap();
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    set_purged(&store, log_id(1, 6));
+    drop(store);
+    dir
 }
 
 /// A snapshot file damaged on disk is found at open (its stored length and CRC-32)

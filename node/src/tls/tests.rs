@@ -39,7 +39,7 @@ fn read(path: PathBuf) -> Vec<u8> {
 }
 
 /// A gRPC health service over `tls`, recording for each request that got
-/// through the node id [`peer_node_id`] saw (and answering `allowed` callers only).
+/// through the node id [`peer_node_id`] saw.
 struct GrpcServer {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Option<u64>>>>,
@@ -54,7 +54,7 @@ impl Drop for GrpcServer {
     }
 }
 
-async fn serve_grpc(tls: ServerTlsConfig, allowed: fn(u64) -> bool) -> GrpcServer {
+async fn serve_grpc(tls: ServerTlsConfig) -> GrpcServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
@@ -63,7 +63,7 @@ async fn serve_grpc(tls: ServerTlsConfig, allowed: fn(u64) -> bool) -> GrpcServe
     let svc = InterceptedService::new(health, move |req: tonic::Request<()>| {
         record.lock().unwrap().push(peer_node_id(&req));
         if peer_node_id(&req).is_some() {
-            require_peer(&req, allowed)?;
+            require_peer(&req)?;
         }
         Ok(req)
     });
@@ -82,10 +82,6 @@ async fn serve_grpc(tls: ServerTlsConfig, allowed: fn(u64) -> bool) -> GrpcServe
         seen,
         stop: Some(stop),
     }
-}
-
-fn anyone(_: u64) -> bool {
-    true
 }
 
 /// One health check through `endpoint`: `Err` with the error chain when the
@@ -127,7 +123,7 @@ fn https(addr: SocketAddr) -> Endpoint {
 #[tokio::test]
 async fn a_member_certificate_is_accepted_and_names_the_caller() {
     let certs = make_certs(3);
-    let server = serve_grpc(peer(certs.path(), 1).server_config(), anyone).await;
+    let server = serve_grpc(peer(certs.path(), 1).server_config()).await;
     let client = peer(certs.path(), 2);
     check(client.endpoint(1, &server.addr.to_string()).unwrap())
         .await
@@ -140,26 +136,9 @@ async fn a_member_certificate_is_accepted_and_names_the_caller() {
 }
 
 #[tokio::test]
-async fn require_peer_refuses_a_node_that_is_not_allowed() {
-    let certs = make_certs(3);
-    let server = serve_grpc(peer(certs.path(), 1).server_config(), |id| id != 3).await;
-    let addr = server.addr.to_string();
-    check(peer(certs.path(), 2).endpoint(1, &addr).unwrap())
-        .await
-        .unwrap();
-    let err = check(peer(certs.path(), 3).endpoint(1, &addr).unwrap())
-        .await
-        .unwrap_err();
-    assert!(
-        err.contains("PermissionDenied") && err.contains("node 3"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
 async fn a_client_without_a_certificate_fails_the_handshake() {
     let certs = make_certs(2);
-    let server = serve_grpc(peer(certs.path(), 1).server_config(), anyone).await;
+    let server = serve_grpc(peer(certs.path(), 1).server_config()).await;
     // Trusts the right CA and expects the right name, but presents no certificate.
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca_cert_path(certs.path()))))
@@ -186,7 +165,7 @@ async fn a_client_without_a_certificate_fails_the_handshake() {
 async fn a_certificate_of_another_ca_fails_the_handshake() {
     let certs = make_certs(2);
     let other = make_certs(2);
-    let server = serve_grpc(peer(certs.path(), 1).server_config(), anyone).await;
+    let server = serve_grpc(peer(certs.path(), 1).server_config()).await;
     // Trusts the cluster CA, but its own certificate (aof-node-2) is another CA's.
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca_cert_path(certs.path()))))
@@ -220,7 +199,7 @@ async fn a_certificate_of_another_ca_fails_the_handshake() {
 #[tokio::test]
 async fn dialing_the_wrong_node_id_fails() {
     let certs = make_certs(3);
-    let server = serve_grpc(peer(certs.path(), 1).server_config(), anyone).await;
+    let server = serve_grpc(peer(certs.path(), 1).server_config()).await;
     let client = peer(certs.path(), 2);
     // Node 1 is at this address, but the client means to reach node 3.
     let err = check(client.endpoint(3, &server.addr.to_string()).unwrap())
@@ -241,7 +220,7 @@ async fn the_worker_listener_takes_a_server_certificate_without_client_auth() {
         node_key_path(certs.path(), 1),
     )
     .unwrap();
-    let server = serve_grpc(identity.grpc_server_config(), anyone).await;
+    let server = serve_grpc(identity.grpc_server_config()).await;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca_cert_path(certs.path()))))
         .domain_name("localhost");

@@ -349,6 +349,11 @@ impl TestCluster {
         spawn(node, l);
     }
 
+    /// Node `i`'s `/metrics` text.
+    pub async fn metrics_text(&self, i: usize) -> String {
+        self.http.get(self.nodes[i].url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
     pub async fn get_json(&self, i: usize, path: &str) -> (u16, Value) {
         let r = self.http.get(self.nodes[i].url(path)).send().await.unwrap();
         let s = r.status().as_u16();
