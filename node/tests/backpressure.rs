@@ -183,43 +183,23 @@ async fn intake_refuses_at_max_ready_and_accepts_again_once_drained() {
     assert_eq!(queue_full_count(&c, l).await, 3);
 }
 
-/// A limit above the size counted inline at every applied entry (256): the backlog
-/// is then counted in the background and intake goes on with the last count, so
-/// the limit is soft — but intake is never refused below it, and does stop.
+/// A limit past any fixed scan size: the backlog is the counter apply keeps, so the
+/// limit is as exact at 300 as at 3 for deliveries sent one at a time to the leader
+/// (each 202 comes after the leader applied it) — never refused below the limit,
+/// refused at it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_large_backlog_counted_in_the_background_still_stops_intake() {
+async fn a_larger_limit_is_exact_for_deliveries_sent_one_at_a_time() {
     const LARGE: usize = 300;
-    /// Deliveries past the limit that may still be accepted before the background
-    /// count catches up (each takes a quorum commit; a recount is due every 10 ms).
-    const SLACK: usize = 100;
     let (c, leader) = start(LARGE, 100_000).await;
     let l = c.index_of(leader);
-    let mut refused = None;
-    for k in 0..LARGE + SLACK {
+    for k in 0..LARGE {
         let a = post(&c, l, "issues", &format!("large-{k}")).await;
-        if a.status == 503 {
-            refused = Some((k, a));
-            break;
-        }
-        assert_eq!(a.status, 202, "large-{k}: {}", a.body);
+        assert_eq!(a.status, 202, "large-{k}, below the limit {LARGE}: {}", a.body);
     }
-    let (accepted, a) = refused.unwrap_or_else(|| {
-        panic!(
-            "{} deliveries accepted under max_ready {LARGE}",
-            LARGE + SLACK
-        )
-    });
-    eprintln!("max_ready {LARGE}: {accepted} accepted, then queue_full");
-    assert!(
-        accepted >= LARGE,
-        "refused at {accepted}, below the limit {LARGE}: {}",
-        a.body
-    );
+    let a = post(&c, l, "issues", "large-over").await;
+    assert_eq!(a.status, 503, "at the limit: {}", a.body);
     assert_eq!(a.body["error"], "queue_full", "{}", a.body);
-    assert!(
-        a.body["backlog"].as_u64().unwrap() >= LARGE as u64,
-        "{}",
-        a.body
-    );
-    assert_unknown(&c, &format!("large-{accepted}")).await;
+    assert_eq!(a.body["max_ready"], LARGE, "{}", a.body);
+    assert_eq!(a.body["backlog"].as_u64(), Some(LARGE as u64), "{}", a.body);
+    assert_unknown(&c, "large-over").await;
 }

@@ -218,7 +218,7 @@ pub(super) fn rerun(state: &mut Overlay<'_>, seq: u64, now: u64, event_id: u64, 
             }],
         };
         state.put(events::jk(event_id, n), codec::Record::encode_record(&job));
-        state.put(events::rk(job.priority, event_id, n), Vec::new());
+        events::index_put(state, events::rk(job.priority, event_id, n));
         e.jobs.push(job.job_id.clone());
         new.push(job.job_id);
     }

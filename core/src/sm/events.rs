@@ -10,6 +10,7 @@
 //! | `j/<event_id:8><n:1>`                 | [`JobRecord`]              |
 //! | `r/<255-priority:1><event_id:8><n:1>` | ready-queue index (empty)  |
 //! | `x/<expires_ms:8><event_id:8>`        | retention index (empty)    |
+//! | `m/backlog`                           | jobs ready or delayed (u64; [`index_put`]) |
 //!
 //! An event's id is the sequence number ([`crate::types::seq`]: log index `<< 8` +
 //! position in a batch) of the `IngestWebhook` command that created it, so ids are
@@ -226,8 +227,57 @@ pub(super) fn index_key(job: &JobRecord) -> Option<Vec<u8>> {
 /// Remove a job's index entry (used when its event expires).
 pub(super) fn unindex(state: &mut Overlay<'_>, job: &JobRecord) {
     if let Some(k) = index_key(job) {
-        state.delete(k);
+        index_delete(state, k);
     }
+}
+
+// --- The backlog counter: jobs ready or delayed, kept by apply. ---
+
+/// `m/backlog`: how many keys the ready and delayed indexes hold (u64 big-endian).
+///
+/// **Architecture Invariant**: every write of a ready or delayed index entry goes
+/// through [`index_put`] / [`index_delete`], which keep this count exact (they look
+/// the key up first, so a repeated put or delete does not count twice); intake's
+/// back-pressure (`spec.queue.max_ready`) then reads one key per webhook instead of
+/// counting the queue. A state written before the counter existed has no key: the
+/// first index write counts the indexes once (the same on every replica, at the same
+/// log index), and [`backlog`] counts them until then.
+const BACKLOG: &[u8] = b"m/backlog";
+
+fn is_backlog_key(k: &[u8]) -> bool {
+    k.starts_with(READY) || k.starts_with(DELAYED)
+}
+
+/// The ready and delayed index entries, counted (up to `limit`).
+pub(super) fn count_backlog(state: &dyn KvRead, limit: usize) -> usize {
+    let ready = state.range(READY, &prefix_end(READY)).take(limit).count();
+    ready + state.range(DELAYED, &prefix_end(DELAYED)).take(limit - ready).count()
+}
+
+/// The stored backlog counter (`None`: a state from before it existed).
+pub(super) fn stored_backlog(state: &dyn KvRead) -> Option<u64> {
+    state.get(BACKLOG).and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?)))
+}
+
+fn add_to_backlog(state: &mut Overlay<'_>, delta: i64) {
+    let n = stored_backlog(state).unwrap_or_else(|| count_backlog(state, usize::MAX) as u64);
+    state.put(BACKLOG.to_vec(), n.saturating_add_signed(delta).to_be_bytes().to_vec());
+}
+
+/// Write a job index entry (the backlog counter follows ready and delayed ones).
+pub(super) fn index_put(state: &mut Overlay<'_>, k: Vec<u8>) {
+    if is_backlog_key(&k) && state.get(&k).is_none() {
+        add_to_backlog(state, 1);
+    }
+    state.put(k, Vec::new());
+}
+
+/// Remove a job index entry (the backlog counter follows ready and delayed ones).
+pub(super) fn index_delete(state: &mut Overlay<'_>, k: Vec<u8>) {
+    if is_backlog_key(&k) && state.get(&k).is_some() {
+        add_to_backlog(state, -1);
+    }
+    state.delete(k);
 }
 
 /// The bucket of a trigger's rate limit for an event, if the event has that scope.
@@ -420,7 +470,7 @@ fn ingest_new(state: &mut Overlay<'_>, seq: u64, now: u64, d: &PackedDelivery, r
                 history: vec![JobTransition { state: JobState::Ready, at_ms: now, index: seq, note: None }],
             };
             state.put(jk(event_id, 0), codec::Record::encode_record(&job));
-            state.put(rk(m.priority, event_id, 0), Vec::new());
+            index_put(state, rk(m.priority, event_id, 0));
             (EventStatus::Queued, Some(m.trigger), m.command, vec![job.job_id])
         }
     };

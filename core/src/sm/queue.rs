@@ -53,7 +53,7 @@ pub(super) fn transition(state: &mut Overlay<'_>, job: &mut JobRecord, to: JobSt
     }
     job.history.push(JobTransition { state: to, at_ms: now, index, note });
     if let Some(k) = index_key(job) {
-        state.put(k, Vec::new());
+        events::index_put(state, k);
     }
     state.put(job_key(job), codec::Record::encode_record(job));
     // A finished job's completion notice goes into the outbox in this same apply.
@@ -112,7 +112,7 @@ fn release_delayed(state: &mut Overlay<'_>, index: u64, now: u64, budget: usize)
     let mut n = 0;
     for k in due {
         let Some(mut job) = job_from_index_key(state, &k, DELAYED.len() + 8) else {
-            state.delete(k);
+            events::index_delete(state, k);
             continue;
         };
         transition(state, &mut job, JobState::Ready, index, now, None);
@@ -379,14 +379,17 @@ pub fn has_ready(state: &dyn KvRead, targets: &[String]) -> bool {
 }
 
 /// Jobs waiting for a worker — ready now, or delayed until a retry's backoff has
-/// passed — counted up to `limit`: the answer is `min(backlog, limit)`, so a call
-/// reads at most `limit` index keys (no job record). Leased jobs are not counted:
-/// a worker holds them, and they leave the queue by completing, failing (back to
-/// delayed, then counted) or expiring. What the gateway's intake limit
+/// passed — up to `limit`: the answer is `min(backlog, limit)`, read from the
+/// counter apply keeps (one key; see `events::index_put`), or, in a state from
+/// before the counter, counted over at most `limit` index keys. Leased jobs are not
+/// counted: a worker holds them, and they leave the queue by completing, failing
+/// (back to delayed, then counted) or expiring. What the gateway's intake limit
 /// (`spec.queue.max_ready`) is compared with.
 pub fn backlog(state: &dyn KvRead, limit: usize) -> usize {
-    let ready = state.range(events::READY, &prefix_end(events::READY)).take(limit).count();
-    ready + state.range(DELAYED, &prefix_end(DELAYED)).take(limit - ready).count()
+    match events::stored_backlog(state) {
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(limit),
+        None => events::count_backlog(state, limit),
+    }
 }
 
 /// The dead-letter queue, oldest first.

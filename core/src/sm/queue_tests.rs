@@ -25,6 +25,10 @@ impl Sm {
         let r = apply(&mut o, self.index, &Request { time_ms: now, cmd }, Default::default());
         let w = o.into_writes();
         self.kv.commit(w);
+        // The backlog counter apply keeps equals a count of the indexes after every
+        // command of every test here.
+        let counted = events::count_backlog(&self.kv, usize::MAX);
+        assert_eq!(events::stored_backlog(&self.kv).unwrap_or(0), counted as u64, "backlog counter after {r:?}");
         r
     }
     fn trigger(&mut self, name: &str, spec: &str) {
@@ -506,4 +510,106 @@ fn backlog_counts_ready_and_delayed_jobs_not_leased_ones_up_to_the_limit() {
     // Completed: gone from the backlog.
     assert_eq!(sm.run(2, Command::Complete { job_id: leased[1].0.clone(), token: leased[1].1, result: "ok".into() }), Response::Completed);
     assert_eq!(queue::backlog(&sm.kv, 100), 3);
+}
+
+#[test]
+fn a_state_from_before_the_backlog_counter_is_counted_then_kept() {
+    let mut sm = Sm::new();
+    catch_all(&mut sm);
+    for k in 0..5 {
+        sm.deliver(0, &format!("d{k}"), "push", "acme/api");
+    }
+    // The state as an earlier build left it: indexes, no counter.
+    sm.kv.0.remove(b"m/backlog".as_slice());
+    assert_eq!(events::stored_backlog(&sm.kv), None);
+    assert_eq!(queue::backlog(&sm.kv, 100), 5, "counted while there is no counter");
+    assert_eq!(queue::backlog(&sm.kv, 3), 3);
+    // The next index write counts once and keeps it from then on (`Sm::run` checks).
+    assert_eq!(sm.grant(0, 2).len(), 2);
+    assert_eq!(events::stored_backlog(&sm.kv), Some(3));
+    assert_eq!(queue::backlog(&sm.kv, 100), 3);
+}
+
+mod backlog_counter {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Deliver,
+        Grant(u32),
+        Complete(usize),
+        Fail { pick: usize, retryable: bool, delay_ms: u64 },
+        Tick(u64),
+        Cancel(usize),
+        Rerun(usize),
+        Redrive,
+        Purge,
+        Limits(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => Just(Op::Deliver),
+            2 => (1u32..4).prop_map(Op::Grant),
+            2 => any::<usize>().prop_map(Op::Complete),
+            2 => (any::<usize>(), any::<bool>(), 0u64..5_000).prop_map(|(pick, retryable, delay_ms)| Op::Fail { pick, retryable, delay_ms }),
+            2 => (1u64..40_000).prop_map(Op::Tick),
+            1 => any::<usize>().prop_map(Op::Cancel),
+            1 => any::<usize>().prop_map(Op::Rerun),
+            1 => Just(Op::Redrive),
+            1 => Just(Op::Purge),
+            1 => (0u32..3).prop_map(Op::Limits),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Whatever the queue goes through, the counter apply keeps is the number of
+        /// ready and delayed index entries (`Sm::run` asserts it after each command).
+        #[test]
+        fn the_backlog_counter_stays_exact(ops in prop::collection::vec(op(), 1..80)) {
+            let mut sm = Sm::new();
+            catch_all(&mut sm);
+            let (mut now, mut delivered, mut leases, mut events_seen) = (1_000u64, 0u32, Vec::<(String, u64)>::new(), Vec::<u64>::new());
+            for op in ops {
+                match op {
+                    Op::Deliver => {
+                        delivered += 1;
+                        let job = sm.deliver(now, &format!("d{delivered}"), "push", "acme/api");
+                        events_seen.push(events::parse_job_id(&job).unwrap().0);
+                    }
+                    Op::Grant(n) => leases.extend(sm.grant(now, n).into_iter().map(|(j, t, _)| (j, t))),
+                    Op::Complete(i) if !leases.is_empty() => {
+                        let (job_id, token) = leases.remove(i % leases.len());
+                        sm.run(now, Command::Complete { job_id, token, result: "ok".into() });
+                    }
+                    Op::Fail { pick, retryable, delay_ms } if !leases.is_empty() => {
+                        let (job_id, token) = leases.remove(pick % leases.len());
+                        sm.run(now, Command::Fail { job_id, token, error: "boom".into(), retryable, delay_ms, policy: POLICY });
+                    }
+                    Op::Tick(dt) => {
+                        now += dt;
+                        sm.tick(now);
+                    }
+                    Op::Cancel(i) if !events_seen.is_empty() => {
+                        let e = events_seen[i % events_seen.len()];
+                        cancel(&mut sm, now, &events::job_id(e, 0));
+                    }
+                    Op::Rerun(i) if !events_seen.is_empty() => {
+                        let event_id = events_seen[i % events_seen.len()];
+                        sm.run(now, Command::RerunEvent { event_id, by: "ops".into() });
+                    }
+                    Op::Redrive => {
+                        sm.run(now, Command::Redrive { job_id: None });
+                    }
+                    Op::Purge => {
+                        sm.run(now, Command::Purge { job_id: None });
+                    }
+                    Op::Limits(n) => limits(&mut sm, "worker", n, if n == 0 { 0 } else { 20_000 }),
+                    _ => {}
+                }
+            }
+        }
+    }
 }

@@ -187,12 +187,11 @@ impl Default for GatewayConfig {
     }
 }
 
-/// Default of `spec.queue.max_ready`.
-/// Off by default for now: the intake's count is a sampled key scan under a lock on
-/// the request path, and an A/B with the limit at 100000 measured lower throughput
-/// and one stalled run (docs/BENCHMARKS.md row 19); it turns on by default once apply
-/// keeps the backlog as a counter.
-pub const DEFAULT_MAX_READY: usize = 0;
+/// Default of `spec.queue.max_ready`: on, since the check reads the counter apply
+/// keeps (one key per webhook; docs/BENCHMARKS.md row 20). 100000 waiting jobs hold
+/// about 1 GiB per node at the payload sizes measured there (OPERATIONS.md § Disk
+/// sizing).
+pub const DEFAULT_MAX_READY: usize = 100_000;
 /// Largest `spec.queue.max_ready` (0 is the way to say "no limit").
 pub const MAX_READY_LIMIT: usize = 100_000_000;
 
@@ -219,8 +218,8 @@ pub struct QueueConfig {
     pub retention_secs: u64,
     /// Back-pressure: while this many jobs wait for a worker (ready, or delayed
     /// until a retry; leased jobs do not count), webhook intake answers 503 +
-    /// `Retry-After` (`queue_full`) and stores nothing (default 0 = no limit; 0 = no
-    /// limit; at most [`MAX_READY_LIMIT`]). A soft limit, checked against the
+    /// `Retry-After` (`queue_full`) and stores nothing (default
+    /// [`DEFAULT_MAX_READY`]; 0 = no limit; at most [`MAX_READY_LIMIT`]). A soft limit, checked against the
     /// receiving node's applied state (RabbitMQ's `max-length` with
     /// `overflow: reject-publish`, JetStream's `max_msgs` with `discard: new`).
     pub max_ready: usize,

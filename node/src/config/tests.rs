@@ -112,7 +112,7 @@ fn defaults_applied() {
     assert_eq!(s.queue.retry_delay_ms, 1000);
     assert_eq!(s.queue.max_retry_delay_ms, 60_000);
     assert_eq!(s.queue.retention_secs, 604_800);
-    assert_eq!(s.queue.max_ready, 0);
+    assert_eq!(s.queue.max_ready, 100_000);
     assert_eq!(s.worker, WorkerConfig { concurrency: 10, prefetch: 5 });
     assert_eq!(s.platforms.github.as_ref().unwrap().bot_name, "aofbot");
     assert!(s.flows.enabled && !s.flows.watch);

@@ -23,8 +23,7 @@
 //!    200 with `"duplicate": true` for a delivery id seen before. No commit within
 //!    `spec.gateway.ack_timeout_ms` → 503 + `Retry-After` (a retry is safe: dedup).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -124,55 +123,25 @@ impl Gateway {
 /// minutes, not in the one second of the other 503s.
 pub const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 30;
 
-/// A backlog below this is counted again, inline, at every newly applied log entry
-/// (at most this many index keys: ~0.1 ms), so the limit is exact for small
-/// backlogs and small limits.
-const EXACT_BELOW: usize = 256;
-/// A larger backlog is counted again on a blocking thread while intake goes on with
-/// the last count: at most this often ...
-const RECOUNT_EVERY: Duration = Duration::from_millis(10);
-/// ... and at most once per this many times the last count took: a count reads up to
-/// `max_ready` index keys (100000 took 63 ms here), so counting stays under ~5 % of
-/// one core however deep the queue (about once a second at the default limit).
-const RECOUNT_COST_FACTOR: u32 = 20;
-
 /// The queue's backlog as the intake sees it: jobs ready or delayed (waiting for a
-/// retry), counted in this node's applied state up to the limit, without a Raft
-/// round trip. Leased jobs are not counted: a worker holds them, and they leave
-/// the queue by completing (never back to the backlog) or by failing or expiring
-/// (then they are delayed, and counted again).
+/// retry) in this node's applied state, read from the counter the state machine
+/// keeps in apply (`aof_core::sm::queue::backlog`: one key, no scan, no lock), so
+/// the check costs the same at any queue depth. Leased jobs are not counted: a
+/// worker holds them, and they leave the queue by completing (never back to the
+/// backlog) or by failing or expiring (then they are delayed, and counted again).
 ///
 /// A **soft** limit: the count is of this node's applied state (a follower's lags
-/// the leader's by its replication delay); a backlog of [`EXACT_BELOW`] or more is
-/// recounted in the background (see [`RECOUNT_EVERY`], [`RECOUNT_COST_FACTOR`]) and
-/// the last count is used meanwhile; and the deliveries being accepted at once when
-/// the limit is reached (up to `spec.gateway.max_in_flight` per node, each with its
-/// jobs) all get through.
+/// the leader's by its replication delay), and the deliveries being accepted at once
+/// when the limit is reached (up to `spec.gateway.max_in_flight` per node, each with
+/// its jobs) all get through.
 pub struct Backlog {
     /// `spec.queue.max_ready`; 0 = no limit.
     pub limit: usize,
-    shared: Arc<Shared>,
-}
-
-#[derive(Default)]
-struct Shared {
-    sample: Mutex<Sample>,
-    /// A background count is running.
-    counting: AtomicBool,
-}
-
-#[derive(Clone, Copy, Default)]
-struct Sample {
-    /// When it was taken and the applied log index it was taken at (`None`: never).
-    taken: Option<(Instant, Option<u64>)>,
-    count: usize,
-    /// How long the last background count took.
-    cost: Duration,
 }
 
 impl Backlog {
     pub fn new(limit: usize) -> Self {
-        Backlog { limit, shared: Arc::default() }
+        Backlog { limit }
     }
 
     /// `Some(backlog)` when the backlog has reached the limit (counted up to it).
@@ -180,41 +149,8 @@ impl Backlog {
         if self.limit == 0 {
             return None;
         }
-        let n = self.count(node);
+        let n = node.read_local(|kv| crate::sm::queue::backlog(kv, self.limit));
         (n >= self.limit).then_some(n)
-    }
-
-    fn count(&self, node: &Arc<Node>) -> usize {
-        // Read before counting: the count sees at least this index's state.
-        let applied = node.state_machine().last_applied().map(|l| l.index);
-        let mut s = self.shared.sample.lock().unwrap_or_else(|e| e.into_inner());
-        if s.taken.is_some_and(|(_, index)| index == applied) {
-            return s.count;
-        }
-        let mut due = s.taken.is_some_and(|(at, _)| at.elapsed() >= RECOUNT_EVERY.max(s.cost * RECOUNT_COST_FACTOR));
-        if s.taken.is_none() || s.count < EXACT_BELOW {
-            let bound = self.limit.min(EXACT_BELOW);
-            let n = node.read_local(|kv| crate::sm::queue::backlog(kv, bound));
-            s.count = n;
-            s.taken = Some((Instant::now(), applied));
-            if n < bound || bound == self.limit {
-                return n; // exact, or at a limit of at most EXACT_BELOW
-            }
-            // At least EXACT_BELOW, under a larger limit: count all in the background.
-            due = true;
-        }
-        if due && !self.shared.counting.swap(true, Ordering::AcqRel) {
-            let (node, shared, limit) = (node.clone(), self.shared.clone(), self.limit);
-            tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                let n = node.read_local(|kv| crate::sm::queue::backlog(kv, limit));
-                let cost = started.elapsed();
-                *shared.sample.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Sample { taken: Some((Instant::now(), applied)), count: n, cost };
-                shared.counting.store(false, Ordering::Release);
-            });
-        }
-        s.count
     }
 }
 
