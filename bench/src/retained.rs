@@ -111,6 +111,9 @@ pub struct Retained {
     pub nodes: Vec<NodeCost>,
     /// A 4th member: from its start until `aofctl cluster join` made it a voter, seconds.
     pub join_s: f64,
+    /// The 4th member's peak RSS (VmHWM) once it joined, MiB: what installing the
+    /// snapshot cost it.
+    pub join_peak_rss_mib: f64,
     /// Why the join was not measured.
     pub join_error: Option<String>,
 }
@@ -314,6 +317,7 @@ pub async fn run(
         }
     };
 
+    let join_peak_rss_mib = c.nodes.last().and_then(|n| sys::rss_bytes(n.pid())).map_or(f64::NAN, |(_, peak)| peak as f64 / (1u64 << 20) as f64);
     let stats = workers.stats.clone();
     workers.stop().await;
     c.stop();
@@ -335,6 +339,7 @@ pub async fn run(
         http,
         nodes,
         join_s,
+        join_peak_rss_mib,
         join_error,
     })
 }
@@ -391,7 +396,12 @@ pub fn render(r: &Retained, header: &str, notes: &[String]) -> String {
     }
     match &r.join_error {
         None => {
-            let _ = writeln!(s, "\nA 4th member (`aofctl cluster join`: learner, caught up, promoted) was a voter {} s after its start.", f(r.join_s));
+            let _ = writeln!(
+                s,
+                "\nA 4th member (`aofctl cluster join`: learner, caught up, promoted) was a voter {} s after its start; its peak RSS was {} MiB.",
+                f(r.join_s),
+                f(r.join_peak_rss_mib)
+            );
         }
         Some(e) => {
             let _ = writeln!(s, "\nA 4th member could not join: {e}");

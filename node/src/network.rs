@@ -33,6 +33,10 @@ use crate::types::{Member, NodeId, TypeConfig};
 /// webhook payloads of up to 25 MiB each).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// Longest wait for a member to take one snapshot chunk (up to 3 MiB) other than the
+/// last (see `install_snapshot`).
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Lazily-connected gRPC channels to peers, one per (node id, address).
 #[derive(Clone, Default)]
 pub struct Channels {
@@ -103,7 +107,7 @@ impl PeerClient {
         &self,
         method: Method,
         req: &Req,
-        option: &RPCOption,
+        ttl: Duration,
     ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
     where
         Req: Serialize,
@@ -127,7 +131,7 @@ impl PeerClient {
                 Method::Snapshot => client.install_snapshot(payload).await,
             }
         };
-        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
+        let reply = match tokio::time::timeout(ttl, fut).await {
             Err(elapsed) => return Err(RPCError::Unreachable(Unreachable::new(&elapsed))),
             Ok(Err(status)) => return Err(status_to_rpc_error(status)),
             Ok(Ok(r)) => r.into_inner(),
@@ -162,7 +166,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(Method::Append, &rpc, &option).await
+        self.call(Method::Append, &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -170,7 +174,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>> {
-        self.call(Method::Snapshot, &rpc, &option).await
+        // The last chunk's answer comes after the member has installed the whole
+        // snapshot, which takes time in proportion to the state; openraft's
+        // `install_snapshot_timeout` (see `RaftTuning::openraft_config`) bounds that
+        // wait, every other chunk gets `SNAPSHOT_CHUNK_TIMEOUT`. (One bound for both
+        // made a leader give up on an install of a large state, send the whole
+        // snapshot again and again, and a member never joined.)
+        let ttl = if rpc.done { option.hard_ttl() } else { SNAPSHOT_CHUNK_TIMEOUT.min(option.hard_ttl()) };
+        self.call(Method::Snapshot, &rpc, ttl).await
     }
 
     async fn vote(
@@ -178,6 +189,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(Method::Vote, &rpc, &option).await
+        self.call(Method::Vote, &rpc, option.hard_ttl()).await
     }
 }

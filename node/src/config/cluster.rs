@@ -277,8 +277,10 @@ impl RaftTuning {
             // Snapshots are asked for by `snapshot_trigger` (entries and log size).
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
-            // Per snapshot chunk; a chunk is up to 3 MiB, so allow slow disks.
-            install_snapshot_timeout: 10_000,
+            // The wait for a member to install a whole snapshot once it has every
+            // chunk (a state of 1 GiB takes tens of seconds); each other chunk (up to
+            // 3 MiB) gets `network::SNAPSHOT_CHUNK_TIMEOUT`.
+            install_snapshot_timeout: 600_000,
             // An AppendEntries must finish within one heartbeat interval; entries are
             // batches of up to `proposer::MAX_BATCH_BYTES`, so send few at a time.
             max_payload_entries: 16,

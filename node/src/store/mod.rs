@@ -9,8 +9,8 @@
 //! |-------------|------------------------------------|-----------------------------------------|
 //! | `log`       | log index, 8 bytes big-endian      | `codec(Entry)` — only in data dirs from before the WAL; moved to it at open |
 //! | `raft_meta` | `vote`, `committed`, `last_purged`, `node_id` | `codec(..)`                  |
-//! | `sm`        | the state machine's own keys (`t/…`, `m/clock`), unprefixed | written by [`crate::sm`] |
-//! | `sm_meta`   | `last_applied`, `membership`       | `codec(LogId)`, `codec(StoredMembership)` |
+//! | `sm` (or `sm-<n>`) | the state machine's own keys (`t/…`, `m/clock`), unprefixed | written by [`crate::sm`] |
+//! | `sm_meta`   | `last_applied`, `membership`, `tree` | `codec(LogId)`, `codec(StoredMembership)`, `codec(String)`: the name of the state machine's tree (`sm` when absent) |
 //! | `snapshot`  | `meta` (`data` in old data dirs)   | `codec(SnapshotMeta)`; the data, `codec(Vec<(key, value)>)` in any order, is the file `snapshots/<id>.snap` |
 //!
 //! Besides sled's own files the data dir holds `wal/` (the log), `snapshots/` (one
@@ -22,8 +22,12 @@
 //! cannot read surfaces as an error ([`StoreError::Corrupt`] at open, or an
 //! [`openraft::StorageError`] from the Raft storage traits), never as a panic.
 //!
-//! **Architecture Invariant**: `sm` and `sm_meta` only ever change together, in one
-//! sled transaction, so after a crash the applied state and `last_applied` agree.
+//! **Architecture Invariant**: the state machine's tree and `sm_meta` only ever change
+//! together, in one sled transaction, so after a crash the applied state and
+//! `last_applied` agree. A received snapshot is the one exception to "together": it
+//! is written into a new tree (`sm-<n>`) that nothing reads, and `sm_meta.tree`
+//! switches to it in the transaction that records its `last_applied`; a tree that
+//! `sm_meta` does not name is dropped at open.
 
 // `openraft::StorageError` (~224 bytes) is the error type the Raft storage traits
 // prescribe; boxing it in the helpers would only add conversions.
@@ -73,6 +77,8 @@ pub(crate) mod raft_meta_keys {
 pub(crate) mod sm_meta_keys {
     pub const LAST_APPLIED: &[u8] = b"last_applied";
     pub const MEMBERSHIP: &[u8] = b"membership";
+    /// The name of the tree holding the state machine (`trees::SM` when absent).
+    pub const TREE: &[u8] = b"tree";
 }
 
 /// Keys of the `snapshot` tree.
@@ -231,7 +237,9 @@ pub struct Store {
     pub(crate) db: Arc<sled::Db>,
     pub(crate) log: sled::Tree,
     pub(crate) raft_meta: sled::Tree,
-    pub(crate) sm: sled::Tree,
+    /// The state machine's tree: replaced as a whole when a snapshot is installed
+    /// (see [`Store::sm`]).
+    sm: Arc<RwLock<sled::Tree>>,
     pub(crate) sm_meta: sled::Tree,
     pub(crate) snapshot: sled::Tree,
     pub(crate) applied: Arc<RwLock<Applied>>,
@@ -306,6 +314,11 @@ impl Store {
         };
         let wal = wal::Wal::open_with(&dir.join("wal"), alarm.clone(), last_purged.map(|p| p.index))
             .map_err(|source| StoreError::Wal { dir: dir.to_path_buf(), source })?;
+        let sm_meta = tree(trees::SM_META)?;
+        let sm = open_sm_tree(&db, &sm_meta).map_err(|e| match e {
+            SmTreeError::Sled(source) => StoreError::Open { dir: dir.to_path_buf(), source },
+            SmTreeError::Codec(source) => StoreError::Corrupt { dir: dir.to_path_buf(), what: "the state machine's tree name", source },
+        })?;
         let mut store = Store {
             _watch: Arc::new(watch),
             alarm,
@@ -313,8 +326,8 @@ impl Store {
             dir: Arc::new(dir.to_path_buf()),
             log: tree(trees::LOG)?,
             raft_meta,
-            sm: tree(trees::SM)?,
-            sm_meta: tree(trees::SM_META)?,
+            sm: Arc::new(RwLock::new(sm)),
+            sm_meta,
             snapshot: tree(trees::SNAPSHOT)?,
             db,
             applied: Arc::default(),
@@ -384,6 +397,32 @@ impl Store {
         self.db.flush().map_err(|e| self.io_err(e))?;
         tracing::info!(entries = n, dir = %self.dir.display(), "moved the Raft log from sled into the write-ahead log");
         Ok(())
+    }
+
+    /// The state machine's tree as of now. An install replaces it (see
+    /// [`state_machine`]); a handle taken before keeps reading the state it had.
+    pub(crate) fn sm(&self) -> sled::Tree {
+        self.sm.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Make `tree` the state machine's tree (its name is already durable in
+    /// `sm_meta`), and drop the one it replaces once readers that may hold it are
+    /// done with it.
+    pub(crate) fn switch_sm(&self, tree: sled::Tree) {
+        let old = std::mem::replace(&mut *self.sm.write().unwrap_or_else(|p| p.into_inner()), tree);
+        // Reads are short (one request's keys); a snapshot build reading the old tree
+        // was overtaken and stops at its next key. A weak handle: the data dir closes
+        // (and can be opened again) meanwhile; the tree is then dropped at that open.
+        let db = Arc::downgrade(&self.db);
+        let name = old.name();
+        drop(old);
+        let _ = std::thread::Builder::new().name("aof-drop-tree".into()).spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            let Some(db) = db.upgrade() else { return };
+            if let Err(e) = db.drop_tree(name) {
+                tracing::warn!("cannot drop the replaced state machine tree: {e}; it is dropped at the next start");
+            }
+        });
     }
 
     fn load_applied(&self) -> Result<Applied, StoreError> {
@@ -465,7 +504,7 @@ impl Store {
                 return Ok(false);
             }
         }
-        for tree in [&self.log, &self.sm, &self.sm_meta, &self.snapshot] {
+        for tree in [&self.log, &self.sm(), &self.sm_meta, &self.snapshot] {
             if tree.first().map_err(io)?.is_some() {
                 return Ok(false);
             }
@@ -525,6 +564,28 @@ impl Store {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+enum SmTreeError {
+    Sled(sled::Error),
+    Codec(CodecError),
+}
+
+/// Open the state machine's tree named in `sm_meta` (`sm` when none is), and drop
+/// the trees a snapshot install left behind: one written but never switched to (a
+/// crash during the install), or one replaced but not yet dropped.
+fn open_sm_tree(db: &sled::Db, sm_meta: &sled::Tree) -> Result<sled::Tree, SmTreeError> {
+    let name: String = match sm_meta.get(sm_meta_keys::TREE).map_err(SmTreeError::Sled)? {
+        None => trees::SM.to_string(),
+        Some(v) => codec::decode(&v).map_err(SmTreeError::Codec)?,
+    };
+    for other in db.tree_names() {
+        let is_sm = other.as_ref() == trees::SM.as_bytes() || other.starts_with(format!("{}-", trees::SM).as_bytes());
+        if is_sm && other.as_ref() != name.as_bytes() {
+            db.drop_tree(&other).map_err(SmTreeError::Sled)?;
+        }
+    }
+    db.open_tree(&name).map_err(SmTreeError::Sled)
 }
 
 /// Wrap any error as the source of a [`StorageIOError`].

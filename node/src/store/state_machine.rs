@@ -68,7 +68,9 @@ pub struct StateMachineStore {
 }
 
 /// The contents of a snapshot's data: every `(key, value)` pair of the `sm` tree (in
-/// no particular order), encoded with [`crate::codec`].
+/// no particular order), encoded with [`crate::codec`]. Written and read pair by
+/// pair ([`encode_captured`], [`load_pairs`]), never as one value but in tests.
+#[allow(dead_code)]
 pub type SnapshotPairs = Vec<(Key, Value)>;
 
 fn read_sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -389,7 +391,8 @@ impl StateMachineStore {
     /// A sled read error (an IO failure of the disk) shows to the closure as an absent
     /// key and is logged.
     pub fn read<R>(&self, f: impl FnOnce(&dyn crate::sm::KvRead) -> R) -> R {
-        let kv = SledKv::new(&self.store.sm);
+        let tree = self.store.sm();
+        let kv = SledKv::new(&tree);
         let out = f(&kv);
         if let Some(e) = kv.take_error() {
             tracing::error!(error = %e, dir = %self.store.dir.display(), "state machine read failed");
@@ -596,7 +599,7 @@ impl StateMachineStore {
         let Some(undo) = guard.as_mut() else { return Ok(()) };
         for k in keys {
             if !undo.old.contains_key(k) {
-                let v = self.store.sm.get(k).map_err(read_sm_err)?;
+                let v = self.store.sm().get(k).map_err(read_sm_err)?;
                 undo.old.insert(k.clone(), v.map(|v| v.to_vec()));
             }
         }
@@ -644,7 +647,7 @@ fn encode_captured<W: std::io::Write + std::io::Seek>(store: &Store, generation:
         count += 1;
         Ok(())
     };
-    for kv in store.sm.iter() {
+    for kv in store.sm().iter() {
         let (k, v) = kv.map_err(read_sm_err)?;
         match lookup(&k) {
             Err(()) => return Ok(false),
@@ -678,33 +681,39 @@ fn encode_captured<W: std::io::Write + std::io::Seek>(store: &Store, generation:
     Ok(true)
 }
 
-/// Install a received snapshot (see [`StateMachineStore`]): its file, then the `sm`
-/// tree, `sm_meta` and the snapshot meta in one transaction, flushed before other
-/// snapshots' files are removed. Blocking.
-fn install_blocking(store: &Store, meta: &SnapshotMeta, data: &[u8], pairs: &SnapshotPairs) -> Result<(), StorageError> {
-    // Replace the whole `sm` tree: remove what the snapshot does not have, write the rest.
-    let mut batch = sled::Batch::default();
-    let incoming: HashSet<&[u8]> = pairs.iter().map(|(k, _)| k.as_slice()).collect();
-    for k in store.sm.iter().keys() {
-        let k = k.map_err(read_sm_err)?;
-        if !incoming.contains(k.as_ref()) {
-            batch.remove(k);
+/// Install a received snapshot (see [`StateMachineStore`]), streaming: one pass over
+/// the received data copies it into the snapshot's own file and loads its pairs into
+/// a new tree in batches; then one transaction makes that tree the state machine's
+/// and records `last_applied`, the membership and the snapshot's meta, flushed
+/// before other snapshots' files are removed. Memory stays at one batch whatever
+/// the snapshot's size (reading it whole, decoding it and writing it in one sled
+/// transaction held it four times over: gigabytes, and minutes for a 1 GiB state).
+/// Blocking.
+fn install_blocking(store: &Store, meta: &SnapshotMeta, received: std::fs::File) -> Result<(), StorageError> {
+    let werr = |e: sled::Error| write_snapshot_err(Some(meta), sled_write(store, "installing a snapshot")(e));
+    let name = format!("{}-{}", super::trees::SM, store.db.generate_id().map_err(werr)?);
+    let tree = store.db.open_tree(&name).map_err(werr)?;
+    let loaded = persist_snapshot_file(store, &meta.snapshot_id, |w| {
+        let len = received.metadata().map_err(|e| write_snapshot_err(Some(meta), e))?.len();
+        let mut tee = std::io::BufReader::with_capacity(1 << 20, Tee { from: received, to: w });
+        load_pairs(&mut tee, len, &tree).map_err(|e| write_snapshot_err(Some(meta), e))?;
+        Ok(true)
+    });
+    let sum = match loaded {
+        Ok(Some((_, sum))) => sum,
+        Ok(None) => unreachable!("the writer never abandons the file"),
+        Err(e) => {
+            let _ = store.db.drop_tree(name.as_bytes());
+            return Err(e);
         }
-    }
-    for (k, v) in pairs {
-        batch.insert(k.as_slice(), v.as_slice());
-    }
-
-    let written = persist_snapshot_file(store, &meta.snapshot_id, |w| {
-        std::io::Write::write_all(w, data).map_err(|e| write_snapshot_err(Some(meta), e)).map(|_| true)
-    })?;
-    let sum = written.map(|(_, sum)| sum).ok_or_else(|| write_snapshot_err(Some(meta), std::io::Error::other("snapshot file not written")))?;
+    };
+    let tree_rec = codec::encode(&name);
     let sum_rec = codec::encode(&sum);
     let last_applied_rec = meta.last_log_id.as_ref().map(codec::encode);
     let membership_rec = codec::encode(&meta.last_membership);
     let meta_rec = codec::encode(meta);
-    let r = (&store.sm, &store.sm_meta, &store.snapshot).transaction(|(sm, sm_meta, snap)| {
-        sm.apply_batch(&batch)?;
+    let r = (&store.sm_meta, &store.snapshot).transaction(|(sm_meta, snap)| {
+        sm_meta.insert(sm_meta_keys::TREE, tree_rec.as_slice())?;
         match &last_applied_rec {
             Some(rec) => sm_meta.insert(sm_meta_keys::LAST_APPLIED, rec.as_slice())?,
             None => sm_meta.remove(sm_meta_keys::LAST_APPLIED)?,
@@ -716,11 +725,82 @@ fn install_blocking(store: &Store, meta: &SnapshotMeta, data: &[u8], pairs: &Sna
         Ok::<_, ConflictableTransactionError<StorageError>>(())
     });
     let on_sled = |e| io(StorageIOError::write_snapshot(Some(meta.signature()), any(sled_write(store, "installing a snapshot")(e))));
-    tx_result(r, on_sled)?;
-    // Durable before the old snapshot's file goes (see `store_snapshot_meta`).
+    if let Err(e) = tx_result(r, on_sled) {
+        let _ = store.db.drop_tree(name.as_bytes());
+        return Err(e);
+    }
+    // Durable before the old snapshot's file goes (see `store_snapshot_meta`), and
+    // before the old tree is dropped.
     store.flush_durable().map_err(|e| write_snapshot_err(Some(meta), sled_write(store, "flushing an installed snapshot")(e)))?;
+    store.switch_sm(tree);
     remove_other_snapshot_files(store, &meta.snapshot_id);
     Ok(())
+}
+
+/// A reader that writes what it reads to `to`.
+struct Tee<'w, W: std::io::Write> {
+    from: std::fs::File,
+    to: &'w mut W,
+}
+
+impl<W: std::io::Write> std::io::Read for Tee<'_, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::io::Read::read(&mut self.from, buf)?;
+        self.to.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Bytes of pairs written to a tree per sled batch while a snapshot is loaded.
+const LOAD_BATCH_BYTES: usize = 8 << 20;
+
+/// Load snapshot data ([`SnapshotPairs`] as [`codec`] encodes them, `len` bytes) from
+/// `from` into `tree`, one batch of about [`LOAD_BATCH_BYTES`] at a time. Damaged
+/// data (an unknown version, a length past the end, bytes after the last pair) is an
+/// error, and no length read from the data makes it allocate more than what is left.
+fn load_pairs(from: &mut impl std::io::Read, len: u64, tree: &sled::Tree) -> std::io::Result<u64> {
+    use bincode::Options;
+    use std::io::Read as _;
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut r = Counted { inner: from, read: 0 };
+    let mut version = [0u8; 1];
+    r.read_exact(&mut version).map_err(|e| bad(format!("snapshot data: {e}")))?;
+    if version[0] != codec::FORMAT_VERSION {
+        return Err(bad(codec::CodecError::UnknownVersion(version[0]).to_string()));
+    }
+    let opts = |r: &Counted<_>| bincode::options().with_fixint_encoding().allow_trailing_bytes().with_limit(len.saturating_sub(r.read));
+    let count: u64 = opts(&r).deserialize_from(&mut r).map_err(|e| bad(format!("snapshot data: {e}")))?;
+    let mut batch = sled::Batch::default();
+    let mut batch_bytes = 0usize;
+    for n in 0..count {
+        let (k, v): (serde_bytes::ByteBuf, serde_bytes::ByteBuf) =
+            opts(&r).deserialize_from(&mut r).map_err(|e| bad(format!("snapshot data, pair {n} of {count}: {e}")))?;
+        batch_bytes += k.len() + v.len();
+        batch.insert(k.into_vec(), v.into_vec());
+        if batch_bytes >= LOAD_BATCH_BYTES {
+            tree.apply_batch(std::mem::take(&mut batch)).map_err(std::io::Error::other)?;
+            batch_bytes = 0;
+        }
+    }
+    tree.apply_batch(batch).map_err(std::io::Error::other)?;
+    if r.read(&mut [0u8; 1])? != 0 {
+        return Err(bad(format!("snapshot data: bytes after its {count} pairs")));
+    }
+    Ok(count)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -740,7 +820,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut membership_changed = false;
         let mut responses = Vec::new();
 
-        let kv = SledKv::new(&self.store.sm);
+        let tree = self.store.sm();
+        let kv = SledKv::new(&tree);
         let mut overlay = Overlay::new(&kv).with_triggers(&self.triggers);
         for entry in entries {
             let log_id = entry.log_id;
@@ -777,7 +858,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let last_applied_rec = codec::encode(&last_applied);
         let membership_rec = membership_changed.then(|| codec::encode(&applied.membership));
-        let r = (&self.store.sm, &self.store.sm_meta).transaction(|(sm, meta)| {
+        let r = (&tree, &self.store.sm_meta).transaction(|(sm, meta)| {
             sm.apply_batch(&batch)?;
             meta.insert(sm_meta_keys::LAST_APPLIED, last_applied_rec.as_slice())?;
             if let Some(m) = &membership_rec {
@@ -831,13 +912,13 @@ impl StateMachineStore {
         if let Some(u) = self.store.snapshot_undo.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             u.overtaken = true;
         }
-        let data = read_snapshot_data(snapshot)
-            .await
-            .map_err(|e| io(StorageIOError::read_snapshot(Some(meta.signature()), any(e))))?;
-        let pairs: SnapshotPairs =
-            codec::decode(&data).map_err(|e| io(StorageIOError::read_snapshot(Some(meta.signature()), any(e))))?;
+        use tokio::io::AsyncWriteExt;
+        let read_err = |e: std::io::Error| io(StorageIOError::read_snapshot(Some(meta.signature()), any(e)));
+        snapshot.flush().await.map_err(read_err)?;
+        let mut received = snapshot.try_clone().await.map_err(read_err)?.into_std().await;
+        std::io::Seek::seek(&mut received, std::io::SeekFrom::Start(0)).map_err(read_err)?;
         let (store, m) = (self.store.clone(), meta.clone());
-        tokio::task::spawn_blocking(move || install_blocking(&store, &m, &data, &pairs))
+        tokio::task::spawn_blocking(move || install_blocking(&store, &m, received))
             .await
             .map_err(|e| write_snapshot_err(Some(meta), e))??;
         self.set_applied(Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone() });

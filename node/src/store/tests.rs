@@ -44,7 +44,7 @@ fn membership(term: u64, index: u64) -> Entry {
 
 /// All pairs of the `sm` tree.
 fn sm_pairs(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
-    store.sm.iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap()).collect()
+    store.sm().iter().map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap()).collect()
 }
 
 fn corrupt(record: &[u8]) -> Vec<u8> {
@@ -391,7 +391,7 @@ fn large_records_stay_inline_and_old_segment_sizes_still_open() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(&dir);
-        store.sm.insert(b"big", vec![7u8; 300 << 10]).unwrap();
+        store.sm().insert(b"big", vec![7u8; 300 << 10]).unwrap();
         store.db.flush().unwrap();
     }
     let blobs = std::fs::read_dir(dir.path().join("blobs")).map(|d| d.count()).unwrap_or(0);
@@ -401,7 +401,7 @@ fn large_records_stay_inline_and_old_segment_sizes_still_open() {
     let old = tempfile::tempdir().unwrap();
     drop(sled::Config::new().path(old.path()).segment_size(512 * 1024).open().unwrap());
     let store = open(&old);
-    store.sm.insert(b"k", b"v".to_vec()).unwrap();
+    store.sm().insert(b"k", b"v".to_vec()).unwrap();
 }
 
 /// A data dir from before the WAL keeps its log in the `log` tree: opening it moves
@@ -697,4 +697,99 @@ async fn a_damaged_snapshot_file_is_detected_at_open() {
     std::fs::write(&file, &bytes).unwrap();
     let msg = Store::open(dir.path(), CACHE).unwrap_err().to_string();
     assert!(msg.contains(&format!("{id}.snap")) && msg.contains("is damaged"), "{msg}");
+}
+
+fn sm_tree_names(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = store
+        .db
+        .tree_names()
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .filter(|n| n == "sm" || n.starts_with("sm-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A received snapshot is loaded streaming, in batches, into a tree of its own that
+/// becomes the state machine's in one step: the state after the install is exactly
+/// the snapshot's, the old tree is gone, and all of it survives a restart.
+#[tokio::test]
+async fn a_large_snapshot_is_installed_in_batches_into_a_new_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = SnapshotMeta { last_log_id: Some(log_id(3, 40)), last_membership: Default::default(), snapshot_id: "3-40-7".into() };
+    // More than three batches' worth, with keys the old state also has.
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..100u32).map(|i| (format!("t/k{i:03}").into_bytes(), vec![(i % 251) as u8; 300 << 10])).collect();
+    pairs.push((b"m/clock".to_vec(), b"c".to_vec()));
+    {
+        let store = open(&dir);
+        let mut sm = store.state_machine();
+        sm.apply([put(1, 1, "old", "{}"), put(1, 2, "k001", "{}")]).await.unwrap();
+        sm.install_snapshot(&meta, file_with(&codec::encode(&pairs)).await).await.unwrap();
+        let mut want = pairs.clone();
+        want.sort();
+        assert_eq!(sm_pairs(&store), want);
+        assert_eq!(sm.last_applied(), meta.last_log_id);
+        let current = String::from_utf8_lossy(&store.sm().name()).into_owned();
+        assert!(current.starts_with("sm-"), "{current}");
+        assert!(sm_tree_names(&store).contains(&current));
+        assert_eq!(sm.get_current_snapshot().await.unwrap().unwrap().meta, meta);
+    }
+    let store = open(&dir);
+    let mut want = pairs.clone();
+    want.sort();
+    assert_eq!(sm_pairs(&store), want, "the installed state is the state after a restart");
+    assert_eq!(store.state_machine().last_applied(), meta.last_log_id);
+    assert_eq!(sm_tree_names(&store).len(), 1, "a replaced tree left by the last run is dropped at open");
+}
+
+/// A crash after some of a snapshot's pairs were loaded into their new tree, but
+/// before the switch to it: the node restarts with the state it had, and the
+/// half-loaded tree is dropped.
+#[tokio::test]
+async fn a_crash_during_an_install_leaves_the_state_it_had() {
+    let dir = tempfile::tempdir().unwrap();
+    let before;
+    {
+        let store = open(&dir);
+        store.state_machine().apply([put(1, 1, "x", "{}"), put(1, 2, "y", "{}")]).await.unwrap();
+        before = sm_pairs(&store);
+        let half = store.db.open_tree("sm-99").unwrap();
+        half.insert(b"t/partial", b"junk".to_vec()).unwrap();
+        store.flush_durable().unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(sm_pairs(&store), before);
+    assert_eq!(store.state_machine().last_applied(), Some(log_id(1, 2)));
+    assert_eq!(sm_tree_names(&store), vec!["sm".to_string()]);
+}
+
+/// Damaged snapshot data (cut short, a length past its end, bytes after the last
+/// pair) is refused: the install fails, allocates nothing near the lengths it
+/// claims, and changes neither the state nor the current snapshot.
+#[tokio::test]
+async fn damaged_snapshot_data_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut sm = store.state_machine();
+    sm.apply([put(1, 1, "x", "{}")]).await.unwrap();
+    let before = sm_pairs(&store);
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![(b"t/a".to_vec(), vec![1u8; 100]), (b"t/b".to_vec(), vec![2u8; 100])];
+    let good = codec::encode(&pairs);
+    let mut huge_len = good.clone();
+    // The first pair's key length (after the version byte and the pair count).
+    huge_len[9..17].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut many = good.clone();
+    many[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+    for (what, data) in [("cut short", good[..good.len() - 10].to_vec()), ("huge length", huge_len), ("trailing", trailing), ("huge count", many)] {
+        let meta = SnapshotMeta { last_log_id: Some(log_id(2, 9)), last_membership: Default::default(), snapshot_id: format!("2-9-{}", what.len()) };
+        assert!(sm.install_snapshot(&meta, file_with(&data).await).await.is_err(), "{what}");
+        assert_eq!(sm_pairs(&store), before, "{what}");
+        assert_eq!(sm.last_applied(), Some(log_id(1, 1)), "{what}");
+        assert!(sm.get_current_snapshot().await.unwrap().is_none(), "{what}");
+        assert_eq!(sm_tree_names(&store), vec!["sm".to_string()], "{what}");
+    }
 }
