@@ -683,7 +683,7 @@ fn encode_captured<W: std::io::Write + std::io::Seek>(store: &Store, generation:
 
 /// Install a received snapshot (see [`StateMachineStore`]), streaming: one pass over
 /// the received data copies it into the snapshot's own file and loads its pairs into
-/// a new tree in batches; then one transaction makes that tree the state machine's
+/// a new tree in small batches; then one transaction makes that tree the state machine's
 /// and records `last_applied`, the membership and the snapshot's meta, flushed
 /// before other snapshots' files are removed. Memory stays at one batch whatever
 /// the snapshot's size (reading it whole, decoding it and writing it in one sled
@@ -765,8 +765,11 @@ impl<R: std::io::Read> std::io::Read for Counted<R> {
     }
 }
 
-/// Bytes of pairs written to a tree per sled batch while a snapshot is loaded.
-const LOAD_BATCH_BYTES: usize = 8 << 20;
+/// Bytes of pairs written to a tree per sled batch while a snapshot is loaded. sled
+/// holds several times a batch in memory while it applies it, growing with the
+/// keys: with 8 MiB batches a 134 MB snapshot of 240 000 pairs peaked at 1 GB of
+/// RSS, with 256 KiB at 121 MB, in the same time (4.8 s, debug build).
+const LOAD_BATCH_BYTES: usize = 256 << 10;
 
 /// Load snapshot data ([`SnapshotPairs`] as [`codec`] encodes them, `len` bytes) from
 /// `from` into `tree`, one batch of about [`LOAD_BATCH_BYTES`] at a time. Damaged
