@@ -280,7 +280,7 @@ impl Command {
     pub fn delete_trigger(name: String, if_match: Option<u64>) -> Proposal<TriggerDelete> {
         Proposal::new(Command::DeleteTrigger { name, if_match })
     }
-    /// Packs the payload (LZ4 when that pays, `sm::payload`): call it on the node that
+    /// Packs the payload (zstd when that pays, `sm::payload`): call it on the node that
     /// received the delivery, so the forward hop and the log carry the packed bytes.
     pub fn ingest(d: Delivery) -> Proposal<IngestResult> {
         Proposal::new(Command::IngestPacked(Box::new(PackedDelivery::from(d))))

@@ -203,18 +203,42 @@ fn records_written_by_this_release_decode() {
     envelope("log_ingest_request", &h.log[1].0);
     envelope("log_ingest_response", &h.log[1].1);
     envelope("log_fail_request", &h.log[3].0);
-    // A packed payload of the LZ4 layout (a body long enough to compress).
+    // A packed payload of the zstd layout (a body long enough to compress).
+    let zstd = Request {
+        time_ms: 2_000,
+        cmd: Command::ingest(compressible_delivery()).into_command(),
+    };
+    envelope("log_ingest_request_zstd", &zstd);
+}
+
+fn compressible_delivery() -> Delivery {
     let mut d = delivery();
     d.payload = format!(
         "{{\"commits\":[{}{{}}]}}",
         "{\"message\":\"fix\"},".repeat(40)
     )
     .into_bytes();
-    let lz4 = Request {
-        time_ms: 2_000,
-        cmd: Command::ingest(d).into_command(),
+    d
+}
+
+/// Log entries of builds that packed payloads with LZ4 (payload layout 2) still
+/// decode, and their payload unpacks to the body that was sent.
+#[test]
+fn the_lz4_payload_layout_of_earlier_builds_reads() {
+    let stored = std::fs::read(dir().join("log_ingest_request_lz4.bin")).unwrap();
+    let decoded: Request = codec::decode(&stored).unwrap();
+    let Command::IngestPacked(p) = decoded.cmd else {
+        panic!("{decoded:?}")
     };
-    envelope("log_ingest_request_lz4", &lz4);
+    assert_eq!(p.payload[0], 2, "the fixture holds an LZ4 record");
+    assert_eq!(
+        sm::payload::unpack(&p.payload).unwrap(),
+        compressible_delivery().payload
+    );
+    assert_eq!(
+        sm::payload::check(&p.payload, sm::payload::MAX_RAW_BYTES).unwrap(),
+        compressible_delivery().payload.len() as u64
+    );
 }
 
 /// The ingest command of earlier builds (layout 2, `IngestWebhook`, raw payload)

@@ -581,7 +581,7 @@ mod tests {
         }
     }
 
-    /// A GitHub-like body: JSON that LZ4 compresses well.
+    /// A GitHub-like body: JSON that compresses well.
     fn body() -> Vec<u8> {
         let mut b = String::from("{\"ref\":\"refs/heads/main\",\"commits\":[");
         for i in 0..100 {

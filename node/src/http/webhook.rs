@@ -17,7 +17,7 @@
 //!    its original answer). See [`Backlog`];
 //! 6. body is JSON → 400; a scope the delivery is outside of (an organisation's
 //!    secret on another owner's repository) → 401; `ping` → 200 pong, not stored;
-//! 7. pack the payload (LZ4 when that pays, once, here: the forward hop, the log and
+//! 7. pack the payload (zstd when that pays, once, here: the forward hop, the log and
 //!    every replica carry and store these bytes), propose it (`IngestPacked`) through
 //!    Raft and answer **202** once it is committed, or
 //!    200 with `"duplicate": true` for a delivery id seen before. No commit within
