@@ -445,7 +445,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
              (wal/ = Raft log, snapshots/, reserved-space = space held for a full disk, sled = the rest); written = /proc/<pid>/io write_bytes from the cluster's start \
              over the accepted events; snapshot: one more webhook, then GET /v1/snapshot on that node (it builds a Raft snapshot at the read index), \
              build time = request until the node's snapshot_index moves (polled every 20 ms), size = its snapshots/*.snap file; restart: SIGTERM to a follower, \
-             start again, time until its /ready answers 200; join: a 4th node started empty, time from its start until `aofctl cluster join` reports it a voter"
+             start again, time until its /ready answers 200; join: a 4th node started empty, time from its start until `aofctl cluster join` reports it a voter, and its VmHWM then"
         ));
         if n < 1_000_000 {
             b.notes.push(format!("the targets are for 1 000 000 retained events; this run holds {n}: sizes that grow with the state (RSS, snapshot, build and restart times) are lower bounds of those at 1 000 000"));

@@ -502,7 +502,7 @@ pub fn result_line(r: &Retained) -> String {
             .join(",")
     };
     format!(
-        "RETAINED n={} accepted={} completed={} not_done={} rss_mib={} dir_bytes_per_event={} written_bytes_per_event={} snapshot_bytes={} snapshot_build_s={} restart_ready_s={} join_s={}",
+        "RETAINED n={} accepted={} completed={} not_done={} rss_mib={} dir_bytes_per_event={} written_bytes_per_event={} snapshot_bytes={} snapshot_build_s={} restart_ready_s={} join_s={} join_peak_rss_mib={}",
         r.n,
         r.accepted,
         r.completed,
@@ -514,6 +514,7 @@ pub fn result_line(r: &Retained) -> String {
         list(r.nodes.iter().map(|n| n.snapshot_build_s).collect()),
         list(r.nodes.iter().filter_map(|n| n.restart.map(|(_, ready)| ready)).collect()),
         r.join_s,
+        r.join_peak_rss_mib,
     )
 }
 

@@ -122,6 +122,8 @@ fn retained_mode_measures_every_number_it_reports() {
     assert!(restart[0].is_finite() && restart[0] > 0.0, "restart to ready not measured: {line}");
     let join = field("join_s");
     assert!(join.len() == 1 && join[0].is_finite() && join[0] > 0.0, "the 4th member's join not measured: {line}\n{stderr}");
+    let join_rss = field("join_peak_rss_mib");
+    assert!(join_rss.len() == 1 && join_rss[0].is_finite() && join_rss[0] > 0.0, "the 4th member's peak RSS not measured: {line}");
 
     // The table, and --append-doc wrote it with date, commit, machine and the targets.
     assert!(stdout.contains("| node | RSS MiB (peak) |"), "no table:\n{stdout}");
