@@ -280,10 +280,14 @@ impl Command {
     pub fn delete_trigger(name: String, if_match: Option<u64>) -> Proposal<TriggerDelete> {
         Proposal::new(Command::DeleteTrigger { name, if_match })
     }
-    /// Packs the payload (zstd when that pays, `sm::payload`): call it on the node that
+    /// Packs the payload (LZ4 when that pays, `sm::payload`): call it on the node that
     /// received the delivery, so the forward hop and the log carry the packed bytes.
     pub fn ingest(d: Delivery) -> Proposal<IngestResult> {
-        Proposal::new(Command::IngestPacked(Box::new(PackedDelivery::from(d))))
+        Self::ingest_with(d, crate::sm::payload::Compression::Lz4)
+    }
+    /// [`Command::ingest`] with the payload compressed as `compression` says.
+    pub fn ingest_with(d: Delivery, compression: crate::sm::payload::Compression) -> Proposal<IngestResult> {
+        Proposal::new(Command::IngestPacked(Box::new(PackedDelivery::packed(d, compression))))
     }
     pub fn tick(policy: QueuePolicy) -> Proposal<Ticked> {
         Proposal::new(Command::Tick { policy })

@@ -249,7 +249,7 @@ pub struct Delivery {
 
 /// A webhook delivery as proposed (layout 3 of the ingest command, see
 /// [`Command::IngestPacked`]): [`Delivery`] with its payload already in the stored
-/// form of `crate::sm::payload` (zstd-compressed when that pays, else plain), packed
+/// form of `crate::sm::payload` (LZ4- or zstd-compressed when that pays, else plain), packed
 /// once by the gateway that accepted it. Every other field is [`Delivery`]'s.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackedDelivery {

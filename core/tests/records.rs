@@ -206,7 +206,8 @@ fn records_written_by_this_release_decode() {
     // A packed payload of the zstd layout (a body long enough to compress).
     let zstd = Request {
         time_ms: 2_000,
-        cmd: Command::ingest(compressible_delivery()).into_command(),
+        cmd: Command::ingest_with(compressible_delivery(), sm::payload::Compression::Zstd)
+            .into_command(),
     };
     envelope("log_ingest_request_zstd", &zstd);
 }
@@ -221,8 +222,8 @@ fn compressible_delivery() -> Delivery {
     d
 }
 
-/// Log entries of builds that packed payloads with LZ4 (payload layout 2) still
-/// decode, and their payload unpacks to the body that was sent.
+/// Log entries with payloads packed with LZ4 (layout 2, the default) and with zstd
+/// (layout 3) decode, and their payloads unpack to the body that was sent.
 #[test]
 fn the_lz4_payload_layout_of_earlier_builds_reads() {
     let stored = std::fs::read(dir().join("log_ingest_request_lz4.bin")).unwrap();
@@ -231,6 +232,16 @@ fn the_lz4_payload_layout_of_earlier_builds_reads() {
         panic!("{decoded:?}")
     };
     assert_eq!(p.payload[0], 2, "the fixture holds an LZ4 record");
+    let zstd: Request =
+        codec::decode(&std::fs::read(dir().join("log_ingest_request_zstd.bin")).unwrap()).unwrap();
+    let Command::IngestPacked(z) = zstd.cmd else {
+        panic!("{zstd:?}")
+    };
+    assert_eq!(z.payload[0], 3, "the fixture holds a zstd record");
+    assert_eq!(
+        sm::payload::unpack(&z.payload).unwrap(),
+        compressible_delivery().payload
+    );
     assert_eq!(
         sm::payload::unpack(&p.payload).unwrap(),
         compressible_delivery().payload

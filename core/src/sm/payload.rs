@@ -14,8 +14,11 @@
 //! | `2`        | LZ4 block (`lz4_flex`, u32 little-endian raw size prepended) |
 //! | `3`        | zstd frame (level [`ZSTD_LEVEL`], u32 little-endian raw size prepended) |
 //!
-//! [`pack`] writes layout `3` (or `1`). Layout `1` is what every build before
-//! compression wrote, `2` what builds before zstd wrote; both still decode. On the
+//! [`pack_with`] writes layout `2` or `3` (or `1`, when compression does not pay),
+//! as the gateway's `spec.gateway.payload_compression` says: LZ4 by default, since a
+//! member of an earlier build refuses a layout-3 record in apply while members of
+//! this build store it — the replicas would disagree — so zstd is switched on once
+//! every member reads it (docs/OPERATIONS.md § Upgrades). Every layout decodes. On the
 //! 181 payloads of the fixture corpus (2.05 MB, one at a time, release build): zstd
 //! level 3 stores 334 KB, LZ4 490 KB — 32 % less of every copy of a payload — for
 //! 35 µs against 15 µs to compress (once, at the gateway) and 11 µs against 4 µs to
@@ -116,8 +119,15 @@ pub fn check(stored: &[u8], max_raw: usize) -> Result<u64, PayloadError> {
 /// of earlier builds up with it.
 impl From<Delivery> for PackedDelivery {
     fn from(d: Delivery) -> Self {
+        PackedDelivery::packed(d, Compression::Lz4)
+    }
+}
+
+impl PackedDelivery {
+    /// `d` with its payload packed with `compression` (see [`pack_with`]).
+    pub fn packed(d: Delivery, compression: Compression) -> Self {
         PackedDelivery {
-            payload: pack(&d.payload),
+            payload: pack_with(&d.payload, compression),
             delivery_id: d.delivery_id,
             facts: d.facts,
             received_by: d.received_by,
@@ -144,18 +154,37 @@ fn decompress(layout: u8, block: &[u8], max: usize) -> Result<Vec<u8>, PayloadEr
     }
 }
 
-/// The stored record for a payload: compressed when that saves ≥ 1/8, else plain.
+/// How payloads are compressed when packed (`spec.gateway.payload_compression`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// LZ4 (layout 2): what every member of an earlier build reads.
+    #[default]
+    Lz4,
+    /// zstd (layout 3): about a third fewer bytes; only once every member reads it.
+    Zstd,
+}
+
+/// The stored record for a payload, compressed with LZ4 (see [`pack_with`]).
 pub fn pack(raw: &[u8]) -> Vec<u8> {
+    pack_with(raw, Compression::Lz4)
+}
+
+/// The stored record for a payload: compressed with `compression` when that saves
+/// ≥ 1/8, else plain.
+pub fn pack_with(raw: &[u8], compression: Compression) -> Vec<u8> {
     if raw.len() >= MIN_COMPRESS && raw.len() <= u32::MAX as usize {
         // A failure (none is expected for in-memory input) stores the payload plain.
-        if let Ok(compressed) = zstd::bulk::compress(raw, ZSTD_LEVEL) {
-            if compressed.len() + 4 < raw.len() - raw.len() / 8 {
-                let mut out = Vec::with_capacity(compressed.len() + 5);
-                out.push(ZSTD);
-                out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-                out.extend_from_slice(&compressed);
-                return out;
-            }
+        let compressed = match compression {
+            Compression::Lz4 => Some((LZ4, lz4_flex::block::compress(raw))),
+            Compression::Zstd => zstd::bulk::compress(raw, ZSTD_LEVEL).ok().map(|c| (ZSTD, c)),
+        };
+        if let Some((layout, compressed)) = compressed.filter(|(_, c)| c.len() + 4 < raw.len() - raw.len() / 8) {
+            let mut out = Vec::with_capacity(compressed.len() + 5);
+            out.push(layout);
+            out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+            out.extend_from_slice(&compressed);
+            return out;
         }
     }
     let mut out = Vec::with_capacity(raw.len() + 9);
@@ -223,13 +252,14 @@ mod tests {
         [&[LZ4][..], &lz4_flex::block::compress_prepend_size(raw)].concat()
     }
 
-    /// Payloads are packed with zstd; LZ4 records of earlier builds still read and
-    /// pass the check.
+    /// Payloads are packed with zstd when asked, else LZ4; LZ4 records of earlier
+    /// builds still read and pass the check.
     #[test]
     fn payloads_are_packed_with_zstd_and_lz4_records_still_read() {
         let raw = br#"{"action":"opened","number":1,"pull_request":{"title":"x"}}"#.repeat(20);
-        let packed = pack(&raw);
+        let packed = pack_with(&raw, Compression::Zstd);
         assert_eq!(packed[0], ZSTD);
+        assert_eq!(pack(&raw)[0], LZ4, "LZ4 unless zstd is asked for");
         assert!(packed.len() < raw.len() / 4, "{} of {}", packed.len(), raw.len());
         assert_eq!(unpack(&packed).unwrap(), raw);
         let old = lz4_record(&raw);
@@ -243,7 +273,8 @@ mod tests {
     #[test]
     fn the_check_refuses_oversized_and_lying_records() {
         let raw = vec![b'a'; 10_000];
-        for packed in [pack(&raw), lz4_record(&raw)] {
+        assert_eq!(pack(&raw), lz4_record(&raw), "the LZ4 layout is the one earlier builds wrote");
+        for packed in [pack_with(&raw, Compression::Zstd), lz4_record(&raw)] {
             let layout = packed[0];
             // Within a smaller limit: refused, and the error names the raw size.
             assert!(matches!(check(&packed, 9_999), Err(PayloadError::TooLarge { size: 10_000, max: 9_999 })));

@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::types::Member;
+use crate::sm::payload::Compression;
 
 const CWD: &str = "/srv/aof";
 /// The host name the tests' loads see.
@@ -106,7 +107,14 @@ fn defaults_applied() {
     assert_eq!(s.server.timeout_secs, 30);
     assert_eq!(s.runtime.max_concurrent_tasks, 10);
     assert_eq!(s.runtime.task_timeout_secs, 300);
-    assert_eq!(s.gateway, GatewayConfig { ack_timeout_ms: 5000, max_body_bytes: 26_214_400, max_in_flight: 1024 });
+    assert_eq!(
+        s.gateway,
+        GatewayConfig { ack_timeout_ms: 5000, max_body_bytes: 26_214_400, max_in_flight: 1024, payload_compression: Compression::Lz4 }
+    );
+    let zstd = parse(&format!("{NODE1}  gateway:\n    payload_compression: zstd\n")).unwrap();
+    assert_eq!(zstd.spec.gateway.payload_compression, Compression::Zstd);
+    let e = parse(&format!("{NODE1}  gateway:\n    payload_compression: gzip\n")).unwrap_err();
+    assert!(e.to_string().contains("spec.gateway.payload_compression"), "{e}");
     assert_eq!(s.queue.lease_timeout_ms, 30_000);
     assert_eq!(s.queue.max_retries, 3);
     assert_eq!(s.queue.retry_delay_ms, 1000);

@@ -17,7 +17,7 @@
 //!    its original answer). See [`Backlog`];
 //! 6. body is JSON → 400; a scope the delivery is outside of (an organisation's
 //!    secret on another owner's repository) → 401; `ping` → 200 pong, not stored;
-//! 7. pack the payload (zstd when that pays, once, here: the forward hop, the log and
+//! 7. pack the payload (LZ4, or zstd with `spec.gateway.payload_compression`, once, here: the forward hop, the log and
 //!    every replica carry and store these bytes), propose it (`IngestPacked`) through
 //!    Raft and answer **202** once it is committed, or
 //!    200 with `"duplicate": true` for a delivery id seen before. No commit within
@@ -93,6 +93,8 @@ pub struct Gateway {
     /// Bound of reading one request body (`spec.server.timeout_secs`).
     pub body_timeout: Duration,
     pub retention_ms: u64,
+    /// `spec.gateway.payload_compression`.
+    pub payload_compression: crate::sm::payload::Compression,
     pub in_flight: Semaphore,
     /// Back-pressure on the queue's backlog (`spec.queue.max_ready`).
     pub backlog: Backlog,
@@ -112,6 +114,7 @@ impl Gateway {
             ack_timeout: Duration::from_millis(g.ack_timeout_ms),
             body_timeout: Duration::from_secs(cfg.spec.server.timeout_secs.max(1)),
             retention_ms: cfg.spec.queue.retention_secs.saturating_mul(1000),
+            payload_compression: g.payload_compression,
             in_flight: Semaphore::new(g.max_in_flight),
             backlog: Backlog::new(cfg.spec.queue.max_ready),
             metrics,
@@ -271,7 +274,7 @@ async fn intake(node: &Arc<Node>, gw: &Gateway, req: Request) -> Result<(Webhook
         return Ok((WebhookOutcome::ping, StatusCode::OK, json!({ "pong": true, "zen": zen, "hook_id": payload.get("hook_id"), "node_id": node.id() })));
     }
     let facts = facts::extract(&event, &payload);
-    let proposal = Command::ingest(Delivery {
+    let proposal = Command::ingest_with(Delivery {
         delivery_id: delivery_id.clone(),
         facts,
         payload: body.to_vec(),
@@ -279,7 +282,7 @@ async fn intake(node: &Arc<Node>, gw: &Gateway, req: Request) -> Result<(Webhook
         retention_ms: gw.retention_ms,
         traceparent: crate::telemetry::current_traceparent(),
         signed_by,
-    });
+    }, gw.payload_compression);
     let unavailable = |m: String| reject(WebhookOutcome::unavailable, StatusCode::SERVICE_UNAVAILABLE, "unavailable", m);
     if crate::planted::active(crate::planted::Bug::AckBeforeCommit) {
         // Planted bug: acknowledge before the quorum commit.
