@@ -1,9 +1,10 @@
 //! How an event's raw payload is kept in the state machine (`p/<event_id>`).
 //!
-//! GitHub's JSON compresses about 6× with zstd (4× with LZ4), and payloads are most
+//! GitHub's JSON compresses about 4× with LZ4 (6× with zstd), and payloads are most
 //! of what a node stores and sends (log, sled pages, snapshots, AppendEntries), so a
-//! payload is kept compressed when that saves at least an eighth of it. Workers and the API always get the bytes
-//! exactly as received: [`unpack`] is the inverse of [`pack`].
+//! payload is kept compressed when that saves at least an eighth of it. Workers and
+//! the API always get the bytes exactly as received: [`unpack`] is the inverse of
+//! [`pack_with`].
 //!
 //! Record layouts, told apart by the first byte (the payload's own format version,
 //! independent of [`crate::codec::FORMAT_VERSION`]):
@@ -23,7 +24,7 @@
 //! level 3 stores 334 KB, LZ4 490 KB — 32 % less of every copy of a payload — for
 //! 35 µs against 15 µs to compress (once, at the gateway) and 11 µs against 4 µs to
 //! decompress (on each replica: apply's [`check`], and each lease grant); measured
-//! in a cluster in docs/BENCHMARKS.md (row 21).
+//! in a cluster in docs/BENCHMARKS.md (row 22).
 //!
 //! Since the ingest command's layout 3 ([`crate::types::Command::IngestPacked`]) the
 //! gateway that accepted a delivery packs its payload, once, and the record travels
@@ -39,7 +40,7 @@ use crate::types::{Delivery, PackedDelivery};
 
 /// Layout byte of an uncompressed payload.
 const PLAIN: u8 = 1;
-/// Layout byte of an LZ4-compressed payload (written by earlier builds).
+/// Layout byte of an LZ4-compressed payload (the default).
 const LZ4: u8 = 2;
 /// Layout byte of a zstd-compressed payload.
 const ZSTD: u8 = 3;

@@ -315,10 +315,7 @@ impl Store {
         let wal = wal::Wal::open_with(&dir.join("wal"), alarm.clone(), last_purged.map(|p| p.index))
             .map_err(|source| StoreError::Wal { dir: dir.to_path_buf(), source })?;
         let sm_meta = tree(trees::SM_META)?;
-        let sm = open_sm_tree(&db, &sm_meta).map_err(|e| match e {
-            SmTreeError::Sled(source) => StoreError::Open { dir: dir.to_path_buf(), source },
-            SmTreeError::Codec(source) => StoreError::Corrupt { dir: dir.to_path_buf(), what: "the state machine's tree name", source },
-        })?;
+        let sm = open_sm_tree(dir, &db, &sm_meta)?;
         let mut store = Store {
             _watch: Arc::new(watch),
             alarm,
@@ -566,26 +563,27 @@ impl Store {
     }
 }
 
-enum SmTreeError {
-    Sled(sled::Error),
-    Codec(CodecError),
-}
-
 /// Open the state machine's tree named in `sm_meta` (`sm` when none is), and drop
 /// the trees a snapshot install left behind: one written but never switched to (a
 /// crash during the install), or one replaced but not yet dropped.
-fn open_sm_tree(db: &sled::Db, sm_meta: &sled::Tree) -> Result<sled::Tree, SmTreeError> {
-    let name: String = match sm_meta.get(sm_meta_keys::TREE).map_err(SmTreeError::Sled)? {
+fn open_sm_tree(dir: &Path, db: &sled::Db, sm_meta: &sled::Tree) -> Result<sled::Tree, StoreError> {
+    let open_err = |source| StoreError::Open { dir: dir.to_path_buf(), source };
+    let name: String = match sm_meta.get(sm_meta_keys::TREE).map_err(open_err)? {
         None => trees::SM.to_string(),
-        Some(v) => codec::decode(&v).map_err(SmTreeError::Codec)?,
+        Some(v) => codec::decode(&v).map_err(|source| StoreError::Corrupt {
+            dir: dir.to_path_buf(),
+            what: "the state machine's tree name",
+            source,
+        })?,
     };
+    let replaced = format!("{}-", trees::SM);
     for other in db.tree_names() {
-        let is_sm = other.as_ref() == trees::SM.as_bytes() || other.starts_with(format!("{}-", trees::SM).as_bytes());
+        let is_sm = other.as_ref() == trees::SM.as_bytes() || other.starts_with(replaced.as_bytes());
         if is_sm && other.as_ref() != name.as_bytes() {
-            db.drop_tree(&other).map_err(SmTreeError::Sled)?;
+            db.drop_tree(&other).map_err(open_err)?;
         }
     }
-    db.open_tree(&name).map_err(SmTreeError::Sled)
+    db.open_tree(&name).map_err(open_err)
 }
 
 /// Wrap any error as the source of a [`StorageIOError`].

@@ -594,12 +594,13 @@ impl StateMachineStore {
 
     /// Before `writes` are committed: remember the current value of each key the
     /// running snapshot build (if any) has not seen changed yet.
-    fn record_undo<'a>(&self, keys: impl Iterator<Item = &'a Key>) -> Result<(), StorageError> {
+    /// `tree` is the state machine's tree the writes go to.
+    fn record_undo<'a>(&self, tree: &sled::Tree, keys: impl Iterator<Item = &'a Key>) -> Result<(), StorageError> {
         let mut guard = self.store.snapshot_undo.lock().unwrap_or_else(|p| p.into_inner());
         let Some(undo) = guard.as_mut() else { return Ok(()) };
         for k in keys {
             if !undo.old.contains_key(k) {
-                let v = self.store.sm().get(k).map_err(read_sm_err)?;
+                let v = tree.get(k).map_err(read_sm_err)?;
                 undo.old.insert(k.clone(), v.map(|v| v.to_vec()));
             }
         }
@@ -699,9 +700,10 @@ fn install_blocking(store: &Store, meta: &SnapshotMeta, received: std::fs::File)
         load_pairs(&mut tee, len, &tree).map_err(|e| write_snapshot_err(Some(meta), e))?;
         Ok(true)
     });
-    let sum = match loaded {
-        Ok(Some((_, sum))) => sum,
-        Ok(None) => unreachable!("the writer never abandons the file"),
+    let sum = match loaded.and_then(|written| {
+        written.map(|(_, sum)| sum).ok_or_else(|| write_snapshot_err(Some(meta), std::io::Error::other("snapshot file not written")))
+    }) {
+        Ok(sum) => sum,
         Err(e) => {
             let _ = store.db.drop_tree(name.as_bytes());
             return Err(e);
@@ -844,7 +846,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(e) = kv.take_error() {
             return Err(read_sm_err(e));
         }
-        self.record_undo(writes.keys())?;
+        self.record_undo(&tree, writes.keys())?;
         let Some(last_applied) = applied.last_applied else {
             return Ok(responses); // no entries: nothing to commit
         };
